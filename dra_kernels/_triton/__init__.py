@@ -1,0 +1,41 @@
+"""Triton kernels for DRA. Importing this package does not import triton; :func:`unavailable_reason`
+does, lazily, and :mod:`dra_kernels._triton.dra` needs it."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+__all__ = ["unavailable_reason"]
+
+
+@functools.lru_cache(maxsize=1)
+def _import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install raising something else
+        return f"triton could not be imported ({type(exc).__name__}: {exc})"
+    return None
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton runs kernels on the CPU in interpreter mode (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """None when the Triton kernel can run on tensors of ``device``, else why it cannot."""
+    error = _import_error()
+    if error is not None:
+        return error + "; install the extra: pip install 'dra-kernels[triton]'"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and interpreter_enabled():
+        return None
+    return (
+        f"the triton backend runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1 set before "
+        f"triton is imported); got tensors on {device}"
+    )

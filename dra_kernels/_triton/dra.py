@@ -1,0 +1,200 @@
+"""The fused DRA kernel and its launcher.
+
+One program per group. Rows are visited through a stable sort of the group codes (``order``) and
+CSR ``offsets``, so groups may be unsorted, interleaved and of any size. Per program:
+
+1. pass over the group's rows: normalise each row (scaled by its largest magnitude first, so
+   nothing overflows) and add it to the group sum ``S`` held in registers;
+2. pass again: ``SMI_i = u_i . S - |u_i|^2``, ``adjusted_i = r_i / max(1 + SMI_i, min_denominator)``,
+   written at the row's original position;
+3. (advantages) mean, then unbiased std of the adjusted rewards, read back from the output.
+
+No atomics: every output is written by exactly one program in a fixed order, so results are
+bitwise reproducible. Offsets are int64, so ``N * D`` may exceed ``2**31``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["MAX_D", "dra_forward"]
+
+MAX_D = 65536
+"""Largest embedding width the kernel takes (one row must fit one block)."""
+
+_MODE_SMI = 0
+_MODE_ADJUST = 1
+_MODE_ADVANTAGE = 2
+
+
+@triton.jit
+def _unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC: tl.constexpr):
+    """Load rows ``i_row`` (masked by ``m_row``) as ``ACC`` unit vectors; zero rows stay zero."""
+    p_x = emb_ptr + i_row[:, None] * stride_en + o_d[None, :].to(tl.int64) * stride_ed
+    b_x = tl.load(p_x, mask=m_row[:, None] & m_d[None, :], other=0.0).to(ACC)
+    b_peak = tl.max(tl.abs(b_x), axis=1)
+    b_inv_peak = tl.where(b_peak > 0, 1.0 / tl.where(b_peak > 0, b_peak, 1.0), 0.0)
+    b_x = b_x * b_inv_peak[:, None]
+    b_norm = tl.sqrt(tl.sum(b_x * b_x, axis=1))
+    b_inv_norm = tl.where(b_norm > 0, 1.0 / tl.where(b_norm > 0, b_norm, 1.0), 0.0)
+    return b_x * b_inv_norm[:, None]
+
+
+@triton.jit
+def _dra_forward_kernel(
+    emb_ptr,
+    stride_en,
+    stride_ed,
+    rew_ptr,
+    stride_r,
+    order_ptr,
+    offsets_ptr,
+    smi_ptr,
+    adj_ptr,
+    adv_ptr,
+    D,
+    min_denominator,
+    eps,
+    MODE: tl.constexpr,
+    SCALE_STD: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    i_g = tl.program_id(0)
+    i_start = tl.load(offsets_ptr + i_g).to(tl.int64)
+    i_stop = tl.load(offsets_ptr + i_g + 1).to(tl.int64)
+    n_rows = i_stop - i_start
+    o_r = tl.arange(0, BLOCK_G)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+
+    # Pass 1: S = sum of the group's unit rows.
+    b_sum = tl.zeros([BLOCK_D], dtype=ACC)
+    for i_chunk in range(i_start, i_stop, BLOCK_G):
+        o_row = i_chunk + o_r
+        m_row = o_row < i_stop
+        i_row = tl.load(order_ptr + o_row, mask=m_row, other=0).to(tl.int64)
+        b_sum += tl.sum(_unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC), axis=0)
+
+    # Pass 2: SMI (exactly 0 in a group of one) and the adjusted reward; running sum for the mean.
+    b_totals = tl.zeros([BLOCK_G], dtype=ACC)
+    for i_chunk in range(i_start, i_stop, BLOCK_G):
+        o_row = i_chunk + o_r
+        m_row = o_row < i_stop
+        i_row = tl.load(order_ptr + o_row, mask=m_row, other=0).to(tl.int64)
+        b_u = _unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC)
+        b_smi = tl.sum(b_u * b_sum[None, :], axis=1) - tl.sum(b_u * b_u, axis=1)
+        b_smi = tl.where(n_rows > 1, b_smi, 0.0)
+        if MODE == 0:
+            tl.store(smi_ptr + i_row, b_smi, mask=m_row)
+        else:
+            b_r = tl.load(rew_ptr + i_row * stride_r, mask=m_row, other=0.0).to(b_smi.dtype)
+            b_adj = b_r / tl.maximum(1.0 + b_smi, min_denominator)
+            tl.store(adj_ptr + i_row, b_adj, mask=m_row)
+            b_totals += tl.where(m_row, b_adj, 0.0)
+
+    if MODE == 2:
+        # NOTE: the barrier makes this program's stores of pass 2 visible to all of its threads.
+        tl.debug_barrier()
+        b_mean = tl.sum(b_totals, axis=0) / n_rows
+        b_scale = 1.0
+        if SCALE_STD:
+            b_sqs = tl.zeros([BLOCK_G], dtype=ACC)
+            for i_chunk in range(i_start, i_stop, BLOCK_G):
+                o_row = i_chunk + o_r
+                m_row = o_row < i_stop
+                i_row = tl.load(order_ptr + o_row, mask=m_row, other=0).to(tl.int64)
+                b_c = tl.load(adj_ptr + i_row, mask=m_row, other=0.0) - b_mean
+                b_sqs += tl.where(m_row, b_c * b_c, 0.0)
+            b_std = tl.sqrt(tl.sum(b_sqs, axis=0) / tl.maximum(n_rows - 1, 1))
+            b_scale = 1.0 / (b_std + eps)
+        for i_chunk in range(i_start, i_stop, BLOCK_G):
+            o_row = i_chunk + o_r
+            m_row = o_row < i_stop
+            i_row = tl.load(order_ptr + o_row, mask=m_row, other=0).to(tl.int64)
+            b_c = tl.load(adj_ptr + i_row, mask=m_row, other=0.0) - b_mean
+            tl.store(adv_ptr + i_row, b_c * b_scale, mask=m_row)
+
+
+def _block_sizes(d: int) -> tuple[int, int, int]:
+    block_d = triton.next_power_of_2(max(d, 16))
+    block_g = max(1, min(16, 8192 // block_d))
+    num_warps = 4 if block_d <= 1024 else 8
+    return block_g, block_d, num_warps
+
+
+def group_layout(codes: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable order of rows by group and CSR offsets ``[num_groups + 1]``, with no host sync."""
+    order = torch.argsort(codes, stable=True)
+    counts = torch.zeros(num_groups, dtype=torch.int64, device=codes.device)
+    counts.index_add_(0, codes, torch.ones_like(codes))
+    offsets = torch.zeros(num_groups + 1, dtype=torch.int64, device=codes.device)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    return order, offsets
+
+
+def dra_forward(
+    rewards: torch.Tensor | None,
+    embeddings: torch.Tensor,
+    codes: torch.Tensor,
+    num_groups: int,
+    *,
+    mode: str,
+    min_denominator: float,
+    scale: str = "std",
+    eps: float = 1e-4,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Launch the fused kernel.
+
+    Args:
+        rewards: ``[N]`` rewards (any real dtype, any stride); unused for ``mode="smi"``.
+        embeddings: ``[N, D]`` float16 / bfloat16 / float32 / float64, any strides.
+        codes: ``[N]`` int64 group codes in ``[0, num_groups)``.
+        num_groups: number of groups ``K``.
+        mode: ``"smi"``, ``"adjust"`` or ``"advantage"``: which output to return.
+        min_denominator: lower clamp of ``1 + SMI``.
+        scale, eps: advantage normalisation (``mode="advantage"``).
+        out_dtype: float32, or float64 (then the kernel accumulates in float64).
+
+    Returns:
+        ``[N]`` tensor of ``out_dtype`` in input row order.
+    """
+    n, d = embeddings.shape
+    device = embeddings.device
+    out = torch.empty(n, dtype=out_dtype, device=device)
+    if n == 0:
+        return out
+    if embeddings.dtype != torch.float64 and out_dtype == torch.float64:
+        embeddings = embeddings.to(torch.float64)
+    order, offsets = group_layout(codes, num_groups)
+    mode_id = {"smi": _MODE_SMI, "adjust": _MODE_ADJUST, "advantage": _MODE_ADVANTAGE}[mode]
+    adjusted = out if mode_id == _MODE_ADJUST else torch.empty_like(out)
+    if rewards is None:
+        rewards = out  # never read in smi mode
+    block_g, block_d, num_warps = _block_sizes(d)
+    _dra_forward_kernel[(num_groups,)](
+        embeddings,
+        embeddings.stride(0),
+        embeddings.stride(1),
+        rewards,
+        rewards.stride(0),
+        order,
+        offsets,
+        out,
+        adjusted,
+        out,
+        d,
+        float(min_denominator),
+        float(eps),
+        MODE=mode_id,
+        SCALE_STD=scale == "std",
+        BLOCK_G=block_g,
+        BLOCK_D=block_d,
+        ACC=tl.float64 if out_dtype == torch.float64 else tl.float32,
+        num_warps=num_warps,
+    )
+    return out

@@ -1,0 +1,71 @@
+"""The fused kernel as a torch.library custom op, so ``torch.compile(fullgraph=True)`` traces
+through calls to it. In eager mode the op's dispatcher boundary is bypassed (the launcher is called
+directly), as its overhead is comparable to the whole kernel for small batches."""
+
+from __future__ import annotations
+
+import torch
+
+from dra_kernels._triton import dra
+
+__all__ = ["dra_forward"]
+
+_MODES = ("smi", "adjust", "advantage")
+_SCALES = ("std", "none")
+
+
+@torch.library.custom_op("dra_kernels::dra_forward", mutates_args=())
+def _dra_forward_op(
+    rewards: torch.Tensor,
+    embeddings: torch.Tensor,
+    codes: torch.Tensor,
+    num_groups: int,
+    mode: int,
+    min_denominator: float,
+    scale: int,
+    eps: float,
+    float64: bool,
+) -> torch.Tensor:
+    return dra.dra_forward(
+        rewards,
+        embeddings,
+        codes,
+        num_groups,
+        mode=_MODES[mode],
+        min_denominator=min_denominator,
+        scale=_SCALES[scale],
+        eps=eps,
+        out_dtype=torch.float64 if float64 else torch.float32,
+    )
+
+
+@_dra_forward_op.register_fake
+def _(rewards, embeddings, codes, num_groups, mode, min_denominator, scale, eps, float64):
+    dtype = torch.float64 if float64 else torch.float32
+    return embeddings.new_empty(embeddings.shape[0], dtype=dtype)
+
+
+def dra_forward(
+    rewards: torch.Tensor | None,
+    embeddings: torch.Tensor,
+    codes: torch.Tensor,
+    num_groups: int,
+    *,
+    mode: str,
+    min_denominator: float,
+    scale: str = "std",
+    eps: float = 1e-4,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """See :func:`dra_kernels._triton.dra.dra_forward`; goes through the custom op when compiling."""
+    if not torch.compiler.is_compiling():
+        return dra.dra_forward(
+            rewards, embeddings, codes, num_groups, mode=mode, min_denominator=min_denominator,
+            scale=scale, eps=eps, out_dtype=out_dtype,
+        )
+    if rewards is None:
+        rewards = embeddings.new_empty(0, dtype=out_dtype)
+    return _dra_forward_op(
+        rewards, embeddings, codes, num_groups, _MODES.index(mode), min_denominator,
+        _SCALES.index(scale), eps, out_dtype == torch.float64,
+    )
