@@ -72,12 +72,16 @@ def _dra_forward_kernel(
     m_d = o_d < D
 
     # Pass 1: S = sum of the group's unit rows.
-    b_sum = tl.zeros([BLOCK_D], dtype=ACC)
+    # NOTE: S accumulates in float64 across chunks: a float32 running sum over a group of 1e5 rows
+    # loses ~3 digits, visible in rows nearly orthogonal to S. It is rounded to ACC for the dots.
+    b_sum64 = tl.zeros([BLOCK_D], dtype=tl.float64)
     for i_chunk in range(i_start, i_stop, BLOCK_G):
         o_row = i_chunk + o_r
         m_row = o_row < i_stop
         i_row = tl.load(order_ptr + o_row, mask=m_row, other=0).to(tl.int64)
-        b_sum += tl.sum(_unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC), axis=0)
+        b_u = _unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC)
+        b_sum64 += tl.sum(b_u, axis=0).to(tl.float64)
+    b_sum = b_sum64.to(ACC)
 
     # Pass 2: SMI (exactly 0 in a group of one) and the adjusted reward; running sum for the mean.
     b_totals = tl.zeros([BLOCK_G], dtype=ACC)

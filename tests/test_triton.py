@@ -1,0 +1,195 @@
+"""The fused Triton kernel against the float64 reference.
+
+Without a GPU these run through Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET),
+so every case stays small. Outputs are poisoned with NaN before the kernel runs: a row the kernel
+forgets to write fails the comparison."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dra_kernels as dk
+from tests.helpers import (
+    DTYPES,
+    assert_close,
+    device,
+    float64_reference,
+    random_layout,
+    realistic_embeddings,
+)
+
+pytest.importorskip("triton", reason="the triton extra is not installed")
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+MODES = {
+    "smi": lambda r, e, ids, **kw: dk.smi_scores(e, ids, backend="triton"),
+    "adjust": lambda r, e, ids, **kw: dk.adjust_rewards(r, e, ids, backend="triton", **kw),
+    "advantage": lambda r, e, ids, **kw: dk.dra_advantages(r, e, ids, backend="triton", **kw),
+}
+
+
+@pytest.fixture
+def poisoned_outputs(monkeypatch):
+    """Every torch.empty / empty_like filled with NaN while the test runs."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan_empty(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    def nan_empty_like(*args, **kwargs):
+        t = empty_like(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+    monkeypatch.setattr(torch, "empty_like", nan_empty_like)
+
+
+@st.composite
+def layouts(draw):
+    sizes = draw(st.lists(st.integers(1, 40), min_size=1, max_size=6))
+    d = draw(st.sampled_from([1, 3, 16, 33, 100]))
+    dtype = draw(st.sampled_from(DTYPES))
+    mode = draw(st.sampled_from(list(MODES)))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return sizes, d, dtype, mode, seed
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=layouts())
+def test_kernel_matches_float64_reference(case, poisoned_outputs):
+    sizes, d, dtype, mode, seed = case
+    gen = torch.Generator().manual_seed(seed)
+    ids, _ = random_layout(gen, sizes)
+    e = realistic_embeddings(gen, ids.numel(), d, dtype).to(device())
+    r = torch.randn(ids.numel(), generator=gen, dtype=dtype if dtype == torch.float64 else None)
+    r, ids = r.to(device()), ids.to(device())
+    out = MODES[mode](r, e, ids)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_close(out, float64_reference(mode, r, e, ids), dtype, f"{mode} {dtype} {sizes} D={d}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_dtype_and_mode_on_a_ragged_unsorted_layout(dtype, mode, poisoned_outputs):
+    gen = torch.Generator().manual_seed(11)
+    ids, _ = random_layout(gen, [1, 7, 2, 19, 4, 1, 3])
+    e = realistic_embeddings(gen, ids.numel(), 24, dtype).to(device())
+    r = torch.randn(ids.numel(), generator=gen).to(device())
+    ids = ids.to(device())
+    out = MODES[mode](r, e, ids)
+    assert_close(out, float64_reference(mode, r, e, ids), dtype, f"{mode} {dtype}")
+
+
+@pytest.mark.parametrize("scale", ["std", "none"])
+def test_advantage_scales(scale, poisoned_outputs):
+    gen = torch.Generator().manual_seed(12)
+    ids, _ = random_layout(gen, [5, 1, 18, 2])
+    e = realistic_embeddings(gen, ids.numel(), 8, torch.float32)
+    r = torch.randn(ids.numel(), generator=gen)
+    out = dk.dra_advantages(r, e, ids, backend="triton", scale=scale)
+    assert_close(out, float64_reference("advantage", r, e, ids, scale=scale), torch.float32, scale)
+
+
+def test_strided_inputs_are_read_in_place(poisoned_outputs):
+    gen = torch.Generator().manual_seed(13)
+    ids, _ = random_layout(gen, [3, 5, 2])
+    base = realistic_embeddings(gen, 2 * ids.numel(), 20, torch.float32)
+    e = base[::2, 1:13]  # non-contiguous rows and columns
+    r = torch.randn(3 * ids.numel(), generator=gen)[::3]
+    assert not e.is_contiguous() and not r.is_contiguous()
+    out = dk.adjust_rewards(r, e, ids, backend="triton")
+    assert_close(out, float64_reference("adjust", r, e, ids), torch.float32, "strided")
+
+
+@pytest.mark.parametrize("d", [1, 1000, 2500])
+def test_embedding_widths(d, poisoned_outputs):
+    gen = torch.Generator().manual_seed(d)
+    ids, _ = random_layout(gen, [3, 1, 4])
+    e = realistic_embeddings(gen, ids.numel(), d, torch.bfloat16)
+    r = torch.randn(ids.numel(), generator=gen)
+    out = dk.adjust_rewards(r, e, ids, backend="triton")
+    assert_close(out, float64_reference("adjust", r, e, ids), torch.bfloat16, f"D={d}")
+
+
+def test_clamp_rule_matches_reference():
+    e = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
+    r = torch.tensor([1.0, 2.0, -3.0, 4.0])
+    for md in (0.1, 0.5, 1.0):
+        out = dk.adjust_rewards(r, e, [0, 0, 0, 1], backend="triton", min_denominator=md)
+        ref = float64_reference("adjust", r, e, torch.tensor([0, 0, 0, 1]), min_denominator=md)
+        assert_close(out, ref, torch.float32, f"min_denominator={md}")
+
+
+def test_bitwise_deterministic():
+    gen = torch.Generator().manual_seed(14)
+    ids, _ = random_layout(gen, [40, 3, 1, 25])
+    e = realistic_embeddings(gen, ids.numel(), 16, torch.float16)
+    r = torch.randn(ids.numel(), generator=gen)
+    first = dk.dra_advantages(r, e, ids, backend="triton")
+    for _ in range(3):
+        assert torch.equal(dk.dra_advantages(r, e, ids, backend="triton"), first)
+
+
+def test_empty_batch():
+    out = dk.adjust_rewards(torch.zeros(0), torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
+                            backend="triton")
+    assert out.shape == (0,) and out.dtype == torch.float32
+
+
+def test_custom_op_passes_opcheck():
+    """The torch.library registration (schema, fake implementation) that torch.compile relies on."""
+    from dra_kernels._triton import ops
+
+    gen = torch.Generator().manual_seed(15)
+    ids, k = random_layout(gen, [3, 2, 4], shuffle=True)
+    _, codes = torch.unique(ids, return_inverse=True)
+    e = realistic_embeddings(gen, ids.numel(), 8, torch.float32)
+    r = torch.randn(ids.numel(), generator=gen)
+    for mode in range(3):
+        args = (r, e, codes, k, mode, 0.1, 0, 1e-4, False)
+        torch.library.opcheck(ops._dra_forward_op, args, test_utils=("test_schema", "test_faketensor"))
+        out = ops._dra_forward_op(*args)
+        kind = ("smi", "adjust", "advantage")[mode]
+        assert_close(out, float64_reference(kind, r, e, ids), torch.float32, kind)
+
+
+# ----------------------------------------------------------------------------- GPU only
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_large_layout_on_gpu(dtype):
+    gen = torch.Generator().manual_seed(16)
+    sizes = [16] * 4096 + [1] * 100 + [3000]
+    ids, _ = random_layout(gen, sizes)
+    e = realistic_embeddings(gen, ids.numel(), 768, dtype).cuda()
+    r = torch.randn(ids.numel(), generator=gen).cuda()
+    out = dk.dra_advantages(r, e, ids.cuda(), backend="triton")
+    assert_close(out, float64_reference("advantage", r, e, ids), dtype, "large")
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_graph_capture_and_compile():
+    gen = torch.Generator().manual_seed(17)
+    k = 64
+    codes = torch.randint(0, k, (1024,), generator=gen).cuda()
+    e = torch.randn(1024, 384, generator=gen).cuda()
+    r = torch.randn(1024, generator=gen).cuda()
+    expected = dk.adjust_rewards(r, e, codes)
+    static = dk.adjust_rewards(r, e, codes, num_groups=k)  # warm-up outside the graph
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = dk.adjust_rewards(r, e, codes, num_groups=k)
+    graph.replay()
+    torch.testing.assert_close(static, expected)
+
+    compiled = torch.compile(lambda r, e, c: dk.adjust_rewards(r, e, c, num_groups=k) * 2,
+                             fullgraph=True)
+    torch.testing.assert_close(compiled(r, e, codes), expected * 2)
