@@ -68,7 +68,9 @@ def test_relabelling_groups_changes_nothing(backend):
     labels = [f"prompt-{int(i) * 7919 % 1000}" for i in ids]
     base = dk.adjust_rewards(r, e, ids, backend=backend)
     assert_close(dk.adjust_rewards(r, e, labels, backend=backend), base, torch.float32, "labels")
-    assert_close(dk.adjust_rewards(r, e, -ids - 10**12, backend=backend), base, torch.float32, "neg")
+    assert_close(
+        dk.adjust_rewards(r, e, -ids - 10**12, backend=backend), base, torch.float32, "neg"
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -202,16 +204,14 @@ def test_inputs_are_not_mutated():
     copies = (r.clone(), e.clone(), ids.clone())
     dk.dra_advantages(r, e, ids)
     dk.adjust_rewards(r, e, ids)
-    for before, after in zip(copies, (r, e, ids)):
+    for before, after in zip(copies, (r, e, ids), strict=True):
         assert torch.equal(before, after)
 
 
 def test_num_groups_hint_matches_factorised_ids():
     r, e, _, gen = _case(9)
     codes = torch.randint(0, 4, (r.numel(),), generator=gen)
-    assert torch.equal(
-        dk.adjust_rewards(r, e, codes, num_groups=6), dk.adjust_rewards(r, e, codes)
-    )
+    assert torch.equal(dk.adjust_rewards(r, e, codes, num_groups=6), dk.adjust_rewards(r, e, codes))
     with pytest.raises(ValueError, match=r"num_groups=3.*\[0, 3\)"):
         dk.adjust_rewards(r, e, codes + 1, num_groups=3)
 

@@ -59,7 +59,9 @@ def layouts(draw):
     return sizes, d, dtype, mode, seed
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=layouts())
 def test_kernel_matches_float64_reference(case, poisoned_outputs):
     sizes, d, dtype, mode, seed = case
@@ -136,8 +138,9 @@ def test_bitwise_deterministic():
 
 
 def test_empty_batch():
-    out = dk.adjust_rewards(torch.zeros(0), torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
-                            backend="triton")
+    out = dk.adjust_rewards(
+        torch.zeros(0), torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), backend="triton"
+    )
     assert out.shape == (0,) and out.dtype == torch.float32
 
 
@@ -152,7 +155,9 @@ def test_custom_op_passes_opcheck():
     r = torch.randn(ids.numel(), generator=gen)
     for mode in range(3):
         args = (r, e, codes, k, mode, 0.1, 0, 1e-4, False)
-        torch.library.opcheck(ops._dra_forward_op, args, test_utils=("test_schema", "test_faketensor"))
+        torch.library.opcheck(
+            ops._dra_forward_op, args, test_utils=("test_schema", "test_faketensor")
+        )
         out = ops._dra_forward_op(*args)
         kind = ("smi", "adjust", "advantage")[mode]
         assert_close(out, float64_reference(kind, r, e, ids), torch.float32, kind)
@@ -190,6 +195,7 @@ def test_cuda_graph_capture_and_compile():
     graph.replay()
     torch.testing.assert_close(static, expected)
 
-    compiled = torch.compile(lambda r, e, c: dk.adjust_rewards(r, e, c, num_groups=k) * 2,
-                             fullgraph=True)
+    compiled = torch.compile(
+        lambda r, e, c: dk.adjust_rewards(r, e, c, num_groups=k) * 2, fullgraph=True
+    )
     torch.testing.assert_close(compiled(r, e, codes), expected * 2)

@@ -14,7 +14,7 @@ __all__ = ["unavailable_reason"]
 @functools.lru_cache(maxsize=1)
 def _import_error() -> str | None:
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except Exception as exc:  # ImportError, or a broken install raising something else
         return f"triton could not be imported ({type(exc).__name__}: {exc})"

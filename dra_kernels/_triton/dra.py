@@ -5,8 +5,8 @@ CSR ``offsets``, so groups may be unsorted, interleaved and of any size. Per pro
 
 1. pass over the group's rows: normalise each row (scaled by its largest magnitude first, so
    nothing overflows) and add it to the group sum ``S`` held in registers;
-2. pass again: ``SMI_i = u_i . S - |u_i|^2``, ``adjusted_i = r_i / max(1 + SMI_i, min_denominator)``,
-   written at the row's original position;
+2. pass again: ``SMI_i = u_i . S - |u_i|^2`` and
+   ``adjusted_i = r_i / max(1 + SMI_i, min_denominator)``, written at the row's original position;
 3. (advantages) mean, then unbiased std of the adjusted rewards, read back from the output.
 
 No atomics: every output is written by exactly one program in a fixed order, so results are
@@ -172,6 +172,11 @@ def dra_forward(
         ``[N]`` tensor of ``out_dtype`` in input row order.
     """
     n, d = embeddings.shape
+    if d > MAX_D:
+        raise ValueError(
+            f"the triton kernel takes embeddings of at most {MAX_D} columns, got D={d}; "
+            "use backend='torch' (backend='auto' does so by itself)"
+        )
     device = embeddings.device
     out = torch.empty(n, dtype=out_dtype, device=device)
     if n == 0:

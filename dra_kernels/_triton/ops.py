@@ -57,15 +57,29 @@ def dra_forward(
     eps: float = 1e-4,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """See :func:`dra_kernels._triton.dra.dra_forward`; goes through the custom op when compiling."""
+    """See :func:`dra_kernels._triton.dra.dra_forward`; through the custom op when compiling."""
     if not torch.compiler.is_compiling():
         return dra.dra_forward(
-            rewards, embeddings, codes, num_groups, mode=mode, min_denominator=min_denominator,
-            scale=scale, eps=eps, out_dtype=out_dtype,
+            rewards,
+            embeddings,
+            codes,
+            num_groups,
+            mode=mode,
+            min_denominator=min_denominator,
+            scale=scale,
+            eps=eps,
+            out_dtype=out_dtype,
         )
     if rewards is None:
         rewards = embeddings.new_empty(0, dtype=out_dtype)
     return _dra_forward_op(
-        rewards, embeddings, codes, num_groups, _MODES.index(mode), min_denominator,
-        _SCALES.index(scale), eps, out_dtype == torch.float64,
+        rewards,
+        embeddings,
+        codes,
+        num_groups,
+        _MODES.index(mode),
+        min_denominator,
+        _SCALES.index(scale),
+        eps,
+        out_dtype == torch.float64,
     )
