@@ -1,0 +1,438 @@
+"""DRA for OpenRLHF (0.11.x): adjust rewards at the experience maker's advantage step.
+
+OpenRLHF calls its reward function once per sample, so DRA cannot live there. The one place where
+every completion of a prompt's group is at hand (its tokens, its reward, its rollout position) is
+``RemoteExperienceMaker.compute_advantages_and_returns`` in
+``openrlhf/trainer/ppo_utils/experience_maker.py``. :func:`install` wraps that method: before the
+original runs (length penalties, then the group estimator), the wrapper decodes each response with
+the maker's tokenizer, embeds the texts, and replaces ``experience.rewards`` by
+:func:`dra_kernels.adjust_rewards` over groups ``rollout_position // n_samples_per_prompt``. The
+original method then runs unchanged.
+
+The maker lives in OpenRLHF's trainer actor, a Ray worker process, so the patch must be installed
+there: :func:`setup_hook` is a Ray ``worker_process_setup_hook`` that installs it when the
+environment variable ``DRA_KERNELS_OPENRLHF`` is on (off by default), and
+``python -m dra_kernels.integrations.openrlhf_launch`` wires that hook into
+``openrlhf.cli.train_ppo_ray``. See docs/integrations/openrlhf.md.
+
+Environment variables (read by :func:`config_from_env`):
+
+- ``DRA_KERNELS_OPENRLHF``: ``1/true/yes/on`` turns DRA on; unset, empty or ``0/false/no/off``
+  leaves OpenRLHF untouched. Any other value is an error.
+- ``DRA_KERNELS_OPENRLHF_EMBEDDER``: ``package.module:factory``, a zero-argument callable (a class
+  counts) returning the embedder, a callable ``list[str] -> [N, D]`` array or tensor (or an object
+  with ``encode``). Unset: ``dra_kernels.embed.Embedder()``, the default offline model.
+- ``DRA_KERNELS_OPENRLHF_MIN_DENOMINATOR``: float > 0, default 0.1 (see ``adjust_rewards``).
+- ``DRA_KERNELS_OPENRLHF_BACKEND``: ``auto`` (default), ``torch`` or ``triton``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.abc
+import importlib.machinery
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dra_kernels.api import adjust_rewards, smi_scores
+from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
+
+__all__ = [
+    "ENV_BACKEND",
+    "ENV_EMBEDDER",
+    "ENV_ENABLE",
+    "ENV_MIN_DENOMINATOR",
+    "TARGET_MODULE",
+    "DRAConfig",
+    "apply_dra_to_experiences",
+    "config_from_env",
+    "install",
+    "is_installed",
+    "setup_hook",
+    "uninstall",
+]
+
+logger = logging.getLogger(__name__)
+
+ENV_ENABLE = "DRA_KERNELS_OPENRLHF"
+ENV_EMBEDDER = "DRA_KERNELS_OPENRLHF_EMBEDDER"
+ENV_MIN_DENOMINATOR = "DRA_KERNELS_OPENRLHF_MIN_DENOMINATOR"
+ENV_BACKEND = "DRA_KERNELS_OPENRLHF_BACKEND"
+
+TARGET_MODULE = "openrlhf.trainer.ppo_utils.experience_maker"
+TARGET_CLASS = "RemoteExperienceMaker"
+TARGET_METHOD = "compute_advantages_and_returns"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+Embedder = Callable[[list[str]], Any]
+
+
+@dataclass
+class DRAConfig:
+    """What the patched advantage step does.
+
+    Args:
+        embedder: callable ``list[str] -> [N, D]`` (numpy array or torch tensor), or ``None`` for
+            the default embedder of :mod:`dra_kernels.embed`, built on first use.
+        embedder_factory: zero-argument callable building the embedder (a callable, or an object
+            with ``encode`` such as :class:`dra_kernels.embed.Embedder`) on first use, when
+            ``embedder`` is ``None``; lets a Ray worker load its model only when it needs it.
+        min_denominator: lower clamp of ``1 + SMI``, as in :func:`dra_kernels.adjust_rewards`.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        skip_special_tokens: passed to the tokenizer's ``batch_decode``.
+    """
+
+    embedder: Embedder | None = None
+    embedder_factory: Callable[[], Embedder] | None = None
+    min_denominator: float = DEFAULT_MIN_DENOMINATOR
+    backend: str = "auto"
+    skip_special_tokens: bool = True
+
+    def get_embedder(self) -> Embedder:
+        if self.embedder is None:
+            factory = self.embedder_factory or _default_embedder_factory
+            self.embedder = factory()
+            if not callable(self.embedder) and callable(getattr(self.embedder, "encode", None)):
+                self.embedder = self.embedder.encode  # e.g. a dra_kernels.embed.Embedder
+            if not callable(self.embedder):
+                raise TypeError(
+                    f"the embedder factory {factory!r} returned a {type(self.embedder).__name__}, "
+                    "not a callable list[str] -> [N, D]"
+                )
+        return self.embedder
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def _env_flag(name: str) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name} must be one of 1/true/yes/on or 0/false/no/off, got {value!r}")
+
+
+def _import_object(spec: str, name: str) -> Any:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{name} must look like 'package.module:attribute', got {spec!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _default_embedder_factory() -> Embedder:
+    # NOTE: imported lazily: dra_kernels.embed needs sentence-transformers (the "embed" extra).
+    from dra_kernels.embed import Embedder as SentenceEmbedder
+
+    return SentenceEmbedder().encode
+
+
+def config_from_env() -> DRAConfig | None:
+    """The configuration the environment asks for, or ``None`` when DRA is off (the default)."""
+    if not _env_flag(ENV_ENABLE):
+        return None
+    factory = None
+    spec = os.environ.get(ENV_EMBEDDER, "").strip()
+    if spec:
+        factory = _import_object(spec, ENV_EMBEDDER)
+        if not callable(factory):
+            raise TypeError(
+                f"{ENV_EMBEDDER}={spec!r} names a {type(factory).__name__}, not a factory"
+            )
+    raw = os.environ.get(ENV_MIN_DENOMINATOR, "").strip()
+    try:
+        min_denominator = float(raw) if raw else DEFAULT_MIN_DENOMINATOR
+    except ValueError:
+        raise ValueError(f"{ENV_MIN_DENOMINATOR} must be a float > 0, got {raw!r}") from None
+    if not min_denominator > 0:
+        raise ValueError(f"{ENV_MIN_DENOMINATOR} must be a float > 0, got {raw!r}")
+    backend = os.environ.get(ENV_BACKEND, "").strip() or "auto"
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"{ENV_BACKEND} must be auto, torch or triton, got {backend!r}")
+    return DRAConfig(embedder_factory=factory, min_denominator=min_denominator, backend=backend)
+
+
+# ----------------------------------------------------------------------------- the adjustment
+
+
+def _response_token_ids(experience: Any, row: int) -> torch.Tensor:
+    """Token ids of row ``row``'s response: the tokens under ``action_mask``.
+
+    ``action_mask`` ``[B, A]`` covers the last ``A`` positions of ``sequences`` ``[B, T]`` (in
+    0.11.x ``A = T - 1``: ``action_mask[:, j]`` marks ``sequences[:, j + 1]``). In multi-turn agent
+    rollouts the environment's tokens between turns are masked out, so only generated tokens count.
+    """
+    sequences, action_mask = experience.sequences, experience.action_mask
+    width = action_mask.size(1)
+    if width > sequences.size(1):
+        raise ValueError(
+            f"action_mask has {width} columns but sequences only {sequences.size(1)}; "
+            "this layout of Experience is not supported"
+        )
+    return sequences[row, sequences.size(1) - width :][action_mask[row].bool()]
+
+
+def _decode_responses(experiences: Sequence[Any], tokenizer: Any, skip_special: bool) -> list[str]:
+    if tokenizer is None:
+        raise ValueError(
+            "DRA needs the experience maker's tokenizer to decode responses; it is None"
+        )
+    vocab = len(tokenizer)
+    ids: list[list[int]] = []
+    dropped = 0
+    for experience in experiences:
+        for row in range(experience.sequences.size(0)):
+            tokens = _response_token_ids(experience, row)
+            keep = (tokens >= 0) & (tokens < vocab)
+            dropped += int((~keep).sum())
+            ids.append(tokens[keep].tolist())
+    if dropped:
+        # NOTE: models often pad their vocabulary past the tokenizer's; such ids have no text.
+        logger.warning(
+            "DRA: dropped %d response token ids outside the tokenizer's vocabulary [0, %d) before "
+            "decoding; check that the trainer's tokenizer matches the policy model",
+            dropped,
+            vocab,
+        )
+    return list(tokenizer.batch_decode(ids, skip_special_tokens=skip_special))
+
+
+def _as_embeddings(value: Any, n: int) -> torch.Tensor:
+    out = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if out.ndim != 2 or out.size(0) != n:
+        raise ValueError(
+            f"the embedder must return [N, D] = [{n}, D] for {n} texts, "
+            f"got shape {tuple(out.shape)}"
+        )
+    return out
+
+
+def _check_groups(experiences: Sequence[Any], positions: torch.Tensor, n_samples: int) -> None:
+    n = positions.numel()
+    if n % n_samples:
+        raise ValueError(
+            f"DRA: {n} samples do not form whole groups of n_samples_per_prompt={n_samples}; "
+            "a group was split (filtering or a partial batch); refusing to mix prompts"
+        )
+    if not torch.equal(positions.sort().values, torch.arange(n)):
+        raise ValueError(
+            "DRA: experience.index is not a permutation of the rollout positions 0..N-1; "
+            "cannot restore rollout order"
+        )
+    prompts = [p for e in experiences for p in (e.prompts or [])]
+    if len(prompts) != n:
+        return  # no prompt texts to cross-check (custom Experience producers)
+    by_position: list[Any] = [None] * n
+    for position, prompt in zip(positions.tolist(), prompts, strict=True):
+        by_position[position] = prompt
+    for start in range(0, n, n_samples):
+        block = by_position[start : start + n_samples]
+        if any(p != block[0] for p in block):
+            raise ValueError(
+                f"DRA: rollout positions {start}..{start + n_samples - 1} hold different prompts; "
+                "groups are not contiguous blocks of n_samples_per_prompt (was a group split?)"
+            )
+
+
+def apply_dra_to_experiences(
+    experiences: Sequence[Any], tokenizer: Any, n_samples_per_prompt: int, config: DRAConfig
+) -> None:
+    """Replace each ``experience.rewards`` by its DRA-adjusted value, in place.
+
+    Groups are rollout positions ``experience.index[i] // n_samples_per_prompt``, as OpenRLHF's
+    own ``rewards.reshape(-1, n_samples_per_prompt)`` after restoring rollout order. Adds, per
+    sample, ``info["dra_smi"]`` and ``info["dra_raw_reward"]`` (the reward before DRA) for logging.
+    (OpenRLHF's length-penalty step then copies ``experience.rewards`` into ``info["reward"]``, so
+    ``rollout/reward_mean`` shows the adjusted reward.)
+
+    Args:
+        experiences: OpenRLHF ``Experience`` batches (``sequences``, ``action_mask``, ``rewards``,
+            ``index``, optionally ``prompts``).
+        tokenizer: a Hugging Face tokenizer (``batch_decode``, ``len``).
+        n_samples_per_prompt: the group size.
+        config: embedder and DRA options.
+    """
+    if n_samples_per_prompt <= 1 or not experiences:
+        return  # groups of one: SMI = 0, DRA is the identity
+    lengths = [len(e.index) for e in experiences]
+    positions = torch.tensor([i for e in experiences for i in e.index], dtype=torch.int64)
+    _check_groups(experiences, positions, n_samples_per_prompt)
+    rewards = torch.cat([e.rewards.reshape(-1) for e in experiences])
+    if rewards.numel() != positions.numel():
+        raise ValueError(f"DRA: {rewards.numel()} rewards for {positions.numel()} samples")
+
+    texts = _decode_responses(experiences, tokenizer, config.skip_special_tokens)
+    embeddings = _as_embeddings(config.get_embedder()(texts), len(texts))
+    device = embeddings.device
+    group_ids = (positions // n_samples_per_prompt).to(device)
+    num_groups = positions.numel() // n_samples_per_prompt
+    adjusted = adjust_rewards(
+        rewards.to(device, torch.promote_types(rewards.dtype, torch.float32)),
+        embeddings,
+        group_ids,
+        backend=config.backend,
+        num_groups=num_groups,
+        min_denominator=config.min_denominator,
+    )
+    smi = smi_scores(embeddings, group_ids, backend=config.backend, num_groups=num_groups)
+    for experience, new_rewards, row_smi in zip(
+        experiences, adjusted.split(lengths), smi.split(lengths), strict=True
+    ):
+        dtype = torch.promote_types(experience.rewards.dtype, torch.float32)
+        experience.info["dra_raw_reward"] = experience.rewards.to("cpu", dtype).clone()
+        experience.rewards = new_rewards.to(experience.rewards.device, dtype)
+        experience.info["dra_smi"] = row_smi.to("cpu", torch.float32)
+
+
+# ----------------------------------------------------------------------------- patching
+
+_state: dict[str, Any] = {"config": None}
+_warned_single = False
+
+
+def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def compute_advantages_and_returns(
+        self: Any, experiences: list[Any], *args: Any, **kwargs: Any
+    ):
+        global _warned_single
+        config = _state["config"]
+        if config is not None:
+            n_samples = int(self.strategy.args.rollout.n_samples_per_prompt)
+            if n_samples > 1:
+                apply_dra_to_experiences(experiences, self.tokenizer, n_samples, config)
+            elif not _warned_single:
+                _warned_single = True
+                logger.warning(
+                    "DRA is on but n_samples_per_prompt=%d: every group has one completion, "
+                    "SMI = 0 and rewards are unchanged",
+                    n_samples,
+                )
+        return original(self, experiences, *args, **kwargs)
+
+    compute_advantages_and_returns.__dra_original__ = original  # type: ignore[attr-defined]
+    return compute_advantages_and_returns
+
+
+def _patch_module(module: Any) -> None:
+    cls = getattr(module, TARGET_CLASS, None)
+    method = getattr(cls, TARGET_METHOD, None) if cls is not None else None
+    if method is None:
+        raise RuntimeError(
+            f"{TARGET_MODULE}.{TARGET_CLASS}.{TARGET_METHOD} not found: this OpenRLHF version is "
+            "not supported by dra_kernels.integrations.openrlhf (tested with 0.11.x)"
+        )
+    if not hasattr(method, "__dra_original__"):
+        setattr(cls, TARGET_METHOD, _wrap(method))
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        _patch_module(module)
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Patches the experience maker when (and only if) its module is imported.
+
+    NOTE: importing it eagerly would pull deepspeed into every Ray worker, vLLM's included.
+    """
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != TARGET_MODULE:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _PatchingLoader(spec.loader)
+                return spec
+        return None
+
+
+def _remove_finders() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _PatchOnImport)]
+
+
+def install(
+    embedder: Embedder | None = None,
+    *,
+    config: DRAConfig | None = None,
+    min_denominator: float = DEFAULT_MIN_DENOMINATOR,
+    backend: str = "auto",
+) -> DRAConfig:
+    """Turn DRA on in this process: wrap ``RemoteExperienceMaker.compute_advantages_and_returns``.
+
+    Patches the class now if its module is imported, else when it is imported. Calling it again
+    replaces the configuration; the method is wrapped once.
+
+    Args:
+        embedder: callable ``list[str] -> [N, D]``; ``None`` uses :mod:`dra_kernels.embed`'s
+            default, built on first use.
+        config: a full :class:`DRAConfig` (then ``embedder`` and the options must be left out).
+        min_denominator, backend: as in :func:`dra_kernels.adjust_rewards`.
+
+    Returns:
+        The configuration in force.
+    """
+    if config is None:
+        config = DRAConfig(embedder=embedder, min_denominator=min_denominator, backend=backend)
+    elif embedder is not None:
+        raise ValueError("pass either embedder= or config=, not both")
+    _state["config"] = config
+    module = sys.modules.get(TARGET_MODULE)
+    if module is not None:
+        _patch_module(module)
+    elif not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport())
+    return config
+
+
+def uninstall() -> None:
+    """Turn DRA off in this process and restore the original method."""
+    _state["config"] = None
+    _remove_finders()
+    module = sys.modules.get(TARGET_MODULE)
+    cls = getattr(module, TARGET_CLASS, None) if module is not None else None
+    method = getattr(cls, TARGET_METHOD, None) if cls is not None else None
+    if method is not None and hasattr(method, "__dra_original__"):
+        setattr(cls, TARGET_METHOD, method.__dra_original__)
+
+
+def is_installed() -> bool:
+    """Whether DRA is on in this process."""
+    return _state["config"] is not None
+
+
+def setup_hook() -> None:
+    """Ray ``worker_process_setup_hook``: install DRA when ``DRA_KERNELS_OPENRLHF`` is on.
+
+    Use as ``runtime_env={"worker_process_setup_hook":
+    "dra_kernels.integrations.openrlhf.setup_hook", "env_vars": {"DRA_KERNELS_OPENRLHF": "1"}}``.
+    Does nothing when the variable is unset or off.
+    """
+    config = config_from_env()
+    if config is not None:
+        install(config=config)

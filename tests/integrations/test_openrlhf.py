@@ -1,0 +1,505 @@
+"""DRA in OpenRLHF 0.11.x: the real experience maker, with and without the patch.
+
+Runs in its own virtual environment (``bash .ci/openrlhf.sh``); skipped where openrlhf is not
+installed. OpenRLHF imports flash_attn, vllm and deepspeed at module level; where those are not
+installed (a CPU machine) tiny stand-in packages are written to a temporary folder and put on the
+path, so that every openrlhf module used here is the real one. What runs for real and what does
+not is listed in docs/integrations/openrlhf.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import dra_kernels
+from dra_kernels.integrations import openrlhf as dra_openrlhf
+from dra_kernels.integrations import openrlhf_launch
+
+if importlib.util.find_spec("openrlhf") is None:
+    pytest.skip(
+        "openrlhf is not installed here; run `bash .ci/openrlhf.sh` (own venv)",
+        allow_module_level=True,
+    )
+
+# Stand-ins for the GPU-only packages that openrlhf modules import at top level. None of their
+# functions is called by the code under test; they only let the real modules import.
+STAND_INS = {
+    "flash_attn/__init__.py": "",
+    "flash_attn/bert_padding.py": """
+        def _absent(*args, **kwargs):
+            raise RuntimeError("flash_attn stand-in: not available on this machine")
+
+        index_first_axis = pad_input = rearrange = unpad_input = _absent
+    """,
+    "flash_attn/utils/__init__.py": "",
+    "flash_attn/utils/distributed.py": """
+        def all_gather(*args, **kwargs):
+            raise RuntimeError("flash_attn stand-in: not available on this machine")
+    """,
+    "vllm/__init__.py": """
+        __version__ = "0.0.0+stand-in"
+
+
+        class SamplingParams:
+            def __init__(self, **kwargs):
+                self.__dict__.update(kwargs)
+    """,
+    "vllm/inputs.py": """
+        class TokensPrompt(dict):
+            pass
+    """,
+    "vllm/utils.py": """
+        import uuid
+
+
+        def random_uuid():
+            return uuid.uuid4().hex
+    """,
+    "deepspeed/__init__.py": "",
+    "deepspeed/runtime/__init__.py": "",
+    "deepspeed/runtime/zero/__init__.py": "",
+    "deepspeed/runtime/zero/partition_parameters.py": """
+        class ZeroParamStatus:
+            pass
+    """,
+}
+
+# The cheap deterministic embedder, importable by name (also inside a Ray worker).
+EMBEDDER_MODULE = """
+    import torch
+
+    CALLS = []
+
+
+    def embed(texts):
+        # Letter counts a-z: identical texts embed identically, disjoint letters orthogonally.
+        CALLS.append(list(texts))
+        out = torch.zeros(len(texts), 26, dtype=torch.float64)
+        for row, text in enumerate(texts):
+            for char in text:
+                if "a" <= char <= "z":
+                    out[row, ord(char) - ord("a")] += 1.0
+        return out
+
+
+    def factory():
+        return embed
+"""
+
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "mat",
+    "dog",
+    "ran",
+    "far",
+    "away",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "bird",
+    "sings",
+    "loud",
+]
+WORDS += ["yes", "no", "maybe"]
+SPECIALS = ["<pad>", "</s>", "<unk>", "<user>"]
+
+
+@pytest.fixture(scope="module")
+def stand_in_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("openrlhf_stand_ins")
+    for rel, source in STAND_INS.items():
+        if importlib.util.find_spec(rel.split("/")[0]) is not None:
+            continue  # the real package is installed: use it
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source))
+    (root / "dra_test_embedder.py").write_text(textwrap.dedent(EMBEDDER_MODULE))
+    sys.path.insert(0, str(root))
+    yield root
+    sys.path.remove(str(root))
+
+
+@pytest.fixture(scope="module")
+def orl(stand_in_dir):
+    """The real openrlhf modules (imported once the stand-ins are on the path)."""
+    import dra_test_embedder
+    import openrlhf.trainer.ppo_utils.experience_maker as experience_maker
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+    from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+    from openrlhf.utils.utils import get_tokenizer
+
+    return SimpleNamespace(
+        experience_maker=experience_maker,
+        FixedKLController=FixedKLController,
+        SamplesGenerator=SamplesGenerator,
+        get_tokenizer=get_tokenizer,
+        embedder=dra_test_embedder,
+    )
+
+
+@pytest.fixture(scope="module")
+def tokenizer(orl, tmp_path_factory):
+    """A real Hugging Face fast tokenizer, built locally and loaded by OpenRLHF's get_tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=["<user>"],
+    )
+    path = tmp_path_factory.mktemp("tokenizer")
+    fast.save_pretrained(path)
+    return orl.get_tokenizer(
+        str(path),
+        SimpleNamespace(is_vlm=False, config=SimpleNamespace()),
+        "left",
+        None,
+        use_fast=True,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _clean_patch(orl):
+    dra_openrlhf.uninstall()
+    orl.embedder.CALLS.clear()
+    yield
+    dra_openrlhf.uninstall()
+
+
+# Per prompt: (prompt, [(response words, reward)] * n). Duplicates inside a group, varied lengths.
+GROUPS = [
+    (
+        "<user> the cat",
+        [("sat on mat", 1.0), ("sat on mat", 1.0), ("ran far away", 0.0), ("no", 1.0)],
+    ),
+    (
+        "<user> the dog",
+        [
+            ("jumps over", 0.5),
+            ("lazy bird sings loud", -1.0),
+            ("jumps over", 0.5),
+            ("yes yes yes", 2.0),
+        ],
+    ),
+    ("<user> a fox", [("maybe", 0.0), ("fox jumps", 1.0), ("bird sings", 1.0), ("maybe", 0.25)]),
+]
+
+
+def _rollout(orl, tokenizer, groups, *, extra_ids=None, max_len=64):
+    """Per-sample Experiences made by the real SamplesGenerator from vLLM-shaped responses."""
+    generator = orl.SamplesGenerator(SimpleNamespace(args=None), None, None, tokenizer, [])
+    samples, texts, rewards = [], [], []
+    for prompt, responses in groups:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for j, (words, reward) in enumerate(responses):
+            response_ids = tokenizer(words, add_special_tokens=False)["input_ids"]
+            if extra_ids and (prompt, j) in extra_ids:
+                response_ids = response_ids + extra_ids[(prompt, j)]
+            response_ids = [*response_ids, tokenizer.eos_token_id]
+            observation = prompt_ids + response_ids
+            response = {
+                "observation_tokens": observation,
+                "action_ranges": [(len(prompt_ids), len(observation))],
+                "reward": reward,
+                "scores": reward,
+                "rollout_log_probs": None,
+                "prompt": prompt,
+                "label": "",
+                "truncated": False,
+            }
+            samples.append(generator._process_response_into_experience(response, max_len=max_len))
+            texts.append(words)
+            rewards.append(reward)
+    return samples, texts, torch.tensor(rewards)
+
+
+def _maker(orl, tokenizer, *, estimator="group_norm", n=4, dynamic_batch=True, overlong=None):
+    args = SimpleNamespace(
+        algo=SimpleNamespace(
+            advantage=SimpleNamespace(estimator=estimator, gamma=1.0, lambd=1.0, no_std_norm=False),
+            kl=SimpleNamespace(use_loss=False),
+        ),
+        rollout=SimpleNamespace(
+            n_samples_per_prompt=n, micro_batch_size=3, max_tokens_per_gpu=4096, max_new_tokens=8
+        ),
+        train=SimpleNamespace(dynamic_batch_enable=dynamic_batch),
+        actor=SimpleNamespace(num_nodes=1, num_gpus_per_node=2),
+        ds=SimpleNamespace(ring_attn_size=1, tensor_parallel_size=1),
+        reward=SimpleNamespace(
+            clip_range=None, overlong_buffer_len=overlong, overlong_penalty_factor=1.0
+        ),
+        data=SimpleNamespace(max_len=64),
+    )
+    return orl.experience_maker.RemoteExperienceMaker(
+        None, None, None, None, orl.FixedKLController(0.0), SimpleNamespace(args=args), tokenizer
+    )
+
+
+def _run(maker, samples):
+    """split_rollout_samples (real), the fields make_experience adds (stand-in: no models), then
+    compute_advantages_and_returns (real, patched or not)."""
+    experiences = maker.split_rollout_samples(samples)
+    for e in experiences:
+        e.kl = torch.zeros(e.action_mask.shape)
+        e.action_log_probs = torch.zeros(e.action_mask.shape)
+    return maker.compute_advantages_and_returns(experiences)
+
+
+def _in_rollout_order(experiences, values):
+    positions = torch.tensor([i for e in experiences for i in e.index])
+    out = torch.empty(len(positions), dtype=values[0].dtype)
+    out[positions] = torch.cat(values)
+    return out
+
+
+def _advantages(experiences):
+    """The per-sample advantage (constant over the response tokens for group estimators)."""
+    per_sample = []
+    for e in experiences:
+        mask = e.action_mask.bool()
+        rows = []
+        for b in range(e.advantages.size(0)):
+            values = e.advantages[b][mask[b]]
+            torch.testing.assert_close(values, values[:1].expand_as(values))
+            rows.append(values[0])
+        per_sample.append(torch.stack(rows))
+    return _in_rollout_order(experiences, per_sample)
+
+
+def _expected_group_advantages(rewards, n, estimator):
+    g = rewards.reshape(-1, n)
+    if estimator == "group_norm":
+        return ((g - g.mean(-1, keepdim=True)) / (g.std(-1, keepdim=True) + 1e-9)).reshape(-1)
+    if estimator == "rloo":
+        return (g - (g.sum(-1, keepdim=True) - g) / (n - 1)).reshape(-1)
+    return (g - g.mean(-1, keepdim=True)).reshape(-1)  # dr_grpo
+
+
+@pytest.mark.parametrize("estimator", ["group_norm", "dr_grpo", "rloo"])
+@pytest.mark.parametrize("dynamic_batch", [True, False])
+def test_dra_rewards_reach_the_estimator(orl, tokenizer, estimator, dynamic_batch):
+    samples, texts, raw = _rollout(orl, tokenizer, GROUPS)
+    n = 4
+    dra_openrlhf.install(orl.embedder.embed)
+    experiences = _run(
+        _maker(orl, tokenizer, estimator=estimator, dynamic_batch=dynamic_batch), samples
+    )
+
+    # The embedder saw exactly the response texts (response part only, no prompt, no eos).
+    positions = [i for e in experiences for i in e.index]
+    assert [[texts[p] for p in positions]] == orl.embedder.CALLS
+    if dynamic_batch:
+        assert positions != sorted(positions), "seqlen balancing should reorder the rollout"
+
+    expected = dra_kernels.adjust_rewards(
+        raw, orl.embedder.embed(texts), [i // n for i in range(len(texts))]
+    ).float()
+    reached = _in_rollout_order(experiences, [e.rewards for e in experiences])
+    torch.testing.assert_close(reached, expected)
+    assert not torch.allclose(expected, raw.float()), "the fixture should make DRA change rewards"
+    # The raw reward is kept for logging; OpenRLHF itself syncs info["reward"] to the rewards.
+    torch.testing.assert_close(
+        _in_rollout_order(experiences, [e.info["dra_raw_reward"] for e in experiences]), raw.float()
+    )
+    torch.testing.assert_close(
+        _in_rollout_order(experiences, [e.info["reward"] for e in experiences]), expected
+    )
+    expected_smi = dra_kernels.smi_scores(
+        orl.embedder.embed(texts), [i // n for i in range(len(texts))]
+    ).float()
+    torch.testing.assert_close(
+        _in_rollout_order(experiences, [e.info["dra_smi"] for e in experiences]), expected_smi
+    )
+    torch.testing.assert_close(
+        _advantages(experiences), _expected_group_advantages(expected, n, estimator)
+    )
+
+
+@pytest.mark.parametrize("how", ["never_installed", "uninstalled", "env_unset", "env_off"])
+def test_dra_off_changes_nothing(orl, tokenizer, monkeypatch, how):
+    original = orl.experience_maker.RemoteExperienceMaker.compute_advantages_and_returns
+    samples, _, raw = _rollout(orl, tokenizer, GROUPS)
+    baseline = _run(_maker(orl, tokenizer), samples)
+
+    if how == "uninstalled":
+        dra_openrlhf.install(orl.embedder.embed)
+        dra_openrlhf.uninstall()
+    elif how.startswith("env"):
+        if how == "env_unset":
+            monkeypatch.delenv(dra_openrlhf.ENV_ENABLE, raising=False)
+        else:
+            monkeypatch.setenv(dra_openrlhf.ENV_ENABLE, "0")
+        dra_openrlhf.setup_hook()
+    assert orl.experience_maker.RemoteExperienceMaker.compute_advantages_and_returns is original
+    assert not dra_openrlhf.is_installed()
+
+    samples, _, _ = _rollout(orl, tokenizer, GROUPS)
+    again = _run(_maker(orl, tokenizer), samples)
+    assert orl.embedder.CALLS == []
+    torch.testing.assert_close(_in_rollout_order(again, [e.rewards for e in again]), raw.float())
+    torch.testing.assert_close(_advantages(again), _advantages(baseline))
+    assert all("dra_smi" not in e.info and "dra_raw_reward" not in e.info for e in again)
+
+
+def test_env_hook_installs_with_embedder_factory(orl, tokenizer, monkeypatch):
+    monkeypatch.setenv(dra_openrlhf.ENV_ENABLE, "1")
+    monkeypatch.setenv(dra_openrlhf.ENV_EMBEDDER, "dra_test_embedder:factory")
+    monkeypatch.setenv(dra_openrlhf.ENV_MIN_DENOMINATOR, "0.5")
+    monkeypatch.setenv(dra_openrlhf.ENV_BACKEND, "torch")
+    dra_openrlhf.setup_hook()
+    assert dra_openrlhf.is_installed()
+    samples, texts, raw = _rollout(orl, tokenizer, GROUPS)
+    experiences = _run(_maker(orl, tokenizer), samples)
+    expected = dra_kernels.adjust_rewards(
+        raw, orl.embedder.embed(texts), [i // 4 for i in range(12)], min_denominator=0.5
+    ).float()
+    torch.testing.assert_close(
+        _in_rollout_order(experiences, [e.rewards for e in experiences]), expected
+    )
+
+
+@pytest.mark.parametrize("value", ["2", "enable", "onn"])
+def test_env_flag_typos_are_refused(monkeypatch, value):
+    monkeypatch.setenv(dra_openrlhf.ENV_ENABLE, value)
+    with pytest.raises(ValueError, match=dra_openrlhf.ENV_ENABLE):
+        dra_openrlhf.setup_hook()
+
+
+def test_overlong_penalty_applies_after_dra(orl, tokenizer):
+    samples, texts, raw = _rollout(orl, tokenizer, GROUPS)
+    dra_openrlhf.install(orl.embedder.embed)
+    # max_new_tokens 8, buffer 4: responses longer than 4 tokens (eos included) are penalised.
+    experiences = _run(_maker(orl, tokenizer, overlong=4), samples)
+    lengths = torch.tensor([len(t.split()) + 1 for t in texts], dtype=torch.float32)
+    penalty = -(lengths - 4).clamp(min=0, max=4) / 4
+    assert penalty.ne(0).any()
+    expected = dra_kernels.adjust_rewards(
+        raw, orl.embedder.embed(texts), [i // 4 for i in range(12)]
+    ).float()
+    torch.testing.assert_close(
+        _in_rollout_order(experiences, [e.rewards for e in experiences]), expected + penalty
+    )
+
+
+def test_single_sample_per_prompt_is_identity(orl, tokenizer, caplog):
+    groups = [(prompt, responses[:1]) for prompt, responses in GROUPS]
+    samples, _, raw = _rollout(orl, tokenizer, groups)
+    dra_openrlhf.install(orl.embedder.embed)
+    with caplog.at_level(logging.WARNING, logger=dra_openrlhf.__name__):
+        experiences = _run(_maker(orl, tokenizer, estimator="reinforce_baseline", n=1), samples)
+    assert orl.embedder.CALLS == []
+    torch.testing.assert_close(
+        _in_rollout_order(experiences, [e.rewards for e in experiences]), raw.float()
+    )
+
+
+def test_split_group_is_refused(orl, tokenizer):
+    samples, _, _ = _rollout(orl, tokenizer, GROUPS)
+    dra_openrlhf.install(orl.embedder.embed)
+    with pytest.raises(ValueError, match="whole groups"):
+        _run(_maker(orl, tokenizer), samples[:-1])  # 11 samples, n = 4
+    # Whole count, but the blocks of 4 mix prompts: a group was split and another's filled in.
+    shuffled = samples[1:5] + samples[0:1] + samples[5:]
+    with pytest.raises(ValueError, match="different prompts"):
+        _run(_maker(orl, tokenizer), shuffled)
+
+
+def test_token_ids_outside_the_tokenizer_are_dropped(orl, tokenizer, caplog):
+    prompt = GROUPS[0][0]
+    samples, texts, _ = _rollout(
+        orl, tokenizer, GROUPS, extra_ids={(prompt, 1): [len(tokenizer) + 7]}
+    )
+    dra_openrlhf.install(orl.embedder.embed)
+    with caplog.at_level(logging.WARNING, logger=dra_openrlhf.__name__):
+        experiences = _run(_maker(orl, tokenizer), samples)
+    assert "outside the tokenizer's vocabulary" in caplog.text
+    positions = [i for e in experiences for i in e.index]
+    assert [[texts[p] for p in positions]] == orl.embedder.CALLS
+
+
+def test_launcher_parses_flags_and_wraps_ray_init(monkeypatch):
+    env, rest = openrlhf_launch.parse_dra_args(
+        [
+            "--dra.enable",
+            "--rollout.n_samples_per_prompt",
+            "8",
+            "--dra.embedder",
+            "m:f",
+            "--dra.min_denominator=0.2",
+        ]
+    )
+    assert env == {
+        dra_openrlhf.ENV_ENABLE: "1",
+        dra_openrlhf.ENV_EMBEDDER: "m:f",
+        dra_openrlhf.ENV_MIN_DENOMINATOR: "0.2",
+    }
+    assert rest == ["--rollout.n_samples_per_prompt", "8"]
+    with pytest.raises(SystemExit):
+        openrlhf_launch.parse_dra_args(["--dra.enabled"])
+
+    seen = {}
+    fake_ray = SimpleNamespace(init=lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setenv(dra_openrlhf.ENV_ENABLE, "1")
+    openrlhf_launch.patch_ray_init(fake_ray)
+    fake_ray.init(runtime_env={"env_vars": {"NCCL_DEBUG": "WARN"}})
+    assert seen["runtime_env"] == {
+        "env_vars": {"NCCL_DEBUG": "WARN", dra_openrlhf.ENV_ENABLE: "1"},
+        "worker_process_setup_hook": openrlhf_launch.HOOK,
+    }
+    with pytest.raises(ValueError, match="worker_process_setup_hook"):
+        fake_ray.init(runtime_env={"worker_process_setup_hook": "other.hook"})
+
+
+def test_hook_patches_inside_a_ray_worker(orl, stand_in_dir, monkeypatch):
+    """Real Ray: the launcher's ray.init wrapper installs the hook; a worker that imports the
+    experience maker gets the patched method, configured from the propagated variables."""
+    import ray
+
+    monkeypatch.setenv(dra_openrlhf.ENV_ENABLE, "1")
+    monkeypatch.setenv(dra_openrlhf.ENV_EMBEDDER, "dra_test_embedder:factory")
+    monkeypatch.setattr(ray, "init", ray.init)  # restored after the test
+    openrlhf_launch.patch_ray_init(ray)
+    pythonpath = os.pathsep.join([str(stand_in_dir), str(Path(dra_kernels.__file__).parents[1])])
+    ray.init(
+        num_cpus=1,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+    )
+    try:
+
+        @ray.remote
+        def probe():
+            import openrlhf.trainer.ppo_utils.experience_maker as maker_module
+
+            from dra_kernels.integrations import openrlhf as dra
+
+            method = maker_module.RemoteExperienceMaker.compute_advantages_and_returns
+            return (
+                hasattr(method, "__dra_original__"),
+                dra.is_installed(),
+                os.environ.get(dra.ENV_EMBEDDER),
+            )
+
+        assert ray.get(probe.remote(), timeout=120) == (True, True, "dra_test_embedder:factory")
+    finally:
+        ray.shutdown()
