@@ -37,7 +37,7 @@ docs() {
 }
 
 core_tests() {
-  HF_HUB_OFFLINE=1 .venv/bin/python -m pytest tests benchmarks dra_kernels/api.py docs README.md \
+  HF_HUB_OFFLINE=1 .venv/bin/python -m pytest tests benchmarks dra_kernels/api.py dra_kernels/distributed.py docs README.md \
     --ignore=tests/integrations -p no:cacheprovider --junitxml="$REPORTS/core.xml" -q
 }
 

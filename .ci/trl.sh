@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# TRL integration: set up its own virtual environment (idempotent) and run the TRL tests.
+#
+# Why a separate venv (.venv-trl) and not the main .venv: TRL 1.16's own pins
+# (transformers>=4.56.2, accelerate, datasets, pyarrow, pandas) do not clash with the main venv's
+# sentence-transformers (transformers>=5,<6) today, but verl's and OpenRLHF's transformers pins do
+# clash with TRL's, so every trainer framework gets its own environment (shared/notes/frameworks.md)
+# and the core test suite stays free of accelerate/datasets/pyarrow.
+#
+# Supported TRL range: >=1.16,<1.17 (the `trl` extra in pyproject.toml). DRAGRPOTrainer overrides
+# the private GRPOTrainer._calculate_rewards, so each new TRL minor is checked before widening it.
+#
+# Usage (from the repository root): bash .ci/trl.sh
+set -euo pipefail
+
+VENV=.venv-trl
+PY="$VENV/bin/python"
+
+if [ ! -x "$PY" ]; then
+    python3 -m venv "$VENV"
+fi
+# NOTE: torch==2.13.0 on the same command line so pip never resolves another torch; pip skips
+# everything already satisfied, so a second run is quick.
+"$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[trl,test]'
+"$PY" -c 'import torch, transformers, trl; print("torch", torch.__version__, "| transformers", transformers.__version__, "| trl", trl.__version__)'
+
+# The one-process runs and the torchrun run (2 gloo processes) are all in tests/integrations/
+# test_trl.py; the module's doctests run here too (the core suite has no TRL). scripts/test.sh sets
+# JUNIT_XML to collect a report.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+exec "$PY" -m pytest -p no:cacheprovider -q -W ignore::FutureWarning \
+    ${JUNIT_XML:+--junitxml="$JUNIT_XML"} \
+    tests/integrations/test_trl.py dra_kernels/integrations/trl.py
