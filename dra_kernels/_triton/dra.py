@@ -96,7 +96,9 @@ def _dra_forward_kernel(
             tl.store(smi_ptr + i_row, b_smi, mask=m_row)
         else:
             b_r = tl.load(rew_ptr + i_row * stride_r, mask=m_row, other=0.0).to(b_smi.dtype)
-            b_adj = b_r / tl.maximum(1.0 + b_smi, min_denominator)
+            b_den = 1.0 + b_smi
+            # NOTE: not tl.maximum, which drops NaN: a NaN SMI must give a NaN reward, as in torch.
+            b_adj = b_r / tl.where(b_den < min_denominator, min_denominator, b_den)
             tl.store(adj_ptr + i_row, b_adj, mask=m_row)
             b_totals += tl.where(m_row, b_adj, 0.0)
 
