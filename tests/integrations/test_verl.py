@@ -1,0 +1,500 @@
+"""dra_kernels.integrations.verl against the real verl package (CPU).
+
+Real verl code in these tests: ``import verl`` and its ``verl.plugins`` entry-point loading,
+``verl.DataProto``, verl's Hydra configuration (``ppo_trainer.yaml``), and the v1 trainer's own
+``PPOTrainer._compute_advantage`` (with verl's GRPO advantage code) on a real TransferQueue running
+on a local Ray instance. Only the trainer object is built without its ``__init__`` (which would
+start models and workers): it gets a real composed config and a tokenizer.
+
+Run with ``bash .ci/verl.sh`` (a dedicated virtual environment); skipped where verl is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+verl = pytest.importorskip(
+    "verl", reason="verl is not installed here; .ci/verl.sh runs these tests in .venv-verl"
+)
+
+from verl import DataProto  # noqa: E402
+
+from dra_kernels import adjust_rewards, smi_scores  # noqa: E402
+from dra_kernels.integrations import verl as dra_verl  # noqa: E402
+
+WORDS = [
+    *("x", "equals", "two", "so", "the", "answer", "is", "2", "we", "factor", "square", "root"),
+    *("add", "both", "sides", "divide", "by", "three", "hence", "check", "plug", "in", "result"),
+    *("four", "wrong", "guess", "maybe", "since", "then", "thus"),
+]
+GROUP_SIZE = 4
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    """A word-level tokenizer built here, saved and reloaded through transformers (no hub)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(["[PAD]", "[UNK]", "[EOS]", *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]"
+    )
+    path = tmp_path_factory.mktemp("tokenizer")
+    wrapped.save_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+class HashEmbedder:
+    """Deterministic bag-of-words embeddings (crc32 buckets); records the texts it sees."""
+
+    dim = 16
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return self.embed(texts)
+
+    @classmethod
+    def embed(cls, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), cls.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.split():
+                out[row, zlib.crc32(word.encode()) % cls.dim] += 1.0
+        return out
+
+
+def _texts(rng: np.random.Generator, n: int) -> list[str]:
+    """Texts of varied lengths, with near-duplicates inside a group."""
+    base = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 9))))
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            out.append(base)
+        else:
+            out.append(" ".join(rng.choice(WORDS, size=int(rng.integers(1, 12)))))
+    return out
+
+
+def make_batch(tokenizer, sizes=(GROUP_SIZE, GROUP_SIZE, 3), seed=0, eos_every=2):
+    """A DataProto as verl's trainer holds it after the reward step.
+
+    Left-padded prompts, right-padded responses of varied lengths (some ending with EOS, which
+    decoding skips), uid strings per prompt, the score at the last valid response token.
+    """
+    rng = np.random.default_rng(seed)
+    texts, uids = [], []
+    for size in sizes:
+        uid = str(uuid.UUID(int=int(rng.integers(1 << 62))))
+        texts += _texts(rng, size)
+        uids += [uid] * size
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    ids = [[*seq, eos] if i % eos_every == 0 else seq for i, seq in enumerate(ids)]
+    n, width, prompt_width = len(ids), max(map(len, ids)) + 3, 5
+    responses = torch.full((n, width), pad, dtype=torch.int64)
+    response_mask = torch.zeros(n, width, dtype=torch.int64)
+    prompts = torch.full((n, prompt_width), pad, dtype=torch.int64)
+    prompt_mask = torch.zeros(n, prompt_width, dtype=torch.int64)
+    scores = torch.zeros(n, width, dtype=torch.float32)
+    rewards = torch.tensor(rng.choice([0.0, 1.0, 0.5, -1.0], size=n), dtype=torch.float32)
+    for i, seq in enumerate(ids):
+        responses[i, : len(seq)] = torch.tensor(seq)
+        response_mask[i, : len(seq)] = 1
+        scores[i, len(seq) - 1] = rewards[i]
+        plen = int(rng.integers(2, prompt_width + 1))
+        prompts[i, prompt_width - plen :] = 7
+        prompt_mask[i, prompt_width - plen :] = 1
+    kl = torch.rand(n, width, generator=torch.Generator().manual_seed(seed)) * response_mask
+    data = DataProto.from_dict(
+        tensors={
+            "prompts": prompts,
+            "responses": responses,
+            "input_ids": torch.cat([prompts, responses], dim=1),
+            "attention_mask": torch.cat([prompt_mask, response_mask], dim=1),
+            "response_mask": response_mask,
+            "token_level_scores": scores,
+            "token_level_rewards": scores - 0.01 * kl,
+            "old_log_probs": torch.randn(n, width, generator=torch.Generator().manual_seed(1)),
+        },
+        non_tensors={"uid": np.array(uids, dtype=object), "data_source": np.array(["m"] * n)},
+    )
+    return data, texts, rewards
+
+
+def _snapshot(data: DataProto) -> dict:
+    return {k: v.clone() for k, v in data.batch.items()} | {
+        k: v.copy() for k, v in data.non_tensor_batch.items()
+    }
+
+
+def _last_index(data: DataProto) -> torch.Tensor:
+    width = data.batch["responses"].shape[1]
+    return data.batch["attention_mask"][:, -width:].sum(dim=1) - 1
+
+
+# ----------------------------------------------------------------------------- the plugin
+
+
+def test_plugin_is_registered_for_verl():
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep.value for ep in entry_points(group="verl.plugins")}
+    assert found.get("dra_kernels") == "dra_kernels.integrations.verl"
+
+
+def _fresh_python(code: str, **env: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_import_verl_loads_the_plugin_and_wraps_the_v1_trainer():
+    code = (
+        "import sys, verl; "
+        "loaded = 'dra_kernels.integrations.verl' in sys.modules; "
+        "from verl.trainer.ppo.v1.trainer_base import PPOTrainer; "
+        "print(loaded, getattr(PPOTrainer._compute_advantage, '__dra_kernels_wrapped__', False))"
+    )
+    assert _fresh_python(code) == "True True"
+    # verl's own switch for plugins turns it off entirely.
+    assert _fresh_python(code, VERL_USE_EXTERNAL_PLUGINS="none") == "False False"
+
+
+# ----------------------------------------------------------------------------- apply_dra
+
+
+def test_apply_dra_matches_adjust_rewards_on_decoded_texts(tokenizer):
+    data, texts, rewards = make_batch(tokenizer)
+    before = _snapshot(data)
+    embedder = HashEmbedder()
+
+    with pytest.warns(RuntimeWarning, match="1 of 3 groups"):
+        metrics = dra_verl.apply_dra(data, tokenizer, embedder, expected_group_size=GROUP_SIZE)
+
+    assert embedder.calls == [texts]  # decoded with the mask, EOS skipped, padding ignored
+    embeddings = torch.from_numpy(HashEmbedder.embed(texts))
+    uids = before["uid"]
+    expected = adjust_rewards(rewards, embeddings, uids)
+    rows, last = torch.arange(len(texts)), _last_index(data)
+    scores = data.batch["token_level_scores"]
+    assert torch.equal(scores[rows, last], expected)
+    # every other position of the score tensor is untouched
+    untouched = torch.ones_like(scores, dtype=torch.bool)
+    untouched[rows, last] = False
+    assert torch.equal(scores[untouched], before["token_level_scores"][untouched])
+    # token_level_rewards = scores - KL stays consistent: same change at the same token
+    kl_before = before["token_level_rewards"] - before["token_level_scores"]
+    kl_after = data.batch["token_level_rewards"] - scores
+    torch.testing.assert_close(kl_after, kl_before, rtol=0, atol=1e-6)
+    # nothing else changed, and the caller's old tensors were not written to
+    for key in ("prompts", "responses", "input_ids", "attention_mask", "response_mask"):
+        assert torch.equal(data.batch[key], before[key])
+    assert torch.equal(data.batch["old_log_probs"], before["old_log_probs"])
+    assert list(data.non_tensor_batch["uid"]) == list(uids)
+    assert list(data.non_tensor_batch["data_source"]) == list(before["data_source"])
+
+    smi = smi_scores(embeddings, uids)
+    assert metrics["dra/rows"] == len(texts)
+    assert metrics["dra/groups"] == 3
+    assert metrics["dra/incomplete_groups"] == 1  # the group of 3
+    assert metrics["dra/smi/mean"] == pytest.approx(float(smi.double().mean()))
+    assert metrics["dra/score_after/mean"] == pytest.approx(float(expected.double().mean()))
+
+
+def test_apply_dra_is_independent_of_row_order(tokenizer):
+    data, texts, _ = make_batch(tokenizer, seed=3)
+    perm = np.random.default_rng(0).permutation(len(texts))
+    shuffled = data.select_idxs(perm.tolist())
+    dra_verl.apply_dra(data, tokenizer, HashEmbedder())
+    dra_verl.apply_dra(shuffled, tokenizer, HashEmbedder())
+    torch.testing.assert_close(
+        shuffled.batch["token_level_scores"], data.batch["token_level_scores"][perm]
+    )
+
+
+def test_rows_outside_the_selection_and_empty_responses_are_left_alone(tokenizer):
+    data, texts, rewards = make_batch(tokenizer, sizes=(3, 3), seed=5)
+    data.batch["attention_mask"][1, -data.batch["responses"].shape[1] :] = 0  # empty response
+    before = _snapshot(data)
+    embedder = HashEmbedder()
+    rows = np.array([True, True, True, True, False, True])
+
+    dra_verl.apply_dra(data, tokenizer, embedder, rows=rows, score_keys=["token_level_scores"])
+
+    kept = [0, 2, 3, 5]
+    assert embedder.calls == [[texts[i] for i in kept]]
+    scores = data.batch["token_level_scores"]
+    for i in (1, 4):
+        assert torch.equal(scores[i], before["token_level_scores"][i])
+    expected = adjust_rewards(
+        rewards[kept],
+        torch.from_numpy(HashEmbedder.embed([texts[i] for i in kept])),
+        before["uid"][kept],
+    )
+    assert torch.equal(scores[kept, _last_index(data)[kept]], expected)
+    # score_keys limits the rewrite to the keys named
+    assert torch.equal(data.batch["token_level_rewards"], before["token_level_rewards"])
+
+
+def test_missing_uid_is_refused(tokenizer):
+    data, _, _ = make_batch(tokenizer)
+    data.non_tensor_batch.pop("uid")
+    with pytest.raises(KeyError, match="uid"):
+        dra_verl.apply_dra(data, tokenizer, HashEmbedder())
+
+
+def test_a_tokenizer_that_does_not_match_is_refused(tokenizer):
+    data, _, _ = make_batch(tokenizer)
+    data.batch["responses"][0, 0] = len(tokenizer) + 5
+    before = data.batch["token_level_scores"].clone()
+    with pytest.raises(ValueError, match="does not match the policy"):
+        dra_verl.apply_dra(data, tokenizer, HashEmbedder())
+    assert torch.equal(data.batch["token_level_scores"], before)
+
+
+def test_a_split_group_warns_and_is_adjusted_within_the_rows_present(tokenizer):
+    data, texts, rewards = make_batch(tokenizer, sizes=(GROUP_SIZE, GROUP_SIZE), seed=7)
+    kept = [0, 1, 4, 5, 6, 7]  # two completions of the first prompt were filtered out
+    part = data.select_idxs(kept)
+    with pytest.warns(RuntimeWarning, match="do not have 4 completions"):
+        metrics = dra_verl.apply_dra(part, tokenizer, HashEmbedder(), expected_group_size=4)
+    assert metrics["dra/incomplete_groups"] == 1
+    expected = adjust_rewards(
+        rewards[kept],
+        torch.from_numpy(HashEmbedder.embed([texts[i] for i in kept])),
+        data.non_tensor_batch["uid"][kept],
+    )
+    assert torch.equal(
+        part.batch["token_level_scores"][torch.arange(6), _last_index(part)], expected
+    )
+
+
+def test_an_embedder_returning_the_wrong_rows_is_refused(tokenizer):
+    data, _, _ = make_batch(tokenizer)
+    with pytest.raises(ValueError, match="must return"):
+        dra_verl.apply_dra(data, tokenizer, lambda texts: np.ones((len(texts) - 1, 4)))
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        return compose("ppo_trainer", overrides=list(overrides))
+
+
+EMBEDDER_PATH = f"{__name__}:HashEmbedder"
+
+
+def test_settings_from_the_real_verl_config(monkeypatch):
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    assert dra_verl.settings_from_config(_compose()) is None
+    assert dra_verl.settings_from_config(_compose("+dra.enable=false")) is None
+    settings = dra_verl.settings_from_config(
+        _compose("+dra.enable=true", "+dra.min_denominator=0.2", f"+dra.embedder={EMBEDDER_PATH}")
+    )
+    assert settings == dra_verl.DRASettings(embedder=EMBEDDER_PATH, min_denominator=0.2)
+    assert isinstance(settings.build_embedder(), HashEmbedder)  # a class is instantiated
+
+    monkeypatch.setenv(dra_verl.ENV_VAR, "1")
+    assert dra_verl.settings_from_config(_compose()) == dra_verl.DRASettings()
+    monkeypatch.setenv(dra_verl.ENV_VAR, "maybe")
+    with pytest.raises(ValueError, match=dra_verl.ENV_VAR):
+        dra_verl.settings_from_config(None)
+    monkeypatch.delenv(dra_verl.ENV_VAR)
+    with pytest.raises(ValueError, match="unknown key"):
+        dra_verl.settings_from_config(_compose("+dra.enable=true", "+dra.min_denom=0.2"))
+
+
+# ----------------------------------------------------------------------------- the v1 trainer
+
+
+@pytest.fixture(scope="module")
+def transfer_queue():
+    """A real TransferQueue on a small local Ray instance."""
+    import ray
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+
+    # NOTE: logical CPUs: TransferQueue asks one for its controller and one per storage unit.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+        yield tq
+        tq.close()
+    finally:
+        ray.shutdown()
+
+
+def _put_rollouts(tq, data: DataProto, padding_rows: int = 1):
+    """Store ``data`` in TransferQueue as the v1 trainer does (nested tensors, uid strings)."""
+    from tensordict import TensorDict
+    from transfer_queue import KVBatchMeta
+
+    width = data.batch["responses"].shape[1]
+    lengths = data.batch["attention_mask"][:, -width:].sum(dim=1).tolist()
+    uids = [str(u) for u in data.non_tensor_batch["uid"]]
+
+    def nested(tensor, rows_lengths):
+        parts = [tensor[i, :length] for i, length in enumerate(rows_lengths)]
+        return torch.nested.as_nested_tensor(parts, layout=torch.jagged)
+
+    responses = [data.batch["responses"][i] for i in range(len(uids))]
+    scores = [data.batch["token_level_scores"][i] for i in range(len(uids))]
+    tags = [{} for _ in uids]
+    # verl's synthetic padding rows: one EOS token, a uid of their own, tagged is_padding
+    pad_uid = f"pad{uuid.uuid4().hex}"
+    for _ in range(padding_rows):
+        responses.append(torch.full((width,), 2, dtype=torch.int64))
+        scores.append(torch.zeros(width))
+        lengths.append(1)
+        uids.append(pad_uid)
+        tags.append({"is_padding": True})
+    counters: dict[str, int] = {}
+    keys = []
+    for uid in uids:
+        counters[uid] = counters.get(uid, -1) + 1
+        keys.append(f"{uid}_{counters[uid]}_0")
+    stacked_responses = torch.stack(responses)
+    stacked_scores = torch.stack(scores)
+    mask = torch.arange(width) < torch.tensor(lengths).unsqueeze(1)
+    fields = TensorDict(
+        {
+            "responses": nested(stacked_responses, lengths),
+            "rm_scores": nested(stacked_scores, lengths),
+            "response_mask": nested(mask.long(), lengths),
+            "uid": uids,
+        },
+        batch_size=len(uids),
+    )
+    partition = f"train{uuid.uuid4().hex[:8]}"
+    tq.kv_batch_put(keys=keys, partition_id=partition, fields=fields)
+    return KVBatchMeta(keys=keys, tags=tags, partition_id=partition), stacked_scores, lengths
+
+
+def _trainer(config, tokenizer):
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    trainer = object.__new__(PPOTrainerSync)  # no __init__: it would start models and workers
+    trainer.config = config
+    trainer.tokenizer = tokenizer
+    return trainer
+
+
+def _scores_and_advantages(tq, meta, lengths):
+    got = tq.kv_batch_get(
+        keys=meta.keys, partition_id=meta.partition_id, select_fields=["rm_scores", "advantages"]
+    )
+    scores = got["rm_scores"].to_padded_tensor(0.0)
+    assert scores.shape[1] == max(lengths)
+    advantages = got["advantages"].to_padded_tensor(0.0)
+    rows = torch.arange(len(lengths))
+    last = torch.tensor(lengths) - 1
+    return scores, scores[rows, last], advantages[rows, 0]
+
+
+def _grpo(scores: torch.Tensor, uids) -> torch.Tensor:
+    """verl's own GRPO outcome advantage of one scalar score per row."""
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    rewards = torch.zeros(len(scores), 1)
+    rewards[:, 0] = scores
+    advantages, _ = compute_grpo_outcome_advantage(
+        token_level_rewards=rewards,
+        response_mask=torch.ones_like(rewards),
+        index=np.array(uids, dtype=object),
+    )
+    return advantages[:, 0]
+
+
+def test_v1_trainer_with_dra_off_is_unchanged(transfer_queue, tokenizer, monkeypatch):
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    data, _, rewards = make_batch(tokenizer, seed=11)
+    meta, stored, lengths = _put_rollouts(transfer_queue, data)
+    config = _compose("algorithm.adv_estimator=grpo", f"actor_rollout_ref.rollout.n={GROUP_SIZE}")
+    metrics: dict = {}
+
+    _trainer(config, tokenizer)._compute_advantage(meta, metrics)
+
+    assert not any(key.startswith("dra/") for key in metrics)
+    scores, _, advantages = _scores_and_advantages(transfer_queue, meta, lengths)
+    assert torch.equal(scores, stored[:, : scores.shape[1]])
+    n = len(rewards)
+    uids = list(data.non_tensor_batch["uid"])
+    torch.testing.assert_close(advantages[:n], _grpo(rewards, uids))
+
+
+def test_v1_trainer_with_dra_on_adjusts_rm_scores_before_the_advantages(
+    transfer_queue, tokenizer, monkeypatch
+):
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    data, texts, rewards = make_batch(tokenizer, seed=12)
+    meta, stored, lengths = _put_rollouts(transfer_queue, data)
+    config = _compose(
+        "algorithm.adv_estimator=grpo",
+        f"actor_rollout_ref.rollout.n={GROUP_SIZE}",
+        "+dra.enable=true",
+        f"+dra.embedder={EMBEDDER_PATH}",
+    )
+    trainer = _trainer(config, tokenizer)
+    metrics: dict = {}
+
+    with pytest.warns(RuntimeWarning, match="do not have 4 completions"):
+        trainer._compute_advantage(meta, metrics)
+
+    uids = list(data.non_tensor_batch["uid"])
+    n = len(rewards)
+    expected = adjust_rewards(rewards, torch.from_numpy(HashEmbedder.embed(texts)), uids)
+    scores, last_scores, advantages = _scores_and_advantages(transfer_queue, meta, lengths)
+    stored = stored[:, : scores.shape[1]]
+    assert torch.equal(last_scores[:n], expected)
+    assert torch.equal(scores[n:], stored[n:])  # the padding row is left alone
+    untouched = torch.ones_like(scores, dtype=torch.bool)
+    untouched[torch.arange(n), torch.tensor(lengths[:n]) - 1] = False
+    assert torch.equal(scores[untouched], stored[untouched])
+    torch.testing.assert_close(advantages[:n], _grpo(expected, uids))
+    assert metrics["dra/rows"] == n  # not the padding row
+    assert metrics["dra/incomplete_groups"] == 1
+    assert trainer._dra_kernels_state[1].calls == [texts]  # embedder built once, reused
+
+
+def test_the_legacy_trainer_refuses_dra_and_is_unchanged_without_it(monkeypatch):
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+    assert getattr(RayPPOTrainer.__init__, "__dra_kernels_wrapped__", False)
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    with pytest.raises(RuntimeError, match="legacy trainer"):
+        RayPPOTrainer(_compose("+dra.enable=true"))
+    monkeypatch.setenv(dra_verl.ENV_VAR, "1")
+    with pytest.raises(RuntimeError, match="legacy trainer"):
+        RayPPOTrainer(config=_compose())
+    # without DRA the call goes straight to verl's own __init__ (which needs more arguments)
+    monkeypatch.delenv(dra_verl.ENV_VAR)
+    with pytest.raises(TypeError, match="role_worker_mapping"):
+        RayPPOTrainer(_compose())
