@@ -22,4 +22,4 @@ start=$(date +%s)
 echo "verl.sh: install step took $(($(date +%s) - start)) s"
 
 "$VENV/bin/python" -c "import torch, verl; print('verl', verl.__version__, 'torch', torch.__version__)"
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/integrations/test_verl.py
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/integrations/test_verl.py ${JUNIT_XML:+--junitxml="$JUNIT_XML"}
