@@ -4,11 +4,34 @@ Data flow: caller's rewards / embeddings / group ids (torch, numpy or lists) -> 
 tensors and dense int64 group codes -> :mod:`dra_kernels.reference` (``backend="torch"``) or the
 fused kernel in :mod:`dra_kernels._triton` (``backend="triton"``) -> the result in the caller's row
 order and kind.
+
+Input policy (docs/guarantees.md lists each rule with the test that proves it):
+
+- rewards and embeddings are both torch tensors on one device, or both host data (numpy arrays,
+  lists); mixing raises TypeError. group_ids may be any ordered sequence whatever the data kind
+  (integers, strings, tuples, a numpy object array of uid strings); sets, mappings, floats,
+  booleans and NaN ids are refused.
+- rewards may be floating or integer (converted exactly to the computation dtype); booleans are
+  refused. Embeddings must be float16 / bfloat16 / float32 / float64, 2-D, with D >= 1.
+- numpy arrays with negative strides, non-native byte order or read-only memory are copied, never
+  refused; inputs are never written and outputs never share memory with them.
+- N = 0 gives an empty result of the rewards' kind (an empty list ``[]`` is accepted as
+  embeddings with no rows).
+- Non-finite values are not checked (no host synchronisation on CUDA): a NaN / inf embedding makes
+  every output of its group NaN, except in a group of one, whose SMI is an empty sum (0); a NaN /
+  inf reward makes its own adjusted reward non-finite and its group's advantages NaN. Other groups
+  are never affected.
+- ``min_denominator`` lies in (0, 1]; ``eps`` is > 0 with ``scale="std"`` (eps = 0 would give 0 / 0
+  for a group of equal rewards) and >= 0 with ``scale="none"`` (where it is unused).
+- float32 advantages need squared deviations below float32's maximum (|r - mean| < 1.8e19).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import numbers
+import threading
+from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -68,17 +91,24 @@ def _to_tensor(value: Any, name: str) -> torch.Tensor:
                 f"{name} must be a torch tensor, a numpy array or a sequence of numbers; "
                 f"could not convert a {type(value).__name__}: {exc}"
             ) from None
-    if array.dtype.kind not in "biuf":
+    if array.dtype.kind not in "biuf" or (array.dtype.kind == "f" and array.dtype.itemsize > 8):
         raise TypeError(
             f"{name} must hold real numbers; got a numpy array of dtype {array.dtype}"
             if isinstance(value, np.ndarray)
             else f"{name} must hold real numbers; got a {type(value).__name__} of {array.dtype}"
         )
-    if array.dtype.kind == "f" and array.dtype.itemsize == 2:
-        pass  # float16 is supported by torch.from_numpy
-    if not array.flags.writeable:
-        array = array.copy()  # torch.from_numpy warns on read-only arrays
-    return torch.from_numpy(array)
+    return torch.from_numpy(_torch_compatible(array))
+
+
+def _torch_compatible(array: np.ndarray) -> np.ndarray:
+    """``array`` itself, or a copy where ``torch.from_numpy`` cannot share it."""
+    # NOTE: torch.from_numpy refuses negative strides (a[::-1]) and non-native byte order, and
+    # warns on read-only arrays; such arrays are copied (the caller's array is never written).
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if not array.flags.writeable or any(s < 0 for s in array.strides):
+        array = np.array(array, copy=True)
+    return array
 
 
 def _check_rewards(rewards: torch.Tensor) -> None:
@@ -102,7 +132,9 @@ def _check_embeddings(embeddings: torch.Tensor, n: int | None) -> None:
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must be 2-D [N, D], got shape {tuple(embeddings.shape)}")
     if embeddings.shape[1] == 0:
-        raise ValueError(f"embeddings must have D >= 1 columns, got shape {tuple(embeddings.shape)}")
+        raise ValueError(
+            f"embeddings must have D >= 1 columns, got shape {tuple(embeddings.shape)}"
+        )
     if n is not None and embeddings.shape[0] != n:
         raise ValueError(
             f"embeddings has {embeddings.shape[0]} rows but rewards has {n} entries; "
@@ -118,10 +150,12 @@ def _check_kinds(**values: Any) -> torch.device:
     """Rewards and embeddings: both torch on one device, or neither torch. Returns the device."""
     torch_args = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
     if torch_args and len(torch_args) != len(values):
-        other = next(k for k in values if k not in torch_args)
+        tensors = ", ".join(torch_args)
+        others = ", ".join(
+            f"{k} is a {type(v).__name__}" for k, v in values.items() if k not in torch_args
+        )
         raise TypeError(
-            f"{', '.join(torch_args)} {'is a torch tensor' if len(torch_args) == 1 else 'are torch tensors'}"
-            f" but {other} is a {type(values[other]).__name__}; pass both as torch tensors "
+            f"{tensors} is a torch tensor but {others}; pass both as torch tensors "
             "(on the same device) or both as numpy arrays / lists"
         )
     devices = {k: v.device for k, v in torch_args.items()}
@@ -177,10 +211,15 @@ def factorize_group_ids(
     else:
         ids = _host_integer_ids(group_ids)
         if ids is None:
+            if num_groups is not None:
+                raise ValueError(
+                    f"num_groups={num_groups!r} is a hint for integer ids in [0, num_groups); "
+                    "it cannot be used with string or other hashable group ids"
+                )
             codes, count = _factorize_hashables(group_ids)
             _check_len(len(codes), n)
             return Groups(torch.as_tensor(codes, dtype=torch.int64).to(device), count)
-        ids = torch.from_numpy(ids).to(device)
+        ids = torch.from_numpy(_torch_compatible(ids)).to(device)
     _check_len(ids.shape[0], n)
     if num_groups is not None:
         return _hinted_codes(ids, num_groups)
@@ -192,25 +231,34 @@ def factorize_group_ids(
 
 def _check_len(found: int, n: int) -> None:
     if found != n:
-        raise ValueError(f"group_ids has {found} entries but rewards has {n}; one id per completion")
+        raise ValueError(
+            f"group_ids has {found} entries but rewards has {n}; one id per completion"
+        )
 
 
 def _host_integer_ids(group_ids: Any) -> np.ndarray | None:
     """int64 numpy ids when ``group_ids`` is an integer array / list that fits int64, else None."""
-    if isinstance(group_ids, (str, bytes)) or not hasattr(group_ids, "__len__"):
+    if (
+        isinstance(group_ids, (str, bytes, AbstractSet, Mapping))
+        or not hasattr(group_ids, "__len__")
+        or not hasattr(group_ids, "__getitem__")
+    ):
         raise TypeError(
-            f"group_ids must be a sequence with one id per completion, got {type(group_ids).__name__}"
+            "group_ids must be an ordered sequence with one id per completion (list, tuple, "
+            f"numpy array, torch tensor), got {type(group_ids).__name__}"
         )
     if isinstance(group_ids, np.ndarray):
         array = group_ids
+        if array.ndim != 1:
+            raise ValueError(f"group_ids must be 1-D [N], got shape {array.shape}")
+    elif len(group_ids) == 0:
+        return np.zeros(0, dtype=np.int64)  # np.asarray([]) would be float64
     else:
         try:
             array = np.asarray(group_ids)
         except (TypeError, ValueError):
             return None  # ragged or exotic: treat the entries as opaque hashables
     if array.ndim != 1:
-        if isinstance(group_ids, np.ndarray):
-            raise ValueError(f"group_ids must be 1-D [N], got shape {array.shape}")
         return None  # e.g. a list of tuples: hashable ids
     if array.dtype.kind in "fcb":
         raise TypeError(
@@ -229,19 +277,27 @@ def _factorize_hashables(group_ids: Sequence[Hashable]) -> tuple[list[int], int]
     except TypeError:
         bad = next(g for g in group_ids if not isinstance(g, Hashable))
         raise TypeError(
-            f"group_ids entries must be hashable (int, str, tuple...), found {type(bad).__name__}: {bad!r}"
+            "group_ids entries must be hashable (int, str, tuple...), "
+            f"found {type(bad).__name__}: {bad!r}"
         ) from None
-    for g in mapping:
-        if isinstance(g, (float, np.floating)):
-            raise TypeError(
-                f"group_ids contains a float ({g!r}); use integer or string ids"
-            )
+    # NOTE: every entry is checked, not only the dict keys: 1, 1.0 and True are one key.
+    bad = next((g for g in group_ids if isinstance(g, (float, np.floating, bool, np.bool_))), None)
+    if bad is not None:
+        raise TypeError(
+            f"group_ids contains a {type(bad).__name__} ({bad!r}); use integer or string ids "
+            "(True would silently share a group with 1, and NaN never equals itself)"
+        )
     return codes, len(mapping)
 
 
 def _hinted_codes(ids: torch.Tensor, num_groups: int) -> Groups:
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 0:
+    if (
+        isinstance(num_groups, (bool, np.bool_))
+        or not isinstance(num_groups, numbers.Integral)
+        or num_groups < 0
+    ):
         raise ValueError(f"num_groups must be a non-negative int, got {num_groups!r}")
+    num_groups = int(num_groups)
     codes = ids.to(torch.int64)
     if codes.numel() == 0:
         return Groups(codes, num_groups)
@@ -279,14 +335,29 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
 
 
-def _check_scalar(name: str, value: Any, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def _check_scalar(name: str, value: Any, *, positive: bool, at_most: float | None = None) -> float:
+    """``value`` as a float; any real number type (Python, numpy, 0-d tensors excluded)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
     value = float(value)
-    if not np.isfinite(value) or (value <= 0 if positive else value < 0):
+    too_small = value <= 0 if positive else value < 0
+    if not np.isfinite(value) or too_small or (at_most is not None and value > at_most):
         kind = "a finite number > 0" if positive else "a finite number >= 0"
+        if at_most is not None:
+            kind += f" and <= {at_most:g}"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
     return value
+
+
+def _check_min_denominator(value: Any) -> float:
+    # NOTE: above 1 the clamp would also shrink rewards with SMI = 0 (groups of one, orthogonal
+    # completions), which is not DRA; the clamp is only a guard for 1 + SMI near or below 0.
+    return _check_scalar("min_denominator", value, positive=True, at_most=1.0)
+
+
+def _check_eps(value: Any, scale: str) -> float:
+    # NOTE: with scale="std" and eps = 0, a group of equal rewards gives 0 / 0 = NaN.
+    return _check_scalar("eps", value, positive=scale == "std")
 
 
 def _check_scale(scale: Any) -> str:
@@ -317,12 +388,30 @@ def _prepare(
         n = r.shape[0]
     if embeddings is not None:
         e = _to_tensor(embeddings, "embeddings")
+        if e.shape == (0,) and _kind(embeddings) == "sequence":
+            e = e.reshape(0, 1)  # an empty list: N = 0 rows (D is not expressible)
         _check_embeddings(e, n)
         n = e.shape[0]
     chosen = resolve_backend(backend, device)
     groups = factorize_group_ids(group_ids, n, device, num_groups)
     dtypes = [t.dtype for t in (r, e) if t is not None and t.is_floating_point()]
     return _Prepared(r, e, groups, chosen, reference.compute_dtype(*dtypes))
+
+
+# NOTE: Triton's CPU interpreter (TRITON_INTERPRET=1) patches triton.language globally while it
+# runs a kernel, so two threads interpreting at once fail; CPU launches are serialised. CUDA
+# launches take no lock.
+_INTERPRETER_LOCK = threading.Lock()
+
+
+def _run_triton(*args: Any, **kwargs: Any) -> torch.Tensor:
+    from dra_kernels._triton.ops import dra_forward
+
+    embeddings = args[1]
+    if embeddings.device.type != "cpu":
+        return dra_forward(*args, **kwargs)
+    with _INTERPRETER_LOCK:
+        return dra_forward(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -352,11 +441,14 @@ def smi_scores(
     p = _prepare(None, embeddings, group_ids, backend, num_groups)
     assert p.embeddings is not None
     if p.backend == "triton":
-        from dra_kernels._triton.ops import dra_forward
-
-        out = dra_forward(
-            None, p.embeddings, p.groups.codes, p.groups.num_groups, mode="smi",
-            min_denominator=DEFAULT_MIN_DENOMINATOR, out_dtype=p.out_dtype,
+        out = _run_triton(
+            None,
+            p.embeddings,
+            p.groups.codes,
+            p.groups.num_groups,
+            mode="smi",
+            min_denominator=DEFAULT_MIN_DENOMINATOR,
+            out_dtype=p.out_dtype,
         )
     else:
         out = reference.smi_scores(p.embeddings, p.groups.codes, p.groups.num_groups)
@@ -380,8 +472,12 @@ def adjust_rewards(
         group_ids: ``[N]`` group of each completion (integers, strings, any hashable).
         backend: ``"auto"`` (Triton on CUDA when installed, else torch), ``"torch"``, ``"triton"``.
         num_groups: optional hint for integer ids in ``[0, num_groups)``: no host sync.
-        min_denominator: lower clamp of ``1 + SMI`` (only reachable with negative cosines);
-            bounds the amplification of any reward by ``1 / min_denominator``.
+        min_denominator: lower clamp of ``1 + SMI``, in (0, 1] (only reachable with negative
+            cosines); bounds the amplification of any reward by ``1 / min_denominator``.
+
+    Non-finite inputs: a NaN / inf reward gives a non-finite result in its own row only; a NaN /
+    inf embedding gives NaN for its whole group (a group of one keeps its reward). Other groups
+    are unaffected. Nothing is checked on the host, so CUDA calls never synchronise for it.
 
     Returns:
         ``[N]`` adjusted rewards in input order, of the kind of ``rewards`` (torch on its device,
@@ -391,15 +487,18 @@ def adjust_rewards(
         >>> adjust_rewards([1.0, 1.0, 1.0], [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], ["a", "a", "a"])
         [0.5, 0.5, 1.0]
     """
-    min_denominator = _check_scalar("min_denominator", min_denominator, positive=True)
+    min_denominator = _check_min_denominator(min_denominator)
     p = _prepare(rewards, embeddings, group_ids, backend, num_groups)
     assert p.rewards is not None and p.embeddings is not None
     if p.backend == "triton":
-        from dra_kernels._triton.ops import dra_forward
-
-        out = dra_forward(
-            p.rewards, p.embeddings, p.groups.codes, p.groups.num_groups, mode="adjust",
-            min_denominator=min_denominator, out_dtype=p.out_dtype,
+        out = _run_triton(
+            p.rewards,
+            p.embeddings,
+            p.groups.codes,
+            p.groups.num_groups,
+            mode="adjust",
+            min_denominator=min_denominator,
+            out_dtype=p.out_dtype,
         )
     else:
         out = reference.adjust_rewards(
@@ -436,7 +535,7 @@ def group_advantages(
         [0.5, -0.5, 0.0]
     """
     scale = _check_scale(scale)
-    eps = _check_scalar("eps", eps, positive=False)
+    eps = _check_eps(eps, scale)
     p = _prepare(rewards, None, group_ids, "torch", num_groups)
     assert p.rewards is not None
     out = reference.group_advantages(
@@ -472,17 +571,22 @@ def dra_advantages(
         [0.16666666..., 0.16666666..., -0.33333333...]
     """
     scale = _check_scale(scale)
-    eps = _check_scalar("eps", eps, positive=False)
-    min_denominator = _check_scalar("min_denominator", min_denominator, positive=True)
+    eps = _check_eps(eps, scale)
+    min_denominator = _check_min_denominator(min_denominator)
     p = _prepare(rewards, embeddings, group_ids, backend, num_groups)
     assert p.rewards is not None and p.embeddings is not None
     codes, k = p.groups.codes, p.groups.num_groups
     if p.backend == "triton":
-        from dra_kernels._triton.ops import dra_forward
-
-        out = dra_forward(
-            p.rewards, p.embeddings, codes, k, mode="advantage", min_denominator=min_denominator,
-            scale=scale, eps=eps, out_dtype=p.out_dtype,
+        out = _run_triton(
+            p.rewards,
+            p.embeddings,
+            codes,
+            k,
+            mode="advantage",
+            min_denominator=min_denominator,
+            scale=scale,
+            eps=eps,
+            out_dtype=p.out_dtype,
         )
     else:
         adjusted = reference.adjust_rewards(p.rewards, p.embeddings, codes, k, min_denominator)

@@ -87,7 +87,14 @@ def _row_scales(
     low, high = _SAFE_NORM[dtype]
     safe = (norm >= low) & (norm <= high)
     scale = torch.where(safe, 1.0 / norm, torch.zeros_like(norm))
-    rows = torch.nonzero(~safe.squeeze(1)).squeeze(1)
+    # NOTE: true zero rows (scale 0 gives u = 0) and NaN rows (x * 0 stays NaN) are right as they
+    # are; finite rows with an out-of-range norm (inf when it overflowed, 0 when every square
+    # underflowed) need the exact path.
+    unsafe = (~safe & (norm != 0) & ~torch.isnan(norm)).squeeze(1)
+    zero_norm = torch.nonzero(norm.squeeze(1) == 0).squeeze(1)
+    if zero_norm.numel():
+        unsafe[zero_norm] = (embeddings.index_select(0, zero_norm) != 0).any(dim=1)
+    rows = torch.nonzero(unsafe).squeeze(1)  # ascending
     x = embeddings.index_select(0, rows).to(torch.float64)
     _divide_rows_(x, torch.linalg.vector_norm(x, ord=float("inf"), dim=1, keepdim=True))
     _divide_rows_(x, torch.linalg.vector_norm(x, dim=1, keepdim=True))
@@ -114,8 +121,8 @@ def _unit_chunks(
         u = narrow[: stop - start]
         torch.mul(embeddings[start:stop], scale[start:stop], out=u)
         if patch_rows.numel():
-            inside = (patch_rows >= start) & (patch_rows < stop)
-            u[patch_rows[inside] - start] = patch[inside]
+            first, last = torch.searchsorted(patch_rows, torch.tensor([start, stop])).tolist()
+            u[patch_rows[first:last] - start] = patch[first:last]
         w = u if dtype == torch.float64 else None
         if widened is not None:
             w = widened[: stop - start]

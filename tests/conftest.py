@@ -13,3 +13,6 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
+
+# Hypothesis profiles (``ci`` by default, ``HYPOTHESIS_PROFILE=local`` for >= 2,000 examples).
+import _hypothesis_profiles  # noqa: E402, F401

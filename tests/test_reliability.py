@@ -1,0 +1,667 @@
+"""Reliability: bad inputs fail clearly, extreme numerics and layouts give the right numbers.
+
+Every guarantee in docs/guarantees.md points at a test here or in tests/test_fuzz.py. Large
+layouts run on the torch backend and are checked against closed forms (rows along +-one-hot
+directions, so ``1 + SMI_i = (#same direction) - (#opposite direction)`` in the group).
+
+The 2**24-row case takes about 10 s and 2 GiB on 2 CPU cores, so it runs with the rest.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import _hypothesis_profiles  # noqa: F401  (registers and loads the profile)
+import numpy as np
+import pytest
+import torch
+
+import dra_kernels as dk
+from dra_kernels import _triton
+
+NAN = float("nan")
+INF = float("inf")
+BACKENDS = ["torch", "triton"]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _backend(backend: str) -> str:
+    """Tests here run on CPU tensors; Triton then needs the interpreter (set in conftest)."""
+    if backend == "triton" and _triton.unavailable_reason(torch.device("cpu")) is not None:
+        pytest.skip("triton cannot run on CPU tensors here (CUDA machine without interpreter)")
+    return backend
+
+
+def _small(seed: int = 0, n: int = 12, d: int = 4):
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.randn(n, generator=gen)
+    e = torch.randn(n, d, generator=gen)
+    ids = torch.randint(0, 3, (n,), generator=gen)
+    return r, e, ids
+
+
+# ----------------------------------------------------------------------------- bad input
+
+R3 = np.array([1.0, 2.0, 3.0])
+E3 = np.arange(6.0).reshape(3, 2) + 1
+IDS3 = [0, 0, 1]
+
+BAD_CALLS = {
+    # lengths and shapes
+    "embeddings rows != rewards": (
+        lambda: dk.adjust_rewards(R3, E3[:2], IDS3),
+        ValueError,
+        "embeddings has 2 rows",
+    ),
+    "group_ids length": (lambda: dk.adjust_rewards(R3, E3, [0, 1]), ValueError, "group_ids has 2"),
+    "group_ids length (smi)": (lambda: dk.smi_scores(E3, [0]), ValueError, "group_ids has 1"),
+    "group_ids length (adv)": (lambda: dk.group_advantages(R3, [0]), ValueError, "group_ids"),
+    "rewards 2-D": (lambda: dk.adjust_rewards(E3, E3, IDS3), ValueError, "rewards must be 1-D"),
+    "rewards 0-D": (lambda: dk.group_advantages(1.0, [0]), ValueError, "rewards must be 1-D"),
+    "embeddings 1-D": (
+        lambda: dk.adjust_rewards(R3, R3, IDS3),
+        ValueError,
+        "embeddings must be 2-D",
+    ),
+    "embeddings 3-D": (
+        lambda: dk.smi_scores(np.zeros((3, 2, 2)), IDS3),
+        ValueError,
+        "embeddings must be 2-D",
+    ),
+    "D = 0": (lambda: dk.adjust_rewards(R3, np.zeros((3, 0)), IDS3), ValueError, "D >= 1"),
+    "D = 0, N = 0": (lambda: dk.smi_scores(np.zeros((0, 0)), []), ValueError, "D >= 1"),
+    "group_ids 2-D": (lambda: dk.smi_scores(E3, np.zeros((3, 1), int)), ValueError, "group_ids"),
+    "group_ids 2-D tensor": (
+        lambda: dk.smi_scores(E3, torch.zeros(3, 1, dtype=torch.int64)),
+        ValueError,
+        "group_ids",
+    ),
+    # dtypes
+    "integer embeddings": (
+        lambda: dk.adjust_rewards(R3, E3.astype(np.int64), IDS3),
+        TypeError,
+        "embeddings must be",
+    ),
+    "integer embeddings tensor": (
+        lambda: dk.smi_scores(torch.ones(3, 2, dtype=torch.int32), IDS3),
+        TypeError,
+        "embeddings",
+    ),
+    "boolean rewards tensor": (
+        lambda: dk.adjust_rewards(torch.ones(3, dtype=torch.bool), torch.ones(3, 2), IDS3),
+        TypeError,
+        "boolean",
+    ),
+    "boolean rewards list": (
+        lambda: dk.group_advantages([True, False, True], IDS3),
+        TypeError,
+        "boolean",
+    ),
+    "complex rewards": (
+        lambda: dk.group_advantages(torch.ones(3, dtype=torch.complex64), IDS3),
+        TypeError,
+        "rewards must be real",
+    ),
+    "string rewards": (lambda: dk.group_advantages(["1", "2", "3"], IDS3), TypeError, "rewards"),
+    "object rewards": (
+        lambda: dk.group_advantages(np.array([1.0, 2.0, 3.0], dtype=object), IDS3),
+        TypeError,
+        "rewards must hold real numbers",
+    ),
+    "longdouble rewards": (
+        lambda: dk.group_advantages(R3.astype(np.longdouble), IDS3),
+        TypeError,
+        "rewards",
+    ),
+    "ragged embeddings": (
+        lambda: dk.smi_scores([[1.0, 2.0], [1.0]], [0, 0]),
+        TypeError,
+        "embeddings",
+    ),
+    # kinds and devices
+    "numpy rewards, torch embeddings": (
+        lambda: dk.adjust_rewards(R3, torch.ones(3, 2), IDS3),
+        TypeError,
+        "embeddings is a torch",
+    ),
+    "torch rewards, list embeddings": (
+        lambda: dk.adjust_rewards(torch.ones(3), E3.tolist(), IDS3),
+        TypeError,
+        "rewards is a torch",
+    ),
+    "rewards and embeddings on two devices": (
+        lambda: dk.adjust_rewards(torch.ones(3), torch.ones(3, 2, device="meta"), IDS3),
+        ValueError,
+        "one device",
+    ),
+    "group_ids on another device": (
+        lambda: dk.smi_scores(torch.ones(3, 2), torch.zeros(3, dtype=torch.int64, device="meta")),
+        ValueError,
+        "group_ids is on meta",
+    ),
+    # group ids of unsupported types
+    "float group_ids array": (lambda: dk.smi_scores(E3, np.zeros(3)), TypeError, "group_ids"),
+    "float group_ids tensor": (lambda: dk.smi_scores(E3, torch.zeros(3)), TypeError, "group_ids"),
+    "bool group_ids": (lambda: dk.smi_scores(E3, [True, False, True]), TypeError, "group_ids"),
+    "float in object group_ids": (
+        lambda: dk.smi_scores(E3, np.array(["a", 1.5, "a"], dtype=object)),
+        TypeError,
+        "float",
+    ),
+    "NaN in object group_ids": (
+        lambda: dk.smi_scores(E3, np.array(["a", NAN, "a"], dtype=object)),
+        TypeError,
+        "float",
+    ),
+    "True beside 1 in group_ids": (
+        lambda: dk.smi_scores(E3, np.array([1, True, 0], dtype=object)),
+        TypeError,
+        "bool",
+    ),
+    "unhashable group_ids": (lambda: dk.smi_scores(E3, [[0], [0], [1]]), TypeError, "hashable"),
+    "set group_ids": (lambda: dk.smi_scores(E3, {0, 1, 2}), TypeError, "ordered sequence"),
+    "dict group_ids": (lambda: dk.smi_scores(E3, {0: 0, 1: 0, 2: 1}), TypeError, "ordered"),
+    "string group_ids": (lambda: dk.smi_scores(E3, "aab"), TypeError, "group_ids"),
+    "scalar group_ids": (lambda: dk.smi_scores(E3, 7), TypeError, "group_ids"),
+    "generator group_ids": (lambda: dk.smi_scores(E3, iter(IDS3)), TypeError, "group_ids"),
+    "0-d array group_ids": (lambda: dk.smi_scores(E3, np.array(3)), ValueError, "group_ids"),
+    # options
+    "unknown backend": (
+        lambda: dk.adjust_rewards(R3, E3, IDS3, backend="cuda"),
+        ValueError,
+        "backend must be",
+    ),
+    "unknown backend, N = 0": (
+        lambda: dk.smi_scores(np.zeros((0, 2)), [], backend="Torch"),
+        ValueError,
+        "backend",
+    ),
+    "unknown scale": (lambda: dk.group_advantages(R3, IDS3, scale="mean"), ValueError, "scale"),
+    "unknown option": (lambda: dk.adjust_rewards(R3, E3, IDS3, eps=1e-4), TypeError, "eps"),
+    "eps = 0 with std": (lambda: dk.group_advantages(R3, IDS3, eps=0.0), ValueError, "eps"),
+    "eps < 0": (lambda: dk.group_advantages(R3, IDS3, scale="none", eps=-1.0), ValueError, "eps"),
+    "eps NaN": (lambda: dk.dra_advantages(R3, E3, IDS3, eps=NAN), ValueError, "eps"),
+    "eps string": (lambda: dk.group_advantages(R3, IDS3, eps="1e-4"), TypeError, "eps"),
+    "min_denominator 0": (
+        lambda: dk.adjust_rewards(R3, E3, IDS3, min_denominator=0.0),
+        ValueError,
+        "min_denom",
+    ),
+    "min_denominator > 1": (
+        lambda: dk.adjust_rewards(R3, E3, IDS3, min_denominator=2.0),
+        ValueError,
+        "<= 1",
+    ),
+    "min_denominator inf": (
+        lambda: dk.dra_advantages(R3, E3, IDS3, min_denominator=INF),
+        ValueError,
+        "min_denom",
+    ),
+    "min_denominator bool": (
+        lambda: dk.adjust_rewards(R3, E3, IDS3, min_denominator=True),
+        TypeError,
+        "min_denom",
+    ),
+    "num_groups negative": (
+        lambda: dk.adjust_rewards(R3, E3, IDS3, num_groups=-1),
+        ValueError,
+        "num_groups",
+    ),
+    "num_groups float": (
+        lambda: dk.adjust_rewards(R3, E3, IDS3, num_groups=2.0),
+        ValueError,
+        "num_groups",
+    ),
+    "num_groups too small": (
+        lambda: dk.adjust_rewards(R3, E3, IDS3, num_groups=1),
+        ValueError,
+        r"\[0, 1\)",
+    ),
+    "num_groups with negative ids": (
+        lambda: dk.group_advantages(R3, [-1, 0, 0], num_groups=2),
+        ValueError,
+        "num_groups",
+    ),
+    "num_groups with string ids": (
+        lambda: dk.adjust_rewards(R3, E3, ["a", "a", "b"], num_groups=2),
+        ValueError,
+        "num_groups",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_bad_input_raises_a_clear_error(case):
+    call, exc, pattern = BAD_CALLS[case]
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+def test_triton_backend_where_it_cannot_run_is_refused(monkeypatch):
+    monkeypatch.setattr(_triton, "interpreter_enabled", lambda: False)
+    with pytest.raises(RuntimeError, match="backend='triton' cannot run here"):
+        dk.adjust_rewards(torch.ones(3), torch.ones(3, 2), IDS3, backend="triton")
+
+
+# ----------------------------------------------------------------------------- accepted input
+
+
+def test_awkward_numpy_layouts_give_the_plain_result():
+    """Negative strides, non-native byte order, read-only and non-contiguous arrays."""
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=9)
+    e = rng.normal(size=(9, 3))
+    ids = np.array([4, 1, 4, 1, 1, 7, 4, 7, 1])
+    want = dk.adjust_rewards(r, e, ids)
+    read_only = e.copy()
+    read_only.flags.writeable = False
+    variants = {
+        "negative strides": (r[::-1].copy()[::-1], e[::-1].copy()[::-1], ids[::-1].copy()[::-1]),
+        "big-endian": (r.astype(">f8"), e.astype(">f8"), ids.astype(">i8")),
+        "read-only": (r, read_only, ids),
+        "column slice": (r, np.concatenate([e, e], axis=1)[:, ::2], ids),
+        "Fortran order": (r, np.asfortranarray(e), ids),
+    }
+    for name, (rv, ev, iv) in variants.items():
+        got = dk.adjust_rewards(rv, ev, iv)
+        assert got.dtype == np.float64 and np.allclose(got, want, rtol=1e-14, atol=0), name
+
+
+def test_integer_rewards_are_accepted_and_converted_exactly():
+    e = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    for rewards in (torch.tensor([2, 4, 5]), np.array([2, 4, 5], np.uint8), [2, 4, 5]):
+        out = dk.adjust_rewards(
+            rewards, e if isinstance(rewards, torch.Tensor) else e.numpy(), [*IDS3]
+        )
+        assert np.allclose(np.asarray(out), [2 / 2, 4 / 2, 5.0]), type(rewards)
+    assert torch.equal(
+        dk.group_advantages(torch.tensor([1, 3, 7]), IDS3, scale="none"),
+        torch.tensor([-1.0, 1.0, 0.0]),
+    )
+
+
+def test_numpy_scalars_are_accepted_as_options():
+    got = dk.adjust_rewards(R3, E3, IDS3, min_denominator=np.float32(0.5), num_groups=np.int64(2))
+    assert np.array_equal(got, dk.adjust_rewards(R3, E3, IDS3, min_denominator=0.5))
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        (0, 0, 1),
+        range(3),
+        np.array(["u1", "u1", "u2"], dtype=object),
+        np.array(["u1", "u1", "u2"]),
+        np.array([2**64 - 1, 2**64 - 1, 0], dtype=np.uint64),
+        [("p", 1), ("p", 1), ("p", 2)],
+        [None, None, "x"],
+    ],
+    ids=["tuple", "range", "object-strings", "unicode", "uint64-max", "tuples", "None"],
+)
+def test_group_ids_may_be_any_sequence_even_with_torch_data(ids):
+    r, e = torch.tensor(R3), torch.tensor(E3)
+    pairs = [0, 0, 1] if not isinstance(ids, range) else [0, 1, 2]
+    got = dk.adjust_rewards(r, e, ids)
+    assert torch.equal(got, dk.adjust_rewards(r, e, torch.tensor(pairs)))
+
+
+def test_int64_extreme_negative_and_string_ids_match_dense_codes():
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 6, 40)
+    r, e = rng.normal(size=40), rng.normal(size=(40, 5))
+    want = dk.adjust_rewards(r, e, codes)
+    extremes = np.array([-(2**63), 2**63 - 1, -1, 0, -(2**62), 2**62 + 1], dtype=np.int64)
+    for labels in (
+        extremes[codes],
+        extremes[codes].tolist(),
+        -7 - 3 * codes,
+        [f"uid-{c}" for c in codes],
+        torch.from_numpy(extremes[codes]),
+    ):
+        assert np.array_equal(dk.adjust_rewards(r, e, labels), want)
+        assert np.array_equal(dk.dra_advantages(r, e, labels), dk.dra_advantages(r, e, codes))
+
+
+# ----------------------------------------------------------------------------- N = 0
+
+
+@pytest.mark.parametrize("kind", ["torch", "numpy", "list"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_input_returns_an_empty_result_of_the_right_kind(kind, backend):
+    backend = _backend(backend)
+    if kind == "torch":
+        r, e, ids = torch.zeros(0), torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64)
+    elif kind == "numpy":
+        r, e, ids = np.zeros(0, np.float32), np.zeros((0, 3), np.float32), np.zeros(0, int)
+    else:
+        r, e, ids = [], [], []
+    outs = [
+        dk.adjust_rewards(r, e, ids, backend=backend),
+        dk.dra_advantages(r, e, ids, backend=backend),
+        dk.group_advantages(r, ids),
+        dk.smi_scores(e, ids, backend=backend),
+    ]
+    for out in outs:
+        if kind == "torch":
+            assert isinstance(out, torch.Tensor) and out.shape == (0,)
+            assert out.dtype == torch.float32
+        elif kind == "numpy":
+            assert isinstance(out, np.ndarray) and out.shape == (0,) and out.dtype == np.float32
+        else:
+            assert out == []
+
+
+# ----------------------------------------------------------------------------- numerics
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_vectors_keep_their_reward_and_do_not_count(backend):
+    backend = _backend(backend)
+    e = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 0.0]])
+    r = torch.tensor([3.0, 4.0, 6.0, -5.0])
+    out = dk.adjust_rewards(r, e, [0, 0, 0, 0], backend=backend)
+    assert torch.equal(out, torch.tensor([3.0, 2.0, 3.0, -5.0]))
+    assert torch.equal(
+        dk.smi_scores(e, [0, 0, 0, 0], backend=backend), torch.tensor([0.0, 1.0, 1.0, 0.0])
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_extreme_magnitudes_normalise_correctly(backend, dtype):
+    """Rows near the smallest / largest magnitudes of the dtype give the result of unit rows."""
+    backend = _backend(backend)
+    directions = torch.tensor([[3.0, 4.0, 0.0], [3.0, 4.0, 0.0], [0.0, 4.0, 3.0], [-3.0, 0, 4.0]])
+    tiny, huge = {
+        torch.float16: (1e-4, 6e4 / 5),  # squared norms overflow float16 (max 65504)
+        torch.bfloat16: (1e-30, 1e30),
+        torch.float32: (1e-30, 1e30),
+        torch.float64: (1e-300, 1e300),
+    }[dtype]
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    ids = [0, 0, 0, 0]
+    for scales in ([tiny] * 4, [huge] * 4, [tiny, huge, 1.0, huge]):
+        e = (directions * torch.tensor(scales, dtype=torch.float64)[:, None]).to(dtype)
+        assert torch.isfinite(e).all() and (e != 0).any(dim=1).all(), "input not representable"
+        # The float64 answer for the rows as stored (bfloat16 / float16 round the directions).
+        unit = e.double() / e.double().abs().amax(1, keepdim=True)
+        unit = unit / unit.norm(dim=1, keepdim=True)
+        want = r.double() / (unit @ unit.sum(0)).clamp(min=0.1)
+        got = dk.adjust_rewards(r, e, ids, backend=backend)
+        tol = 1e-12 if dtype == torch.float64 else 2e-6
+        assert torch.allclose(got.double(), want, rtol=tol, atol=tol), (scales, got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float16_rows_whose_squared_norm_overflows(backend):
+    backend = _backend(backend)
+    e = torch.full((4, 64), 60000.0, dtype=torch.float16)
+    e[2:, ::2] = -60000.0  # rows 2, 3 orthogonal to rows 0, 1
+    assert torch.isinf((e[0] * e[0]).sum()), "the squared norm must overflow float16"
+    out = dk.adjust_rewards(torch.ones(4), e, [0, 0, 0, 0], backend=backend)
+    assert torch.allclose(out, torch.full((4,), 0.5), rtol=1e-6), out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("md", [0.1, 0.5, 1e-3, 1.0])
+def test_non_positive_one_plus_smi_uses_the_clamp(backend, md):
+    """u, -u, -u: 1 + SMI = -1 for u and 1 for each -u; u, -u: 1 + SMI = 0 for both."""
+    backend = _backend(backend)
+    u = torch.tensor([0.6, 0.8])
+    r = torch.tensor([1.0, -2.0, 3.0, 5.0, -7.0])
+    e = torch.stack([u, -u, -2 * u, 3 * u, -u])
+    ids = [0, 0, 0, 1, 1]
+    out = dk.adjust_rewards(r, e, ids, backend=backend, min_denominator=md)
+    want = torch.tensor([1.0 / md, -2.0 / max(1.0, md), 3.0 / max(1.0, md), 5.0 / md, -7.0 / md])
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, want, rtol=1e-5, atol=1e-5), (out, want)
+    assert (out.abs() <= r.abs() / md * (1 + 1e-6)).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_embedding_poisons_only_its_group(backend):
+    """A NaN / inf embedding makes every output of its group NaN (DRA cannot be computed there),
+    never a finite wrong value; other groups are bitwise unchanged."""
+    backend = _backend(backend)
+    r, e, ids = _small(3)
+    ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    clean = {
+        f.__name__: f(r, e, ids, backend=backend) for f in (dk.adjust_rewards, dk.dra_advantages)
+    }
+    for bad in (NAN, INF, -INF):
+        e_bad = e.clone()
+        e_bad[4, 1] = bad
+        for f in (dk.adjust_rewards, dk.dra_advantages):
+            out = f(r, e_bad, ids, backend=backend)
+            in_group = ids == 1
+            assert out[in_group].isnan().all(), (f.__name__, bad, out)
+            assert torch.equal(out[~in_group], clean[f.__name__][~in_group]), (f.__name__, bad)
+        smi = dk.smi_scores(e_bad, ids, backend=backend)
+        assert smi[ids == 1].isnan().all() and not smi[ids != 1].isnan().any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_reward_poisons_its_row_or_its_group_of_advantages(backend):
+    backend = _backend(backend)
+    r, e, ids = _small(4)
+    ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    for bad in (NAN, INF):
+        r_bad = r.clone()
+        r_bad[7] = bad
+        adj = dk.adjust_rewards(r_bad, e, ids, backend=backend)
+        adj_clean = dk.adjust_rewards(r, e, ids, backend=backend)
+        rest = torch.arange(12) != 7
+        assert torch.equal(adj[rest], adj_clean[rest])
+        assert adj[7].isnan() if bad != bad else adj[7].isinf()
+        adv = dk.dra_advantages(r_bad, e, ids, backend=backend)
+        assert adv[ids == 2].isnan().all()
+        others = ids != 2
+        assert torch.equal(adv[others], dk.dra_advantages(r, e, ids, backend=backend)[others])
+    gadv = dk.group_advantages(torch.tensor([1.0, NAN, 2.0, 3.0]), [0, 0, 1, 1])
+    assert gadv[:2].isnan().all() and torch.isfinite(gadv[2:]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_row_alone_in_its_group_keeps_its_reward_whatever_its_embedding(backend):
+    """SMI is a sum over the *other* rows of the group: a group of one never reads its row."""
+    backend = _backend(backend)
+    e = torch.tensor([[NAN, 1.0], [INF, 0.0], [1.0, 1.0]])
+    out = dk.adjust_rewards(torch.tensor([1.0, 2.0, 3.0]), e, [0, 1, 2], backend=backend)
+    assert torch.equal(out, torch.tensor([1.0, 2.0, 3.0]))
+
+
+# ----------------------------------------------------------------------------- large layouts
+
+
+def _signed_one_hot_problem(gen: np.random.Generator, ids: np.ndarray, d: int, dtype=np.float32):
+    """Rows along +-e_k (random positive scale; some zero rows) and the closed-form answer.
+
+    In a group, ``1 + SMI_i = (#rows along u_i) - (#rows along -u_i)`` for a non-zero row and
+    ``1`` for a zero row, so ``adjusted_i = r_i / max(that, 0.1)``.
+    """
+    n = ids.shape[0]
+    axis = gen.integers(0, d, n)
+    sign = np.where(gen.random(n) < 0.8, 1.0, -1.0)
+    sign[gen.random(n) < 0.05] = 0.0  # zero rows
+    e = np.zeros((n, d), dtype=dtype)
+    e[np.arange(n), axis] = (sign * gen.uniform(0.5, 2.0, n)).astype(dtype)
+    _, codes = np.unique(ids, return_inverse=True)
+    k = int(codes.max()) + 1
+    cell = (codes * d + axis) * 3  # counts[group, axis, sign -1 / 0 / +1], flattened
+    counts = np.bincount(cell + (sign + 1).astype(np.int64), minlength=k * d * 3)
+    same = counts[cell + (sign + 1).astype(np.int64)]
+    opposite = counts[cell + (1 - sign).astype(np.int64)]
+    one_plus_smi = np.where(sign == 0, 1, same - opposite).astype(np.float64)
+    r = gen.normal(size=n).astype(dtype)
+    want = r.astype(np.float64) / np.maximum(one_plus_smi, 0.1)
+    return r, e, want, one_plus_smi
+
+
+def _assert_closed_form(got, want, atol=2e-6):
+    got = np.asarray(got, dtype=np.float64)
+    err = np.abs(got - want)
+    worst = int(np.argmax(err))
+    assert err[worst] <= atol + 1e-6 * abs(want[worst]), (
+        f"row {worst}: got {got[worst]!r}, want {want[worst]!r}"
+    )
+
+
+def test_one_group_of_100000_rows():
+    gen = np.random.default_rng(10)
+    ids = np.zeros(100_000, np.int64)
+    r, e, want, _ = _signed_one_hot_problem(gen, ids, d=8)
+    _assert_closed_form(dk.adjust_rewards(r, e, ids, backend="torch"), want)
+
+
+def test_1000000_groups_of_one_row():
+    gen = np.random.default_rng(11)
+    n = 1_000_000
+    ids = gen.permutation(n).astype(np.int64) * 9_000_000_000_000 - 2**62  # big, unsorted
+    r = torch.from_numpy(gen.normal(size=n).astype(np.float32))
+    e = torch.from_numpy(gen.normal(size=(n, 4)).astype(np.float32))
+    assert torch.equal(dk.adjust_rewards(r, e, ids, backend="torch"), r)
+    assert torch.equal(dk.smi_scores(e, ids, backend="torch"), torch.zeros(n))
+    assert torch.equal(dk.group_advantages(r, ids), torch.zeros(n))
+
+
+def test_one_huge_group_beside_many_small_ones():
+    gen = np.random.default_rng(12)
+    ids = np.concatenate([np.full(100_000, -5), np.repeat(np.arange(10_000), 8)])
+    ids = ids[gen.permutation(ids.shape[0])]
+    r, e, want, _ = _signed_one_hot_problem(gen, ids, d=16)
+    _assert_closed_form(dk.adjust_rewards(r, e, ids, backend="torch"), want)
+
+
+def test_2_pow_24_rows_on_cpu():
+    """2**24 rows (D = 4, about 2 million unsorted groups of ~8): no N x N, no padding."""
+    gen = np.random.default_rng(13)
+    n = 2**24
+    ids = gen.integers(0, 2**21, n)
+    r, e, want, _ = _signed_one_hot_problem(gen, ids, d=4)
+    _assert_closed_form(dk.adjust_rewards(torch.from_numpy(r), torch.from_numpy(e), ids), want)
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_repeated_calls_are_bitwise_equal(backend):
+    backend = _backend(backend)
+    n = 50_000 if backend == "torch" else 40
+    gen = torch.Generator().manual_seed(5)
+    r, e = torch.randn(n, generator=gen), torch.randn(n, 32, generator=gen)
+    ids = torch.randint(0, max(1, n // 7), (n,), generator=gen)
+    for f in (dk.adjust_rewards, dk.dra_advantages):
+        first = f(r, e, ids, backend=backend)
+        for _ in range(2):
+            assert torch.equal(f(r, e, ids, backend=backend), first), f.__name__
+    first = dk.smi_scores(e, ids, backend=backend)
+    assert torch.equal(dk.smi_scores(e, ids, backend=backend), first)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_calls_match_sequential_calls(backend):
+    backend = _backend(backend)
+    n = 20_000 if backend == "torch" else 24
+    problems = [_small(seed, n=n, d=16) for seed in range(6)]
+    sequential = [dk.dra_advantages(*p, backend=backend) for p in problems]
+    results: dict[int, list[torch.Tensor]] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(problems))
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = [dk.dra_advantages(*problems[i], backend=backend) for _ in range(3)]
+        except BaseException as exc:  # reported below, in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(problems))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i, want in enumerate(sequential):
+        assert all(torch.equal(got, want) for got in results[i]), f"thread {i}"
+
+
+# ----------------------------------------------------------------------------- no mutation
+
+
+def _inputs(kind: str):
+    gen = np.random.default_rng(7)
+    r, e = gen.normal(size=10).astype(np.float32), gen.normal(size=(10, 3)).astype(np.float32)
+    e[3] = 0.0
+    ids = np.array(["a", "b"] * 5, dtype=object)
+    if kind == "torch":
+        return torch.from_numpy(r), torch.from_numpy(e), torch.tensor([0, 1] * 5)
+    if kind == "numpy":
+        return r, e, ids
+    return r.tolist(), e.tolist(), ids.tolist()
+
+
+def _copy(x):
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        return x.copy() if isinstance(x, np.ndarray) else x.clone()
+    return [list(v) if isinstance(v, list) else v for v in x]
+
+
+def _shares_memory(out, x) -> bool:
+    if isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor):
+        return out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    if isinstance(out, np.ndarray) and isinstance(x, np.ndarray):
+        return np.shares_memory(out, x)
+    return False
+
+
+@pytest.mark.parametrize("kind", ["torch", "numpy", "list"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inputs_are_never_modified_and_outputs_never_alias_them(kind, backend):
+    backend = _backend(backend)
+    r, e, ids = _inputs(kind)
+    calls = {
+        "adjust_rewards": lambda: dk.adjust_rewards(r, e, ids, backend=backend),
+        "dra_advantages": lambda: dk.dra_advantages(r, e, ids, backend=backend, scale="none"),
+        "group_advantages": lambda: dk.group_advantages(r, ids, scale="none"),
+        "group_advantages std": lambda: dk.group_advantages(r, ids),
+        "smi_scores": lambda: dk.smi_scores(e, ids, backend=backend),
+    }
+    before = [_copy(x) for x in (r, e, ids)]
+    for name, call in calls.items():
+        out = call()
+        for x, b in zip((r, e, ids), before, strict=True):
+            same = (
+                torch.equal(x, b)
+                if isinstance(x, torch.Tensor)
+                else (np.array_equal(x, b) if isinstance(x, np.ndarray) else x == b)
+            )
+            assert same, f"{name} modified an input"
+            assert not _shares_memory(out, x), f"{name} returned memory of an input"
+        # Writing to the output must not reach the inputs either.
+        if isinstance(out, (torch.Tensor, np.ndarray)):
+            out[:] = NAN
+            assert not (np.isnan(np.asarray(r, dtype=np.float64))).any(), name
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_no_host_synchronisation_on_cuda_with_a_group_count_hint():
+    """With integer CUDA ids and ``num_groups``, no call synchronises with the host, NaN
+    policy included (non-finite values are never inspected on the host)."""
+    dev = torch.device("cuda")
+    r, e, ids = (x.to(dev) for x in _small(8, n=64))
+    e[5, 0] = NAN
+    for f in (dk.adjust_rewards, dk.dra_advantages):
+        f(r, e, ids, num_groups=3)  # warm up (compilation may synchronise)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for backend in ("torch", "triton", "auto"):
+            for f in (dk.adjust_rewards, dk.dra_advantages):
+                f(r, e, ids, num_groups=3, backend=backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
