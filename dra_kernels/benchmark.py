@@ -1074,9 +1074,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    ncol = min(4, max(1, columns * 2))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8)
     fig.suptitle(f"DRA adjust_rewards: time vs N ({device})", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) // 4), 1, 0.97))
+    rows_of_labels = -(-len(labels) // ncol)
+    fig.tight_layout(rect=(0, min(0.5, 0.045 * (rows_of_labels + 1) / lines), 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
