@@ -558,9 +558,14 @@ def dra_advantages(
     """:func:`adjust_rewards` then :func:`group_advantages`, fused into one kernel on CUDA.
 
     Args:
-        rewards, embeddings, group_ids, backend, num_groups, min_denominator: as in
-            :func:`adjust_rewards`.
-        scale, eps: as in :func:`group_advantages`.
+        rewards: ``[N]`` real rewards, as in :func:`adjust_rewards`.
+        embeddings: ``[N, D]`` completion embeddings.
+        group_ids: ``[N]`` group of each completion.
+        scale: ``"std"`` (GRPO) or ``"none"`` (DR.GRPO), as in :func:`group_advantages`.
+        eps: added to the group standard deviation.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        num_groups: optional hint for integer ids in ``[0, num_groups)``.
+        min_denominator: lower clamp of ``1 + SMI``.
 
     Returns:
         ``[N]`` advantages of the DRA-adjusted rewards, of the kind of ``rewards``.

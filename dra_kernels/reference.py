@@ -180,8 +180,9 @@ def smi_from_sums(
     Args:
         units: ``[N, D]`` unit rows.
         codes: ``[N]`` int64 group codes.
-        sums, counts: the output of :func:`group_unit_sums` (possibly summed across processes);
-            the sums are rounded to the dtype of ``units`` for the dot products.
+        sums: ``[K, D]`` group sums from :func:`group_unit_sums` (possibly summed across
+            processes); rounded to the dtype of ``units`` for the dot products.
+        counts: ``[K]`` group row counts from :func:`group_unit_sums`.
 
     Returns:
         ``[N]`` tensor of ``units.dtype``.
