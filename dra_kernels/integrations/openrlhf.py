@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from dra_kernels.api import adjust_rewards, smi_scores
+from dra_kernels.integrations._common import as_embed_fn, env_flag, import_object
 from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
 
 __all__ = [
@@ -71,8 +72,6 @@ TARGET_MODULE = "openrlhf.trainer.ppo_utils.experience_maker"
 TARGET_CLASS = "RemoteExperienceMaker"
 TARGET_METHOD = "compute_advantages_and_returns"
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"", "0", "false", "no", "off"}
 
 Embedder = Callable[[list[str]], Any]
 
@@ -101,37 +100,12 @@ class DRAConfig:
     def get_embedder(self) -> Embedder:
         if self.embedder is None:
             factory = self.embedder_factory or _default_embedder_factory
-            self.embedder = factory()
-            if not callable(self.embedder) and callable(getattr(self.embedder, "encode", None)):
-                self.embedder = self.embedder.encode  # e.g. a dra_kernels.embed.Embedder
-            if not callable(self.embedder):
-                raise TypeError(
-                    f"the embedder factory {factory!r} returned a {type(self.embedder).__name__}, "
-                    "not a callable list[str] -> [N, D]"
-                )
+            returned = f"what the embedder factory {factory!r} returned"
+            self.embedder = as_embed_fn(factory(), returned)
         return self.embedder
 
 
 # ----------------------------------------------------------------------------- configuration
-
-
-def _env_flag(name: str) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{name} must be one of 1/true/yes/on or 0/false/no/off, got {value!r}")
-
-
-def _import_object(spec: str, name: str) -> Any:
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{name} must look like 'package.module:attribute', got {spec!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _default_embedder_factory() -> Embedder:
@@ -143,12 +117,12 @@ def _default_embedder_factory() -> Embedder:
 
 def config_from_env() -> DRAConfig | None:
     """The configuration the environment asks for, or ``None`` when DRA is off (the default)."""
-    if not _env_flag(ENV_ENABLE):
+    if not env_flag(ENV_ENABLE):
         return None
     factory = None
     spec = os.environ.get(ENV_EMBEDDER, "").strip()
     if spec:
-        factory = _import_object(spec, ENV_EMBEDDER)
+        factory = import_object(spec, ENV_EMBEDDER)
         if not callable(factory):
             raise TypeError(
                 f"{ENV_EMBEDDER}={spec!r} names a {type(factory).__name__}, not a factory"

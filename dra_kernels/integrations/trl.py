@@ -52,6 +52,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without trl
     ) from exc
 
 from dra_kernels import distributed, reference
+from dra_kernels.integrations._common import as_embed_fn
 from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
 
 __all__ = ["DRAGRPOTrainer", "DRARewardsMixin", "SUPPORTED_TRL", "completion_text"]
@@ -113,16 +114,7 @@ def _embedding_function(embedder: Any, device: torch.device) -> Embedder:
         from dra_kernels.embed import Embedder as SentenceEmbedder
 
         embedder = SentenceEmbedder(embedder, device=str(device))
-    encode = getattr(embedder, "encode", None)
-    if callable(encode):
-        return encode
-    if callable(embedder):
-        return embedder
-    raise TypeError(
-        "embedder must be a function list[str] -> [N, D] embeddings, an object with an "
-        "encode(texts) method (dra_kernels.embed.Embedder, a SentenceTransformer), or a "
-        f"sentence-transformers model name; got {type(embedder).__name__}"
-    )
+    return as_embed_fn(embedder, "embedder")
 
 
 class DRARewardsMixin:

@@ -36,7 +36,6 @@ import functools
 import importlib
 import importlib.abc
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 
 from dra_kernels.api import adjust_rewards, factorize_group_ids, smi_scores
+from dra_kernels.integrations._common import as_embed_fn, env_flag, import_object
 from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
 
 if TYPE_CHECKING:
@@ -72,8 +72,6 @@ from the first of ``token_level_scores`` / ``rm_scores`` present (the reward bef
 penalty); the same per-row change goes to every one present, so ``token_level_rewards = scores -
 KL`` stays consistent."""
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
 _V1_MODULE = "verl.trainer.ppo.v1.trainer_base"
 _LEGACY_MODULE = "verl.trainer.ppo.ray_trainer"
 _WRAPPED = "__dra_kernels_wrapped__"
@@ -99,22 +97,15 @@ class DRASettings:
     def build_embedder(self) -> Embed:
         """The embedding function these settings describe (loads a model: call once per run)."""
         if self.embedder is not None:
-            return _as_embed_fn(_import_object(self.embedder), f"dra.embedder={self.embedder!r}")
+            return as_embed_fn(
+                import_object(self.embedder, "dra.embedder"), f"dra.embedder={self.embedder!r}"
+            )
         from dra_kernels.embed import Embedder
 
         embedder = Embedder(
             self.model, device=self.device, batch_size=self.batch_size, max_tokens=self.max_tokens
         )
         return embedder.encode
-
-
-def _env_enabled() -> bool:
-    value = os.environ.get(ENV_VAR, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{ENV_VAR} must be one of {_TRUE + _FALSE[1:]}, got {value!r}")
 
 
 def settings_from_config(config: Any) -> DRASettings | None:
@@ -130,7 +121,7 @@ def settings_from_config(config: Any) -> DRASettings | None:
         ValueError: an unknown key under ``dra``, or a bad value of ``DRA_KERNELS_VERL``.
     """
     group = _config_group(config)
-    enabled = bool(group.pop("enable", False)) or _env_enabled()
+    enabled = bool(group.pop("enable", False)) or env_flag(ENV_VAR)
     if not enabled:
         return None
     known = set(DRASettings.__dataclass_fields__)
@@ -159,32 +150,6 @@ def _config_group(config: Any) -> dict[str, Any]:
     if not isinstance(group, Mapping):
         raise ValueError(f"'dra' in the verl configuration must be a group of keys, got {group!r}")
     return dict(group)
-
-
-def _import_object(path: str) -> Any:
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"dra.embedder must look like 'package.module:name', got {path!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _as_embed_fn(obj: Any, where: str) -> Embed:
-    if isinstance(obj, type):
-        obj = obj()
-    encode = getattr(obj, "encode", None)
-    if callable(encode):
-        return encode
-    if callable(obj):
-        return obj
-    raise TypeError(
-        f"{where}: expected a callable list[str] -> [N, D] or an object with .encode, "
-        f"got {type(obj).__name__}"
-    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -293,7 +258,7 @@ def apply_dra(
     sequences = [ids[m].tolist() for ids, m in zip(token_ids.cpu(), token_mask.cpu(), strict=True)]
     texts = list(tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens))
 
-    embed = _default_embed_fn() if embedder is None else _as_embed_fn(embedder, "embedder")
+    embed = _default_embed_fn() if embedder is None else as_embed_fn(embedder, "embedder")
     source = batch[source_key]
     embeddings = _embeddings(embed(texts), len(texts), source.device)
     groups = uids[index.cpu().numpy()]
