@@ -28,6 +28,7 @@ Input policy (docs/guarantees.md lists each rule with the test that proves it):
 
 from __future__ import annotations
 
+import math
 import numbers
 import threading
 from collections.abc import Hashable, Mapping, Sequence
@@ -319,17 +320,18 @@ def _hinted_codes(ids: torch.Tensor, num_groups: int) -> Groups:
 # ----------------------------------------------------------------------------- dispatch
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """``"torch"`` or ``"triton"`` for tensors on ``device``; raises for an impossible request."""
+def resolve_backend(backend: str, device: torch.device, dim: int | None = None) -> str:
+    """``"torch"`` or ``"triton"`` for ``[N, dim]`` embeddings on ``device``; raises for an
+    impossible explicit request (``"auto"`` falls back to ``"torch"`` instead)."""
     if backend == "torch":
         return "torch"
     if backend == "triton":
-        reason = _triton.unavailable_reason(device)
+        reason = _triton.unavailable_reason(device, dim)
         if reason is not None:
             raise RuntimeError(f"backend='triton' cannot run here: {reason}")
         return "triton"
     if backend == "auto":
-        if device.type == "cuda" and _triton.unavailable_reason(device) is None:
+        if device.type == "cuda" and _triton.unavailable_reason(device, dim) is None:
             return "triton"
         return "torch"
     raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
@@ -341,7 +343,7 @@ def _check_scalar(name: str, value: Any, *, positive: bool, at_most: float | Non
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
     value = float(value)
     too_small = value <= 0 if positive else value < 0
-    if not np.isfinite(value) or too_small or (at_most is not None and value > at_most):
+    if not math.isfinite(value) or too_small or (at_most is not None and value > at_most):
         kind = "a finite number > 0" if positive else "a finite number >= 0"
         if at_most is not None:
             kind += f" and <= {at_most:g}"
@@ -392,7 +394,7 @@ def _prepare(
             e = e.reshape(0, 1)  # an empty list: N = 0 rows (D is not expressible)
         _check_embeddings(e, n)
         n = e.shape[0]
-    chosen = resolve_backend(backend, device)
+    chosen = resolve_backend(backend, device, None if e is None else e.shape[1])
     groups = factorize_group_ids(group_ids, n, device, num_groups)
     dtypes = [t.dtype for t in (r, e) if t is not None and t.is_floating_point()]
     return _Prepared(r, e, groups, chosen, reference.compute_dtype(*dtypes))

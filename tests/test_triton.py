@@ -199,3 +199,15 @@ def test_cuda_graph_capture_and_compile():
         lambda r, e, c: dk.adjust_rewards(r, e, c, num_groups=k) * 2, fullgraph=True
     )
     torch.testing.assert_close(compiled(r, e, codes), expected * 2)
+
+
+def test_embedding_width_limit():
+    from dra_kernels import _triton
+    from dra_kernels.api import resolve_backend
+
+    wide = torch.ones(2, _triton.MAX_D + 1)
+    with pytest.raises(RuntimeError, match=f"at most {_triton.MAX_D} columns"):
+        dk.adjust_rewards(torch.ones(2), wide, [0, 0], backend="triton")
+    # auto never picks the kernel for such widths, even on CUDA
+    assert resolve_backend("auto", torch.device("cuda"), _triton.MAX_D + 1) == "torch"
+    assert dk.adjust_rewards(torch.ones(2), wide, [0, 0]).tolist() == [0.5, 0.5]

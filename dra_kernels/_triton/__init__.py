@@ -8,7 +8,10 @@ import os
 
 import torch
 
-__all__ = ["unavailable_reason"]
+__all__ = ["MAX_D", "interpreter_enabled", "unavailable_reason"]
+
+MAX_D = 65536
+"""Largest embedding width the kernel takes (one row must fit one block)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -26,8 +29,10 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def unavailable_reason(device: torch.device) -> str | None:
-    """None when the Triton kernel can run on tensors of ``device``, else why it cannot."""
+def unavailable_reason(device: torch.device, dim: int | None = None) -> str | None:
+    """None when the kernel can run on ``[N, dim]`` embeddings on ``device``, else why not."""
+    if dim is not None and dim > MAX_D:
+        return f"the kernel takes embeddings of at most {MAX_D} columns, got D={dim}"
     error = _import_error()
     if error is not None:
         return error + "; install the extra: pip install 'dra-kernels[triton]'"

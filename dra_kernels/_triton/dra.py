@@ -19,10 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["MAX_D", "dra_forward"]
+from dra_kernels._triton import MAX_D
 
-MAX_D = 65536
-"""Largest embedding width the kernel takes (one row must fit one block)."""
+__all__ = ["dra_forward", "group_layout"]
 
 _MODE_SMI = 0
 _MODE_ADJUST = 1
