@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import threading
 from collections.abc import Hashable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -302,7 +301,9 @@ def _hinted_codes(ids: torch.Tensor, num_groups: int) -> Groups:
     codes = ids.to(torch.int64)
     if codes.numel() == 0:
         return Groups(codes, num_groups)
-    if codes.device.type == "cpu":
+    # NOTE: reading the range back is free on CPU but a host sync on CUDA, and a graph break
+    # under torch.compile: there the check is an asynchronous device assertion instead.
+    if codes.device.type == "cpu" and not torch.compiler.is_compiling():
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high >= num_groups:
             raise ValueError(
@@ -400,20 +401,10 @@ def _prepare(
     return _Prepared(r, e, groups, chosen, reference.compute_dtype(*dtypes))
 
 
-# NOTE: Triton's CPU interpreter (TRITON_INTERPRET=1) patches triton.language globally while it
-# runs a kernel, so two threads interpreting at once fail; CPU launches are serialised. CUDA
-# launches take no lock.
-_INTERPRETER_LOCK = threading.Lock()
-
-
 def _run_triton(*args: Any, **kwargs: Any) -> torch.Tensor:
-    from dra_kernels._triton.ops import dra_forward
+    from dra_kernels._triton.ops import dra_forward  # imports triton: only when it is used
 
-    embeddings = args[1]
-    if embeddings.device.type != "cpu":
-        return dra_forward(*args, **kwargs)
-    with _INTERPRETER_LOCK:
-        return dra_forward(*args, **kwargs)
+    return dra_forward(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- public API

@@ -211,3 +211,20 @@ def test_embedding_width_limit():
     # auto never picks the kernel for such widths, even on CUDA
     assert resolve_backend("auto", torch.device("cuda"), _triton.MAX_D + 1) == "torch"
     assert dk.adjust_rewards(torch.ones(2), wide, [0, 0]).tolist() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("fn", ["adjust", "advantage"])
+def test_compiles_with_fullgraph_through_the_public_api(fn):
+    """torch.compile(fullgraph=True) sees through the whole call (checks, dispatch, custom op)
+    when integer ids come with num_groups. aot_eager: the graph capture, without codegen."""
+    gen = torch.Generator().manual_seed(18)
+    k = 5
+    codes = torch.randint(0, k, (40,), generator=gen)
+    e = realistic_embeddings(gen, 40, 8, torch.float32)
+    r = torch.randn(40, generator=gen)
+    call = {
+        "adjust": lambda r, e, c: dk.adjust_rewards(r, e, c, num_groups=k, backend="triton") * 2,
+        "advantage": lambda r, e, c: dk.dra_advantages(r, e, c, num_groups=k, backend="triton"),
+    }[fn]
+    compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
+    assert_close(compiled(r, e, codes), call(r, e, codes), torch.float32, fn)

@@ -3,7 +3,6 @@ does, lazily, and :mod:`dra_kernels._triton.dra` needs it."""
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -14,14 +13,21 @@ MAX_D = 65536
 """Largest embedding width the kernel takes (one row must fit one block)."""
 
 
-@functools.lru_cache(maxsize=1)
+_IMPORT_ERROR: list[str | None] = []  # filled on first use: [None] or [why triton is missing]
+
+
 def _import_error() -> str | None:
-    try:
-        import triton
-        import triton.language  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install raising something else
-        return f"triton could not be imported ({type(exc).__name__}: {exc})"
-    return None
+    # NOTE: a module-level memo rather than functools.lru_cache, which torch.compile does not
+    # trace through (it warns and re-traces the import attempt).
+    if not _IMPORT_ERROR:
+        try:
+            import triton
+            import triton.language  # noqa: F401
+        except Exception as exc:  # ImportError, or a broken install raising something else
+            _IMPORT_ERROR.append(f"triton could not be imported ({type(exc).__name__}: {exc})")
+        else:
+            _IMPORT_ERROR.append(None)
+    return _IMPORT_ERROR[0]
 
 
 def interpreter_enabled() -> bool:

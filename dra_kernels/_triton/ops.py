@@ -4,6 +4,8 @@ directly), as its overhead is comparable to the whole kernel for small batches."
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from dra_kernels._triton import dra
@@ -11,6 +13,20 @@ from dra_kernels._triton import dra
 __all__ = ["dra_forward"]
 
 _MODES = ("smi", "adjust", "advantage")
+
+# NOTE: Triton's CPU interpreter (TRITON_INTERPRET=1) patches triton.language globally while it
+# runs a kernel, so two threads interpreting at once fail; CPU launches are serialised. CUDA
+# launches take no lock.
+_INTERPRETER_LOCK = threading.Lock()
+
+
+def _launch(*args, **kwargs) -> torch.Tensor:
+    if args[1].device.type != "cpu":
+        return dra.dra_forward(*args, **kwargs)
+    with _INTERPRETER_LOCK:
+        return dra.dra_forward(*args, **kwargs)
+
+
 _SCALES = ("std", "none")
 
 
@@ -26,7 +42,7 @@ def _dra_forward_op(
     eps: float,
     float64: bool,
 ) -> torch.Tensor:
-    return dra.dra_forward(
+    return _launch(
         rewards,
         embeddings,
         codes,
@@ -59,7 +75,7 @@ def dra_forward(
 ) -> torch.Tensor:
     """See :func:`dra_kernels._triton.dra.dra_forward`; through the custom op when compiling."""
     if not torch.compiler.is_compiling():
-        return dra.dra_forward(
+        return _launch(
             rewards,
             embeddings,
             codes,
