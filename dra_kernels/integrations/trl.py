@@ -144,10 +144,11 @@ class DRARewardsMixin:
             isinstance(dra_min_denominator, bool)
             or not isinstance(dra_min_denominator, (int, float))
             or not np.isfinite(dra_min_denominator)
-            or dra_min_denominator <= 0
+            or not 0 < dra_min_denominator <= 1
         ):
             raise ValueError(
-                f"dra_min_denominator must be a finite number > 0, got {dra_min_denominator!r}"
+                f"dra_min_denominator must be a number in (0, 1] (as for adjust_rewards), got "
+                f"{dra_min_denominator!r}"
             )
         if not isinstance(embedder, str):
             _embedding_function(embedder, torch.device("cpu"))  # refuse a wrong kind early

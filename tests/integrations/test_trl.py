@@ -266,8 +266,9 @@ def test_refuses_what_it_cannot_adjust(workdir: pathlib.Path) -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match="multi_objective_aggregation in"):
         DRAGRPOTrainer(model, distinct_words, args=args, train_dataset=data, embedder=embed)
-    with pytest.raises(ValueError, match="dra_min_denominator must be"):
-        DRAGRPOTrainer(model, distinct_words, embedder=embed, dra_min_denominator=0.0)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="dra_min_denominator must be"):
+            DRAGRPOTrainer(model, distinct_words, embedder=embed, dra_min_denominator=bad)
     with pytest.raises(TypeError, match="embedder must be"):
         DRAGRPOTrainer(model, distinct_words, embedder=3)
 
