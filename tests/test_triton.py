@@ -32,6 +32,18 @@ MODES = {
 }
 
 
+@pytest.fixture(autouse=True, params=["scan", "sort"])
+def row_finding(request, monkeypatch):
+    """Every test runs on both ways the kernel finds a group's rows (see dra_kernels._triton.dra):
+    scanning the batch's codes (small batches) and the stable sort + CSR offsets (large ones)."""
+    from dra_kernels._triton import dra
+
+    scan = request.param == "scan"
+    monkeypatch.setattr(dra, "SCAN_MAX_ROWS", 1 << 62 if scan else -1)
+    monkeypatch.setattr(dra, "SCAN_MAX_WORK", 1 << 62 if scan else -1)
+    return request.param
+
+
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
     """Every torch.empty / empty_like filled with NaN while the test runs."""

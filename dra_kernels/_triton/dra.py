@@ -1,7 +1,9 @@
 """The fused DRA kernel and its launcher.
 
-One program per group. Rows are visited through a stable sort of the group codes (``order``) and
-CSR ``offsets``, so groups may be unsorted, interleaved and of any size. Per program:
+One launch, one program per group; groups may be unsorted, interleaved and of any size. A program
+finds its group's rows in one of two ways: in small batches (see :data:`SCAN_MAX_WORK`) it scans
+the group codes of the whole batch and loads only its own rows; larger batches go through a stable
+sort of the codes (``order``) and CSR ``offsets``. Per program:
 
 1. pass over the group's rows: normalise each row (scaled by its largest magnitude first, so
    nothing overflows) and add it to the group sum ``S`` held in registers;
@@ -23,6 +25,13 @@ from dra_kernels._triton import MAX_D
 
 __all__ = ["dra_forward", "group_layout"]
 
+SCAN_MAX_ROWS = 1024
+SCAN_MAX_WORK = 1 << 20
+"""Batches of at most ``SCAN_MAX_ROWS`` rows with ``N * num_groups`` up to this skip the sort:
+each group's program scans the group codes of the whole batch and loads only its own rows, so a
+call is one launch. Larger batches sort (a few more launches, then linear work).
+NOTE: chosen by reasoning, not yet by measurement on a GPU."""
+
 _MODE_SMI = 0
 _MODE_ADJUST = 1
 _MODE_ADVANTAGE = 2
@@ -42,64 +51,89 @@ def _unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC: tl.co
 
 
 @triton.jit
+def _chunk_rows(order_ptr, codes_ptr, i_g, i_chunk, i_stop, o_r, SCAN: tl.constexpr):
+    """Row indices and mask of one chunk of group ``i_g``'s rows.
+
+    CSR: positions ``i_chunk + o_r`` of the sorted ``order``. SCAN: rows ``i_chunk + o_r`` of the
+    batch itself, masked to those whose code is ``i_g`` (masked loads fetch nothing)."""
+    o_row = i_chunk + o_r
+    m_row = o_row < i_stop
+    if SCAN:
+        b_code = tl.load(codes_ptr + o_row, mask=m_row, other=-1)
+        m_row = m_row & (b_code == i_g)
+        i_row = o_row.to(tl.int64)
+    else:
+        i_row = tl.load(order_ptr + o_row, mask=m_row, other=0).to(tl.int64)
+    return i_row, m_row
+
+
+@triton.jit
 def _dra_forward_kernel(
     emb_ptr,
     stride_en,
     stride_ed,
     rew_ptr,
     stride_r,
+    codes_ptr,
     order_ptr,
     offsets_ptr,
     smi_ptr,
     adj_ptr,
     adv_ptr,
+    N,
     D,
     min_denominator,
     eps,
     MODE: tl.constexpr,
     SCALE_STD: tl.constexpr,
+    SCAN: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_D: tl.constexpr,
     ACC: tl.constexpr,
 ):
     i_g = tl.program_id(0)
-    i_start = tl.load(offsets_ptr + i_g).to(tl.int64)
-    i_stop = tl.load(offsets_ptr + i_g + 1).to(tl.int64)
-    n_rows = i_stop - i_start
+    if SCAN:
+        i_start = tl.full([], 0, tl.int64)
+        i_stop = i_start + N
+    else:
+        i_start = tl.load(offsets_ptr + i_g).to(tl.int64)
+        i_stop = tl.load(offsets_ptr + i_g + 1).to(tl.int64)
     o_r = tl.arange(0, BLOCK_G)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < D
 
-    # Pass 1: S = sum of the group's unit rows.
+    # Pass 1: S = sum of the group's unit rows, and the group's size.
     # NOTE: S accumulates in float64 across chunks: a float32 running sum over a group of 1e5 rows
     # loses ~3 digits, visible in rows nearly orthogonal to S. It is rounded to ACC for the dots.
     b_sum64 = tl.zeros([BLOCK_D], dtype=tl.float64)
+    b_counts = tl.zeros([BLOCK_G], dtype=tl.int32)
     for i_chunk in range(i_start, i_stop, BLOCK_G):
-        o_row = i_chunk + o_r
-        m_row = o_row < i_stop
-        i_row = tl.load(order_ptr + o_row, mask=m_row, other=0).to(tl.int64)
-        b_u = _unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC)
-        b_sum64 += tl.sum(b_u, axis=0).to(tl.float64)
+        i_row, m_row = _chunk_rows(order_ptr, codes_ptr, i_g, i_chunk, i_stop, o_r, SCAN)
+        # NOTE: when scanning, most chunks hold none of this group's rows: skip their arithmetic.
+        if tl.sum(m_row.to(tl.int32), axis=0) > 0:
+            b_u = _unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC)
+            b_sum64 += tl.sum(b_u, axis=0).to(tl.float64)
+            b_counts += m_row.to(tl.int32)
     b_sum = b_sum64.to(ACC)
+    n_rows = tl.sum(b_counts, axis=0)
 
     # Pass 2: SMI (exactly 0 in a group of one) and the adjusted reward; running sum for the mean.
     b_totals = tl.zeros([BLOCK_G], dtype=ACC)
     for i_chunk in range(i_start, i_stop, BLOCK_G):
-        o_row = i_chunk + o_r
-        m_row = o_row < i_stop
-        i_row = tl.load(order_ptr + o_row, mask=m_row, other=0).to(tl.int64)
-        b_u = _unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC)
-        b_smi = tl.sum(b_u * b_sum[None, :], axis=1) - tl.sum(b_u * b_u, axis=1)
-        b_smi = tl.where(n_rows > 1, b_smi, 0.0)
-        if MODE == 0:
-            tl.store(smi_ptr + i_row, b_smi, mask=m_row)
-        else:
-            b_r = tl.load(rew_ptr + i_row * stride_r, mask=m_row, other=0.0).to(b_smi.dtype)
-            b_den = 1.0 + b_smi
-            # NOTE: not tl.maximum, which drops NaN: a NaN SMI must give a NaN reward, as in torch.
-            b_adj = b_r / tl.where(b_den < min_denominator, min_denominator, b_den)
-            tl.store(adj_ptr + i_row, b_adj, mask=m_row)
-            b_totals += tl.where(m_row, b_adj, 0.0)
+        i_row, m_row = _chunk_rows(order_ptr, codes_ptr, i_g, i_chunk, i_stop, o_r, SCAN)
+        if tl.sum(m_row.to(tl.int32), axis=0) > 0:
+            b_u = _unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC)
+            b_smi = tl.sum(b_u * b_sum[None, :], axis=1) - tl.sum(b_u * b_u, axis=1)
+            b_smi = tl.where(n_rows > 1, b_smi, 0.0)
+            if MODE == 0:
+                tl.store(smi_ptr + i_row, b_smi, mask=m_row)
+            else:
+                b_r = tl.load(rew_ptr + i_row * stride_r, mask=m_row, other=0.0).to(b_smi.dtype)
+                b_den = 1.0 + b_smi
+                # NOTE: not tl.maximum, which drops NaN: a NaN SMI must give NaN, as in torch.
+                b_adj = b_r / tl.where(b_den < min_denominator, min_denominator, b_den)
+                tl.store(adj_ptr + i_row, b_adj, mask=m_row)
+                b_totals += tl.where(m_row, b_adj, 0.0)
 
     if MODE == 2:
         # NOTE: the barrier makes this program's stores of pass 2 visible to all of its threads.
@@ -109,17 +143,13 @@ def _dra_forward_kernel(
         if SCALE_STD:
             b_sqs = tl.zeros([BLOCK_G], dtype=ACC)
             for i_chunk in range(i_start, i_stop, BLOCK_G):
-                o_row = i_chunk + o_r
-                m_row = o_row < i_stop
-                i_row = tl.load(order_ptr + o_row, mask=m_row, other=0).to(tl.int64)
+                i_row, m_row = _chunk_rows(order_ptr, codes_ptr, i_g, i_chunk, i_stop, o_r, SCAN)
                 b_c = tl.load(adj_ptr + i_row, mask=m_row, other=0.0) - b_mean
                 b_sqs += tl.where(m_row, b_c * b_c, 0.0)
             b_std = tl.sqrt(tl.sum(b_sqs, axis=0) / tl.maximum(n_rows - 1, 1))
             b_scale = 1.0 / (b_std + eps)
         for i_chunk in range(i_start, i_stop, BLOCK_G):
-            o_row = i_chunk + o_r
-            m_row = o_row < i_stop
-            i_row = tl.load(order_ptr + o_row, mask=m_row, other=0).to(tl.int64)
+            i_row, m_row = _chunk_rows(order_ptr, codes_ptr, i_g, i_chunk, i_stop, o_r, SCAN)
             b_c = tl.load(adj_ptr + i_row, mask=m_row, other=0.0) - b_mean
             tl.store(adv_ptr + i_row, b_c * b_scale, mask=m_row)
 
@@ -182,7 +212,8 @@ def dra_forward(
     out = torch.empty(n, dtype=out_dtype, device=device)
     if n == 0:
         return out
-    order, offsets = group_layout(codes, num_groups)
+    scan = n <= SCAN_MAX_ROWS and n * num_groups <= SCAN_MAX_WORK
+    order, offsets = (codes, codes) if scan else group_layout(codes, num_groups)
     mode_id = {"smi": _MODE_SMI, "adjust": _MODE_ADJUST, "advantage": _MODE_ADVANTAGE}[mode]
     adjusted = out if mode_id == _MODE_ADJUST else torch.empty_like(out)
     if rewards is None:
@@ -194,16 +225,19 @@ def dra_forward(
         embeddings.stride(1),
         rewards,
         rewards.stride(0),
+        codes,
         order,
         offsets,
         out,
         adjusted,
         out,
+        n,
         d,
         float(min_denominator),
         float(eps),
         MODE=mode_id,
         SCALE_STD=scale == "std",
+        SCAN=scan,
         BLOCK_G=block_g,
         BLOCK_D=block_d,
         ACC=tl.float64 if out_dtype == torch.float64 else tl.float32,
