@@ -4,11 +4,13 @@ imports from configuration, and turning what a user passes as "the embedder" int
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EmbedFn", "as_embed_fn", "env_flag", "import_object"]
+__all__ = ["EmbedFn", "PatchOnImport", "as_embed_fn", "env_flag", "import_object"]
 
 EmbedFn = Callable[[list[str]], Any]
 """``texts -> [N, D]`` embeddings (torch tensor, numpy array or nested list)."""
@@ -57,3 +59,50 @@ def as_embed_fn(obj: Any, what: str) -> EmbedFn:
         f"encode(texts) method (dra_kernels.embed.Embedder, a SentenceTransformer); "
         f"got {type(obj).__name__}"
     )
+
+
+class PatchOnImport(importlib.abc.MetaPathFinder):
+    """Runs ``patches[name](module)`` right after module ``name`` is first imported.
+
+    Never imports anything itself: a trainer module is often heavy (deepspeed, ray), and a process
+    that never imports it must not pay for it. Put the finder first on ``sys.meta_path`` with
+    :meth:`install`; modules already imported must be patched by the caller.
+    """
+
+    def __init__(self, patches: dict[str, Callable[[Any], None]]) -> None:
+        self.patches = patches
+
+    def install(self) -> None:
+        if self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
+
+    def uninstall(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        patch = self.patches.get(fullname)
+        if patch is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _PatchingLoader(spec.loader, patch)
+                return spec
+        return None
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any, patch: Callable[[Any], None]) -> None:
+        self._loader = loader
+        self._patch = patch
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        self._patch(module)

@@ -29,9 +29,6 @@ Environment variables (read by :func:`config_from_env`):
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.abc
-import importlib.machinery
 import logging
 import os
 import sys
@@ -43,7 +40,7 @@ import numpy as np
 import torch
 
 from dra_kernels.api import adjust_rewards, smi_scores
-from dra_kernels.integrations._common import as_embed_fn, env_flag, import_object
+from dra_kernels.integrations._common import PatchOnImport, as_embed_fn, env_flag, import_object
 from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
 
 __all__ = [
@@ -314,40 +311,9 @@ def _patch_module(module: Any) -> None:
         setattr(cls, TARGET_METHOD, _wrap(method))
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self._loader.exec_module(module)
-        _patch_module(module)
-
-
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patches the experience maker when (and only if) its module is imported.
-
-    NOTE: importing it eagerly would pull deepspeed into every Ray worker, vLLM's included.
-    """
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != TARGET_MODULE:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _PatchingLoader(spec.loader)
-                return spec
-        return None
-
-
-def _remove_finders() -> None:
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _PatchOnImport)]
+_FINDER = PatchOnImport({TARGET_MODULE: _patch_module})
+"""Patches the experience maker when (and only if) its module is imported.
+NOTE: importing it eagerly would pull deepspeed into every Ray worker, vLLM's included."""
 
 
 def install(
@@ -379,15 +345,15 @@ def install(
     module = sys.modules.get(TARGET_MODULE)
     if module is not None:
         _patch_module(module)
-    elif not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport())
+    else:
+        _FINDER.install()
     return config
 
 
 def uninstall() -> None:
     """Turn DRA off in this process and restore the original method."""
     _state["config"] = None
-    _remove_finders()
+    _FINDER.uninstall()
     module = sys.modules.get(TARGET_MODULE)
     cls = getattr(module, TARGET_CLASS, None) if module is not None else None
     method = getattr(cls, TARGET_METHOD, None) if cls is not None else None

@@ -33,8 +33,6 @@ Configuration keys (all under the top-level ``dra`` group; Hydra needs the ``+``
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.abc
 import logging
 import sys
 import warnings
@@ -46,7 +44,7 @@ import numpy as np
 import torch
 
 from dra_kernels.api import adjust_rewards, factorize_group_ids, smi_scores
-from dra_kernels.integrations._common import as_embed_fn, env_flag, import_object
+from dra_kernels.integrations._common import PatchOnImport, as_embed_fn, env_flag, import_object
 from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
 
 if TYPE_CHECKING:
@@ -500,44 +498,15 @@ def _patch_legacy(module: Any) -> None:
     trainer_cls.__init__ = __init__
 
 
-_PATCHES: dict[str, Callable[[Any], None]] = {_V1_MODULE: _patch_v1, _LEGACY_MODULE: _patch_legacy}
-
-
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patches verl's trainer modules right after they are first imported (never imports them)."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        patch = _PATCHES.get(fullname)
-        if patch is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        loader = spec.loader
-        exec_module = getattr(loader, "exec_module", None)
-        if exec_module is None:
-            return spec
-
-        def exec_and_patch(module: Any) -> None:
-            exec_module(module)
-            if module.__name__ == fullname:
-                patch(module)
-
-        loader.exec_module = exec_and_patch  # type: ignore[union-attr]
-        return spec
+_FINDER = PatchOnImport({_V1_MODULE: _patch_v1, _LEGACY_MODULE: _patch_legacy})
+"""Patches verl's trainer modules right after they are first imported (never imports them)."""
 
 
 def install() -> None:
     """Hook verl's trainers (idempotent). Runs when this module is imported, which ``import verl``
     does through the ``verl.plugins`` entry point; trainers already imported are patched now."""
-    if not any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport())
-    for name, patch in _PATCHES.items():
+    _FINDER.install()
+    for name, patch in _FINDER.patches.items():
         module = sys.modules.get(name)
         if module is not None:
             patch(module)
