@@ -178,7 +178,12 @@ def _convert_out(result: torch.Tensor, like: Any) -> Any:
 
 
 def factorize_group_ids(
-    group_ids: Any, n: int, device: torch.device | str = "cpu", num_groups: int | None = None
+    group_ids: Any,
+    n: int,
+    device: torch.device | str = "cpu",
+    num_groups: int | None = None,
+    *,
+    check_range: bool = True,
 ) -> Groups:
     """Dense codes ``0 .. K-1`` for any group ids.
 
@@ -191,7 +196,10 @@ def factorize_group_ids(
         num_groups: optional hint for integer ids already in ``[0, num_groups)``: they are used as
             codes directly, with no host synchronisation (for CUDA graphs and torch.compile).
             Groups with no rows are allowed. On CPU the range is checked; on CUDA it is checked
-            by an asynchronous device assertion.
+            by an asynchronous device assertion (unless ``check_range`` is false).
+        check_range: with ``num_groups`` on CUDA, whether to add that assertion. The Triton
+            backend turns it off: its kernel checks every code itself (rows with an
+            out-of-range id come out NaN), which costs no extra launches.
 
     Returns:
         :class:`Groups` with int64 ``codes`` on ``device``.
@@ -206,7 +214,7 @@ def factorize_group_ids(
                 f"group_ids as a tensor must have an integer dtype, got {ids.dtype}; "
                 "floating or boolean ids are almost always a mistake"
             )
-        if ids.device != device:
+        if not _same_device(ids.device, device):
             raise ValueError(f"group_ids is on {ids.device} but the data is on {device}")
     else:
         ids = _host_integer_ids(group_ids)
@@ -222,7 +230,7 @@ def factorize_group_ids(
         ids = torch.from_numpy(_torch_compatible(ids)).to(device)
     _check_len(ids.shape[0], n)
     if num_groups is not None:
-        return _hinted_codes(ids, num_groups)
+        return _hinted_codes(ids, num_groups, check_range)
     if ids.shape[0] == 0:
         return Groups(ids.to(torch.int64), 0)
     uniques, codes = torch.unique(ids, return_inverse=True)
@@ -290,7 +298,21 @@ def _factorize_hashables(group_ids: Sequence[Hashable]) -> tuple[list[int], int]
     return codes, len(mapping)
 
 
-def _hinted_codes(ids: torch.Tensor, num_groups: int) -> Groups:
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` are the same device when 0 is the current one."""
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:
+        if a.type != "cuda":
+            return a.index == b.index
+        current = torch.cuda.current_device()
+        return (current if a.index is None else a.index) == (
+            current if b.index is None else b.index
+        )
+    return a.index == b.index
+
+
+def _hinted_codes(ids: torch.Tensor, num_groups: int, check_range: bool = True) -> Groups:
     if (
         isinstance(num_groups, (bool, np.bool_))
         or not isinstance(num_groups, numbers.Integral)
@@ -310,7 +332,7 @@ def _hinted_codes(ids: torch.Tensor, num_groups: int) -> Groups:
                 f"with num_groups={num_groups}, group_ids must lie in [0, {num_groups}); "
                 f"found values from {low} to {high}"
             )
-    else:
+    elif check_range:
         torch._assert_async(
             ((codes >= 0) & (codes < num_groups)).all(),
             "group_ids out of range [0, num_groups)",
@@ -396,7 +418,9 @@ def _prepare(
         _check_embeddings(e, n)
         n = e.shape[0]
     chosen = resolve_backend(backend, device, None if e is None else e.shape[1])
-    groups = factorize_group_ids(group_ids, n, device, num_groups)
+    # NOTE: on CUDA the kernel checks the codes itself; the device assertion would add launches.
+    check = not (chosen == "triton" and device.type == "cuda")
+    groups = factorize_group_ids(group_ids, n, device, num_groups, check_range=check)
     dtypes = [t.dtype for t in (r, e) if t is not None and t.is_floating_point()]
     return _Prepared(r, e, groups, chosen, reference.compute_dtype(*dtypes))
 

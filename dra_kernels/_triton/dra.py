@@ -1,18 +1,32 @@
 """The fused DRA kernel and its launcher.
 
-One launch, one program per group; groups may be unsorted, interleaved and of any size. A program
-finds its group's rows in one of two ways: in small batches (see :data:`SCAN_MAX_WORK`) it scans
-the group codes of the whole batch and loads only its own rows; larger batches go through a stable
-sort of the codes (``order``) and CSR ``offsets``. Per program:
+One program per group (plus one for rows whose id is out of range, which come out NaN); groups may
+be unsorted, interleaved and of any size. A program finds its group's rows in one of two ways:
 
-1. pass over the group's rows: normalise each row (scaled by its largest magnitude first, so
-   nothing overflows) and add it to the group sum ``S`` held in registers;
-2. pass again: ``SMI_i = u_i . S - |u_i|^2`` and
-   ``adjusted_i = r_i / max(1 + SMI_i, min_denominator)``, written at the row's original position;
-3. (advantages) mean, then unbiased std of the adjusted rewards, read back from the output.
+- **scan** (small batches, see :data:`SCAN_MAX_ROWS`): it reads the group codes of the whole batch
+  and picks its own rows in index order. The call is one launch.
+- **buckets** (larger batches): a counting sort without a sort. One kernel counts the rows of each
+  group with integer atomics (each row keeps the slot the atomic gave it), ``torch.cumsum`` turns
+  the counts into bucket ends, a second kernel writes each row index into its bucket. Four small
+  launches, linear work, no host synchronisation. The order of rows inside a bucket depends on
+  atomic timing; everything that reads a bucket is written so the result does not (below).
 
-No atomics: every output is written by exactly one program in a fixed order, so results are
-bitwise reproducible. Offsets are int64, so ``N * D`` may exceed ``2**31``.
+Per group of ``n`` rows, two ways to compute ``SMI_i = sum_{j != i} cos(e_i, e_j)``:
+
+- **Gram** (``n <= BM``, at most 64; half-precision and float32 inputs): the ``BM x BM`` Gram
+  matrix ``X X^T`` on the tensor cores (float32 inputs through ``tf32x3``, about float32
+  accuracy), streaming ``X`` once in ``BK``-column slices; then ``C_ij = G_ij / (|x_i| |x_j|)``
+  and row sums. The row indices are sorted first, so sums run in a fixed order. A group with a
+  squared row norm outside ``[2^-60, 2^60]`` (zero, tiny, huge, NaN or inf rows) falls through to
+  the linear way, which handles every value.
+- **linear** (larger groups, float64, and the fallback): ``S = sum_j u_j`` of the unit rows (each
+  row scaled by its largest magnitude before squaring, so nothing overflows), then
+  ``SMI_i = u_i . S - |u_i|^2``. ``S`` is summed in 2 x 64-bit fixed point (2^-60 resolution),
+  which is exact and so independent of the order in which rows arrive; the advantage statistics
+  are summed the same way, scaled by the group's largest value.
+
+No floating-point atomics: results are bitwise reproducible. Offsets are int64, so ``N * D`` may
+exceed ``2**31``.
 """
 
 from __future__ import annotations
@@ -23,23 +37,110 @@ import triton.language as tl
 
 from dra_kernels._triton import MAX_D
 
-__all__ = ["dra_forward", "group_layout"]
+__all__ = ["dra_forward", "group_buckets"]
 
-SCAN_MAX_ROWS = 1024
+SCAN_MAX_ROWS = 2048
 SCAN_MAX_WORK = 1 << 20
-"""Batches of at most ``SCAN_MAX_ROWS`` rows with ``N * num_groups`` up to this skip the sort:
-each group's program scans the group codes of the whole batch and loads only its own rows, so a
-call is one launch. Larger batches sort (a few more launches, then linear work).
-NOTE: chosen by reasoning, not yet by measurement on a GPU."""
+"""Batches of at most ``SCAN_MAX_ROWS`` rows with ``N * (num_groups + 1)`` up to this scan (one
+launch); larger ones go through the buckets (four small launches)."""
+
+GRAM_MAX_ROWS = 64
+"""Largest group handled by the Gram-matrix path (``BM``)."""
 
 _MODE_SMI = 0
 _MODE_ADJUST = 1
 _MODE_ADVANTAGE = 2
+_BUCKET_BLOCK = 1024
+_SCAN_CHUNK = 256
+
+
+# ----------------------------------------------------------------------------- buckets
+
+
+@triton.jit
+def _count_kernel(codes_ptr, slot_ptr, counts_ptr, N, K, BLOCK: tl.constexpr):
+    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = o < N
+    c = tl.load(codes_ptr + o, mask=m, other=0)
+    bucket = tl.where((c >= 0) & (c < K), c, K)
+    slot = tl.atomic_add(counts_ptr + bucket, 1, mask=m)
+    tl.store(slot_ptr + o, slot, mask=m)
+
+
+@triton.jit
+def _place_kernel(codes_ptr, slot_ptr, counts_ptr, ends_ptr, order_ptr, N, K, BLOCK: tl.constexpr):
+    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = o < N
+    c = tl.load(codes_ptr + o, mask=m, other=0)
+    bucket = tl.where((c >= 0) & (c < K), c, K)
+    start = tl.load(ends_ptr + bucket, mask=m, other=0) - tl.load(counts_ptr + bucket, mask=m)
+    slot = tl.load(slot_ptr + o, mask=m, other=0)
+    tl.store(order_ptr + start + slot, o, mask=m)
+
+
+def group_buckets(
+    codes: torch.Tensor, num_groups: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(order, counts, ends)``: row indices bucketed by group (bucket ``K`` holds rows whose
+    code is out of range), each bucket's size and end in ``order``. No host synchronisation."""
+    n = codes.shape[0]
+    device = codes.device
+    counts = torch.zeros(num_groups + 1, dtype=torch.int32, device=device)
+    slot = torch.empty(n, dtype=torch.int32, device=device)
+    grid = (triton.cdiv(n, _BUCKET_BLOCK),)
+    _count_kernel[grid](codes, slot, counts, n, num_groups, BLOCK=_BUCKET_BLOCK)
+    ends = torch.cumsum(counts, 0, dtype=torch.int32)
+    order = torch.empty(n, dtype=torch.int32, device=device)
+    _place_kernel[grid](codes, slot, counts, ends, order, n, num_groups, BLOCK=_BUCKET_BLOCK)
+    return order, counts, ends
+
+
+# ----------------------------------------------------------------------------- row finding
+
+
+@triton.jit
+def _scan_rows(codes_ptr, N, K, i_g, i_first, R: tl.constexpr, CHUNK: tl.constexpr):
+    """Scan mode: rows of group ``i_g`` (``K``: rows with an out-of-range code) whose rank in
+    index order lies in ``[i_first, i_first + R)``, as an ``[R]`` int64 vector, and the group's
+    size."""
+    o_r = tl.arange(0, R)
+    b_rows = tl.zeros([R], dtype=tl.int64)
+    n_seen = tl.zeros([], dtype=tl.int32)
+    for i_c in range(0, N, CHUNK):
+        o_c = i_c + tl.arange(0, CHUNK)
+        m_c = o_c < N
+        b_c = tl.load(codes_ptr + o_c, mask=m_c, other=0)
+        b_bad = (b_c < 0) | (b_c >= K)
+        m_in = m_c & tl.where(i_g == K, b_bad, b_c == i_g)
+        b_in = m_in.to(tl.int32)
+        b_rank = n_seen + tl.cumsum(b_in, axis=0) - 1
+        pick = m_in[:, None] & (b_rank[:, None] == (i_first + o_r)[None, :])
+        b_rows += tl.sum(tl.where(pick, o_c[:, None].to(tl.int64), 0), axis=0)
+        n_seen += tl.sum(b_in, axis=0)
+    return b_rows, n_seen
+
+
+@triton.jit
+def _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_first, R: tl.constexpr,
+                CHUNK: tl.constexpr, SCAN: tl.constexpr):  # fmt: skip
+    """Rows ``[i_first, i_first + R)`` of the group (in scan mode in index order, else in bucket
+    order) and their mask."""
+    o_r = tl.arange(0, R)
+    m_row = i_first + o_r < n
+    if SCAN:
+        b_rows, _ = _scan_rows(codes_ptr, N, K, i_g, i_first, R, CHUNK)
+    else:
+        b_rows = tl.load(order_ptr + i_start + i_first + o_r, mask=m_row, other=0).to(tl.int64)
+    return b_rows, m_row
+
+
+# ----------------------------------------------------------------------------- arithmetic
 
 
 @triton.jit
 def _unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC: tl.constexpr):
-    """Load rows ``i_row`` (masked by ``m_row``) as ``ACC`` unit vectors; zero rows stay zero."""
+    """Load rows ``i_row`` (masked by ``m_row``) as ``ACC`` unit vectors; zero rows stay zero,
+    rows holding NaN or inf become NaN."""
     p_x = emb_ptr + i_row[:, None] * stride_en + o_d[None, :].to(tl.int64) * stride_ed
     b_x = tl.load(p_x, mask=m_row[:, None] & m_d[None, :], other=0.0).to(ACC)
     b_peak = tl.max(tl.abs(b_x), axis=1)
@@ -51,20 +152,34 @@ def _unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC: tl.co
 
 
 @triton.jit
-def _chunk_rows(order_ptr, codes_ptr, i_g, i_chunk, i_stop, o_r, SCAN: tl.constexpr):
-    """Row indices and mask of one chunk of group ``i_g``'s rows.
+def _fixed_parts(v):
+    """``v`` in [-1, 1] as two int64 parts of 2^-30 and 2^-60 (exact sums in any order)."""
+    b_hi = tl.floor(v * 1073741824.0)
+    b_lo = tl.floor((v * 1073741824.0 - b_hi) * 1073741824.0 + 0.5)
+    return b_hi.to(tl.int64), b_lo.to(tl.int64)
 
-    CSR: positions ``i_chunk + o_r`` of the sorted ``order``. SCAN: rows ``i_chunk + o_r`` of the
-    batch itself, masked to those whose code is ``i_g`` (masked loads fetch nothing)."""
-    o_row = i_chunk + o_r
-    m_row = o_row < i_stop
-    if SCAN:
-        b_code = tl.load(codes_ptr + o_row, mask=m_row, other=-1)
-        m_row = m_row & (b_code == i_g)
-        i_row = o_row.to(tl.int64)
-    else:
-        i_row = tl.load(order_ptr + o_row, mask=m_row, other=0).to(tl.int64)
-    return i_row, m_row
+
+@triton.jit
+def _from_fixed(hi, lo):
+    return hi.to(tl.float64) * 9.313225746154785e-10 + lo.to(tl.float64) * 8.673617379884035e-19
+
+
+@triton.jit
+def _adjust(b_r, b_smi, min_denominator):
+    b_den = 1.0 + b_smi
+    # NOTE: not tl.maximum, which drops NaN: a NaN SMI must give NaN, as in torch.
+    return b_r / tl.where(b_den < min_denominator, min_denominator, b_den)
+
+
+@triton.jit
+def _pow2_above(x, E_MAX: tl.constexpr):
+    """``2^e`` with ``e`` an integer, ``2^e > x`` for finite ``x > 0`` (clamped to 2^+-E_MAX)."""
+    e = tl.floor(tl.log2(tl.where(x > 0, x, 1.0))) + 1.0
+    e = tl.minimum(tl.maximum(e, -E_MAX), E_MAX)
+    return tl.exp2(e)
+
+
+# ----------------------------------------------------------------------------- the kernel
 
 
 @triton.jit
@@ -76,103 +191,209 @@ def _dra_forward_kernel(
     stride_r,
     codes_ptr,
     order_ptr,
-    offsets_ptr,
-    smi_ptr,
+    counts_ptr,
+    ends_ptr,
+    out_ptr,
     adj_ptr,
-    adv_ptr,
     N,
     D,
+    K,
     min_denominator,
     eps,
     MODE: tl.constexpr,
     SCALE_STD: tl.constexpr,
     SCAN: tl.constexpr,
-    BLOCK_G: tl.constexpr,
+    GRAM: tl.constexpr,
+    FP32_DOT: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    BM: tl.constexpr,
+    BK: tl.constexpr,
+    R: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    CHUNK: tl.constexpr,
     ACC: tl.constexpr,
+    E_MAX: tl.constexpr,
 ):
     i_g = tl.program_id(0)
     if SCAN:
-        i_start = tl.full([], 0, tl.int64)
-        i_stop = i_start + N
+        i_start = tl.zeros([], dtype=tl.int64)
+        b_first, n = _scan_rows(codes_ptr, N, K, i_g, 0, BM, CHUNK)
     else:
-        i_start = tl.load(offsets_ptr + i_g).to(tl.int64)
-        i_stop = tl.load(offsets_ptr + i_g + 1).to(tl.int64)
-    o_r = tl.arange(0, BLOCK_G)
-    o_d = tl.arange(0, BLOCK_D)
-    m_d = o_d < D
+        n = tl.load(counts_ptr + i_g)
+        i_start = (tl.load(ends_ptr + i_g) - n).to(tl.int64)
+        o_m = tl.arange(0, BM)
+        b_first = tl.load(order_ptr + i_start + o_m, mask=o_m < n, other=0).to(tl.int64)
 
-    # Pass 1: S = sum of the group's unit rows, and the group's size.
-    # NOTE: S accumulates in float64 across chunks: a float32 running sum over a group of 1e5 rows
-    # loses ~3 digits, visible in rows nearly orthogonal to S. It is rounded to ACC for the dots.
-    b_sum64 = tl.zeros([BLOCK_D], dtype=tl.float64)
-    b_counts = tl.zeros([BLOCK_G], dtype=tl.int32)
-    for i_chunk in range(i_start, i_stop, BLOCK_G):
-        i_row, m_row = _chunk_rows(order_ptr, codes_ptr, i_g, i_chunk, i_stop, o_r, SCAN)
-        # NOTE: when scanning, most chunks hold none of this group's rows: skip their arithmetic.
-        if tl.sum(m_row.to(tl.int32), axis=0) > 0:
-            b_u = _unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC)
-            b_sum64 += tl.sum(b_u, axis=0).to(tl.float64)
-            b_counts += m_row.to(tl.int32)
-    b_sum = b_sum64.to(ACC)
-    n_rows = tl.sum(b_counts, axis=0)
+    if i_g == K:
+        # rows whose id is outside [0, K): NaN, as nothing can be raised without a host sync
+        for i_k in range(0, n, R):
+            b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R,
+                                        CHUNK, SCAN)  # fmt: skip
+            tl.store(out_ptr + b_rows, tl.full([R], float("nan"), ACC), mask=m_row)
+        n = 0  # nothing more to do
 
-    # Pass 2: SMI (exactly 0 in a group of one) and the adjusted reward; running sum for the mean.
-    b_totals = tl.zeros([BLOCK_G], dtype=ACC)
-    for i_chunk in range(i_start, i_stop, BLOCK_G):
-        i_row, m_row = _chunk_rows(order_ptr, codes_ptr, i_g, i_chunk, i_stop, o_r, SCAN)
-        if tl.sum(m_row.to(tl.int32), axis=0) > 0:
-            b_u = _unit_rows(emb_ptr, stride_en, stride_ed, i_row, m_row, o_d, m_d, ACC)
+    done = n == 0
+    if GRAM:  # noqa: SIM102 (a constexpr and a run-time condition: two ifs in Triton)
+        if n <= BM:
+            o_m = tl.arange(0, BM)
+            m_row = o_m < n
+            b_rows = b_first
+            if not SCAN:
+                # NOTE: bucket order depends on atomic timing: sort, so sums run in row order.
+                b_rows = tl.sort(tl.where(m_row, b_rows, 2**62)).to(tl.int64)
+                b_rows = tl.where(m_row, b_rows, 0)
+            acc = tl.zeros([BM, BM], dtype=tl.float32)
+            for i_d in range(0, D, BK):
+                o_k = i_d + tl.arange(0, BK)
+                p_x = emb_ptr + b_rows[:, None] * stride_en + o_k[None, :].to(tl.int64) * stride_ed
+                b_x = tl.load(p_x, mask=m_row[:, None] & (o_k < D)[None, :], other=0.0)
+                if UPCAST_DOT:
+                    # NOTE: Triton's CPU interpreter gets bfloat16 dots wrong; float32 is exact.
+                    b_x = b_x.to(tl.float32)
+                if FP32_DOT:
+                    acc = tl.dot(b_x, tl.trans(b_x), acc, input_precision="tf32x3")
+                else:
+                    acc = tl.dot(b_x, tl.trans(b_x), acc)
+            eye = o_m[:, None] == o_m[None, :]
+            b_sq = tl.sum(tl.where(eye, acc, 0.0), axis=1)
+            # NOTE: outside this window a square or a product may overflow or underflow.
+            m_safe = (b_sq >= 8.673617379884035e-19) & (b_sq <= 1.152921504606847e18)
+            if tl.sum((m_row & ~m_safe).to(tl.int32), axis=0) == 0:
+                b_inv = tl.where(m_row, 1.0 / tl.sqrt(tl.where(m_row, b_sq, 1.0)), 0.0)
+                b_cos = acc * b_inv[:, None] * b_inv[None, :]
+                b_smi = tl.sum(tl.where(eye, 0.0, b_cos), axis=1)
+                if MODE == 0:
+                    tl.store(out_ptr + b_rows, b_smi, mask=m_row)
+                else:
+                    b_r = tl.load(rew_ptr + b_rows * stride_r, mask=m_row, other=0.0)
+                    b_adj = _adjust(b_r.to(tl.float32), b_smi, min_denominator)
+                    if MODE == 1:
+                        tl.store(out_ptr + b_rows, b_adj, mask=m_row)
+                    else:
+                        b_mean = tl.sum(tl.where(m_row, b_adj, 0.0), axis=0) / n
+                        b_c = b_adj - b_mean
+                        b_scale = 1.0
+                        if SCALE_STD:
+                            b_sqs = tl.sum(tl.where(m_row, b_c * b_c, 0.0), axis=0)
+                            b_std = tl.sqrt(b_sqs / tl.maximum(n - 1, 1))
+                            b_scale = 1.0 / (b_std + eps)
+                        tl.store(out_ptr + b_rows, b_c * b_scale, mask=m_row)
+                done = True
+
+    if not done:
+        o_d = tl.arange(0, BLOCK_D)
+        m_d = o_d < D
+        # Pass 1: S = sum of the unit rows, in fixed point (exact, so in any row order).
+        b_hi = tl.zeros([BLOCK_D], dtype=tl.int64)
+        b_lo = tl.zeros([BLOCK_D], dtype=tl.int64)
+        n_nan = tl.zeros([], dtype=tl.int32)
+        for i_k in range(0, n, R):
+            b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R,
+                                        CHUNK, SCAN)  # fmt: skip
+            b_u = _unit_rows(emb_ptr, stride_en, stride_ed, b_rows, m_row, o_d, m_d, ACC)
+            n_nan += tl.sum(tl.sum((b_u != b_u).to(tl.int32), axis=1), axis=0)
+            b_u = tl.where(b_u == b_u, b_u, 0.0)
+            p_hi, p_lo = _fixed_parts(b_u)
+            b_hi += tl.sum(p_hi, axis=0)
+            b_lo += tl.sum(p_lo, axis=0)
+        b_sum = _from_fixed(b_hi, b_lo).to(ACC)
+        b_sum = tl.where(n_nan > 0, float("nan"), b_sum)
+
+        # Pass 2: SMI (exactly 0 in a group of one) and the adjusted reward.
+        b_amax = tl.zeros([R], dtype=ACC)
+        for i_k in range(0, n, R):
+            b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R,
+                                        CHUNK, SCAN)  # fmt: skip
+            b_u = _unit_rows(emb_ptr, stride_en, stride_ed, b_rows, m_row, o_d, m_d, ACC)
             b_smi = tl.sum(b_u * b_sum[None, :], axis=1) - tl.sum(b_u * b_u, axis=1)
-            b_smi = tl.where(n_rows > 1, b_smi, 0.0)
+            b_smi = tl.where(n > 1, b_smi, 0.0)
             if MODE == 0:
-                tl.store(smi_ptr + i_row, b_smi, mask=m_row)
+                tl.store(out_ptr + b_rows, b_smi, mask=m_row)
             else:
-                b_r = tl.load(rew_ptr + i_row * stride_r, mask=m_row, other=0.0).to(b_smi.dtype)
-                b_den = 1.0 + b_smi
-                # NOTE: not tl.maximum, which drops NaN: a NaN SMI must give NaN, as in torch.
-                b_adj = b_r / tl.where(b_den < min_denominator, min_denominator, b_den)
-                tl.store(adj_ptr + i_row, b_adj, mask=m_row)
-                b_totals += tl.where(m_row, b_adj, 0.0)
+                b_r = tl.load(rew_ptr + b_rows * stride_r, mask=m_row, other=0.0).to(ACC)
+                b_adj = _adjust(b_r, b_smi, min_denominator)
+                tl.store(adj_ptr + b_rows, b_adj, mask=m_row)
+                # NaN in, NaN out: tl.maximum may drop NaN, so flag it as infinity
+                b_abs = tl.where(b_adj == b_adj, tl.abs(b_adj), float("inf"))
+                b_amax = tl.maximum(b_amax, tl.where(m_row, b_abs, 0.0))
 
-    if MODE == 2:
-        # NOTE: the barrier makes this program's stores of pass 2 visible to all of its threads.
-        tl.debug_barrier()
-        b_mean = tl.sum(b_totals, axis=0) / n_rows
-        b_scale = 1.0
-        if SCALE_STD:
-            b_sqs = tl.zeros([BLOCK_G], dtype=ACC)
-            for i_chunk in range(i_start, i_stop, BLOCK_G):
-                i_row, m_row = _chunk_rows(order_ptr, codes_ptr, i_g, i_chunk, i_stop, o_r, SCAN)
-                b_c = tl.load(adj_ptr + i_row, mask=m_row, other=0.0) - b_mean
-                b_sqs += tl.where(m_row, b_c * b_c, 0.0)
-            b_std = tl.sqrt(tl.sum(b_sqs, axis=0) / tl.maximum(n_rows - 1, 1))
-            b_scale = 1.0 / (b_std + eps)
-        for i_chunk in range(i_start, i_stop, BLOCK_G):
-            i_row, m_row = _chunk_rows(order_ptr, codes_ptr, i_g, i_chunk, i_stop, o_r, SCAN)
-            b_c = tl.load(adj_ptr + i_row, mask=m_row, other=0.0) - b_mean
-            tl.store(adv_ptr + i_row, b_c * b_scale, mask=m_row)
+        if MODE == 2:
+            # NOTE: the barrier makes this program's stores of pass 2 visible to all its threads.
+            tl.debug_barrier()
+            amax = tl.max(b_amax, axis=0)
+            finite = amax < float("inf")
+            b_unit = _pow2_above(amax, E_MAX)
+            # mean: fixed-point sum of adj / 2^e; with inf or NaN, a plain sum gives inf or NaN
+            s_hi = tl.zeros([R], dtype=tl.int64)
+            s_lo = tl.zeros([R], dtype=tl.int64)
+            s_raw = tl.zeros([R], dtype=ACC)
+            for i_k in range(0, n, R):
+                b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R,
+                                            CHUNK, SCAN)  # fmt: skip
+                b_a = tl.load(adj_ptr + b_rows, mask=m_row, other=0.0)
+                s_raw += b_a
+                p_hi, p_lo = _fixed_parts(tl.where(finite, b_a / b_unit, 0.0))
+                s_hi += p_hi
+                s_lo += p_lo
+            fixed = _from_fixed(tl.sum(s_hi, axis=0), tl.sum(s_lo, axis=0)).to(ACC) * b_unit
+            b_mean = tl.where(finite, fixed, tl.sum(s_raw, axis=0)) / n
+            b_scale = 1.0
+            if SCALE_STD:
+                q_hi = tl.zeros([R], dtype=tl.int64)
+                q_lo = tl.zeros([R], dtype=tl.int64)
+                q_raw = tl.zeros([R], dtype=ACC)
+                for i_k in range(0, n, R):
+                    b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k,
+                                                R, CHUNK, SCAN)  # fmt: skip
+                    b_c = tl.load(adj_ptr + b_rows, mask=m_row, other=0.0) - b_mean
+                    b_c = tl.where(m_row, b_c, 0.0)
+                    q_raw += b_c * b_c
+                    b_cs = b_c / (2.0 * b_unit)  # |c| <= 2 max|adj|: in [-1, 1]
+                    p_hi, p_lo = _fixed_parts(tl.where(finite, b_cs * b_cs, 0.0))
+                    q_hi += p_hi
+                    q_lo += p_lo
+                fixed = _from_fixed(tl.sum(q_hi, axis=0), tl.sum(q_lo, axis=0)).to(ACC)
+                b_sqs = tl.where(finite, fixed * (4.0 * b_unit * b_unit), tl.sum(q_raw, axis=0))
+                b_std = tl.sqrt(b_sqs / tl.maximum(n - 1, 1))
+                b_scale = 1.0 / (b_std + eps)
+            for i_k in range(0, n, R):
+                b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R,
+                                            CHUNK, SCAN)  # fmt: skip
+                b_c = tl.load(adj_ptr + b_rows, mask=m_row, other=0.0) - b_mean
+                tl.store(out_ptr + b_rows, b_c * b_scale, mask=m_row)
 
 
-def _block_sizes(d: int) -> tuple[int, int, int]:
+# ----------------------------------------------------------------------------- launcher
+
+
+def _config(n: int, d: int, num_groups: int, float64: bool) -> dict:
+    """Block sizes: the Gram path when the mean group fits ``GRAM_MAX_ROWS``; else the linear
+    path with row chunks of ``R`` rows of the whole width."""
     block_d = triton.next_power_of_2(max(d, 16))
-    block_g = max(1, min(16, 8192 // block_d))
-    num_warps = 4 if block_d <= 1024 else 8
-    return block_g, block_d, num_warps
-
-
-def group_layout(codes: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stable order of rows by group and CSR offsets ``[num_groups + 1]``, with no host sync.
-
-    The order must be stable: the kernel sums a group's rows in this order, so an unstable sort
-    would make the last bits of the result vary from run to run.
-    """
-    # NOTE: int32 keys halve the radix-sort passes of the (dominant) sort on CUDA.
-    keys = codes.to(torch.int32) if num_groups < 2**31 else codes
-    sorted_keys, order = torch.sort(keys, stable=True)
-    bounds = torch.arange(num_groups + 1, device=codes.device, dtype=keys.dtype)
-    offsets = torch.searchsorted(sorted_keys, bounds)
-    return order, offsets
+    mean = -(-n // max(num_groups, 1))
+    gram = not float64 and mean <= GRAM_MAX_ROWS
+    if gram:
+        bm = max(16, min(GRAM_MAX_ROWS, triton.next_power_of_2(2 * mean)))
+        # NOTE: the linear fallback in the same kernel keeps its tile small, so it does not
+        # raise the register count (and lower the occupancy) of the Gram path.
+        return {
+            "GRAM": True,
+            "BM": bm,
+            "BK": 64 if d > 32 else 32,
+            "R": max(1, min(16, 1024 // block_d)),
+            "BLOCK_D": block_d,
+            "num_warps": 4,
+            "num_stages": 3,
+        }
+    return {
+        "GRAM": False,
+        "BM": 16,
+        "BK": 16,
+        "R": max(1, min(16, 8192 // block_d)),
+        "BLOCK_D": block_d,
+        "num_warps": 4 if block_d <= 1024 else 8,
+        "num_stages": 1,
+    }
 
 
 def dra_forward(
@@ -192,7 +413,8 @@ def dra_forward(
     Args:
         rewards: ``[N]`` rewards (any real dtype, any stride); unused for ``mode="smi"``.
         embeddings: ``[N, D]`` float16 / bfloat16 / float32 / float64, any strides.
-        codes: ``[N]`` int64 group codes in ``[0, num_groups)``.
+        codes: ``[N]`` integer group codes in ``[0, num_groups)``; rows with a code outside that
+            range get NaN (the kernel checks every code; nothing is raised, so nothing syncs).
         num_groups: number of groups ``K``.
         mode: ``"smi"``, ``"adjust"`` or ``"advantage"``: which output to return.
         min_denominator: lower clamp of ``1 + SMI``.
@@ -212,35 +434,42 @@ def dra_forward(
     out = torch.empty(n, dtype=out_dtype, device=device)
     if n == 0:
         return out
-    scan = n <= SCAN_MAX_ROWS and n * num_groups <= SCAN_MAX_WORK
-    order, offsets = (codes, codes) if scan else group_layout(codes, num_groups)
+    codes = codes.contiguous()
+    scan = n <= SCAN_MAX_ROWS and n * (num_groups + 1) <= SCAN_MAX_WORK
+    if scan:
+        order = counts = ends = codes  # unused
+    else:
+        order, counts, ends = group_buckets(codes, num_groups)
     mode_id = {"smi": _MODE_SMI, "adjust": _MODE_ADJUST, "advantage": _MODE_ADVANTAGE}[mode]
-    adjusted = out if mode_id == _MODE_ADJUST else torch.empty_like(out)
-    if rewards is None:
-        rewards = out  # never read in smi mode
-    block_g, block_d, num_warps = _block_sizes(d)
-    _dra_forward_kernel[(num_groups,)](
+    float64 = out_dtype == torch.float64
+    config = _config(n, d, num_groups, float64)
+    # NOTE: the linear path of advantages keeps the adjusted rewards in a scratch vector.
+    adjusted = torch.empty_like(out) if mode_id == _MODE_ADVANTAGE else out
+    _dra_forward_kernel[(num_groups + 1,)](
         embeddings,
         embeddings.stride(0),
         embeddings.stride(1),
-        rewards,
-        rewards.stride(0),
+        out if rewards is None else rewards,
+        1 if rewards is None else rewards.stride(0),
         codes,
         order,
-        offsets,
+        counts,
+        ends,
         out,
         adjusted,
-        out,
         n,
         d,
+        num_groups,
         float(min_denominator),
         float(eps),
         MODE=mode_id,
         SCALE_STD=scale == "std",
         SCAN=scan,
-        BLOCK_G=block_g,
-        BLOCK_D=block_d,
-        ACC=tl.float64 if out_dtype == torch.float64 else tl.float32,
-        num_warps=num_warps,
+        FP32_DOT=embeddings.dtype == torch.float32,
+        UPCAST_DOT=device.type == "cpu" and embeddings.dtype == torch.bfloat16,
+        CHUNK=_SCAN_CHUNK,
+        ACC=tl.float64 if float64 else tl.float32,
+        E_MAX=1000 if float64 else 100,
+        **config,
     )
     return out

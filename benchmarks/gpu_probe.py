@@ -1,0 +1,206 @@
+# ruff: noqa: B023  (every lambda is timed at once, inside its loop iteration)
+"""Where the time of one CUDA call goes, and which kernel configuration is fastest (tuning aid).
+
+Not part of the suite: a breakdown run before the grid. It times, with CUDA events and a cold L2
+(as the grid does), for a subset of the grid's shapes:
+
+- ``api``: the whole ``adjust_rewards(..., backend="triton", num_groups=K)``;
+- ``buckets``: the counting sort of the ids (:func:`dra_kernels._triton.dra.group_buckets`);
+- ``kernel``: the fused kernel alone on precomputed buckets, and ``scan``: in scan mode;
+- a sweep of block sizes, warps and pipeline stages of the kernel on the large shapes;
+
+and, from Python (wall clock per call, back to back), the per-call cost of small batches and of
+the pieces a call is made of (a bare Triton launch, ``torch.empty``, the input checks).
+
+Usage: ``python -m benchmarks.gpu_probe --out "$OUT"`` on the GPU machine (about two minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SHAPES = (
+    (16, 8, 384, "bfloat16"),
+    (128, 8, 384, "bfloat16"),
+    (128, 8, 1024, "float32"),
+    (128, 16, 768, "bfloat16"),
+    (512, 16, 768, "bfloat16"),
+    (4096, 16, 384, "bfloat16"),
+    (4096, 16, 1024, "float32"),
+    (8192, 16, 768, "bfloat16"),
+    (8192, 16, 768, "float32"),
+    (2048, 64, 384, "bfloat16"),
+    (2048, 64, 1024, "float32"),
+    (256, 512, 768, "bfloat16"),
+    (256, 512, 1024, "float32"),
+)
+SWEEP_SHAPES = {(4096, 16, 384, "bfloat16"), (8192, 16, 768, "bfloat16"),
+                (8192, 16, 768, "float32"), (2048, 64, 384, "bfloat16"),
+                (256, 512, 768, "bfloat16")}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_probe")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--budget-s", type=float, default=150.0)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--small", action="store_true", help="tiny shapes (a CPU dry run)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    if args.device == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"  # NOTE: before triton is imported
+    import triton.language as tl
+
+    from benchmarks._probe_kernels import noop_kernel
+    from dra_kernels import benchmark as bench
+    from dra_kernels._triton import dra
+    from dra_kernels.api import _prepare, adjust_rewards
+
+    device = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"meta": bench.environment(device), "rows": [], "errors": []}
+
+    def flush():
+        (args.out / "probe.json").write_text(json.dumps(results, indent=1, default=str))
+
+    def timed(fn, rep_ms=10.0):
+        fn()
+        bench._synchronize(device)
+        return bench.time_call(fn, device, warmup_ms=3.0, rep_ms=rep_ms).p50
+
+    def wall(fn):
+        return bench.python_latency(fn, device, batch_ms=10.0, repeats=5).p50
+
+    def launch(e, r, codes, k, buckets, scan, **override):
+        n, d = e.shape
+        cfg = dra._config(n, d, k, False)
+        cfg.update(override)
+        out = torch.empty(n, dtype=torch.float32, device=device)
+        order, counts, ends = (codes, codes, codes) if scan else buckets
+        dra._dra_forward_kernel[(k + 1,)](
+            e, e.stride(0), e.stride(1), r, r.stride(0), codes, order, counts, ends, out, out,
+            n, d, k, 0.1, 1e-4, MODE=1, SCALE_STD=True, SCAN=scan,
+            FP32_DOT=e.dtype == torch.float32,
+            UPCAST_DOT=device.type == "cpu" and e.dtype == torch.bfloat16,
+            CHUNK=dra._SCAN_CHUNK, ACC=tl.float32, E_MAX=100, **cfg,
+        )  # fmt: skip
+        return out
+
+    copy = bench.measure_copy_bandwidth(device, (1 << 30) if device.type == "cuda" else 1 << 24)
+    results["copy"] = copy
+    gbps = copy["gbps"]
+    print(f"[probe] copy {gbps:.0f} GB/s", flush=True)
+
+    # host-side costs of the pieces of a small call
+    try:
+        r, e = bench.make_case_data(16, 8, 384, "bfloat16", device)
+        ids = bench.make_group_codes(16, 8, "shuffled", device)
+        x = torch.empty(16, device=device)
+        host = {
+            "noop_triton_launch": wall(lambda: noop_kernel[(1,)](x, 16, BLOCK=16)),
+            "torch_empty": wall(lambda: torch.empty(128, device=device)),
+            "torch_zeros": wall(lambda: torch.zeros(17, dtype=torch.int32, device=device)),
+            "prepare_checks": wall(lambda: _prepare(r, e, ids, "triton", 16)),
+            "dra_forward_scan": wall(
+                lambda: dra.dra_forward(r, e, ids, 16, mode="adjust", min_denominator=0.1)
+            ),
+            "api_adjust": wall(lambda: adjust_rewards(r, e, ids, backend="triton", num_groups=16)),
+            "group_buckets": wall(lambda: dra.group_buckets(ids, 16)),
+        }
+        results["host_us"] = host
+        print(f"[probe] host us {json.dumps({k: round(v, 1) for k, v in host.items()})}")
+    except Exception:
+        results["errors"].append(traceback.format_exc(limit=4))
+    flush()
+
+    shapes = ((2, 4, 16, "bfloat16"), (8, 16, 40, "float32")) if args.small else SHAPES
+    for groups, size, dim, dtype in shapes:
+        for layout in ("sorted", "shuffled"):
+            if time.perf_counter() - started > args.budget_s:
+                results["errors"].append(f"budget: stopped before {groups}x{size}x{dim}")
+                break
+            row: dict[str, Any] = {"B": groups, "G": size, "D": dim, "dtype": dtype, "ids": layout}
+            try:
+                r, e = bench.make_case_data(groups, size, dim, dtype, device)
+                ids = bench.make_group_codes(groups, size, layout, device)
+                n, k = ids.numel(), groups
+                row["floor_us"] = bench.Case(groups, size, dim, dtype, layout).floor_bytes() / (
+                    gbps * 1e3
+                )
+                ref = adjust_rewards(r.double(), e.double(), ids, backend="torch", num_groups=k)
+
+                def api():
+                    return adjust_rewards(r, e, ids, backend="triton", num_groups=k)
+
+                row["api_err"] = float((api() - ref).abs().max())
+                row["api"] = timed(api)
+                buckets = dra.group_buckets(ids, k)
+                row["kernel_err"] = float((launch(e, r, ids, k, buckets, False) - ref).abs().max())
+                row["buckets"] = timed(lambda: dra.group_buckets(ids, k))
+                row["kernel"] = timed(lambda: launch(e, r, ids, k, buckets, False))
+                if n <= 4096:
+                    row["scan_err"] = float((launch(e, r, ids, k, None, True) - ref).abs().max())
+                    row["scan"] = timed(lambda: launch(e, r, ids, k, None, True))
+                    row["wall_api"] = wall(api)
+                    row["wall_scan"] = wall(lambda: launch(e, r, ids, k, None, True))
+                    row["wall_buckets_kernel"] = wall(
+                        lambda: launch(e, r, ids, k, dra.group_buckets(ids, k), False)
+                    )
+                if (groups, size, dim, dtype) in SWEEP_SHAPES and layout == "sorted":
+                    base = dra._config(n, dim, k, False)
+                    variants = []
+                    if base["GRAM"]:
+                        for bk in (64, 128):
+                            for nw in (2, 4):
+                                for ns in (2, 4):
+                                    variants.append({"BK": bk, "num_warps": nw, "num_stages": ns})
+                        variants.append({"BM": 2 * base["BM"]})
+                    else:
+                        for rr in (4, 8, 16):
+                            for nw in (4, 8):
+                                variants.append({"R": rr, "num_warps": nw})
+                    sweep = {}
+                    for v in variants:
+                        name = ",".join(f"{a}={b}" for a, b in v.items())
+                        try:
+                            sweep[name] = timed(
+                                lambda v=v: launch(e, r, ids, k, buckets, False, **v), rep_ms=5.0
+                            )
+                        except Exception as exc:
+                            sweep[name] = f"{type(exc).__name__}: {str(exc)[:100]}"
+                    row["sweep"] = sweep
+            except Exception:
+                row["error"] = traceback.format_exc(limit=4)
+            results["rows"].append(row)
+            flush()
+            print(
+                "[probe] "
+                + " ".join(
+                    f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+                    for key, value in row.items()
+                    if key != "sweep"
+                ),
+                flush=True,
+            )
+            if "sweep" in row:
+                best = sorted(
+                    (t, name) for name, t in row["sweep"].items() if isinstance(t, float)
+                )[:4]
+                print(f"[probe]   sweep best {best}; base {dra._config(n, dim, k, False)}")
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    flush()
+    print(f"[probe] done in {results['seconds']} s; errors: {results['errors']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
