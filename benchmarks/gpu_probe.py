@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         order, counts, ends = (codes, codes, codes) if scan else buckets
         dra._dra_forward_kernel[(k + 1,)](
             e, e.stride(0), e.stride(1), r, r.stride(0), codes, order, counts, ends, out, out,
-            n, d, k, 0.1, 1e-4, MODE=1, SCALE_STD=True, SCAN=scan,
+            n, d, k, 0.1, 0.0, 1e-4, 0.0, MODE=1, SCALE_STD=True, SCAN=scan,
             FP32_DOT=e.dtype == torch.float32,
             UPCAST_DOT=device.type == "cpu" and e.dtype == torch.bfloat16,
             CHUNK=dra._SCAN_CHUNK, ACC=tl.float32, E_MAX=100, **cfg,

@@ -400,9 +400,64 @@ class _Prepared:
     out_dtype: torch.dtype
 
 
+_FAST_EMBEDDING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FAST_REWARD_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FAST_ID_DTYPES = (torch.int32, torch.int64)
+
+
+def _prepare_fast(
+    rewards: Any, embeddings: Any, group_ids: Any, backend: str, num_groups: Any
+) -> _Prepared | None:
+    """The common CUDA call (tensors on one device, integer ids, ``num_groups``) with the same
+    checks as :func:`_prepare` in a few attribute reads; None for anything else, which then takes
+    the general path (and its error messages)."""
+    # NOTE: one call per training step or per small batch: at N <= 1024 the general path's
+    # checks cost as much as the kernel (issue 3, target 4).
+    if (
+        backend == "torch"
+        or type(num_groups) is not int
+        or num_groups < 0
+        or type(embeddings) is not torch.Tensor
+        or type(group_ids) is not torch.Tensor
+    ):
+        return None
+    device = embeddings.device
+    if (
+        device.type != "cuda"
+        or embeddings.ndim != 2
+        or embeddings.dtype not in _FAST_EMBEDDING_DTYPES
+        or group_ids.ndim != 1
+        or group_ids.dtype not in _FAST_ID_DTYPES
+        or group_ids.device != device
+    ):
+        return None
+    n, d = embeddings.shape
+    dtype = embeddings.dtype
+    if d == 0 or group_ids.shape[0] != n:
+        return None
+    if rewards is not None:
+        if (
+            type(rewards) is not torch.Tensor
+            or rewards.ndim != 1
+            or rewards.dtype not in _FAST_REWARD_DTYPES
+            or rewards.device != device
+            or rewards.shape[0] != n
+        ):
+            return None
+        if rewards.dtype == torch.float64:
+            dtype = torch.float64
+    if d > _triton.MAX_D or _triton.unavailable_reason(device) is not None:
+        return None
+    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    return _Prepared(rewards, embeddings, Groups(group_ids, num_groups), "triton", out_dtype)
+
+
 def _prepare(
     rewards: Any, embeddings: Any, group_ids: Any, backend: str, num_groups: int | None
 ) -> _Prepared:
+    fast = _prepare_fast(rewards, embeddings, group_ids, backend, num_groups)
+    if fast is not None:
+        return fast
     present = {k: v for k, v in (("rewards", rewards), ("embeddings", embeddings)) if v is not None}
     device = _check_kinds(**present)
     r = e = None

@@ -853,10 +853,14 @@ def evaluate_targets(results: dict[str, Any]) -> dict[str, Any]:
     }
 
     checks = results.get("checks", {})
-    parts = [checks.get(k, {}).get("ok") for k in ("cuda_graph", "compile_fullgraph")]
+    parts = [
+        checks.get(k, {}).get("ok") for k in ("no_host_sync", "cuda_graph", "compile_fullgraph")
+    ]
     overhead = [r["overhead_us"] for r in results.get("custom_op", []) if "overhead_us" in r]
     targets["6_no_sync"] = {
-        "goal": "CUDA graph capture, torch.compile(fullgraph=True), custom-op overhead measured",
+        "goal": "no host sync, CUDA graph capture, torch.compile(fullgraph=True), custom-op "
+        "overhead measured",
+        "no_host_sync": checks.get("no_host_sync", {}).get("ok"),
         "cuda_graph": checks.get("cuda_graph", {}).get("ok"),
         "compile_fullgraph": checks.get("compile_fullgraph", {}).get("ok"),
         "custom_op_overhead_us": overhead or None,
@@ -1214,9 +1218,9 @@ def _grid_settings(args: argparse.Namespace, device: torch.device) -> dict[str, 
         "dtypes": args.dtypes or dtypes,
         "layouts": args.ids or ID_LAYOUTS,
         "impls": impls,
-        "warmup_ms": _default(args.warmup_ms, 5.0 if args.quick else 25.0),
+        "warmup_ms": _default(args.warmup_ms, 5.0 if args.quick else (10.0 if cuda else 25.0)),
         "rep_ms": _default(
-            args.rep_ms, (10.0 if args.quick else 50.0) if cuda else (20.0 if args.quick else 200.0)
+            args.rep_ms, (10.0 if args.quick else 30.0) if cuda else (20.0 if args.quick else 200.0)
         ),
     }
 

@@ -121,7 +121,9 @@ def _unit_chunks(
         u = narrow[: stop - start]
         torch.mul(embeddings[start:stop], scale[start:stop], out=u)
         if patch_rows.numel():
-            first, last = torch.searchsorted(patch_rows, torch.tensor([start, stop])).tolist()
+            first, last = torch.searchsorted(
+                patch_rows, torch.tensor([start, stop], device=patch_rows.device)
+            ).tolist()
             u[patch_rows[first:last] - start] = patch[first:last]
         w = u if dtype == torch.float64 else None
         if widened is not None:
