@@ -415,6 +415,7 @@ def _prepare_fast(
     # checks cost as much as the kernel (issue 3, target 4).
     if (
         backend == "torch"
+        or torch.compiler.is_compiling()  # the general path is the one proven under dynamo
         or type(num_groups) is not int
         or num_groups < 0
         or type(embeddings) is not torch.Tensor

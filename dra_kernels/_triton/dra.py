@@ -414,6 +414,36 @@ def _config(n: int, d: int, num_groups: int, float64: bool) -> dict:
     }
 
 
+_PLANS: dict[tuple, tuple[dict, dict]] = {}
+
+
+def _plan(
+    d: int,
+    mean: int,
+    float64: bool,
+    mode_id: int,
+    scale_std: bool,
+    scan: bool,
+    dtype: torch.dtype,
+    device_type: str,
+) -> tuple[dict, dict]:
+    """Constexprs and launch options of one kernel variant (memoised: a few us of Python)."""
+    config = _config(mean, d, 1, float64)
+    options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
+    constexprs = {
+        "MODE": mode_id,
+        "SCALE_STD": scale_std,
+        "SCAN": scan,
+        "FP32_DOT": dtype == torch.float32,
+        "UPCAST_DOT": device_type == "cpu" and dtype == torch.bfloat16,
+        "CHUNK": _SCAN_CHUNK,
+        "ACC": tl.float64 if float64 else tl.float32,
+        "E_MAX": 1000 if float64 else 100,
+        **config,
+    }
+    return constexprs, options
+
+
 def dra_forward(
     rewards: torch.Tensor | None,
     embeddings: torch.Tensor,
@@ -460,7 +490,6 @@ def dra_forward(
         order, counts, ends = group_buckets(codes, num_groups)
     mode_id = {"smi": _MODE_SMI, "adjust": _MODE_ADJUST, "advantage": _MODE_ADVANTAGE}[mode]
     float64 = out_dtype == torch.float64
-    config = _config(n, d, num_groups, float64)
     # NOTE: the linear path of advantages keeps the adjusted rewards in a scratch vector.
     adjusted = torch.empty_like(out) if mode_id == _MODE_ADVANTAGE else out
     args = (
@@ -481,21 +510,11 @@ def dra_forward(
         *_float32_halves(min_denominator),
         *_float32_halves(eps),
     )
-    options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
-    constexprs = {
-        "MODE": mode_id,
-        "SCALE_STD": scale == "std",
-        "SCAN": scan,
-        "GRAM": config["GRAM"],
-        "FP32_DOT": embeddings.dtype == torch.float32,
-        "UPCAST_DOT": device.type == "cpu" and embeddings.dtype == torch.bfloat16,
-        "BM": config["BM"],
-        "BK": config["BK"],
-        "R": config["R"],
-        "BLOCK_D": config["BLOCK_D"],
-        "CHUNK": _SCAN_CHUNK,
-        "ACC": tl.float64 if float64 else tl.float32,
-        "E_MAX": 1000 if float64 else 100,
-    }
-    launch(_dra_forward_kernel, (num_groups + 1,), args, constexprs, **options)
+    mean = -(-n // max(num_groups, 1))
+    plan_key = (d, mean, float64, mode_id, scale == "std", scan, embeddings.dtype, device.type)
+    plan = _PLANS.get(plan_key)
+    if plan is None:
+        plan = _PLANS.setdefault(plan_key, _plan(*plan_key))
+    constexprs, options = plan
+    launch(_dra_forward_kernel, (num_groups + 1,), args, constexprs, static_key=plan_key, **options)
     return out

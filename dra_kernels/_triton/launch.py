@@ -60,16 +60,17 @@ def _hooks_set() -> bool:
     return getattr(compiled, "launch_enter_hook", None) is not None
 
 
-def _spec(value: Any) -> tuple:
-    if isinstance(value, torch.Tensor):
-        return (value.dtype, value.data_ptr() % 16 == 0)
-    if isinstance(value, bool):
-        return ("b", value)
-    if isinstance(value, int):
-        return ("i", value == 1, value % 16 == 0, -(2**31) <= value < 2**31)
-    if isinstance(value, float):
-        return ("f",)
-    return ("o", type(value))
+def _spec(value: Any) -> Any:
+    kind = type(value)
+    if kind is int:
+        return (value == 1, not value & 15, -(2**31) <= value < 2**31)
+    if kind is float:
+        return 0
+    if kind is torch.Tensor:
+        return (value.dtype, not value.data_ptr() & 15)
+    if kind is bool:
+        return value
+    return (kind, value)
 
 
 def _values(fn, args: tuple, constexprs: dict[str, Any], convention: str) -> list[Any]:
@@ -120,28 +121,28 @@ def launch(
     *,
     num_warps: int,
     num_stages: int,
+    static_key: Any = None,
 ) -> None:
     """``fn[grid](*args, **constexprs, num_warps=..., num_stages=...)``, cheaper when it can be.
 
     ``args`` are the kernel's non-constexpr arguments in order; ``constexprs`` all its constexprs.
+    ``static_key``: a hashable that determines ``constexprs`` and the options (saves hashing them).
     """
     device = args[0].device
     if device.type != "cuda" or _hooks_set():
         fn[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
         return
     if not _STATE["checked"]:
+        if torch.cuda.is_current_stream_capturing():  # the check synchronises: not now
+            fn[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+            return
         with _LOCK:
             if not _STATE["checked"]:
                 _check_convention(device)
     convention = _STATE["convention"]
-    key = (
-        fn,
-        device.index,
-        tuple(_spec(a) for a in args),
-        tuple((k, str(v)) for k, v in constexprs.items()),
-        num_warps,
-        num_stages,
-    )
+    if static_key is None:
+        static_key = (tuple(constexprs.items()), num_warps, num_stages)
+    key = (fn, device.index, static_key, tuple([_spec(a) for a in args]))
     compiled = _CACHE.get(key) if convention is not None else None
     if compiled is None:
         compiled = fn[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)

@@ -1,0 +1,87 @@
+"""The low-overhead launch path (dra_kernels._triton.launch) and the fast input checks.
+
+On CPU the kernels run through the interpreter and ``launch`` must hand every call to Triton; the
+specialisation key must separate every case Triton compiles separately. The fast path itself
+needs CUDA: its tests compare it bit for bit with Triton's own launch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dra_kernels as dk
+from dra_kernels import api
+
+pytest.importorskip("triton", reason="the triton extra is not installed")
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_specialisation_key_separates_what_triton_compiles_separately():
+    from dra_kernels._triton.launch import _spec
+
+    base = torch.zeros(64)
+    # integers: == 1, multiple of 16, 32-bit or 64-bit
+    assert len({_spec(v) for v in (1, 2, 16, 32, 2**31, -(2**31) - 1)}) == 5
+    assert _spec(16) == _spec(32) and _spec(3) == _spec(5)
+    # tensors: dtype and 16-byte alignment of the address
+    assert _spec(base) != _spec(base[1:])  # 4 bytes off
+    assert _spec(base) == _spec(base[4:])  # 16 bytes off
+    assert _spec(base) != _spec(base.double())
+    # booleans are not integers; every float is the same float32 argument
+    assert _spec(True) != _spec(1) and _spec(0.1) == _spec(2.5)
+
+
+def test_cpu_launches_go_through_triton(monkeypatch):
+    from dra_kernels._triton import launch as launch_module
+
+    calls = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append((grid, args, kwargs))
+
+    launch_module.launch(Kernel(), (3,), (torch.zeros(2), 5), {"C": 1}, num_warps=2, num_stages=1)
+    assert calls == [((3,), calls[0][1], {"C": 1, "num_warps": 2, "num_stages": 1})]
+    assert not launch_module._CACHE
+
+
+def test_fast_checks_only_take_cuda_calls():
+    e, r, ids = torch.randn(4, 3), torch.randn(4), torch.tensor([0, 0, 1, 1])
+    assert api._prepare_fast(r, e, ids, "auto", 2) is None  # CPU tensors: general path
+    assert api._prepare_fast(r, e, ids, "auto", None) is None
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_fast_path_matches_triton_launch_bit_for_bit():
+    from dra_kernels._triton import launch as launch_module
+
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 300, (5000,), generator=gen).cuda()
+    e = torch.randn(5000, 384, generator=gen).to(torch.bfloat16).cuda()
+    r = torch.rand(5000, generator=gen).cuda()
+    first = dk.dra_advantages(r, e, ids, num_groups=300)
+    again = dk.dra_advantages(r, e, ids, num_groups=300)  # through the cached handle
+    assert launch_module.fast_path_state()["convention"] is not None, launch_module._STATE
+    launch_module._CACHE.clear()
+    saved = launch_module._STATE["convention"]
+    launch_module._STATE["convention"] = None  # every launch through Triton
+    try:
+        slow = dk.dra_advantages(r, e, ids, num_groups=300)
+    finally:
+        launch_module._STATE["convention"] = saved
+    assert torch.equal(first, again) and torch.equal(first, slow)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_fast_checks_agree_with_the_general_path():
+    e = torch.randn(40, 8, device="cuda")
+    r = torch.randn(40, device="cuda")
+    ids = torch.randint(0, 5, (40,), device="cuda")
+    fast = api._prepare_fast(r, e, ids, "auto", 5)
+    assert fast is not None and fast.backend == "triton" and fast.groups.num_groups == 5
+    out = dk.adjust_rewards(r, e, ids, num_groups=5)
+    general = dk.adjust_rewards(r, e, ids.cpu().tolist())  # lists: the general path
+    torch.testing.assert_close(out.cpu(), general.cpu(), rtol=1e-5, atol=1e-6)
