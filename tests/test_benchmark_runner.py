@@ -150,7 +150,11 @@ def test_targets_pass_fail_and_not_measured():
     results = {
         "grid": grid,
         "latency": [{"variant": "triton_num_groups", "p50_us": 16.0}],
-        "checks": {"cuda_graph": {"ok": True}, "compile_fullgraph": {"ok": True}},
+        "checks": {
+            "no_host_sync": {"ok": True},
+            "cuda_graph": {"ok": True},
+            "compile_fullgraph": {"ok": True},
+        },
         "reference_ratio": {"ratio": 2.5},
     }
     targets = bench.evaluate_targets(results)
