@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=150.0)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--small", action="store_true", help="tiny shapes (a CPU dry run)")
+    parser.add_argument("--host-only", action="store_true", help="only the host-cost section")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.device == "cpu":
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks._probe_kernels import noop_kernel
     from dra_kernels import benchmark as bench
     from dra_kernels._triton import dra
+    from dra_kernels._triton.launch import launch as fast_launch
     from dra_kernels.api import _prepare, adjust_rewards
 
     device = torch.device(args.device)
@@ -107,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.empty(16, device=device)
         host = {
             "noop_triton_launch": wall(lambda: noop_kernel[(1,)](x, 16, BLOCK=16)),
+            "noop_fast_launch": wall(
+                lambda: fast_launch(
+                    noop_kernel, (1,), (x, 16), {"BLOCK": 16}, num_warps=4, num_stages=1
+                )
+            ),
             "torch_empty": wall(lambda: torch.empty(128, device=device)),
             "torch_zeros": wall(lambda: torch.zeros(17, dtype=torch.int32, device=device)),
             "prepare_checks": wall(lambda: _prepare(r, e, ids, "triton", 16)),
@@ -116,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             "api_adjust": wall(lambda: adjust_rewards(r, e, ids, backend="triton", num_groups=16)),
             "group_buckets": wall(lambda: dra.group_buckets(ids, 16)),
         }
+        from dra_kernels._triton.launch import fast_path_state
+
+        results["fast_launch"] = fast_path_state()
         results["host_us"] = host
         print(f"[probe] host us {json.dumps({k: round(v, 1) for k, v in host.items()})}")
     except Exception:
@@ -123,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     flush()
 
     shapes = ((2, 4, 16, "bfloat16"), (8, 16, 40, "float32")) if args.small else SHAPES
+    if args.host_only:
+        shapes = ()
     for groups, size, dim, dtype in shapes:
         for layout in ("sorted", "shuffled"):
             if time.perf_counter() - started > args.budget_s:
