@@ -85,3 +85,13 @@ def test_fast_checks_agree_with_the_general_path():
     out = dk.adjust_rewards(r, e, ids, num_groups=5)
     general = dk.adjust_rewards(r, e, ids.cpu().tolist())  # lists: the general path
     torch.testing.assert_close(out.cpu(), general.cpu(), rtol=1e-5, atol=1e-6)
+
+
+def test_environment_variable_turns_the_fast_path_off(monkeypatch):
+    from dra_kernels._triton import launch as launch_module
+
+    monkeypatch.setattr(launch_module, "_STATE", dict(launch_module._STATE))
+    monkeypatch.setenv("DRA_KERNELS_FAST_LAUNCH", "0")
+    launch_module._check_convention(torch.device("cpu"))  # returns before touching the device
+    state = launch_module.fast_path_state()
+    assert state["convention"] is None and "DRA_KERNELS_FAST_LAUNCH" in state["why"]

@@ -389,17 +389,19 @@ def _config(n: int, d: int, num_groups: int, float64: bool) -> dict:
     mean = -(-n // max(num_groups, 1))
     gram = not float64 and mean <= GRAM_MAX_ROWS
     if gram:
-        bm = max(16, min(GRAM_MAX_ROWS, triton.next_power_of_2(mean)))
-        # NOTE: measured on an H200 (benchmarks/results): 2 warps and 4 stages beat 4 warps and
-        # 3 stages by 10-35% for groups of 16; BK 64 and 128 tie. The linear fallback in the
-        # same kernel keeps its tile small, so it does not raise the Gram path's register count.
+        # NOTE: twice the mean group (ragged groups up to that size stay on the Gram path). The
+        # H200 sweep in benchmarks/results/h200-2026-11-27 (BM = 32 for groups of 16): 2 warps
+        # and 4 stages beat 4 warps and 3 stages by 10-35% up to BM = 32, 4 warps were best at
+        # BM = 64; BK 64 and 128 tie. BM = 16 for groups of 16 was not measured. The linear
+        # fallback in the same kernel keeps its tile small, so it does not raise the Gram
+        # path's register count.
         return {
             "GRAM": True,
-            "BM": bm,
+            "BM": max(16, min(GRAM_MAX_ROWS, triton.next_power_of_2(2 * mean))),
             "BK": 64 if d > 32 else 32,
             "R": max(1, min(16, 1024 // block_d)),
             "BLOCK_D": block_d,
-            "num_warps": 2 if bm <= 32 else 4,
+            "num_warps": 2 if mean <= 16 else 4,
             "num_stages": 4,
         }
     # NOTE: R = 16 rows per chunk was the fastest of 4, 8, 16 for groups of 512 (H200).

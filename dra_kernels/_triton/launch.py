@@ -16,10 +16,16 @@ How ``run`` takes its arguments changed between Triton releases (3.2: the non-co
 version: the first time, a tiny kernel that writes its arguments back is launched both ways and
 compared; if neither matches exactly, every launch goes through Triton as usual. Launch hooks
 (profilers) also send launches through Triton, so they see every launch.
+``DRA_KERNELS_FAST_LAUNCH=0`` in the environment turns the fast path off.
+
+NOTE: measured on an H200 before this path existed (benchmarks/results/h200-2026-11-27): a bare
+Triton launch of a 3-argument kernel cost 19.6 us of wall-clock time per call, the whole
+``adjust_rewards`` call 60-80 us at N <= 2048. The fast path itself has not been timed on a GPU.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -94,6 +100,9 @@ def _run(compiled, grid: tuple[int, ...], values: list[Any], device: torch.devic
 def _check_convention(device: torch.device) -> None:
     """Find how this Triton's compiled ``run`` takes arguments, by launching a tiny kernel."""
     _STATE["checked"] = True
+    if os.environ.get("DRA_KERNELS_FAST_LAUNCH", "1") == "0":
+        _STATE["why"] = "turned off by DRA_KERNELS_FAST_LAUNCH=0"
+        return
     out = torch.zeros(5, device=device)
     args, constexprs = (out, 1, 5, 7.5), {"C": 11, "D": 13}
     try:
