@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up every environment the tests need and runs all of them: lint, the docs build, the core
 # suite (Triton kernels through the CPU interpreter when there is no GPU), then each trainer
-# integration in its own virtual environment. Prints one closing line with the totals.
+# integration in its own virtual environment, and the kernel tests again under the oldest Triton we
+# support (3.2). Prints one closing line with the totals.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,7 +46,7 @@ step "set up .venv" setup_main
 step "ruff" lint
 step "mkdocs --strict" docs
 step "core tests" core_tests
-for integration in trl verl openrlhf; do
+for integration in trl verl openrlhf triton32; do
   if [ -f ".ci/$integration.sh" ]; then
     step "$integration tests" env JUNIT_XML="$REPORTS/$integration.xml" bash ".ci/$integration.sh"
   fi

@@ -268,7 +268,7 @@ def _dra_forward_kernel(
             b_sq = tl.sum(tl.where(eye, acc, 0.0), axis=1)
             # NOTE: outside this window a square or a product may overflow or underflow.
             m_safe = (b_sq >= 8.673617379884035e-19) & (b_sq <= 1.152921504606847e18)
-            if tl.sum((m_row & ~m_safe).to(tl.int32), axis=0) == 0:
+            if tl.sum((m_row & (m_safe == 0)).to(tl.int32), axis=0) == 0:
                 b_inv = tl.where(m_row, 1.0 / tl.sqrt(tl.where(m_row, b_sq, 1.0)), 0.0)
                 b_cos = acc * b_inv[:, None] * b_inv[None, :]
                 b_smi = tl.sum(tl.where(eye, 0.0, b_cos), axis=1)
