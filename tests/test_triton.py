@@ -240,3 +240,26 @@ def test_compiles_with_fullgraph_through_the_public_api(fn):
     }[fn]
     compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
     assert_close(compiled(r, e, codes), call(r, e, codes), torch.float32, fn)
+
+
+@pytest.mark.parametrize("gram", [True, False])
+def test_both_group_paths_for_float32_and_bfloat16(gram, monkeypatch, poisoned_outputs):
+    """The Gram path (tensor cores) and the linear path, each forced for both input precisions
+    (the default sends bfloat16 to the Gram path and float32 to the linear one)."""
+    from dra_kernels._triton import dra
+
+    config = dra._config
+
+    def forced(n, d, k, float64, float32=False):
+        return config(n, d, k, float64, float32=not gram) if not float64 else config(n, d, k, 1)
+
+    monkeypatch.setattr(dra, "_config", forced)
+    monkeypatch.setattr(dra, "_PLANS", {})
+    gen = torch.Generator().manual_seed(19)
+    ids, _ = random_layout(gen, [16, 16, 9, 16, 30, 1])
+    for dtype in (torch.bfloat16, torch.float32):
+        e = realistic_embeddings(gen, ids.numel(), 40, dtype).to(device())
+        r = torch.randn(ids.numel(), generator=gen).to(device())
+        for mode in MODES:
+            out = MODES[mode](r, e, ids.to(device()))
+            assert_close(out, float64_reference(mode, r, e, ids), dtype, f"{gram} {mode} {dtype}")

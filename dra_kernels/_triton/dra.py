@@ -13,14 +13,15 @@ be unsorted, interleaved and of any size. A program finds its group's rows in on
 
 Per group of ``n`` rows, two ways to compute ``SMI_i = sum_{j != i} cos(e_i, e_j)``:
 
-- **Gram** (``n <= BM``, at most 64; half-precision and float32 inputs): the ``BM x BM`` Gram
-  matrix ``X X^T`` on the tensor cores (float32 inputs through ``tf32x3``, about float32
-  accuracy), streaming ``X`` once in ``BK``-column slices; then ``C_ij = G_ij / (|x_i| |x_j|)``
+- **Gram** (``n <= BM``, at most 64; float16 / bfloat16 inputs, see :func:`_config`): the
+  ``BM x BM`` Gram matrix ``X X^T`` on the tensor cores (float32 inputs can take it through
+  ``tf32x3``, about float32 accuracy, but measured slower than the linear way, so they do not by
+  default), streaming ``X`` once in ``BK``-column slices; then ``C_ij = G_ij / (|x_i| |x_j|)``
   and row sums. The row indices are sorted first, so sums run in a fixed order. A group with a
   squared row norm outside ``[2^-60, 2^60]`` (zero, tiny, huge, NaN or inf rows) falls through to
   the linear way, which handles every value.
-- **linear** (larger groups, float64, and the fallback): ``S = sum_j u_j`` of the unit rows (each
-  row scaled by its largest magnitude before squaring, so nothing overflows), then
+- **linear** (larger groups, float32, float64, and the fallback): ``S = sum_j u_j`` of the unit
+  rows (each row scaled by its largest magnitude before squaring, so nothing overflows), then
   ``SMI_i = u_i . S - |u_i|^2``. ``S`` is summed in 2 x 64-bit fixed point (2^-60 resolution),
   which is exact and so independent of the order in which rows arrive; the advantage statistics
   are summed the same way, scaled by the group's largest value.
@@ -382,19 +383,23 @@ def _float32_halves(value: float) -> tuple[float, float]:
     return hi, float(np.float32(value - hi))
 
 
-def _config(n: int, d: int, num_groups: int, float64: bool) -> dict:
-    """Block sizes: the Gram path when the mean group fits ``GRAM_MAX_ROWS``; else the linear
-    path with row chunks of ``R`` rows of the whole width."""
+def _config(n: int, d: int, num_groups: int, float64: bool, float32: bool = False) -> dict:
+    """Block sizes: the Gram path for half-precision embeddings when the mean group fits
+    ``GRAM_MAX_ROWS // 2``; else the linear path with row chunks of ``R`` rows of the whole width.
+
+    NOTE: chosen from the H200 measurements in benchmarks/results/h200-2026-11-27 (kernel alone,
+    groups of 16 unless said): the Gram path took 32.5 us (D = 384, bf16) and 89.6 us (D = 768,
+    bf16) where the linear one took 68.4 and 180.0; for float32 (tf32x3, three MMAs) it took
+    385.7 us (D = 768) where the linear one took 212.2, so float32 stays linear. Linear chunks:
+    4 rows and 2 warps were fastest for groups of 16 (8 rows at D = 1024: 134.2 vs 140.7 us), 16
+    rows and 4 warps for groups of 512. Gram: BM = twice the mean group (ragged groups up to that
+    size stay on the Gram path); 2 warps and 4 stages beat 4 warps and 3 stages by 10-35% up to
+    BM = 32, 4 warps were best at BM = 64; BK 64 and 128 tie. The linear fallback in the Gram
+    kernel keeps its tile small, so it does not raise the Gram path's register count.
+    """
     block_d = triton.next_power_of_2(max(d, 16))
     mean = -(-n // max(num_groups, 1))
-    gram = not float64 and mean <= GRAM_MAX_ROWS
-    if gram:
-        # NOTE: twice the mean group (ragged groups up to that size stay on the Gram path). The
-        # H200 sweep in benchmarks/results/h200-2026-11-27 (BM = 32 for groups of 16): 2 warps
-        # and 4 stages beat 4 warps and 3 stages by 10-35% up to BM = 32, 4 warps were best at
-        # BM = 64; BK 64 and 128 tie. BM = 16 for groups of 16 was not measured. The linear
-        # fallback in the same kernel keeps its tile small, so it does not raise the Gram
-        # path's register count.
+    if not float64 and not float32 and mean <= GRAM_MAX_ROWS:
         return {
             "GRAM": True,
             "BM": max(16, min(GRAM_MAX_ROWS, triton.next_power_of_2(2 * mean))),
@@ -404,14 +409,17 @@ def _config(n: int, d: int, num_groups: int, float64: bool) -> dict:
             "num_warps": 2 if mean <= 16 else 4,
             "num_stages": 4,
         }
-    # NOTE: R = 16 rows per chunk was the fastest of 4, 8, 16 for groups of 512 (H200).
+    if mean <= GRAM_MAX_ROWS:
+        rows, warps = max(1, min(8, 4096 // block_d)), 2 if block_d <= 1024 else 4
+    else:
+        rows, warps = max(1, min(16, 16384 // block_d)), 4 if block_d <= 1024 else 8
     return {
         "GRAM": False,
         "BM": 16,
         "BK": 16,
-        "R": max(1, min(16, 16384 // block_d)),
+        "R": rows,
         "BLOCK_D": block_d,
-        "num_warps": 4 if block_d <= 1024 else 8,
+        "num_warps": warps,
         "num_stages": 1,
     }
 
@@ -430,7 +438,7 @@ def _plan(
     device_type: str,
 ) -> tuple[dict, dict]:
     """Constexprs and launch options of one kernel variant (memoised: a few us of Python)."""
-    config = _config(mean, d, 1, float64)
+    config = _config(mean, d, 1, float64, dtype == torch.float32)
     options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
     constexprs = {
         "MODE": mode_id,
