@@ -391,8 +391,8 @@ def _config(n: int, d: int, num_groups: int, float64: bool, float32: bool = Fals
     groups of 16 unless said): the Gram path took 32.5 us (D = 384, bf16) and 89.6 us (D = 768,
     bf16) where the linear one took 68.4 and 180.0; for float32 (tf32x3, three MMAs) it took
     385.7 us (D = 768) where the linear one took 212.2, so float32 stays linear. Linear chunks:
-    4 rows and 2 warps were fastest for groups of 16 (8 rows at D = 1024: 134.2 vs 140.7 us), 16
-    rows and 4 warps for groups of 512. Gram: BM = twice the mean group (ragged groups up to that
+    4 rows and 2 warps were fastest for groups of 16 at D = 768 (at D = 1024, 8 rows took 134.2
+    us and 4 rows 140.7), 16 rows and 4 warps for groups of 512. Gram: BM = twice the mean group (ragged groups up to that
     size stay on the Gram path); 2 warps and 4 stages beat 4 warps and 3 stages by 10-35% up to
     BM = 32, 4 warps were best at BM = 64; BK 64 and 128 tie. The linear fallback in the Gram
     kernel keeps its tile small, so it does not raise the Gram path's register count.
