@@ -544,7 +544,9 @@ def adjust_rewards(
         embeddings: ``[N, D]`` completion embeddings (any scale: rows are normalised).
         group_ids: ``[N]`` group of each completion (integers, strings, any hashable).
         backend: ``"auto"`` (Triton on CUDA when installed, else torch), ``"torch"``, ``"triton"``.
-        num_groups: optional hint for integer ids in ``[0, num_groups)``: no host sync.
+        num_groups: optional hint for integer ids in ``[0, num_groups)``: no host sync. Ids
+            outside that range raise on CPU; on CUDA the Triton kernel cannot raise without a
+            sync, so their rows come out NaN (the torch backend asserts asynchronously).
         min_denominator: lower clamp of ``1 + SMI``, in (0, 1] (only reachable with negative
             cosines); bounds the amplification of any reward by ``1 / min_denominator``.
 

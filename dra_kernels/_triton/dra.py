@@ -384,18 +384,19 @@ def _float32_halves(value: float) -> tuple[float, float]:
 
 
 def _config(n: int, d: int, num_groups: int, float64: bool, float32: bool = False) -> dict:
-    """Block sizes: the Gram path for half-precision embeddings when the mean group fits
-    ``GRAM_MAX_ROWS // 2``; else the linear path with row chunks of ``R`` rows of the whole width.
+    """Block sizes: the Gram path for half-precision embeddings when the mean group has at most
+    ``GRAM_MAX_ROWS`` rows; else the linear path with row chunks of ``R`` rows of the whole width.
 
     NOTE: chosen from the H200 measurements in benchmarks/results/h200-2026-11-27 (kernel alone,
     groups of 16 unless said): the Gram path took 32.5 us (D = 384, bf16) and 89.6 us (D = 768,
     bf16) where the linear one took 68.4 and 180.0; for float32 (tf32x3, three MMAs) it took
     385.7 us (D = 768) where the linear one took 212.2, so float32 stays linear. Linear chunks:
     4 rows and 2 warps were fastest for groups of 16 at D = 768 (at D = 1024, 8 rows took 134.2
-    us and 4 rows 140.7), 16 rows and 4 warps for groups of 512. Gram: BM = twice the mean group (ragged groups up to that
-    size stay on the Gram path); 2 warps and 4 stages beat 4 warps and 3 stages by 10-35% up to
-    BM = 32, 4 warps were best at BM = 64; BK 64 and 128 tie. The linear fallback in the Gram
-    kernel keeps its tile small, so it does not raise the Gram path's register count.
+    us and 4 rows 140.7), 16 rows and 4 warps for groups of 512. Gram: BM = twice the mean group
+    (ragged groups up to that size stay on the Gram path); 2 warps and 4 stages beat 4 warps and
+    3 stages by 10-35% up to BM = 32, 4 warps were best at BM = 64; BK 64 and 128 tie. The linear
+    fallback in the Gram kernel keeps its tile small, so it does not raise the Gram path's
+    register count.
     """
     block_d = triton.next_power_of_2(max(d, 16))
     mean = -(-n // max(num_groups, 1))
