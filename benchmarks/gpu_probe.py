@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # NOTE: before triton is imported
-    import triton.language as tl
+    import triton
 
     from benchmarks._probe_kernels import noop_kernel
     from dra_kernels import benchmark as bench
@@ -83,18 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         return bench.python_latency(fn, device, batch_ms=10.0, repeats=5).p50
 
     def launch(e, r, codes, k, buckets, scan, **override):
+        """The kernel alone, as ``dra_forward`` launches it (adjust mode), with ``override``
+        replacing constexprs (BM, BK, R, ...) or launch options (num_warps, num_stages)."""
         n, d = e.shape
-        cfg = dra._config(n, d, k, False)
-        cfg.update(override)
+        plan_key = (d, -(-n // k), False, 1, True, scan, e.dtype, device.type)
+        constexprs, options = (dict(part) for part in dra._plan(*plan_key))
+        for name, value in override.items():
+            (options if name in options else constexprs)[name] = value
         out = torch.empty(n, dtype=torch.float32, device=device)
         order, counts, ends = (codes, codes, codes) if scan else buckets
-        dra._dra_forward_kernel[(k + 1,)](
-            e, e.stride(0), e.stride(1), r, r.stride(0), codes, order, counts, ends, out, out,
-            n, d, k, 0.1, 0.0, 1e-4, 0.0, MODE=1, SCALE_STD=True, SCAN=scan,
-            FP32_DOT=e.dtype == torch.float32,
-            UPCAST_DOT=device.type == "cpu" and e.dtype == torch.bfloat16,
-            CHUNK=dra._SCAN_CHUNK, ACC=tl.float32, E_MAX=100, **cfg,
-        )  # fmt: skip
+        args = (e, e.stride(0), e.stride(1), r, r.stride(0), codes, order, counts, ends, out, out,
+                n, d, k, 0.1, 0.0, 1e-4, 0.0)  # fmt: skip
+        dra._dra_forward_kernel[(k + 1,)](*args, **constexprs, **options)
         return out
 
     copy = bench.measure_copy_bandwidth(device, (1 << 30) if device.type == "cuda" else 1 << 24)
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                         lambda: launch(e, r, ids, k, dra.group_buckets(ids, k), False)
                     )
                 if (groups, size, dim, dtype) in SWEEP_SHAPES and layout == "sorted":
-                    base = dra._config(n, dim, k, False)
+                    base = dra._plan(dim, -(-n // k), False, 1, True, False, e.dtype, "cuda")[0]
                     variants = []
                     if base["GRAM"]:
                         for bk in (64, 128):
@@ -178,8 +178,20 @@ def main(argv: list[str] | None = None) -> int:
                         variants.append({"BM": 2 * base["BM"]})
                     else:
                         for rr in (4, 8, 16):
-                            for nw in (4, 8):
+                            for nw in (2, 4, 8):
                                 variants.append({"R": rr, "num_warps": nw})
+                        if dtype == "float32" and size <= 64:
+                            # the Gram path in tf32x3 with one row block per group
+                            variants.append(
+                                {
+                                    "GRAM": True,
+                                    "BM": max(16, triton.next_power_of_2(size)),
+                                    "BK": 64,
+                                    "R": 1,
+                                    "num_warps": 2,
+                                    "num_stages": 4,
+                                }
+                            )
                     sweep = {}
                     for v in variants:
                         name = ",".join(f"{a}={b}" for a, b in v.items())
@@ -207,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 best = sorted(
                     (t, name) for name, t in row["sweep"].items() if isinstance(t, float)
                 )[:4]
-                print(f"[probe]   sweep best {best}; base {dra._config(n, dim, k, False)}")
+                print(f"[probe]   sweep best {best}; base {base}")
     results["seconds"] = round(time.perf_counter() - started, 1)
     flush()
     print(f"[probe] done in {results['seconds']} s; errors: {results['errors']}", flush=True)
