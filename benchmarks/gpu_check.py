@@ -110,6 +110,9 @@ def _layouts(device, small: bool) -> dict[str, dict[str, Any]]:
     big = 40 if small else 3000
     many = torch.cat([torch.zeros(big, dtype=torch.int64), torch.arange(1, 51)])
     layouts["big_group"] = {"ids": shuffled(many), "num_groups": 51}
+    # mean group above 64 rows: split among several programs per group on the bucket path
+    wide = torch.arange(3 if small else 24).repeat_interleave(100 if small else 300)
+    layouts["large_groups"] = {"ids": shuffled(wide), "num_groups": int(wide.max()) + 1}
     hinted = torch.randint(0, 2 * b, (b * size,), generator=g)  # some groups empty
     layouts["hint_empty_groups"] = {"ids": hinted, "num_groups": 2 * b}
     for spec in layouts.values():

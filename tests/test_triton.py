@@ -282,3 +282,37 @@ def test_out_of_range_ids_give_nan_rows_and_leave_the_rest_exact(mode, poisoned_
     good = ~bad
     expected = float64_reference(mode, r[good], e[good], codes[good])
     assert_close(out[good], expected, torch.float32, mode)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_large_groups_split_among_programs_match_one_program_bit_for_bit(
+    dtype, row_finding, monkeypatch, poisoned_outputs
+):
+    """Groups far above a chunk are split among several programs per group (two or three
+    launches); the fixed-point sums make that bitwise equal to one program per group, and both
+    match the float64 reference. Out-of-range ids stay NaN on that path too."""
+    from dra_kernels._triton import dra
+
+    if row_finding == "scan":
+        pytest.skip("the split is a bucket-path layout (scan mode keeps one program per group)")
+    gen = torch.Generator().manual_seed(21)
+    ids, _ = random_layout(gen, [150, 90, 1, 120, 3])  # mean 73: above the Gram path's 64
+    e = realistic_embeddings(gen, ids.numel(), 24, dtype).to(device())
+    r = torch.randn(ids.numel(), generator=gen, dtype=dtype).to(device())
+    ids = ids.to(device())
+    _, codes = torch.unique(ids, return_inverse=True)
+    monkeypatch.setattr(dra, "SPLIT_ROWS", 8)
+    splits = []
+    split_forward = dra._split_forward
+    monkeypatch.setattr(dra, "_split_forward", lambda *a: splits.append(a[10]) or split_forward(*a))
+    for mode in ("smi", "adjust", "advantage"):
+        out = MODES[mode](r, e, ids)
+        assert_close(out, float64_reference(mode, r, e, ids), dtype, f"split {mode} {dtype}")
+        with monkeypatch.context() as one:
+            one.setattr(dra, "SPLIT_MAX", 1)
+            assert torch.equal(out, MODES[mode](r, e, ids)), mode
+    assert splits and min(splits) == 10, splits  # ceil(73 / 8), the path under test
+    bad = codes.clone()
+    bad[::7] = 99
+    out = dra.dra_forward(r, e, bad, 5, mode="advantage", min_denominator=0.1)
+    assert torch.isnan(out[bad == 99]).all() and not torch.isnan(out[bad != 99]).any()

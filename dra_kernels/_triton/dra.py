@@ -292,86 +292,229 @@ def _dra_forward_kernel(
                 done = True
 
     if not done:
+        b_hi, b_lo, n_nan = _unit_sums(emb_ptr, stride_en, stride_ed, codes_ptr, order_ptr, N, D,
+                                       K, i_g, i_start, n, 0, 1, R, BLOCK_D, CHUNK, SCAN,
+                                       ACC)  # fmt: skip
+        b_sum = _from_fixed(b_hi, b_lo).to(ACC)
+        b_sum = tl.where(n_nan > 0, float("nan"), b_sum)
+        amax = _rows_out(emb_ptr, stride_en, stride_ed, rew_ptr, stride_r, codes_ptr, order_ptr,
+                         out_ptr, adj_ptr, N, D, K, i_g, i_start, n, 0, 1, b_sum,
+                         min_denominator, MODE, R, BLOCK_D, CHUNK, SCAN, ACC)  # fmt: skip
+        if MODE == 2:
+            # NOTE: the barrier makes this program's stores of adj visible to all its threads.
+            tl.debug_barrier()
+            _advantages_out(codes_ptr, order_ptr, out_ptr, adj_ptr, N, K, i_g, i_start, n, amax,
+                            eps, SCALE_STD, R, CHUNK, SCAN, ACC, E_MAX)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the linear path
+
+
+@triton.jit
+def _unit_sums(emb_ptr, stride_en, stride_ed, codes_ptr, order_ptr, N, D, K, i_g, i_start, n,
+               i_first, i_step, R: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+               SCAN: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    """Pass 1 over chunks ``i_first, i_first + i_step, ...`` (``R`` rows each) of the group: the
+    sum of the unit rows in fixed point (two int64 parts: exact, so in any row order) and the
+    number of NaN elements met."""
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    b_hi = tl.zeros([BLOCK_D], dtype=tl.int64)
+    b_lo = tl.zeros([BLOCK_D], dtype=tl.int64)
+    n_nan = tl.zeros([], dtype=tl.int32)
+    for i_k in range(i_first * R, n, i_step * R):
+        b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R, CHUNK,
+                                    SCAN)  # fmt: skip
+        b_u = _unit_rows(emb_ptr, stride_en, stride_ed, b_rows, m_row, o_d, m_d, ACC)
+        n_nan += tl.sum(tl.sum((b_u != b_u).to(tl.int32), axis=1), axis=0)
+        b_u = tl.where(b_u == b_u, b_u, 0.0)
+        p_hi, p_lo = _fixed_parts(b_u)
+        b_hi += tl.sum(p_hi, axis=0)
+        b_lo += tl.sum(p_lo, axis=0)
+    return b_hi, b_lo, n_nan
+
+
+@triton.jit
+def _rows_out(emb_ptr, stride_en, stride_ed, rew_ptr, stride_r, codes_ptr, order_ptr, out_ptr,
+              adj_ptr, N, D, K, i_g, i_start, n, i_first, i_step, b_sum, min_denominator,
+              MODE: tl.constexpr, R: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+              SCAN: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    """Pass 2 over the same chunks: ``SMI_i = u_i . S - |u_i|^2`` (exactly 0 in a group of one)
+    into ``out`` (mode 0), or the adjusted reward into ``adj`` (``out`` itself in mode 1). Returns
+    the largest ``|adjusted|`` met (infinity for NaN), for the advantage statistics."""
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    b_amax = tl.zeros([R], dtype=ACC)
+    for i_k in range(i_first * R, n, i_step * R):
+        b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R, CHUNK,
+                                    SCAN)  # fmt: skip
+        b_u = _unit_rows(emb_ptr, stride_en, stride_ed, b_rows, m_row, o_d, m_d, ACC)
+        b_smi = tl.sum(b_u * b_sum[None, :], axis=1) - tl.sum(b_u * b_u, axis=1)
+        b_smi = tl.where(n > 1, b_smi, 0.0)
+        if MODE == 0:
+            tl.store(out_ptr + b_rows, b_smi, mask=m_row)
+        else:
+            b_r = tl.load(rew_ptr + b_rows * stride_r, mask=m_row, other=0.0).to(ACC)
+            b_adj = _adjust(b_r, b_smi, min_denominator)
+            tl.store(adj_ptr + b_rows, b_adj, mask=m_row)
+            # NaN in, NaN out: tl.maximum may drop NaN, so flag it as infinity
+            b_abs = tl.where(b_adj == b_adj, tl.abs(b_adj), float("inf"))
+            b_amax = tl.maximum(b_amax, tl.where(m_row, b_abs, 0.0))
+    return tl.max(b_amax, axis=0)
+
+
+@triton.jit
+def _advantages_out(codes_ptr, order_ptr, out_ptr, adj_ptr, N, K, i_g, i_start, n, amax, eps,
+                    SCALE_STD: tl.constexpr, R: tl.constexpr, CHUNK: tl.constexpr,
+                    SCAN: tl.constexpr, ACC: tl.constexpr, E_MAX: tl.constexpr):  # fmt: skip
+    """The group's mean (and unbiased std) of the adjusted rewards in ``adj``, summed in fixed
+    point after scaling by a power of two above ``amax`` (exact, so in any row order), then the
+    advantages into ``out``. With an infinite or NaN value, plain sums give inf / NaN."""
+    finite = amax < float("inf")
+    b_unit = _pow2_above(amax, E_MAX)
+    s_hi = tl.zeros([R], dtype=tl.int64)
+    s_lo = tl.zeros([R], dtype=tl.int64)
+    s_raw = tl.zeros([R], dtype=ACC)
+    for i_k in range(0, n, R):
+        b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R, CHUNK,
+                                    SCAN)  # fmt: skip
+        b_a = tl.load(adj_ptr + b_rows, mask=m_row, other=0.0)
+        s_raw += b_a
+        p_hi, p_lo = _fixed_parts(tl.where(finite, b_a / b_unit, 0.0))
+        s_hi += p_hi
+        s_lo += p_lo
+    fixed = _from_fixed(tl.sum(s_hi, axis=0), tl.sum(s_lo, axis=0)).to(ACC) * b_unit
+    b_mean = tl.where(finite, fixed, tl.sum(s_raw, axis=0)) / n
+    b_scale = 1.0
+    if SCALE_STD:
+        q_hi = tl.zeros([R], dtype=tl.int64)
+        q_lo = tl.zeros([R], dtype=tl.int64)
+        q_raw = tl.zeros([R], dtype=ACC)
+        for i_k in range(0, n, R):
+            b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R,
+                                        CHUNK, SCAN)  # fmt: skip
+            b_c = tl.load(adj_ptr + b_rows, mask=m_row, other=0.0) - b_mean
+            b_c = tl.where(m_row, b_c, 0.0)
+            q_raw += b_c * b_c
+            b_cs = b_c / (2.0 * b_unit)  # |c| <= 2 max|adj|: in [-1, 1]
+            p_hi, p_lo = _fixed_parts(tl.where(finite, b_cs * b_cs, 0.0))
+            q_hi += p_hi
+            q_lo += p_lo
+        fixed = _from_fixed(tl.sum(q_hi, axis=0), tl.sum(q_lo, axis=0)).to(ACC)
+        b_sqs = tl.where(finite, fixed * (4.0 * b_unit * b_unit), tl.sum(q_raw, axis=0))
+        b_std = tl.sqrt(b_sqs / tl.maximum(n - 1, 1))
+        b_scale = 1.0 / (b_std + eps)
+    for i_k in range(0, n, R):
+        b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R, CHUNK,
+                                    SCAN)  # fmt: skip
+        b_c = tl.load(adj_ptr + b_rows, mask=m_row, other=0.0) - b_mean
+        tl.store(out_ptr + b_rows, b_c * b_scale, mask=m_row)
+
+
+# ----------------------------------------------------------------------------- split groups
+
+
+@triton.jit
+def _split_sums_kernel(emb_ptr, stride_en, stride_ed, order_ptr, counts_ptr, ends_ptr, parts_ptr,
+                       nans_ptr, N, D, K, R: tl.constexpr, BLOCK_D: tl.constexpr,
+                       ACC: tl.constexpr):  # fmt: skip
+    """Large groups, step 1: program ``(g, s)`` sums the unit rows of chunks ``s, s + SPLIT, ...``
+    of group ``g`` in fixed point into ``parts[g, s]``."""
+    i_g = tl.program_id(0)
+    i_s = tl.program_id(1)
+    split = tl.num_programs(1)
+    n = tl.load(counts_ptr + i_g)
+    i_start = (tl.load(ends_ptr + i_g) - n).to(tl.int64)
+    b_hi, b_lo, n_nan = _unit_sums(emb_ptr, stride_en, stride_ed, order_ptr, order_ptr, N, D, K,
+                                   i_g, i_start, n, i_s, split, R, BLOCK_D, 1, False,
+                                   ACC)  # fmt: skip
+    o_d = tl.arange(0, BLOCK_D)
+    i_part = (i_g * split + i_s).to(tl.int64)
+    tl.store(parts_ptr + i_part * (2 * BLOCK_D) + o_d, b_hi)
+    tl.store(parts_ptr + i_part * (2 * BLOCK_D) + BLOCK_D + o_d, b_lo)
+    tl.store(nans_ptr + i_part, n_nan)
+
+
+@triton.jit
+def _split_rows_kernel(emb_ptr, stride_en, stride_ed, rew_ptr, stride_r, order_ptr, counts_ptr,
+                       ends_ptr, parts_ptr, nans_ptr, out_ptr, adj_ptr, amax_ptr, N, D, K,
+                       min_den_hi, min_den_lo, MODE: tl.constexpr, R: tl.constexpr,
+                       BLOCK_D: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    """Large groups, step 2: program ``(g, s)`` adds the group's ``SPLIT`` fixed-point parts (exact:
+    the same ``S`` as one program would find) and writes SMI / adjusted rewards of its chunks;
+    ``(K, s)`` writes NaN for rows whose id is out of range."""
+    i_g = tl.program_id(0)
+    i_s = tl.program_id(1)
+    split = tl.num_programs(1)
+    n = tl.load(counts_ptr + i_g)
+    i_start = (tl.load(ends_ptr + i_g) - n).to(tl.int64)
+    if i_g == K:
+        for i_k in range(i_s * R, n, split * R):
+            b_rows, m_row = _chunk_rows(order_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R, 1,
+                                        False)  # fmt: skip
+            tl.store(out_ptr + b_rows, tl.full([R], float("nan"), ACC), mask=m_row)
+    else:
+        min_denominator = tl.zeros([], dtype=ACC) + min_den_hi + min_den_lo
         o_d = tl.arange(0, BLOCK_D)
-        m_d = o_d < D
-        # Pass 1: S = sum of the unit rows, in fixed point (exact, so in any row order).
         b_hi = tl.zeros([BLOCK_D], dtype=tl.int64)
         b_lo = tl.zeros([BLOCK_D], dtype=tl.int64)
         n_nan = tl.zeros([], dtype=tl.int32)
-        for i_k in range(0, n, R):
-            b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R,
-                                        CHUNK, SCAN)  # fmt: skip
-            b_u = _unit_rows(emb_ptr, stride_en, stride_ed, b_rows, m_row, o_d, m_d, ACC)
-            n_nan += tl.sum(tl.sum((b_u != b_u).to(tl.int32), axis=1), axis=0)
-            b_u = tl.where(b_u == b_u, b_u, 0.0)
-            p_hi, p_lo = _fixed_parts(b_u)
-            b_hi += tl.sum(p_hi, axis=0)
-            b_lo += tl.sum(p_lo, axis=0)
+        for i_p in range(0, split):
+            i_part = (i_g * split + i_p).to(tl.int64)
+            b_hi += tl.load(parts_ptr + i_part * (2 * BLOCK_D) + o_d)
+            b_lo += tl.load(parts_ptr + i_part * (2 * BLOCK_D) + BLOCK_D + o_d)
+            n_nan += tl.load(nans_ptr + i_part)
         b_sum = _from_fixed(b_hi, b_lo).to(ACC)
         b_sum = tl.where(n_nan > 0, float("nan"), b_sum)
+        amax = _rows_out(emb_ptr, stride_en, stride_ed, rew_ptr, stride_r, order_ptr, order_ptr,
+                         out_ptr, adj_ptr, N, D, K, i_g, i_start, n, i_s, split, b_sum,
+                         min_denominator, MODE, R, BLOCK_D, 1, False, ACC)  # fmt: skip
+        tl.store(amax_ptr + i_g * split + i_s, amax)
 
-        # Pass 2: SMI (exactly 0 in a group of one) and the adjusted reward.
-        b_amax = tl.zeros([R], dtype=ACC)
-        for i_k in range(0, n, R):
-            b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R,
-                                        CHUNK, SCAN)  # fmt: skip
-            b_u = _unit_rows(emb_ptr, stride_en, stride_ed, b_rows, m_row, o_d, m_d, ACC)
-            b_smi = tl.sum(b_u * b_sum[None, :], axis=1) - tl.sum(b_u * b_u, axis=1)
-            b_smi = tl.where(n > 1, b_smi, 0.0)
-            if MODE == 0:
-                tl.store(out_ptr + b_rows, b_smi, mask=m_row)
-            else:
-                b_r = tl.load(rew_ptr + b_rows * stride_r, mask=m_row, other=0.0).to(ACC)
-                b_adj = _adjust(b_r, b_smi, min_denominator)
-                tl.store(adj_ptr + b_rows, b_adj, mask=m_row)
-                # NaN in, NaN out: tl.maximum may drop NaN, so flag it as infinity
-                b_abs = tl.where(b_adj == b_adj, tl.abs(b_adj), float("inf"))
-                b_amax = tl.maximum(b_amax, tl.where(m_row, b_abs, 0.0))
 
-        if MODE == 2:
-            # NOTE: the barrier makes this program's stores of pass 2 visible to all its threads.
-            tl.debug_barrier()
-            amax = tl.max(b_amax, axis=0)
-            finite = amax < float("inf")
-            b_unit = _pow2_above(amax, E_MAX)
-            # mean: fixed-point sum of adj / 2^e; with inf or NaN, a plain sum gives inf or NaN
-            s_hi = tl.zeros([R], dtype=tl.int64)
-            s_lo = tl.zeros([R], dtype=tl.int64)
-            s_raw = tl.zeros([R], dtype=ACC)
-            for i_k in range(0, n, R):
-                b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R,
-                                            CHUNK, SCAN)  # fmt: skip
-                b_a = tl.load(adj_ptr + b_rows, mask=m_row, other=0.0)
-                s_raw += b_a
-                p_hi, p_lo = _fixed_parts(tl.where(finite, b_a / b_unit, 0.0))
-                s_hi += p_hi
-                s_lo += p_lo
-            fixed = _from_fixed(tl.sum(s_hi, axis=0), tl.sum(s_lo, axis=0)).to(ACC) * b_unit
-            b_mean = tl.where(finite, fixed, tl.sum(s_raw, axis=0)) / n
-            b_scale = 1.0
-            if SCALE_STD:
-                q_hi = tl.zeros([R], dtype=tl.int64)
-                q_lo = tl.zeros([R], dtype=tl.int64)
-                q_raw = tl.zeros([R], dtype=ACC)
-                for i_k in range(0, n, R):
-                    b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k,
-                                                R, CHUNK, SCAN)  # fmt: skip
-                    b_c = tl.load(adj_ptr + b_rows, mask=m_row, other=0.0) - b_mean
-                    b_c = tl.where(m_row, b_c, 0.0)
-                    q_raw += b_c * b_c
-                    b_cs = b_c / (2.0 * b_unit)  # |c| <= 2 max|adj|: in [-1, 1]
-                    p_hi, p_lo = _fixed_parts(tl.where(finite, b_cs * b_cs, 0.0))
-                    q_hi += p_hi
-                    q_lo += p_lo
-                fixed = _from_fixed(tl.sum(q_hi, axis=0), tl.sum(q_lo, axis=0)).to(ACC)
-                b_sqs = tl.where(finite, fixed * (4.0 * b_unit * b_unit), tl.sum(q_raw, axis=0))
-                b_std = tl.sqrt(b_sqs / tl.maximum(n - 1, 1))
-                b_scale = 1.0 / (b_std + eps)
-            for i_k in range(0, n, R):
-                b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R,
-                                            CHUNK, SCAN)  # fmt: skip
-                b_c = tl.load(adj_ptr + b_rows, mask=m_row, other=0.0) - b_mean
-                tl.store(out_ptr + b_rows, b_c * b_scale, mask=m_row)
+@triton.jit
+def _split_advantages_kernel(order_ptr, counts_ptr, ends_ptr, out_ptr, adj_ptr, amax_ptr, N, K,
+                             SPLIT, eps_hi, eps_lo, SCALE_STD: tl.constexpr, R: tl.constexpr,
+                             ACC: tl.constexpr, E_MAX: tl.constexpr):  # fmt: skip
+    """Large groups, step 3 (advantages): one program per group, statistics and advantages."""
+    i_g = tl.program_id(0)
+    n = tl.load(counts_ptr + i_g)
+    i_start = (tl.load(ends_ptr + i_g) - n).to(tl.int64)
+    eps = tl.zeros([], dtype=ACC) + eps_hi + eps_lo
+    amax = tl.zeros([], dtype=ACC)
+    for i_p in range(0, SPLIT):
+        amax = tl.maximum(amax, tl.load(amax_ptr + i_g * SPLIT + i_p))
+    _advantages_out(order_ptr, order_ptr, out_ptr, adj_ptr, N, K, i_g, i_start, n, amax, eps,
+                    SCALE_STD, R, 1, False, ACC, E_MAX)  # fmt: skip
+
+
+def _split_forward(
+    rewards, embeddings, codes, num_groups, buckets, out, adjusted, mode_id, scale_std, halves,
+    split, constexprs, options,
+) -> None:  # fmt: skip
+    """Groups far larger than a chunk: the two passes of the linear path as two launches of
+    ``num_groups x split`` programs (one program per group would walk each group alone)."""
+    n, d = embeddings.shape
+    order, counts, ends = buckets
+    device = embeddings.device
+    block_d, rows, acc = constexprs["BLOCK_D"], constexprs["R"], constexprs["ACC"]
+    parts = torch.empty((num_groups * split, 2, block_d), dtype=torch.int64, device=device)
+    nans = torch.empty(num_groups * split, dtype=torch.int32, device=device)
+    amax = torch.empty((num_groups + 1) * split, dtype=out.dtype, device=device)
+    e = (embeddings, embeddings.stride(0), embeddings.stride(1))
+    fixed = {"R": rows, "BLOCK_D": block_d, "ACC": acc}
+    if num_groups:
+        args = (*e, order, counts, ends, parts, nans, n, d, num_groups)
+        launch(_split_sums_kernel, (num_groups, split), args, fixed, **options)
+    r = (out, 1) if rewards is None else (rewards, rewards.stride(0))
+    args = (*e, *r, order, counts, ends, parts, nans, out, adjusted, amax, n, d, num_groups,
+            *halves[:2])  # fmt: skip
+    launch(_split_rows_kernel, (num_groups + 1, split), args, {"MODE": mode_id, **fixed},
+           **options)  # fmt: skip
+    if mode_id == _MODE_ADVANTAGE and num_groups:
+        args = (order, counts, ends, out, adjusted, amax, n, num_groups, split, *halves[2:])
+        stats = {"SCALE_STD": scale_std, "R": rows, "ACC": acc, "E_MAX": constexprs["E_MAX"]}
+        launch(_split_advantages_kernel, (num_groups,), args, stats, **options)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -423,6 +566,19 @@ def _config(n: int, d: int, num_groups: int, float64: bool, float32: bool = Fals
         "num_warps": warps,
         "num_stages": 1,
     }
+
+
+SPLIT_ROWS = 128
+"""Groups of a mean size above ``GRAM_MAX_ROWS`` are split among programs of about this many rows
+each (:func:`_split_forward`), at most ``SPLIT_MAX`` per group."""
+SPLIT_MAX = 16
+
+
+def _split(n: int, mean: int, constexprs: dict) -> int:
+    """Programs per group on the linear path: 1 (one kernel) unless groups are large."""
+    if constexprs["GRAM"] or mean <= GRAM_MAX_ROWS:
+        return 1
+    return max(1, min(SPLIT_MAX, -(-mean // SPLIT_ROWS)))
 
 
 _PLANS: dict[tuple, tuple[dict, dict]] = {}
@@ -527,5 +683,12 @@ def dra_forward(
     if plan is None:
         plan = _PLANS.setdefault(plan_key, _plan(*plan_key))
     constexprs, options = plan
+    split = _split(n, mean, constexprs) if not scan else 1
+    if split > 1:
+        halves = args[-4:]
+        _split_forward(rewards, embeddings, codes, num_groups, (order, counts, ends), out,
+                       adjusted, mode_id, scale == "std", halves, split, constexprs,
+                       options)  # fmt: skip
+        return out
     launch(_dra_forward_kernel, (num_groups + 1,), args, constexprs, static_key=plan_key, **options)
     return out
