@@ -32,10 +32,10 @@ MODES = {
 }
 
 
-@pytest.fixture(autouse=True, params=["scan", "sort"])
+@pytest.fixture(autouse=True, params=["scan", "buckets"])
 def row_finding(request, monkeypatch):
     """Every test runs on both ways the kernel finds a group's rows (see dra_kernels._triton.dra):
-    scanning the batch's codes (small batches) and the stable sort + CSR offsets (large ones)."""
+    scanning the batch's codes (small batches) and the counting-sort buckets (large ones)."""
     from dra_kernels._triton import dra
 
     scan = request.param == "scan"
