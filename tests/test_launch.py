@@ -33,16 +33,26 @@ def test_specialisation_key_separates_what_triton_compiles_separately():
 
 
 def test_cpu_launches_go_through_triton(monkeypatch):
+    from types import SimpleNamespace
+
     from dra_kernels._triton import launch as launch_module
 
     calls = []
 
     class Kernel:
+        params = (
+            SimpleNamespace(name="x_ptr", is_constexpr=False),
+            SimpleNamespace(name="C", is_constexpr=True),
+            SimpleNamespace(name="n", is_constexpr=False),
+        )
+
         def __getitem__(self, grid):
             return lambda *args, **kwargs: calls.append((grid, args, kwargs))
 
-    launch_module.launch(Kernel(), (3,), (torch.zeros(2), 5), {"C": 1}, num_warps=2, num_stages=1)
-    assert calls == [((3,), calls[0][1], {"C": 1, "num_warps": 2, "num_stages": 1})]
+    x = torch.zeros(2)
+    launch_module.launch(Kernel(), (3,), (x, 5), {"C": 1}, num_warps=2, num_stages=1)
+    # by name, so a constexpr may sit between run-time arguments
+    assert calls == [((3,), (), {"x_ptr": x, "n": 5, "C": 1, "num_warps": 2, "num_stages": 1})]
     assert not launch_module._CACHE
 
 
@@ -95,3 +105,13 @@ def test_environment_variable_turns_the_fast_path_off(monkeypatch):
     launch_module._check_convention(torch.device("cpu"))  # returns before touching the device
     state = launch_module.fast_path_state()
     assert state["convention"] is None and "DRA_KERNELS_FAST_LAUNCH" in state["why"]
+
+
+def test_the_convention_probe_kernel_echoes_its_arguments():
+    """The kernel that decides the fast path's argument convention on CUDA, run here through the
+    interpreter: it must write back exactly what it was given (an int equal to 1 included)."""
+    from dra_kernels._triton.launch import _echo_kernel
+
+    out = torch.zeros(5)
+    _echo_kernel[(1,)](out, 1, 5, C=11, x=7.5, D=13)
+    assert out.tolist() == [1.0, 5.0, 11.0, 7.5, 13.0]

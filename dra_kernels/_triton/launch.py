@@ -42,11 +42,13 @@ _CACHE: dict[tuple, Any] = {}
 
 @triton.jit
 def _echo_kernel(out_ptr, a, b, C: tl.constexpr, x, D: tl.constexpr):
-    tl.store(out_ptr + 0, a.to(tl.float32))
-    tl.store(out_ptr + 1, b.to(tl.float32))
-    tl.store(out_ptr + 2, tl.full([], C, tl.float32))
-    tl.store(out_ptr + 3, x.to(tl.float32))
-    tl.store(out_ptr + 4, tl.full([], D, tl.float32))
+    # NOTE: `+ zeros`, not `.to()`: an integer argument equal to 1 arrives as a constexpr.
+    zero = tl.zeros([], dtype=tl.float32)
+    tl.store(out_ptr + 0, zero + a)
+    tl.store(out_ptr + 1, zero + b)
+    tl.store(out_ptr + 2, zero + C)
+    tl.store(out_ptr + 3, zero + x)
+    tl.store(out_ptr + 4, zero + D)
 
 
 def fast_path_state() -> dict[str, Any]:
@@ -79,6 +81,17 @@ def _spec(value: Any) -> Any:
     return (kind, value)
 
 
+def _through_triton(fn, grid, args: tuple, constexprs: dict[str, Any], **options: Any) -> Any:
+    """Triton's own launch; arguments by name where the kernel lists its parameters, so
+    constexprs may sit anywhere in the signature (the CPU interpreter's kernels do not list them:
+    there the run-time arguments go first, which this package's kernels all allow)."""
+    params = getattr(fn, "params", None)
+    if params is None:
+        return fn[grid](*args, **constexprs, **options)
+    names = [param.name for param in params if not param.is_constexpr]
+    return fn[grid](**dict(zip(names, args, strict=True)), **constexprs, **options)
+
+
 def _values(fn, args: tuple, constexprs: dict[str, Any], convention: str) -> list[Any]:
     if convention == "runtime":
         return list(args)
@@ -106,7 +119,7 @@ def _check_convention(device: torch.device) -> None:
     out = torch.zeros(5, device=device)
     args, constexprs = (out, 1, 5, 7.5), {"C": 11, "D": 13}
     try:
-        compiled = _echo_kernel[(1,)](*args, **constexprs)
+        compiled = _through_triton(_echo_kernel, (1,), args, constexprs)
         want = out.clone()
         for convention in ("all", "runtime"):
             out.zero_()
@@ -139,11 +152,11 @@ def launch(
     """
     device = args[0].device
     if device.type != "cuda" or _hooks_set():
-        fn[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+        _through_triton(fn, grid, args, constexprs, num_warps=num_warps, num_stages=num_stages)
         return
     if not _STATE["checked"]:
         if torch.cuda.is_current_stream_capturing():  # the check synchronises: not now
-            fn[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+            _through_triton(fn, grid, args, constexprs, num_warps=num_warps, num_stages=num_stages)
             return
         with _LOCK:
             if not _STATE["checked"]:
@@ -154,7 +167,9 @@ def launch(
     key = (fn, device.index, static_key, tuple([_spec(a) for a in args]))
     compiled = _CACHE.get(key) if convention is not None else None
     if compiled is None:
-        compiled = fn[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+        compiled = _through_triton(
+            fn, grid, args, constexprs, num_warps=num_warps, num_stages=num_stages
+        )
         if convention is not None and compiled is not None and hasattr(compiled, "run"):
             _CACHE[key] = compiled
         return
