@@ -151,7 +151,8 @@ def launch(
     ``static_key``: a hashable that determines ``constexprs`` and the options (saves hashing them).
     """
     device = args[0].device
-    if device.type != "cuda" or _hooks_set():
+    # NOTE: Triton launches on the current device; the fast path only where that is the data's.
+    if device.type != "cuda" or _hooks_set() or device.index != torch.cuda.current_device():
         _through_triton(fn, grid, args, constexprs, num_warps=num_warps, num_stages=num_stages)
         return
     if not _STATE["checked"]:
