@@ -302,6 +302,7 @@ def test_large_groups_split_among_programs_match_one_program_bit_for_bit(
     ids = ids.to(device())
     _, codes = torch.unique(ids, return_inverse=True)
     monkeypatch.setattr(dra, "SPLIT_ROWS", 8)
+    monkeypatch.setattr(dra, "SPLIT_MAX", 16)
     splits = []
     split_forward = dra._split_forward
     monkeypatch.setattr(dra, "_split_forward", lambda *a: splits.append(a[10]) or split_forward(*a))

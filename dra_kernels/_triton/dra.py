@@ -569,9 +569,13 @@ def _config(n: int, d: int, num_groups: int, float64: bool, float32: bool = Fals
 
 
 SPLIT_ROWS = 128
-"""Groups of a mean size above ``GRAM_MAX_ROWS`` are split among programs of about this many rows
-each (:func:`_split_forward`), at most ``SPLIT_MAX`` per group."""
-SPLIT_MAX = 16
+"""Groups of a mean size above ``GRAM_MAX_ROWS`` can be split among programs of about this many
+rows each (:func:`_split_forward`), at most ``SPLIT_MAX`` per group."""
+SPLIT_MAX = 1
+"""1: no split. NOTE: measured on an H200 (benchmarks/results/h200-2026-11-27, call 4), 4 programs
+per group of 512 rows took 558.6 us per call at D = 768 bf16 against 537.9 us for one program
+(call 3). So the serial walk is not what costs; my guess, not checked, is the fixed-point
+conversion of whole ``R x D`` tiles in both. Off until measured otherwise; tests turn it on."""
 
 
 def _split(n: int, mean: int, constexprs: dict) -> int:

@@ -56,16 +56,21 @@ def fast_path_state() -> dict[str, Any]:
     return dict(_STATE)
 
 
+def _hook_active(hook: Any) -> bool:
+    # NOTE: Triton >= 3.5 keeps each hook as a HookChain object that is never None; it is active
+    # only when something was added to it.
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
 def _hooks_set() -> bool:
     knobs = getattr(triton, "knobs", None)
     runtime = getattr(knobs, "runtime", None)
     if runtime is not None:
-        return (
-            getattr(runtime, "launch_enter_hook", None) is not None
-            or getattr(runtime, "launch_exit_hook", None) is not None
+        return _hook_active(getattr(runtime, "launch_enter_hook", None)) or _hook_active(
+            getattr(runtime, "launch_exit_hook", None)
         )
     compiled = getattr(getattr(triton, "compiler", None), "CompiledKernel", None)
-    return getattr(compiled, "launch_enter_hook", None) is not None
+    return _hook_active(getattr(compiled, "launch_enter_hook", None))
 
 
 def _spec(value: Any) -> Any:
