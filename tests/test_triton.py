@@ -242,27 +242,73 @@ def test_compiles_with_fullgraph_through_the_public_api(fn):
     assert_close(compiled(r, e, codes), call(r, e, codes), torch.float32, fn)
 
 
-@pytest.mark.parametrize("gram", [True, False])
-def test_both_group_paths_for_float32_and_bfloat16(gram, monkeypatch, poisoned_outputs):
-    """The Gram path (tensor cores) and the linear path, each forced for both input precisions
-    (the default sends bfloat16 to the Gram path and float32 to the linear one)."""
+def _force_path(monkeypatch, path):
     from dra_kernels._triton import dra
 
     config = dra._config
 
-    def forced(n, d, k, float64, float32=False):
-        return config(n, d, k, float64, float32=not gram) if not float64 else config(n, d, k, 1)
+    def forced(n, d, k, float64, float32=False, path_=None):
+        return config(n, d, k, float64, float32, path=path)
 
     monkeypatch.setattr(dra, "_config", forced)
     monkeypatch.setattr(dra, "_PLANS", {})
+
+
+@pytest.mark.parametrize("path", ["gram", "tile", "linear"])
+def test_every_group_path_for_every_dtype(path, monkeypatch, poisoned_outputs):
+    """The Gram path (tensor cores), the tile path (a whole group in registers) and the linear
+    path, each forced for every input precision (by default bfloat16 / float16 take the Gram path,
+    float32 the tile path, float64 and large groups the linear one). Groups larger than the
+    path's block (30 rows here) take the linear way inside the same program."""
+    _force_path(monkeypatch, path)
     gen = torch.Generator().manual_seed(19)
     ids, _ = random_layout(gen, [16, 16, 9, 16, 30, 1])
-    for dtype in (torch.bfloat16, torch.float32):
+    for dtype in DTYPES:
         e = realistic_embeddings(gen, ids.numel(), 40, dtype).to(device())
         r = torch.randn(ids.numel(), generator=gen).to(device())
         for mode in MODES:
             out = MODES[mode](r, e, ids.to(device()))
-            assert_close(out, float64_reference(mode, r, e, ids), dtype, f"{gram} {mode} {dtype}")
+            assert_close(out, float64_reference(mode, r, e, ids), dtype, f"{path} {mode} {dtype}")
+
+
+@pytest.mark.parametrize("path", ["gram", "tile"])
+def test_small_group_paths_give_the_same_bits_in_scan_and_bucket_mode(
+    path, row_finding, monkeypatch
+):
+    """Bucket order depends on atomic timing; the Gram and tile paths sort each group's rows, so
+    their sums run in row order, as in scan mode: both modes must agree bit for bit. (The
+    interpreter runs atomics in index order, so the buckets are reversed here to stand for an
+    arbitrary order.)"""
+    from dra_kernels._triton import dra
+
+    if row_finding == "buckets":
+        pytest.skip("compares both modes itself")
+    _force_path(monkeypatch, path)
+    group_buckets = dra.group_buckets
+
+    def reversed_buckets(codes, num_groups):
+        order, counts, ends = group_buckets(codes, num_groups)
+        pos = torch.arange(order.numel(), device=order.device)
+        bucket = torch.searchsorted(ends.long(), pos, right=True)
+        start = (ends - counts).long()[bucket]
+        flipped = torch.empty_like(order)
+        flipped[start + counts.long()[bucket] - 1 - (pos - start)] = order
+        assert not torch.equal(flipped, order)
+        return flipped, counts, ends
+
+    monkeypatch.setattr(dra, "group_buckets", reversed_buckets)
+    gen = torch.Generator().manual_seed(22)
+    ids, _ = random_layout(gen, [16, 7, 16, 12])
+    ids = ids.to(device())
+    for dtype in (torch.bfloat16, torch.float32):
+        e = realistic_embeddings(gen, ids.numel(), 48, dtype).to(device())
+        r = torch.randn(ids.numel(), generator=gen).to(device())
+        for mode in MODES:
+            scan = MODES[mode](r, e, ids)
+            with monkeypatch.context() as buckets:
+                buckets.setattr(dra, "SCAN_MAX_ROWS", -1)
+                buckets.setattr(dra, "SCAN_MAX_WORK", -1)
+                assert torch.equal(scan, MODES[mode](r, e, ids)), f"{path} {mode} {dtype}"
 
 
 @pytest.mark.parametrize("mode", ["smi", "adjust", "advantage"])

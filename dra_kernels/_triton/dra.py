@@ -11,7 +11,7 @@ be unsorted, interleaved and of any size. A program finds its group's rows in on
   launches, linear work, no host synchronisation. The order of rows inside a bucket depends on
   atomic timing; everything that reads a bucket is written so the result does not (below).
 
-Per group of ``n`` rows, two ways to compute ``SMI_i = sum_{j != i} cos(e_i, e_j)``:
+Per group of ``n`` rows, three ways to compute ``SMI_i = sum_{j != i} cos(e_i, e_j)``:
 
 - **Gram** (``n <= BM``, at most 64; float16 / bfloat16 inputs, see :func:`_config`): the
   ``BM x BM`` Gram matrix ``X X^T`` on the tensor cores (float32 inputs can take it through
@@ -20,7 +20,11 @@ Per group of ``n`` rows, two ways to compute ``SMI_i = sum_{j != i} cos(e_i, e_j
   and row sums. The row indices are sorted first, so sums run in a fixed order. A group with a
   squared row norm outside ``[2^-60, 2^60]`` (zero, tiny, huge, NaN or inf rows) falls through to
   the linear way, which handles every value.
-- **linear** (larger groups, float32, float64, and the fallback): ``S = sum_j u_j`` of the unit
+- **tile** (``n <= BM``, float32 by default, see :func:`_config`): the whole group in registers
+  as one ``BM x BLOCK_D`` tile, read once: unit rows, ``S = sum_j u_j`` in plain floating point
+  (row indices sorted first, so in a fixed order), ``SMI_i = u_i . S - |u_i|^2``. Larger groups
+  fall through to the linear way.
+- **linear** (larger groups, float64, and the fallback): ``S = sum_j u_j`` of the unit
   rows (each row scaled by its largest magnitude before squaring, so nothing overflows), then
   ``SMI_i = u_i . S - |u_i|^2``. ``S`` is summed in 2 x 64-bit fixed point (2^-60 resolution),
   which is exact and so independent of the order in which rows arrive; the advantage statistics
@@ -49,10 +53,15 @@ launch); larger ones go through the buckets (four small launches)."""
 
 GRAM_MAX_ROWS = 64
 """Largest group handled by the Gram-matrix path (``BM``)."""
+TILE_MAX_ELEMENTS = 16384
+"""Largest ``BM x BLOCK_D`` tile of the tile path (a whole group in registers)."""
+TILE_ELEMENTS_PER_THREAD = 32
+"""Warps of the tile path: enough for this many tile elements per thread (at most 16 warps)."""
 
 _MODE_SMI = 0
 _MODE_ADJUST = 1
 _MODE_ADVANTAGE = 2
+_MODE_IDS = {"smi": _MODE_SMI, "adjust": _MODE_ADJUST, "advantage": _MODE_ADVANTAGE}
 _BUCKET_BLOCK = 1024
 _BUCKET_OPTIONS = {"num_warps": 4, "num_stages": 1}
 _SCAN_CHUNK = 256
@@ -185,6 +194,29 @@ def _pow2_above(x, E_MAX: tl.constexpr):
     return tl.exp2(e)
 
 
+@triton.jit
+def _group_out(rew_ptr, stride_r, out_ptr, b_rows, m_row, n, b_smi, min_denominator, eps,
+               MODE: tl.constexpr, SCALE_STD: tl.constexpr):  # fmt: skip
+    """Store the SMI (mode 0), adjusted rewards (1) or advantages (2) of a group held whole in
+    registers (``b_rows``: its rows, masked by ``m_row``; sums in the order of ``b_rows``)."""
+    if MODE == 0:
+        tl.store(out_ptr + b_rows, b_smi, mask=m_row)
+    else:
+        b_r = tl.load(rew_ptr + b_rows * stride_r, mask=m_row, other=0.0)
+        b_adj = _adjust(b_r.to(b_smi.dtype), b_smi, min_denominator)
+        if MODE == 1:
+            tl.store(out_ptr + b_rows, b_adj, mask=m_row)
+        else:
+            b_mean = tl.sum(tl.where(m_row, b_adj, 0.0), axis=0) / n
+            b_c = b_adj - b_mean
+            b_scale = 1.0
+            if SCALE_STD:
+                b_sqs = tl.sum(tl.where(m_row, b_c * b_c, 0.0), axis=0)
+                b_std = tl.sqrt(b_sqs / tl.maximum(n - 1, 1))
+                b_scale = 1.0 / (b_std + eps)
+            tl.store(out_ptr + b_rows, b_c * b_scale, mask=m_row)
+
+
 # ----------------------------------------------------------------------------- the kernel
 
 
@@ -212,6 +244,7 @@ def _dra_forward_kernel(
     SCALE_STD: tl.constexpr,
     SCAN: tl.constexpr,
     GRAM: tl.constexpr,
+    TILE: tl.constexpr,
     FP32_DOT: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     BM: tl.constexpr,
@@ -244,7 +277,8 @@ def _dra_forward_kernel(
         n = 0  # nothing more to do
 
     done = n == 0
-    if GRAM:  # noqa: SIM102 (a constexpr and a run-time condition: two ifs in Triton)
+    # NOTE: a constexpr and a run-time condition: two ifs in Triton.
+    if GRAM:
         if n <= BM:
             o_m = tl.arange(0, BM)
             m_row = o_m < n
@@ -273,23 +307,25 @@ def _dra_forward_kernel(
                 b_inv = tl.where(m_row, 1.0 / tl.sqrt(tl.where(m_row, b_sq, 1.0)), 0.0)
                 b_cos = acc * b_inv[:, None] * b_inv[None, :]
                 b_smi = tl.sum(tl.where(eye, 0.0, b_cos), axis=1)
-                if MODE == 0:
-                    tl.store(out_ptr + b_rows, b_smi, mask=m_row)
-                else:
-                    b_r = tl.load(rew_ptr + b_rows * stride_r, mask=m_row, other=0.0)
-                    b_adj = _adjust(b_r.to(tl.float32), b_smi, min_denominator)
-                    if MODE == 1:
-                        tl.store(out_ptr + b_rows, b_adj, mask=m_row)
-                    else:
-                        b_mean = tl.sum(tl.where(m_row, b_adj, 0.0), axis=0) / n
-                        b_c = b_adj - b_mean
-                        b_scale = 1.0
-                        if SCALE_STD:
-                            b_sqs = tl.sum(tl.where(m_row, b_c * b_c, 0.0), axis=0)
-                            b_std = tl.sqrt(b_sqs / tl.maximum(n - 1, 1))
-                            b_scale = 1.0 / (b_std + eps)
-                        tl.store(out_ptr + b_rows, b_c * b_scale, mask=m_row)
+                _group_out(rew_ptr, stride_r, out_ptr, b_rows, m_row, n, b_smi, min_denominator,
+                           eps, MODE, SCALE_STD)  # fmt: skip
                 done = True
+    elif TILE:  # noqa: SIM102
+        if n <= BM:
+            o_m = tl.arange(0, BM)
+            m_row = o_m < n
+            b_rows = b_first
+            if not SCAN:
+                b_rows = tl.sort(tl.where(m_row, b_rows, 2**62)).to(tl.int64)
+                b_rows = tl.where(m_row, b_rows, 0)
+            o_d = tl.arange(0, BLOCK_D)
+            b_u = _unit_rows(emb_ptr, stride_en, stride_ed, b_rows, m_row, o_d, o_d < D, ACC)
+            b_sum = tl.sum(b_u, axis=0)
+            b_smi = tl.sum(b_u * b_sum[None, :], axis=1) - tl.sum(b_u * b_u, axis=1)
+            b_smi = tl.where(n > 1, b_smi, 0.0)
+            _group_out(rew_ptr, stride_r, out_ptr, b_rows, m_row, n, b_smi, min_denominator, eps,
+                       MODE, SCALE_STD)  # fmt: skip
+            done = True
 
     if not done:
         b_hi, b_lo, n_nan = _unit_sums(emb_ptr, stride_en, stride_ed, codes_ptr, order_ptr, N, D,
@@ -520,38 +556,91 @@ def _split_forward(
 # ----------------------------------------------------------------------------- launcher
 
 
+_HALVES: dict[float, tuple[float, float]] = {}
+
+
 def _float32_halves(value: float) -> tuple[float, float]:
-    """``(hi, lo)``, both exact in float32, with ``hi + lo`` equal to ``value`` to about 2^-48."""
-    hi = float(np.float32(value))
-    return hi, float(np.float32(value - hi))
+    """``(hi, lo)``, both exact in float32, with ``hi + lo`` equal to ``value`` to about 2^-48
+    (memoised: a call takes two, usually the same every step)."""
+    halves = _HALVES.get(value)
+    if halves is None:
+        hi = float(np.float32(value))
+        halves = hi, float(np.float32(value - hi))
+        if len(_HALVES) < 256:
+            _HALVES[value] = halves
+    return halves
 
 
-def _config(n: int, d: int, num_groups: int, float64: bool, float32: bool = False) -> dict:
-    """Block sizes: the Gram path for half-precision embeddings when the mean group has at most
-    ``GRAM_MAX_ROWS`` rows; else the linear path with row chunks of ``R`` rows of the whole width.
+PATHS = ("gram", "tile", "linear")
+
+
+def _default_path(mean: int, block_d: int, float64: bool, float32: bool) -> str:
+    if float64 or mean > GRAM_MAX_ROWS:
+        return "linear"
+    if not float32:
+        return "gram"
+    return "tile" if triton.next_power_of_2(mean) * block_d <= TILE_MAX_ELEMENTS else "linear"
+
+
+def _config(
+    n: int, d: int, num_groups: int, float64: bool, float32: bool = False, path: str | None = None
+) -> dict:
+    """Block sizes and the per-group path (``path`` forces one, except the Gram path for float64;
+    every path is correct for every input, as groups too large for it take the linear way inside
+    the kernel).
+
+    Default: the Gram path for half-precision embeddings when the mean group has at most
+    ``GRAM_MAX_ROWS`` rows; the tile path for float32 when a whole group of the mean size fits
+    ``TILE_MAX_ELEMENTS``; else the linear path with row chunks of ``R`` rows of the whole width.
 
     NOTE: chosen from the H200 measurements in benchmarks/results/h200-2026-11-27 (kernel alone,
     groups of 16 unless said): the Gram path took 32.5 us (D = 384, bf16) and 89.6 us (D = 768,
     bf16) where the linear one took 68.4 and 180.0; for float32 (tf32x3, three MMAs) it took
-    385.7 us (D = 768) where the linear one took 212.2, so float32 stays linear. Linear chunks:
+    385.7 us (D = 768), the linear one with its fixed-point sums 338.9 us for the whole call
+    (call 4). The tile path (float32 default since) was written after those runs and has **not
+    been timed on a GPU**: it reads each row once and sums in plain float32 in row order, where
+    the linear path reads each row twice and converts every element to two int64 parts; the old
+    sort kernel, two reads and plain float32 sums, took 212.2 us there (call 2). Linear chunks:
     4 rows and 2 warps were fastest for groups of 16 at D = 768 (at D = 1024, 8 rows took 134.2
     us and 4 rows 140.7), 16 rows and 4 warps for groups of 512. Gram: BM = twice the mean group
     (ragged groups up to that size stay on the Gram path); 2 warps and 4 stages beat 4 warps and
     3 stages by 10-35% up to BM = 32, 4 warps were best at BM = 64; BK 64 and 128 tie. The linear
-    fallback in the Gram kernel keeps its tile small, so it does not raise the Gram path's
+    fallback inside the Gram and tile paths keeps its chunk small, so it does not raise their
     register count.
     """
     block_d = triton.next_power_of_2(max(d, 16))
     mean = -(-n // max(num_groups, 1))
-    if not float64 and not float32 and mean <= GRAM_MAX_ROWS:
+    if path is None:
+        path = _default_path(mean, block_d, float64, float32)
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if path == "gram" and float64:
+        path = "linear"  # the Gram path's products are float32 at best
+    fallback_rows = max(1, min(16, 1024 // block_d))
+    if path == "gram":
         return {
             "GRAM": True,
+            "TILE": False,
             "BM": max(16, min(GRAM_MAX_ROWS, triton.next_power_of_2(2 * mean))),
             "BK": 64 if d > 32 else 32,
-            "R": max(1, min(16, 1024 // block_d)),
+            "R": fallback_rows,
             "BLOCK_D": block_d,
             "num_warps": 2 if mean <= 16 else 4,
             "num_stages": 4,
+        }
+    if path == "tile":
+        # NOTE: room for ragged groups up to twice the mean where the budget allows.
+        rows = min(triton.next_power_of_2(2 * mean), max(1, TILE_MAX_ELEMENTS // block_d))
+        rows = max(2, rows, triton.next_power_of_2(mean))
+        return {
+            "GRAM": False,
+            "TILE": True,
+            "BM": rows,
+            "BK": 16,
+            "R": fallback_rows,
+            "BLOCK_D": block_d,
+            "num_warps": max(1, min(16, rows * block_d // TILE_ELEMENTS_PER_THREAD // 32)),
+            "num_stages": 1,
         }
     if mean <= GRAM_MAX_ROWS:
         rows, warps = max(1, min(8, 4096 // block_d)), 2 if block_d <= 1024 else 4
@@ -559,6 +648,7 @@ def _config(n: int, d: int, num_groups: int, float64: bool, float32: bool = Fals
         rows, warps = max(1, min(16, 16384 // block_d)), 4 if block_d <= 1024 else 8
     return {
         "GRAM": False,
+        "TILE": False,
         "BM": 16,
         "BK": 16,
         "R": rows,
@@ -659,7 +749,7 @@ def dra_forward(
         order = counts = ends = codes  # unused
     else:
         order, counts, ends = group_buckets(codes, num_groups)
-    mode_id = {"smi": _MODE_SMI, "adjust": _MODE_ADJUST, "advantage": _MODE_ADVANTAGE}[mode]
+    mode_id = _MODE_IDS[mode]
     float64 = out_dtype == torch.float64
     # NOTE: the linear path of advantages keeps the adjusted rewards in a scratch vector.
     adjusted = torch.empty_like(out) if mode_id == _MODE_ADVANTAGE else out
