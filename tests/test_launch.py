@@ -139,3 +139,43 @@ def test_launch_hooks_are_seen_only_when_set():
     finally:
         chain.remove(hook)
     assert not _hooks_set()
+
+
+def test_cached_argument_list_equals_the_general_one():
+    """The fast path appends a kernel's constexprs, saved once, after its run-time arguments;
+    that must be exactly the argument list built parameter by parameter, and a kernel with a
+    constexpr between run-time parameters must use the general build."""
+    from types import SimpleNamespace
+
+    from dra_kernels._triton.launch import _trailing, _values
+
+    def kernel(*names):
+        params = [SimpleNamespace(name=n, is_constexpr=n.isupper()) for n in names]
+        return SimpleNamespace(params=params)
+
+    args, constexprs = (torch.zeros(1), 7, 2.5), {"A": 11, "B": 13}
+    trailing_kernel = kernel("x", "n", "s", "A", "B")
+    tail = _trailing(trailing_kernel, constexprs, "all")
+    assert (*args, *tail) == tuple(_values(trailing_kernel, args, constexprs, "all"))
+    assert _trailing(trailing_kernel, constexprs, "runtime") == ()
+    assert _trailing(kernel("x", "A", "n", "s", "B"), constexprs, "all") is None
+
+
+def test_this_packages_kernels_take_their_constexprs_last():
+    """So every launch of theirs takes the cached argument list (``_trailing``). Read from the
+    kernels' signatures, which the CPU interpreter keeps too."""
+    import inspect
+    from types import SimpleNamespace
+
+    from dra_kernels._triton import dra
+    from dra_kernels._triton.launch import _trailing
+
+    for fn in (dra._dra_forward_kernel, dra._count_kernel, dra._place_kernel):
+        signature = inspect.signature(fn.fn).parameters.values()
+        params = [
+            SimpleNamespace(name=p.name, is_constexpr="constexpr" in str(p.annotation))
+            for p in signature
+        ]
+        constexprs = {p.name: 0 for p in params if p.is_constexpr}
+        assert constexprs, fn
+        assert _trailing(SimpleNamespace(params=params), constexprs, "all") is not None, fn

@@ -106,11 +106,29 @@ def _values(fn, args: tuple, constexprs: dict[str, Any], convention: str) -> lis
     return values
 
 
-def _run(compiled, grid: tuple[int, ...], values: list[Any], device: torch.device) -> None:
-    stream = torch.cuda.current_stream(device).cuda_stream
+def _trailing(fn, constexprs: dict[str, Any], convention: str) -> tuple | None:
+    """What follows the run-time arguments in ``run``'s argument list, when that does not depend
+    on them: nothing (convention "runtime"), or the constexprs in order when they all come after
+    the run-time parameters (as in this package's kernels); else None (see :func:`_values`)."""
+    if convention == "runtime":
+        return ()
+    kinds = [param.is_constexpr for param in fn.params]
+    if kinds != sorted(kinds):  # a constexpr before a run-time parameter
+        return None
+    return tuple(constexprs[param.name] for param in fn.params if param.is_constexpr)
+
+
+def _stream_of(device: torch.device) -> int:
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # what Triton itself calls
+    if raw is not None:
+        return raw(device.index)
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _run(compiled, grid: tuple[int, ...], values: Any, device: torch.device) -> None:
     g = (*grid, 1, 1)
     compiled.run(
-        g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata,
+        g[0], g[1], g[2], _stream_of(device), compiled.function, compiled.packed_metadata,
         None, None, None, *values,
     )  # fmt: skip
 
@@ -170,13 +188,17 @@ def launch(
     convention = _STATE["convention"]
     if static_key is None:
         static_key = (tuple(constexprs.items()), num_warps, num_stages)
-    key = (fn, device.index, static_key, tuple([_spec(a) for a in args]))
-    compiled = _CACHE.get(key) if convention is not None else None
-    if compiled is None:
+    key = (fn, device.index, static_key, *map(_spec, args))
+    entry = _CACHE.get(key) if convention is not None else None
+    if entry is None:
         compiled = _through_triton(
             fn, grid, args, constexprs, num_warps=num_warps, num_stages=num_stages
         )
         if convention is not None and compiled is not None and hasattr(compiled, "run"):
-            _CACHE[key] = compiled
+            _CACHE[key] = (compiled, _trailing(fn, constexprs, convention))
         return
-    _run(compiled, grid, _values(fn, args, constexprs, convention), device)
+    compiled, trailing = entry
+    if trailing is None:
+        _run(compiled, grid, _values(fn, args, constexprs, convention), device)
+    else:
+        _run(compiled, grid, (*args, *trailing), device)
