@@ -271,12 +271,11 @@ def test_every_group_path_for_every_dtype(path, monkeypatch, poisoned_outputs):
             assert_close(out, float64_reference(mode, r, e, ids), dtype, f"{path} {mode} {dtype}")
 
 
-@pytest.mark.parametrize("path", ["gram", "tile"])
-def test_small_group_paths_give_the_same_bits_in_scan_and_bucket_mode(
-    path, row_finding, monkeypatch
-):
-    """Bucket order depends on atomic timing; the Gram and tile paths sort each group's rows, so
-    their sums run in row order, as in scan mode: both modes must agree bit for bit. (The
+@pytest.mark.parametrize("path", ["gram", "tile", "linear"])
+def test_every_path_gives_the_same_bits_in_scan_and_bucket_mode(path, row_finding, monkeypatch):
+    """Bucket order depends on atomic timing. The Gram and tile paths sort each group's rows, so
+    their sums run in row order as in scan mode; the linear path sums in fixed point, exact in
+    any order and grouping of rows. Either way both modes must agree bit for bit. (The
     interpreter runs atomics in index order, so the buckets are reversed here to stand for an
     arbitrary order.)"""
     from dra_kernels._triton import dra
@@ -298,9 +297,9 @@ def test_small_group_paths_give_the_same_bits_in_scan_and_bucket_mode(
 
     monkeypatch.setattr(dra, "group_buckets", reversed_buckets)
     gen = torch.Generator().manual_seed(22)
-    ids, _ = random_layout(gen, [16, 7, 16, 12])
+    ids, _ = random_layout(gen, [16, 7, 16, 12, 45])
     ids = ids.to(device())
-    for dtype in (torch.bfloat16, torch.float32):
+    for dtype in (torch.bfloat16, torch.float32, torch.float64):
         e = realistic_embeddings(gen, ids.numel(), 48, dtype).to(device())
         r = torch.randn(ids.numel(), generator=gen).to(device())
         for mode in MODES:

@@ -180,6 +180,14 @@ def _from_fixed(hi, lo):
 
 
 @triton.jit
+def _from_fixed58(hi, lo):
+    """``hi 2^-28 + lo 2^-58`` from sums of :func:`_unit_sums`' parts. Both terms are exact in
+    float64 and their sum is correctly rounded, so equal totals give equal bits however the rows
+    were grouped into chunks or programs."""
+    return hi.to(tl.float64) * 3.725290298461914e-09 + lo.to(tl.float64) * 3.469446951953614e-18
+
+
+@triton.jit
 def _adjust(b_r, b_smi, min_denominator):
     b_den = 1.0 + b_smi
     # NOTE: not tl.maximum, which drops NaN: a NaN SMI must give NaN, as in torch.
@@ -331,7 +339,7 @@ def _dra_forward_kernel(
         b_hi, b_lo, n_nan = _unit_sums(emb_ptr, stride_en, stride_ed, codes_ptr, order_ptr, N, D,
                                        K, i_g, i_start, n, 0, 1, R, BLOCK_D, CHUNK, SCAN,
                                        ACC)  # fmt: skip
-        b_sum = _from_fixed(b_hi, b_lo).to(ACC)
+        b_sum = _from_fixed58(b_hi, b_lo).to(ACC)
         b_sum = tl.where(n_nan > 0, float("nan"), b_sum)
         amax = _rows_out(emb_ptr, stride_en, stride_ed, rew_ptr, stride_r, codes_ptr, order_ptr,
                          out_ptr, adj_ptr, N, D, K, i_g, i_start, n, 0, 1, b_sum,
@@ -353,6 +361,7 @@ def _unit_sums(emb_ptr, stride_en, stride_ed, codes_ptr, order_ptr, N, D, K, i_g
     """Pass 1 over chunks ``i_first, i_first + i_step, ...`` (``R`` rows each) of the group: the
     sum of the unit rows in fixed point (two int64 parts: exact, so in any row order) and the
     number of NaN elements met."""
+    tl.static_assert(R <= 16, "the fixed-point chunk sums hold at most 16 rows")
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < D
     b_hi = tl.zeros([BLOCK_D], dtype=tl.int64)
@@ -364,9 +373,13 @@ def _unit_sums(emb_ptr, stride_en, stride_ed, codes_ptr, order_ptr, N, D, K, i_g
         b_u = _unit_rows(emb_ptr, stride_en, stride_ed, b_rows, m_row, o_d, m_d, ACC)
         n_nan += tl.sum(tl.sum((b_u != b_u).to(tl.int32), axis=1), axis=0)
         b_u = tl.where(b_u == b_u, b_u, 0.0)
-        p_hi, p_lo = _fixed_parts(b_u)
-        b_hi += tl.sum(p_hi, axis=0)
-        b_lo += tl.sum(p_lo, axis=0)
+        # NOTE: one int64 per element (not two): the chunk's rows summed exactly in units of
+        # 2^-58 (|sum| <= R 2^58 < 2^63), then split in two parts so that any number of chunks
+        # adds up without overflow. Truncation is a fixed function of each element, so the
+        # total does not depend on the order or grouping of rows (see _from_fixed58).
+        b_c = tl.sum((b_u * 288230376151711744.0).to(tl.int64), axis=0)
+        b_hi += b_c >> 30
+        b_lo += b_c & 1073741823
     return b_hi, b_lo, n_nan
 
 
@@ -500,7 +513,7 @@ def _split_rows_kernel(emb_ptr, stride_en, stride_ed, rew_ptr, stride_r, order_p
             b_hi += tl.load(parts_ptr + i_part * (2 * BLOCK_D) + o_d)
             b_lo += tl.load(parts_ptr + i_part * (2 * BLOCK_D) + BLOCK_D + o_d)
             n_nan += tl.load(nans_ptr + i_part)
-        b_sum = _from_fixed(b_hi, b_lo).to(ACC)
+        b_sum = _from_fixed58(b_hi, b_lo).to(ACC)
         b_sum = tl.where(n_nan > 0, float("nan"), b_sum)
         amax = _rows_out(emb_ptr, stride_en, stride_ed, rew_ptr, stride_r, order_ptr, order_ptr,
                          out_ptr, adj_ptr, N, D, K, i_g, i_start, n, i_s, split, b_sum,
@@ -629,9 +642,11 @@ def _config(
             "num_stages": 4,
         }
     if path == "tile":
-        # NOTE: room for ragged groups up to twice the mean where the budget allows.
-        rows = min(triton.next_power_of_2(2 * mean), max(1, TILE_MAX_ELEMENTS // block_d))
-        rows = max(2, rows, triton.next_power_of_2(mean))
+        # NOTE: the mean group, not twice it as on the Gram path: compiled for sm_90, a 32 x 512
+        # float32 tile needs 95 registers a thread at 16 warps (one program per multiprocessor),
+        # 16 x 512 about 70 at 8 warps (three); see benchmarks/resources.py. Larger groups of a
+        # ragged batch take the linear way in the kernel.
+        rows = max(2, min(triton.next_power_of_2(mean), TILE_MAX_ELEMENTS // block_d))
         return {
             "GRAM": False,
             "TILE": True,

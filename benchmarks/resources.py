@@ -1,0 +1,189 @@
+"""Registers, spills and occupancy of the kernel's variants, compiled for a GPU on any machine.
+
+Triton compiles for a given target without a GPU (its wheel carries ``ptxas`` and ``cuobjdump``),
+so what each configuration costs in registers, local memory (spills) and shared memory can be read
+on a CPU-only machine, and with it how many programs fit on one multiprocessor. That says nothing
+about time; it says which configurations are worth timing, and whether one spills.
+
+Usage::
+
+    python -m benchmarks.resources                    # sm_90 (H100 / H200), the main variants
+    python -m benchmarks.resources --arch 80 --out out/resources.json
+
+Occupancy uses the limits of compute capability 8.0 / 9.0: 65,536 registers, 2,048 threads and 32
+blocks per multiprocessor, registers allocated per warp in units of 256, and the shared memory of
+the device (164 KiB on 8.0, 228 KiB on 9.0, 1 KiB of each block reserved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SHARED_PER_SM = {80: 164 * 1024, 86: 100 * 1024, 89: 100 * 1024, 90: 228 * 1024}
+MAX_THREADS_PER_SM = {80: 2048, 86: 1536, 89: 1536, 90: 2048}
+
+_POINTERS = {
+    "emb_ptr": None,
+    "rew_ptr": "*fp32",
+    "codes_ptr": "*i64",
+    "order_ptr": "*i32",
+    "counts_ptr": "*i32",
+    "ends_ptr": "*i32",
+    "out_ptr": "*fp32",
+    "adj_ptr": "*fp32",
+}
+_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+# (G, D, dtype): the group sizes and widths of issue 3's grid
+SHAPES = tuple(
+    (g, d, dtype)
+    for dtype in ("bfloat16", "float32")
+    for g, d in ((8, 384), (16, 384), (16, 768), (16, 1024), (64, 384), (64, 1024), (512, 768))
+)
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def _signature(fn, constexprs: dict[str, Any], emb_type: str) -> dict[str, str]:
+    signature = {}
+    for name in inspect.signature(fn.fn).parameters:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in _POINTERS:
+            signature[name] = _POINTERS[name] or "*" + emb_type
+        elif name.startswith(("min_den", "eps")):
+            signature[name] = "fp32"
+        elif name.startswith("stride"):
+            signature[name] = "i64"
+        else:
+            signature[name] = "i32"
+    return signature
+
+
+def compile_usage(
+    fn, constexprs: dict[str, Any], emb_type: str, num_warps: int, num_stages: int, arch: int
+) -> dict[str, int]:
+    """``{"REG", "STACK", "SHARED", "LOCAL"}`` of ``fn`` compiled for ``sm_<arch>``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    source = ASTSource(fn, _signature(fn, constexprs, emb_type), constexprs)
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(compiled.asm["cubin"])
+        text = subprocess.run(
+            [_tool("cuobjdump"), "-res-usage", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    if "REG" not in found:
+        raise RuntimeError(f"no resource usage in cuobjdump's output: {text[:300]!r}")
+    usage = {key: int(value) for key, value in found.items()}
+    usage["SHARED"] = max(usage.get("SHARED", 0), int(compiled.metadata.shared))
+    return usage
+
+
+def programs_per_sm(usage: dict[str, int], num_warps: int, arch: int) -> int:
+    """Resident programs per multiprocessor allowed by registers, threads, shared memory."""
+    per_warp = -(-max(usage["REG"], 1) * 32 // 256) * 256
+    by_regs = 65536 // (per_warp * num_warps)
+    by_threads = MAX_THREADS_PER_SM.get(arch, 2048) // (32 * num_warps)
+    shared = usage["SHARED"] + 1024
+    by_shared = SHARED_PER_SM.get(arch, 100 * 1024) // shared
+    return max(0, min(by_regs, by_threads, by_shared, 32))
+
+
+def variants(g: int, d: int, dtype: str) -> list[tuple[str, dict[str, Any], dict[str, int]]]:
+    """The default configuration for groups of ``g`` and the other paths' configurations, plus
+    the tile path at other warp counts: ``(name, constexprs, options)``."""
+    import triton
+    import triton.language as tl
+
+    from dra_kernels._triton import dra
+
+    float32 = dtype == "float32"
+    default = dra._default_path(g, triton.next_power_of_2(max(d, 16)), False, float32)
+    out = []
+    for path in dra.PATHS:
+        config = dra._config(g, d, 1, False, float32, path=path)
+        options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
+        constexprs = {"MODE": 1, "SCALE_STD": True, "SCAN": False, "FP32_DOT": float32,
+                      "UPCAST_DOT": False, "CHUNK": 256, "ACC": tl.float32, "E_MAX": 100,
+                      **config}  # fmt: skip
+        name = path + (" (default)" if path == default else "")
+        out.append((name, constexprs, options))
+        if path == "tile":
+            for warps in (4, 8, 16):
+                if warps != options["num_warps"]:
+                    out.append((f"tile w{warps}", constexprs, {**options, "num_warps": warps}))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.resources")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100)")
+    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--quick", action="store_true", help="one shape only (a smoke test)")
+    args = parser.parse_args(argv)
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+
+    from dra_kernels._triton import dra
+
+    rows = []
+    shapes = SHAPES[2:3] if args.quick else SHAPES
+    print(f"Triton {triton.__version__}, sm_{args.arch}; registers per thread, bytes per program")
+    print(f"{'G':>4} {'D':>5} {'dtype':9} {'variant':17} {'BM':>3} {'warps':>5} {'REG':>4} "
+          f"{'LOCAL':>5} {'SHARED':>6} {'progs/SM':>8} {'warps/SM':>8}")  # fmt: skip
+    for g, d, dtype in shapes:
+        for name, constexprs, options in variants(g, d, dtype):
+            row = {"G": g, "D": d, "dtype": dtype, "variant": name, **options}
+            row["BM"] = constexprs["BM"] if constexprs["GRAM"] or constexprs["TILE"] else None
+            try:
+                usage = compile_usage(dra._dra_forward_kernel, constexprs, _TYPES[dtype],
+                                      options["num_warps"], options["num_stages"],
+                                      args.arch)  # fmt: skip
+            except Exception as exc:  # report and go on: one variant may not compile
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                print(f"{g:>4} {d:>5} {dtype:9} {name:17} error: {row['error']}")
+                rows.append(row)
+                continue
+            row.update(usage)
+            row["programs_per_sm"] = programs_per_sm(usage, options["num_warps"], args.arch)
+            row["warps_per_sm"] = row["programs_per_sm"] * options["num_warps"]
+            rows.append(row)
+            print(f"{g:>4} {d:>5} {dtype:9} {name:17} {row['BM'] or '-':>3} "
+                  f"{options['num_warps']:>5} {usage['REG']:>4} {usage.get('LOCAL', 0):>5} "
+                  f"{usage['SHARED']:>6} {row['programs_per_sm']:>8} {row['warps_per_sm']:>8}",
+                  flush=True)  # fmt: skip
+    if args.out is not None:
+        import torch
+
+        from dra_kernels import benchmark as bench
+
+        meta = {"arch": args.arch, **bench.environment(torch.device("cpu"))}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    return 1 if any("error" in row for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
