@@ -44,8 +44,35 @@ SHAPES = (
     (256, 512, 1024, "float32"),
 )
 SWEEP_SHAPES = {(4096, 16, 384, "bfloat16"), (8192, 16, 768, "bfloat16"),
-                (8192, 16, 768, "float32"), (2048, 64, 384, "bfloat16"),
-                (256, 512, 768, "bfloat16")}  # fmt: skip
+                (8192, 16, 768, "float32"), (4096, 16, 1024, "float32"),
+                (2048, 64, 384, "bfloat16"), (256, 512, 768, "bfloat16")}  # fmt: skip
+
+SMALL_SHAPES = ((2, 4, 16, "bfloat16"), (8, 16, 40, "float32"))
+SMALL_SWEEP_SHAPES = {(8, 16, 40, "float32")}
+
+
+def _variants(dra, size: int, dim: int, dtype: str) -> dict[str, dict[str, Any]]:
+    """Overrides of the default plan to time, by name: each per-group path at its own default
+    settings (the Gram path for float32 runs in tf32x3), the tile path at 4, 8 and 16 warps, the
+    linear path's chunk rows and warps."""
+    float32 = dtype == "float32"
+    default = dra._default_path(size, max(16, 1 << (dim - 1).bit_length()), False, float32)
+    out = {}
+    for path in dra.PATHS:
+        config = dra._config(size, dim, 1, False, float32, path=path)
+        tag = " (default)" if path == default else ""
+        if path == "gram":
+            out[f"gram BM{config['BM']} w{config['num_warps']}{tag}"] = config
+        if path == "tile":
+            for warps in sorted({4, 8, 16, config["num_warps"]}):
+                mark = tag if warps == config["num_warps"] else ""
+                out[f"tile BM{config['BM']} w{warps}{mark}"] = {**config, "num_warps": warps}
+        if path == "linear":
+            for rows, warps in sorted({(4, 2), (8, 2), (16, 4), (8, 4),
+                                       (config["R"], config["num_warps"])}):  # fmt: skip
+                mark = tag if (rows, warps) == (config["R"], config["num_warps"]) else ""
+                out[f"linear R{rows} w{warps}{mark}"] = {**config, "R": rows, "num_warps": warps}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # NOTE: before triton is imported
-    import triton
 
     from benchmarks._probe_kernels import noop_kernel
     from dra_kernels import benchmark as bench
@@ -132,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         results["errors"].append(traceback.format_exc(limit=4))
     flush()
 
-    shapes = ((2, 4, 16, "bfloat16"), (8, 16, 40, "float32")) if args.small else SHAPES
+    shapes = SMALL_SHAPES if args.small else SHAPES
     if args.host_only:
         shapes = ()
     for groups, size, dim, dtype in shapes:
@@ -167,41 +193,22 @@ def main(argv: list[str] | None = None) -> int:
                     row["wall_buckets_kernel"] = wall(
                         lambda: launch(e, r, ids, k, dra.group_buckets(ids, k), False)
                     )
-                if (groups, size, dim, dtype) in SWEEP_SHAPES and layout == "sorted":
+                sweep_shapes = SMALL_SWEEP_SHAPES if args.small else SWEEP_SHAPES
+                if (groups, size, dim, dtype) in sweep_shapes and layout == "sorted":
                     base = dra._plan(dim, -(-n // k), False, 1, True, False, e.dtype, "cuda")[0]
-                    variants = []
-                    if base["GRAM"]:
-                        for bk in (64, 128):
-                            for nw in (2, 4):
-                                for ns in (2, 4):
-                                    variants.append({"BK": bk, "num_warps": nw, "num_stages": ns})
-                        variants.append({"BM": 2 * base["BM"]})
-                    else:
-                        for rr in (4, 8, 16):
-                            for nw in (2, 4, 8):
-                                variants.append({"R": rr, "num_warps": nw})
-                        if dtype == "float32" and size <= 64:
-                            # the Gram path in tf32x3 with one row block per group
-                            variants.append(
-                                {
-                                    "GRAM": True,
-                                    "BM": max(16, triton.next_power_of_2(size)),
-                                    "BK": 64,
-                                    "R": 1,
-                                    "num_warps": 2,
-                                    "num_stages": 4,
-                                }
-                            )
-                    sweep = {}
-                    for v in variants:
-                        name = ",".join(f"{a}={b}" for a, b in v.items())
+                    variants = _variants(dra, size, dim, dtype)
+                    sweep, sweep_err = {}, {}
+                    for name, v in variants.items():
                         try:
+                            got = launch(e, r, ids, k, buckets, False, **v)
+                            sweep_err[name] = float((got - ref).abs().max())
                             sweep[name] = timed(
                                 lambda v=v: launch(e, r, ids, k, buckets, False, **v), rep_ms=5.0
                             )
                         except Exception as exc:
                             sweep[name] = f"{type(exc).__name__}: {str(exc)[:100]}"
                     row["sweep"] = sweep
+                    row["sweep_err"] = sweep_err
             except Exception:
                 row["error"] = traceback.format_exc(limit=4)
             results["rows"].append(row)
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 + " ".join(
                     f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
                     for key, value in row.items()
-                    if key != "sweep"
+                    if key not in ("sweep", "sweep_err")
                 ),
                 flush=True,
             )

@@ -174,3 +174,23 @@ def test_time_call_quantiles_are_ordered():
     timing = bench.time_call(lambda: sum(range(100)), CPU, warmup_ms=0.1, rep_ms=1.0)
     assert 0 < timing.p20 <= timing.p50 <= timing.p80
     assert timing.reps >= 5
+
+
+def test_probe_sweep_times_every_path_and_marks_the_default():
+    """benchmarks/gpu_probe.py's sweep: the three per-group paths with their variants, exactly
+    one of them the configuration the kernel would pick."""
+    pytest.importorskip("triton")
+    from benchmarks.gpu_probe import _variants
+    from dra_kernels._triton import dra
+
+    for size, dim, dtype, default in (
+        (16, 768, "bfloat16", "gram"),
+        (16, 768, "float32", "tile"),
+        (512, 768, "bfloat16", "linear"),
+    ):
+        variants = _variants(dra, size, dim, dtype)
+        assert {name.split()[0] for name in variants} == set(dra.PATHS)
+        marked = [name for name in variants if name.endswith("(default)")]
+        assert len(marked) == 1 and marked[0].startswith(default), (size, dtype, marked)
+        chosen = dra._config(size, dim, 1, False, dtype == "float32")
+        assert variants[marked[0]] == chosen
