@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             (options if name in options else constexprs)[name] = value
         out = torch.empty(n, dtype=torch.float32, device=device)
         order, counts, ends = (codes, codes, codes) if scan else buckets
-        args = (e, e.stride(0), e.stride(1), r, r.stride(0), codes, order, counts, ends, out, out,
+        args = (e, e.stride(0), e.stride(1), r, r.stride(0), codes, order, counts, ends, out,
                 n, d, k, 0.1, 0.0, 1e-4, 0.0)  # fmt: skip
         dra._dra_forward_kernel[(k + 1,)](*args, **constexprs, **options)
         return out

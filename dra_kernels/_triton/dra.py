@@ -240,7 +240,6 @@ def _dra_forward_kernel(
     counts_ptr,
     ends_ptr,
     out_ptr,
-    adj_ptr,
     N,
     D,
     K,
@@ -342,12 +341,12 @@ def _dra_forward_kernel(
         b_sum = _from_fixed58(b_hi, b_lo).to(ACC)
         b_sum = tl.where(n_nan > 0, float("nan"), b_sum)
         amax = _rows_out(emb_ptr, stride_en, stride_ed, rew_ptr, stride_r, codes_ptr, order_ptr,
-                         out_ptr, adj_ptr, N, D, K, i_g, i_start, n, 0, 1, b_sum,
+                         out_ptr, out_ptr, N, D, K, i_g, i_start, n, 0, 1, b_sum,
                          min_denominator, MODE, R, BLOCK_D, CHUNK, SCAN, ACC)  # fmt: skip
         if MODE == 2:
             # NOTE: the barrier makes this program's stores of adj visible to all its threads.
             tl.debug_barrier()
-            _advantages_out(codes_ptr, order_ptr, out_ptr, adj_ptr, N, K, i_g, i_start, n, amax,
+            _advantages_out(codes_ptr, order_ptr, out_ptr, out_ptr, N, K, i_g, i_start, n, amax,
                             eps, SCALE_STD, R, CHUNK, SCAN, ACC, E_MAX)  # fmt: skip
 
 
@@ -418,7 +417,9 @@ def _advantages_out(codes_ptr, order_ptr, out_ptr, adj_ptr, N, K, i_g, i_start, 
                     SCAN: tl.constexpr, ACC: tl.constexpr, E_MAX: tl.constexpr):  # fmt: skip
     """The group's mean (and unbiased std) of the adjusted rewards in ``adj``, summed in fixed
     point after scaling by a power of two above ``amax`` (exact, so in any row order), then the
-    advantages into ``out``. With an infinite or NaN value, plain sums give inf / NaN."""
+    advantages into ``out``. With an infinite or NaN value, plain sums give inf / NaN. ``adj``
+    may be ``out`` itself (as the launcher passes it): each row is read before it is written, by
+    the same thread, and the caller's barrier orders the earlier stores."""
     finite = amax < float("inf")
     b_unit = _pow2_above(amax, E_MAX)
     s_hi = tl.zeros([R], dtype=tl.int64)
@@ -766,8 +767,6 @@ def dra_forward(
         order, counts, ends = group_buckets(codes, num_groups)
     mode_id = _MODE_IDS[mode]
     float64 = out_dtype == torch.float64
-    # NOTE: the linear path of advantages keeps the adjusted rewards in a scratch vector.
-    adjusted = torch.empty_like(out) if mode_id == _MODE_ADVANTAGE else out
     args = (
         embeddings,
         embeddings.stride(0),
@@ -779,7 +778,6 @@ def dra_forward(
         counts,
         ends,
         out,
-        adjusted,
         n,
         d,
         num_groups,
@@ -796,7 +794,7 @@ def dra_forward(
     if split > 1:
         halves = args[-4:]
         _split_forward(rewards, embeddings, codes, num_groups, (order, counts, ends), out,
-                       adjusted, mode_id, scale == "std", halves, split, constexprs,
+                       out, mode_id, scale == "std", halves, split, constexprs,
                        options)  # fmt: skip
         return out
     launch(_dra_forward_kernel, (num_groups + 1,), args, constexprs, static_key=plan_key, **options)
