@@ -362,3 +362,27 @@ def test_large_groups_split_among_programs_match_one_program_bit_for_bit(
     bad[::7] = 99
     out = dra.dra_forward(r, e, bad, 5, mode="advantage", min_denominator=0.1)
     assert torch.isnan(out[bad == 99]).all() and not torch.isnan(out[bad != 99]).any()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_buckets_hold_each_groups_rows_with_their_counts_and_ends(fused, row_finding, monkeypatch):
+    """The counting sort: each bucket (the last one for out-of-range codes) holds exactly its
+    rows; counts and inclusive ends are exact, whether the counting kernel's last program
+    computes the ends (over several blocks of counts here) or torch.cumsum does."""
+    from dra_kernels._triton import dra
+
+    if row_finding == "scan":
+        pytest.skip("the buckets themselves are tested (once)")
+    monkeypatch.setattr(dra, "FUSED_ENDS_MAX", 1 << 30 if fused else 0)
+    monkeypatch.setattr(dra, "_ENDS_BLOCK", 64)
+    gen = torch.Generator().manual_seed(23)
+    for n, k in ((1, 1), (3000, 300), (2500, 2)):
+        codes = torch.randint(-2, k + 2, (n,), generator=gen).to(device())
+        order, counts, ends = dra.group_buckets(codes, k)
+        bucket = torch.where((codes >= 0) & (codes < k), codes, k).cpu()
+        want = torch.bincount(bucket, minlength=k + 1)
+        assert torch.equal(counts.cpu().long(), want), (n, k)
+        assert torch.equal(ends.cpu().long(), torch.cumsum(want, 0)), (n, k)
+        rows = order.cpu().long()
+        assert torch.equal(torch.sort(rows).values, torch.arange(n))
+        assert torch.equal(bucket[rows], torch.sort(bucket).values)  # rows grouped by bucket

@@ -6,10 +6,11 @@ be unsorted, interleaved and of any size. A program finds its group's rows in on
 - **scan** (small batches, see :data:`SCAN_MAX_ROWS`): it reads the group codes of the whole batch
   and picks its own rows in index order. The call is one launch.
 - **buckets** (larger batches): a counting sort without a sort. One kernel counts the rows of each
-  group with integer atomics (each row keeps the slot the atomic gave it), ``torch.cumsum`` turns
-  the counts into bucket ends, a second kernel writes each row index into its bucket. Four small
-  launches, linear work, no host synchronisation. The order of rows inside a bucket depends on
-  atomic timing; everything that reads a bucket is written so the result does not (below).
+  group with integer atomics (each row keeps the slot the atomic gave it) and its last program
+  turns the counts into bucket ends; a second kernel writes each row index into its bucket. With
+  the zeroed counters, three small launches before the main one, linear work, no host
+  synchronisation. The order of rows inside a bucket depends on atomic timing; everything that
+  reads a bucket is written so the result does not (below).
 
 Per group of ``n`` rows, three ways to compute ``SMI_i = sum_{j != i} cos(e_i, e_j)``:
 
@@ -49,7 +50,7 @@ __all__ = ["dra_forward", "group_buckets"]
 SCAN_MAX_ROWS = 2048
 SCAN_MAX_WORK = 1 << 20
 """Batches of at most ``SCAN_MAX_ROWS`` rows with ``N * (num_groups + 1)`` up to this scan (one
-launch); larger ones go through the buckets (four small launches)."""
+launch); larger ones go through the buckets (three small launches more)."""
 
 GRAM_MAX_ROWS = 64
 """Largest group handled by the Gram-matrix path (``BM``)."""
@@ -71,13 +72,31 @@ _SCAN_CHUNK = 256
 
 
 @triton.jit
-def _count_kernel(codes_ptr, slot_ptr, counts_ptr, N, K, BLOCK: tl.constexpr):
+def _count_kernel(codes_ptr, slot_ptr, counts_ptr, ends_ptr, done_ptr, N, K, BLOCK: tl.constexpr,
+                  ENDS: tl.constexpr, ENDS_BLOCK: tl.constexpr):  # fmt: skip
+    """Each row's slot in its bucket (an integer atomic per row). With ``ENDS``, the program that
+    finishes last also turns the counts into bucket ends (an inclusive prefix sum)."""
     o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = o < N
     c = tl.load(codes_ptr + o, mask=m, other=0)
     bucket = tl.where((c >= 0) & (c < K), c, K)
     slot = tl.atomic_add(counts_ptr + bucket, 1, mask=m)
     tl.store(slot_ptr + o, slot, mask=m)
+    if ENDS:
+        # NOTE: every thread has its atomics' results (stored above) before the barrier, so
+        # this program's counts are in memory before its ticket; the ticket's acquire-release
+        # order makes all programs' counts visible to the last one (the pattern of Triton's
+        # layer-norm tutorial, which reads other programs' sums after an atomic).
+        tl.debug_barrier()
+        ticket = tl.atomic_add(done_ptr, 1, sem="acq_rel")
+        if ticket == tl.num_programs(0) - 1:
+            total = tl.zeros([], dtype=tl.int32)
+            for i_k in range(0, K + 1, ENDS_BLOCK):
+                o_k = i_k + tl.arange(0, ENDS_BLOCK)
+                m_k = o_k <= K
+                b_n = tl.load(counts_ptr + o_k, mask=m_k, other=0, volatile=True)
+                tl.store(ends_ptr + o_k, total + tl.cumsum(b_n, axis=0), mask=m_k)
+                total += tl.sum(b_n, axis=0)
 
 
 @triton.jit
@@ -91,22 +110,37 @@ def _place_kernel(codes_ptr, slot_ptr, counts_ptr, ends_ptr, order_ptr, N, K, BL
     tl.store(order_ptr + start + slot, o, mask=m)
 
 
+FUSED_ENDS_MAX = 16384
+"""Up to this many buckets the counting kernel computes the bucket ends itself (its last program
+walks the counts in blocks of ``_ENDS_BLOCK``); above it, ``torch.cumsum`` does (one launch more,
+but a parallel one)."""
+_ENDS_BLOCK = 4096
+
+
 def group_buckets(
     codes: torch.Tensor, num_groups: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(order, counts, ends)``: row indices bucketed by group (bucket ``K`` holds rows whose
-    code is out of range), each bucket's size and end in ``order``. No host synchronisation."""
+    code is out of range), each bucket's size and end in ``order``. No host synchronisation: two
+    small launches and two allocations (three launches above :data:`FUSED_ENDS_MAX` groups)."""
     n = codes.shape[0]
     device = codes.device
-    counts = torch.zeros(num_groups + 1, dtype=torch.int32, device=device)
-    slot = torch.empty(n, dtype=torch.int32, device=device)
+    k1 = num_groups + 1
+    # one zeroed block for the counts, the ends and the finished-programs ticket; one block for
+    # each row's slot and the order
+    counters = torch.zeros(2 * k1 + 1, dtype=torch.int32, device=device)
+    counts, ends, done = counters[:k1], counters[k1 : 2 * k1], counters[2 * k1 :]
+    rows = torch.empty(2 * n, dtype=torch.int32, device=device)
+    slot, order = rows[:n], rows[n:]
     grid = (triton.cdiv(n, _BUCKET_BLOCK),)
-    block = {"BLOCK": _BUCKET_BLOCK}
-    launch(_count_kernel, grid, (codes, slot, counts, n, num_groups), block, **_BUCKET_OPTIONS)
-    ends = torch.cumsum(counts, 0, dtype=torch.int32)
-    order = torch.empty(n, dtype=torch.int32, device=device)
+    fused = k1 <= FUSED_ENDS_MAX
+    constexprs = {"BLOCK": _BUCKET_BLOCK, "ENDS": fused, "ENDS_BLOCK": _ENDS_BLOCK}
+    args = (codes, slot, counts, ends, done, n, num_groups)
+    launch(_count_kernel, grid, args, constexprs, **_BUCKET_OPTIONS)
+    if not fused:
+        torch.cumsum(counts, 0, dtype=torch.int32, out=ends)
     args = (codes, slot, counts, ends, order, n, num_groups)
-    launch(_place_kernel, grid, args, block, **_BUCKET_OPTIONS)
+    launch(_place_kernel, grid, args, {"BLOCK": _BUCKET_BLOCK}, **_BUCKET_OPTIONS)
     return order, counts, ends
 
 
