@@ -194,3 +194,30 @@ def test_probe_sweep_times_every_path_and_marks_the_default():
         assert len(marked) == 1 and marked[0].startswith(default), (size, dtype, marked)
         chosen = dra._config(size, dim, 1, False, dtype == "float32")
         assert variants[marked[0]] == chosen
+
+
+def test_gpu_session_fits_one_device_call_and_summarises_its_results(tmp_path):
+    """The device tool allows one command ten minutes: the steps' limits must fit in it. The
+    summary printed last reads each step's JSON (here a minimal fake of each)."""
+    import json
+
+    from benchmarks import gpu_session
+
+    assert sum(limit for _, limit, _ in gpu_session.STEPS) <= 560
+    (tmp_path / "check").mkdir()
+    (tmp_path / "probe").mkdir()
+    check = {
+        "meta": {"device_name": "GPU X", "torch": "t", "triton": "3.6", "triton_fast_launch": {}},
+        "checks": {"a": {"ok": True}, "b": {"ok": False}},
+        "targets": {"1_floor": {"status": "fail"}},
+    }
+    (tmp_path / "check" / "bench.json").write_text(json.dumps(check))
+    sweep = {"gram BM32 w2 (default)": 90.0, "tile BM16 w16": 70.0, "linear R4 w2": "Error"}
+    probe = {"host_us": {"api": 20.04}, "rows": [{"B": 8, "G": 16, "D": 768, "dtype": "bf16",
+                                                  "sweep": sweep}]}  # fmt: skip
+    (tmp_path / "probe" / "probe.json").write_text(json.dumps(probe))
+    status = {"check": {"rc": 0, "seconds": 1.0, "log": "check.log"}}
+    text = "\n".join(gpu_session.summary(tmp_path, status))
+    assert "GPU X" in text and "checks: 1/2 ok; failed: ['b']" in text
+    assert "target 1_floor: fail" in text and "'api': 20.0" in text
+    assert "sweep 8x16x768 bf16: tile BM16 w16 70.0, gram BM32 w2 (default) 90.0" in text
