@@ -55,6 +55,8 @@ def _variants(dra, size: int, dim: int, dtype: str) -> dict[str, dict[str, Any]]
     """Overrides of the default plan to time, by name: each per-group path at its own default
     settings (the Gram path for float32 runs in tf32x3), the tile path at 4, 8 and 16 warps, the
     linear path's chunk rows and warps."""
+    from benchmarks.resources import tile_variants
+
     float32 = dtype == "float32"
     default = dra._default_path(size, max(16, 1 << (dim - 1).bit_length()), False, float32)
     out = {}
@@ -64,9 +66,9 @@ def _variants(dra, size: int, dim: int, dtype: str) -> dict[str, dict[str, Any]]
         if path == "gram":
             out[f"gram BM{config['BM']} w{config['num_warps']}{tag}"] = config
         if path == "tile":
-            for warps in sorted({4, 8, 16, config["num_warps"]}):
-                mark = tag if warps == config["num_warps"] else ""
-                out[f"tile BM{config['BM']} w{warps}{mark}"] = {**config, "num_warps": warps}
+            for label, rows, warps in tile_variants(size, dim, config["BM"], config["num_warps"]):
+                mark = tag if (rows, warps) == (config["BM"], config["num_warps"]) else ""
+                out[label + mark] = {**config, "BM": rows, "num_warps": warps}
         if path == "linear":
             for rows, warps in sorted({(4, 2), (8, 2), (16, 4), (8, 4),
                                        (config["R"], config["num_warps"])}):  # fmt: skip

@@ -131,10 +131,28 @@ def variants(g: int, d: int, dtype: str) -> list[tuple[str, dict[str, Any], dict
         name = path + (" (default)" if path == default else "")
         out.append((name, constexprs, options))
         if path == "tile":
-            for warps in (4, 8, 16):
-                if warps != options["num_warps"]:
-                    out.append((f"tile w{warps}", constexprs, {**options, "num_warps": warps}))
+            out.pop()  # listed by tile_variants, with the others
+            for label, rows, warps in tile_variants(g, d, constexprs["BM"], options["num_warps"]):
+                mark = name[4:] if (rows, warps) == (constexprs["BM"], options["num_warps"]) else ""
+                tile = {**constexprs, "BM": rows}
+                out.append((label + mark, tile, {**options, "num_warps": warps}))
     return out
+
+
+def tile_variants(g: int, d: int, rows: int, warps: int) -> list[tuple[str, int, int]]:
+    """``(label, BM, num_warps)`` of the tile path worth compiling or timing for groups of ``g``:
+    the default tile (``rows`` x ``warps``) at 4, 8 and 16 warps when it holds a whole group, and
+    a tile of twice the default budget at 16 warps when only that holds one; none otherwise (the
+    groups would all take the linear way inside the kernel)."""
+    from dra_kernels._triton import dra
+
+    need = max(2, 1 << (g - 1).bit_length())
+    block_d = max(16, 1 << (d - 1).bit_length())
+    if rows >= need:
+        return [(f"tile BM{rows} w{w}", rows, w) for w in sorted({4, 8, 16, warps})]
+    if need * block_d <= 2 * dra.TILE_MAX_ELEMENTS:
+        return [(f"tile BM{need} w16", need, 16)]
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     shapes = SHAPES[2:3] if args.quick else SHAPES
     print(f"Triton {triton.__version__}, sm_{args.arch}; registers per thread, bytes per program")
-    print(f"{'G':>4} {'D':>5} {'dtype':9} {'variant':17} {'BM':>3} {'warps':>5} {'REG':>4} "
+    print(f"{'G':>4} {'D':>5} {'dtype':9} {'variant':24} {'BM':>3} {'warps':>5} {'REG':>4} "
           f"{'LOCAL':>5} {'SHARED':>6} {'progs/SM':>8} {'warps/SM':>8}")  # fmt: skip
     for g, d, dtype in shapes:
         for name, constexprs, options in variants(g, d, dtype):
@@ -163,14 +181,14 @@ def main(argv: list[str] | None = None) -> int:
                                       args.arch)  # fmt: skip
             except Exception as exc:  # report and go on: one variant may not compile
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-                print(f"{g:>4} {d:>5} {dtype:9} {name:17} error: {row['error']}")
+                print(f"{g:>4} {d:>5} {dtype:9} {name:24} error: {row['error']}")
                 rows.append(row)
                 continue
             row.update(usage)
             row["programs_per_sm"] = programs_per_sm(usage, options["num_warps"], args.arch)
             row["warps_per_sm"] = row["programs_per_sm"] * options["num_warps"]
             rows.append(row)
-            print(f"{g:>4} {d:>5} {dtype:9} {name:17} {row['BM'] or '-':>3} "
+            print(f"{g:>4} {d:>5} {dtype:9} {name:24} {row['BM'] or '-':>3} "
                   f"{options['num_warps']:>5} {usage['REG']:>4} {usage.get('LOCAL', 0):>5} "
                   f"{usage['SHARED']:>6} {row['programs_per_sm']:>8} {row['warps_per_sm']:>8}",
                   flush=True)  # fmt: skip

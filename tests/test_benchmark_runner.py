@@ -183,13 +183,17 @@ def test_probe_sweep_times_every_path_and_marks_the_default():
     from benchmarks.gpu_probe import _variants
     from dra_kernels._triton import dra
 
-    for size, dim, dtype, default in (
-        (16, 768, "bfloat16", "gram"),
-        (16, 768, "float32", "tile"),
-        (512, 768, "bfloat16", "linear"),
+    for size, dim, dtype, default, paths in (
+        (16, 768, "bfloat16", "gram", {"gram", "tile", "linear"}),
+        (16, 768, "float32", "tile", {"gram", "tile", "linear"}),
+        (64, 384, "float32", "linear", {"gram", "tile", "linear"}),  # tile: twice the budget
+        (512, 768, "bfloat16", "linear", {"gram", "linear"}),  # no tile holds a group of 512
     ):
         variants = _variants(dra, size, dim, dtype)
-        assert {name.split()[0] for name in variants} == set(dra.PATHS)
+        assert {name.split()[0] for name in variants} == paths, (size, dtype, list(variants))
+        for name, config in variants.items():
+            if name.startswith("tile"):  # every tile timed holds a whole group
+                assert config["BM"] >= size, (name, config)
         marked = [name for name in variants if name.endswith("(default)")]
         assert len(marked) == 1 and marked[0].startswith(default), (size, dtype, marked)
         chosen = dra._config(size, dim, 1, False, dtype == "float32")
