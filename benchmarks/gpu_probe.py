@@ -70,8 +70,9 @@ def _variants(dra, size: int, dim: int, dtype: str) -> dict[str, dict[str, Any]]
                 mark = tag if (rows, warps) == (config["BM"], config["num_warps"]) else ""
                 out[label + mark] = {**config, "BM": rows, "num_warps": warps}
         if path == "linear":
-            for rows, warps in sorted({(4, 2), (8, 2), (16, 4), (8, 4),
-                                       (config["R"], config["num_warps"])}):  # fmt: skip
+            # NOTE: (4, 2), (8, 2), (16, 4): the defaults until the spills were found
+            for rows, warps in sorted({(1, 2), (2, 2), (2, 4), (4, 2), (4, 4), (4, 8), (8, 2),
+                                       (16, 4), (config["R"], config["num_warps"])}):  # fmt: skip
                 mark = tag if (rows, warps) == (config["R"], config["num_warps"]) else ""
                 out[f"linear R{rows} w{warps}{mark}"] = {**config, "R": rows, "num_warps": warps}
     return out

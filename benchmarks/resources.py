@@ -111,9 +111,17 @@ def programs_per_sm(usage: dict[str, int], num_warps: int, arch: int) -> int:
     return max(0, min(by_regs, by_threads, by_shared, 32))
 
 
-def variants(g: int, d: int, dtype: str) -> list[tuple[str, dict[str, Any], dict[str, int]]]:
+LINEAR_CHUNKS = ((1, 2), (2, 2), (2, 4), (4, 2), (4, 4), (4, 8), (8, 2), (8, 4), (16, 4))
+"""(rows, warps) of the linear path listed with ``--linear-chunks`` (4 x 2, 8 x 2 and 16 x 4
+were the defaults before this report found them spilling)."""
+
+
+def variants(
+    g: int, d: int, dtype: str, linear_chunks: bool = False
+) -> list[tuple[str, dict[str, Any], dict[str, int]]]:
     """The default configuration for groups of ``g`` and the other paths' configurations, plus
-    the tile path at other warp counts: ``(name, constexprs, options)``."""
+    the tile path at other warp counts (and, with ``linear_chunks``, the linear path at each of
+    :data:`LINEAR_CHUNKS`): ``(name, constexprs, options)``."""
     import triton
     import triton.language as tl
 
@@ -129,6 +137,8 @@ def variants(g: int, d: int, dtype: str) -> list[tuple[str, dict[str, Any], dict
                       "UPCAST_DOT": False, "CHUNK": 256, "ACC": tl.float32, "E_MAX": 100,
                       **config}  # fmt: skip
         name = path + (" (default)" if path == default else "")
+        if path == "linear":
+            name = f"linear R{constexprs['R']} w{options['num_warps']}" + name[6:]
         out.append((name, constexprs, options))
         if path == "tile":
             out.pop()  # listed by tile_variants, with the others
@@ -136,6 +146,11 @@ def variants(g: int, d: int, dtype: str) -> list[tuple[str, dict[str, Any], dict
                 mark = name[4:] if (rows, warps) == (constexprs["BM"], options["num_warps"]) else ""
                 tile = {**constexprs, "BM": rows}
                 out.append((label + mark, tile, {**options, "num_warps": warps}))
+        if path == "linear" and linear_chunks:
+            for rows, warps in LINEAR_CHUNKS:
+                if (rows, warps) != (constexprs["R"], options["num_warps"]):
+                    chunk = {**constexprs, "R": rows}
+                    out.append((f"linear R{rows} w{warps}", chunk, {**options, "num_warps": warps}))
     return out
 
 
@@ -160,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100)")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--quick", action="store_true", help="one shape only (a smoke test)")
+    parser.add_argument(
+        "--linear-chunks", action="store_true", help="also the linear path's other chunkings"
+    )
     args = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
@@ -170,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     shapes = SHAPES[2:3] if args.quick else SHAPES
     print(f"Triton {triton.__version__}, sm_{args.arch}; registers per thread, bytes per program")
     print(f"{'G':>4} {'D':>5} {'dtype':9} {'variant':24} {'BM':>3} {'warps':>5} {'REG':>4} "
-          f"{'LOCAL':>5} {'SHARED':>6} {'progs/SM':>8} {'warps/SM':>8}")  # fmt: skip
+          f"{'STACK':>5} {'SHARED':>6} {'progs/SM':>8} {'warps/SM':>8}")  # fmt: skip
     for g, d, dtype in shapes:
-        for name, constexprs, options in variants(g, d, dtype):
+        for name, constexprs, options in variants(g, d, dtype, args.linear_chunks):
             row = {"G": g, "D": d, "dtype": dtype, "variant": name, **options}
+            row["R"] = None if constexprs["GRAM"] or constexprs["TILE"] else constexprs["R"]
             row["BM"] = constexprs["BM"] if constexprs["GRAM"] or constexprs["TILE"] else None
             try:
                 usage = compile_usage(dra._dra_forward_kernel, constexprs, _TYPES[dtype],
@@ -189,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             row["warps_per_sm"] = row["programs_per_sm"] * options["num_warps"]
             rows.append(row)
             print(f"{g:>4} {d:>5} {dtype:9} {name:24} {row['BM'] or '-':>3} "
-                  f"{options['num_warps']:>5} {usage['REG']:>4} {usage.get('LOCAL', 0):>5} "
+                  f"{options['num_warps']:>5} {usage['REG']:>4} {usage.get('STACK', 0):>5} "
                   f"{usage['SHARED']:>6} {row['programs_per_sm']:>8} {row['warps_per_sm']:>8}",
                   flush=True)  # fmt: skip
     if args.out is not None:

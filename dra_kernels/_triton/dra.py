@@ -58,6 +58,8 @@ TILE_MAX_ELEMENTS = 16384
 """Largest ``BM x BLOCK_D`` tile of the tile path (a whole group in registers)."""
 TILE_ELEMENTS_PER_THREAD = 32
 """Warps of the tile path: enough for this many tile elements per thread (at most 16 warps)."""
+LINEAR_ELEMENTS_PER_THREAD = 16
+"""Rows per chunk of the linear path: at most this many chunk elements per thread."""
 
 _MODE_SMI = 0
 _MODE_ADJUST = 1
@@ -647,10 +649,12 @@ def _config(
     385.7 us (D = 768), the linear one with its fixed-point sums 338.9 us for the whole call
     (call 4). The tile path (float32 default since) was written after those runs and has **not
     been timed on a GPU**: it reads each row once and sums in plain float32 in row order, where
-    the linear path reads each row twice and converts every element to two int64 parts; the old
-    sort kernel, two reads and plain float32 sums, took 212.2 us there (call 2). Linear chunks:
-    4 rows and 2 warps were fastest for groups of 16 at D = 768 (at D = 1024, 8 rows took 134.2
-    us and 4 rows 140.7), 16 rows and 4 warps for groups of 512. Gram: BM = twice the mean group
+    the linear path reads each row twice and converts every element to 64-bit fixed point; the
+    old sort kernel, two reads and plain float32 sums, took 212.2 us there (call 2). Linear
+    chunks: for the sort kernel 4 rows and 2 warps were fastest for groups of 16 at D = 768 (at
+    D = 1024, 8 rows took 134.2 us and 4 rows 140.7), 16 rows and 4 warps for groups of 512; with
+    the fixed-point sums those spill (below), so the chunk is now bounded per thread, **not yet
+    timed**. Gram: BM = twice the mean group
     (ragged groups up to that size stay on the Gram path); 2 warps and 4 stages beat 4 warps and
     3 stages by 10-35% up to BM = 32, 4 warps were best at BM = 64; BK 64 and 128 tie. The linear
     fallback inside the Gram and tile paths keeps its chunk small, so it does not raise their
@@ -692,10 +696,13 @@ def _config(
             "num_warps": max(1, min(16, rows * block_d // TILE_ELEMENTS_PER_THREAD // 32)),
             "num_stages": 1,
         }
-    if mean <= GRAM_MAX_ROWS:
-        rows, warps = max(1, min(8, 4096 // block_d)), 2 if block_d <= 1024 else 4
-    else:
-        rows, warps = max(1, min(16, 16384 // block_d)), 4 if block_d <= 1024 else 8
+    # NOTE: at most LINEAR_ELEMENTS_PER_THREAD elements of a chunk per thread. The chunkings
+    # measured fastest for the sort kernel (call 2: 4 rows x 1024 at 2 warps, 16 x 1024 at 4),
+    # with this path's fixed-point sums added, compile under Triton 3.6 (the GPU machines') to
+    # 255 registers and 920 bytes of stack a thread, and to 6,224 bytes of stack for groups of
+    # 512: spills (benchmarks/resources.py). At 16 elements a thread nothing spills.
+    warps = 2 if block_d <= 512 else 4 if block_d <= 1024 else 8
+    rows = max(1, min(16, LINEAR_ELEMENTS_PER_THREAD * 32 * warps // block_d))
     return {
         "GRAM": False,
         "TILE": False,
