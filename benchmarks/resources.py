@@ -32,15 +32,17 @@ SHARED_PER_SM = {80: 164 * 1024, 86: 100 * 1024, 89: 100 * 1024, 90: 228 * 1024}
 MAX_THREADS_PER_SM = {80: 2048, 86: 1536, 89: 1536, 90: 2048}
 
 _POINTERS = {
-    "emb_ptr": None,
     "rew_ptr": "*fp32",
     "codes_ptr": "*i64",
     "order_ptr": "*i32",
     "counts_ptr": "*i32",
     "ends_ptr": "*i32",
-    "out_ptr": "*fp32",
-    "adj_ptr": "*fp32",
+    "slot_ptr": "*i32",
+    "done_ptr": "*i32",
+    "nans_ptr": "*i32",
+    "parts_ptr": "*i64",
 }
+_OUTPUTS = ("out_ptr", "adj_ptr", "amax_ptr")  # float32, or float64 with a float64 accumulator
 _TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 # (G, D, dtype): the group sizes and widths of issue 3's grid
@@ -58,13 +60,20 @@ def _tool(name: str) -> str:
 
 
 def _signature(fn, constexprs: dict[str, Any], emb_type: str) -> dict[str, str]:
+    """Argument types of any of this package's kernels, from its parameter names."""
+    acc = constexprs.get("ACC")
+    out_type = "*fp64" if acc is not None and "64" in str(acc) else "*fp32"
     signature = {}
     for name in inspect.signature(fn.fn).parameters:
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name == "emb_ptr":
+            signature[name] = "*" + emb_type
+        elif name in _OUTPUTS:
+            signature[name] = out_type
         elif name in _POINTERS:
-            signature[name] = _POINTERS[name] or "*" + emb_type
-        elif name.startswith(("min_den", "eps")):
+            signature[name] = _POINTERS[name]
+        elif name.startswith(("min_den", "eps")) or name == "x":
             signature[name] = "fp32"
         elif name.startswith("stride"):
             signature[name] = "i64"
@@ -73,17 +82,24 @@ def _signature(fn, constexprs: dict[str, Any], emb_type: str) -> dict[str, str]:
     return signature
 
 
-def compile_usage(
+def compile_for(
     fn, constexprs: dict[str, Any], emb_type: str, num_warps: int, num_stages: int, arch: int
-) -> dict[str, int]:
-    """``{"REG", "STACK", "SHARED", "LOCAL"}`` of ``fn`` compiled for ``sm_<arch>``."""
+):
+    """``fn`` compiled by Triton for ``sm_<arch>`` (no GPU needed)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     source = ASTSource(fn, _signature(fn, constexprs, emb_type), constexprs)
     options = {"num_warps": num_warps, "num_stages": num_stages}
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def compile_usage(
+    fn, constexprs: dict[str, Any], emb_type: str, num_warps: int, num_stages: int, arch: int
+) -> dict[str, int]:
+    """``{"REG", "STACK", "SHARED", "LOCAL"}`` of ``fn`` compiled for ``sm_<arch>``."""
+    compiled = compile_for(fn, constexprs, emb_type, num_warps, num_stages, arch)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.cubin"
         path.write_bytes(compiled.asm["cubin"])
@@ -170,6 +186,61 @@ def tile_variants(g: int, d: int, rows: int, warps: int) -> list[tuple[str, int,
     return []
 
 
+def every_kernel() -> list[tuple[str, Any, dict[str, Any], str, int, int]]:
+    """``(label, kernel, constexprs, embedding type, warps, stages)`` covering every kernel of
+    the package and every branch of the main one (each path, each row-finding mode, float64,
+    the advantages code), for a compile check."""
+    import triton.language as tl
+
+    from dra_kernels._triton import dra, launch
+
+    out = []
+
+    def main_kernel(label, mean, d, dtype, path, mode, scan):
+        float64 = dtype == "fp64"
+        config = dra._config(mean, d, 1, float64, dtype == "fp32", path=path)
+        warps, stages = config.pop("num_warps"), config.pop("num_stages")
+        acc = tl.float64 if float64 else tl.float32
+        constexprs = {"MODE": mode, "SCALE_STD": True, "SCAN": scan, "FP32_DOT": dtype == "fp32",
+                      "UPCAST_DOT": False, "CHUNK": 256, "ACC": acc,
+                      "E_MAX": 1000 if float64 else 100, **config}  # fmt: skip
+        out.append((label, dra._dra_forward_kernel, constexprs, dtype, warps, stages))
+
+    for path in dra.PATHS:
+        for dtype in ("bf16", "fp32"):
+            main_kernel(f"main {path} {dtype} advantages", 16, 768, dtype, path, 2, False)
+    for dtype in ("bf16", "fp32", "fp64"):
+        main_kernel(f"main default {dtype} scan", 16, 384, dtype, None, 2, True)
+    main_kernel("main fp64 smi", 16, 768, "fp64", None, 0, False)
+    main_kernel("main fp64 adjust", 16, 768, "fp64", None, 1, False)
+    main_kernel("main groups of 512", 512, 768, "bf16", None, 1, False)
+    bucket = {"BLOCK": dra._BUCKET_BLOCK}
+    for ends in (True, False):
+        constexprs = {**bucket, "ENDS": ends, "ENDS_BLOCK": dra._ENDS_BLOCK}
+        out.append((f"count ends={ends}", dra._count_kernel, constexprs, "fp32", 4, 1))
+    out.append(("place", dra._place_kernel, bucket, "fp32", 4, 1))
+    linear = {"R": 2, "BLOCK_D": 1024, "ACC": tl.float32}
+    out.append(("split sums", dra._split_sums_kernel, linear, "bf16", 4, 1))
+    out.append(("split rows", dra._split_rows_kernel, {"MODE": 2, **linear}, "bf16", 4, 1))
+    stats = {"SCALE_STD": True, "R": 2, "ACC": tl.float32, "E_MAX": 100}
+    out.append(("split advantages", dra._split_advantages_kernel, stats, "fp32", 4, 1))
+    out.append(("launch echo", launch._echo_kernel, {"C": 11, "D": 13}, "fp32", 1, 1))
+    return out
+
+
+def compile_all(arch: int) -> int:
+    """Compile :func:`every_kernel` for ``sm_<arch>``; print each; the number that failed."""
+    failed = 0
+    for label, fn, constexprs, emb_type, warps, stages in every_kernel():
+        try:
+            compiled = compile_for(fn, constexprs, emb_type, warps, stages, arch)
+            print(f"[compile] ok   {label} ({len(compiled.asm['cubin'])} bytes)", flush=True)
+        except Exception as exc:
+            failed += 1
+            print(f"[compile] FAIL {label}: {type(exc).__name__}: {str(exc)[-400:]}", flush=True)
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.resources")
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100)")
@@ -178,12 +249,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--linear-chunks", action="store_true", help="also the linear path's other chunkings"
     )
+    parser.add_argument(
+        "--compile-all", action="store_true", help="only compile every kernel (a check)"
+    )
     args = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
 
     from dra_kernels._triton import dra
 
+    if args.compile_all:
+        failed = compile_all(args.arch)
+        print(f"[compile] Triton {triton.__version__}, sm_{args.arch}: {failed} failed")
+        return 1 if failed else 0
     rows = []
     shapes = SHAPES[2:3] if args.quick else SHAPES
     print(f"Triton {triton.__version__}, sm_{args.arch}; registers per thread, bytes per program")
