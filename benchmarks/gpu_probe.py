@@ -70,7 +70,7 @@ def _variants(dra, size: int, dim: int, dtype: str) -> dict[str, dict[str, Any]]
                 mark = tag if (rows, warps) == (config["BM"], config["num_warps"]) else ""
                 out[label + mark] = {**config, "BM": rows, "num_warps": warps}
         if path == "linear":
-            # NOTE: (4, 2), (8, 2), (16, 4): the defaults until the spills were found
+            # NOTE: the defaults are (8, 2), (4, 2) and (16, 4); the others are the alternatives
             for rows, warps in sorted({(1, 2), (2, 2), (2, 4), (4, 2), (4, 4), (4, 8), (8, 2),
                                        (16, 4), (config["R"], config["num_warps"])}):  # fmt: skip
                 mark = tag if (rows, warps) == (config["R"], config["num_warps"]) else ""

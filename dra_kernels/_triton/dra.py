@@ -56,10 +56,8 @@ GRAM_MAX_ROWS = 64
 """Largest group handled by the Gram-matrix path (``BM``)."""
 TILE_MAX_ELEMENTS = 16384
 """Largest ``BM x BLOCK_D`` tile of the tile path (a whole group in registers)."""
-TILE_ELEMENTS_PER_THREAD = 32
+TILE_ELEMENTS_PER_THREAD = 16
 """Warps of the tile path: enough for this many tile elements per thread (at most 16 warps)."""
-LINEAR_ELEMENTS_PER_THREAD = 16
-"""Rows per chunk of the linear path: at most this many chunk elements per thread."""
 
 _MODE_SMI = 0
 _MODE_ADJUST = 1
@@ -652,9 +650,8 @@ def _config(
     the linear path reads each row twice and converts every element to 64-bit fixed point; the
     old sort kernel, two reads and plain float32 sums, took 212.2 us there (call 2). Linear
     chunks: for the sort kernel 4 rows and 2 warps were fastest for groups of 16 at D = 768 (at
-    D = 1024, 8 rows took 134.2 us and 4 rows 140.7), 16 rows and 4 warps for groups of 512; with
-    the fixed-point sums those spill (below), so the chunk is now bounded per thread, **not yet
-    timed**. Gram: BM = twice the mean group
+    D = 1024, 8 rows took 134.2 us and 4 rows 140.7), 16 rows and 4 warps for groups of 512.
+    Gram: BM = twice the mean group
     (ragged groups up to that size stay on the Gram path); 2 warps and 4 stages beat 4 warps and
     3 stages by 10-35% up to BM = 32, 4 warps were best at BM = 64; BK 64 and 128 tie. The linear
     fallback inside the Gram and tile paths keeps its chunk small, so it does not raise their
@@ -681,10 +678,11 @@ def _config(
             "num_stages": 4,
         }
     if path == "tile":
-        # NOTE: the mean group, not twice it as on the Gram path: compiled for sm_90, a 32 x 512
-        # float32 tile needs 95 registers a thread at 16 warps (one program per multiprocessor),
-        # 16 x 512 about 70 at 8 warps (three); see benchmarks/resources.py. Larger groups of a
-        # ragged batch take the linear way in the kernel.
+        # NOTE: the mean group, not twice it as on the Gram path: compiled for sm_90 by Triton
+        # 3.6, a 32 x 512 float32 tile needs 115 registers a thread at 16 warps (one program per
+        # multiprocessor), 16 x 512 needs 61 (two programs, 32 warps); 8 warps would need 119
+        # (two programs, 16 warps). See benchmarks/resources.py. Larger groups of a ragged batch
+        # take the linear way in the kernel.
         rows = max(2, min(triton.next_power_of_2(mean), TILE_MAX_ELEMENTS // block_d))
         return {
             "GRAM": False,
@@ -696,13 +694,13 @@ def _config(
             "num_warps": max(1, min(16, rows * block_d // TILE_ELEMENTS_PER_THREAD // 32)),
             "num_stages": 1,
         }
-    # NOTE: at most LINEAR_ELEMENTS_PER_THREAD elements of a chunk per thread. The chunkings
-    # measured fastest for the sort kernel (call 2: 4 rows x 1024 at 2 warps, 16 x 1024 at 4),
-    # with this path's fixed-point sums added, compile under Triton 3.6 (the GPU machines') to
-    # 255 registers and 920 bytes of stack a thread, and to 6,224 bytes of stack for groups of
-    # 512: spills (benchmarks/resources.py). At 16 elements a thread nothing spills.
-    warps = 2 if block_d <= 512 else 4 if block_d <= 1024 else 8
-    rows = max(1, min(16, LINEAR_ELEMENTS_PER_THREAD * 32 * warps // block_d))
+    # NOTE: the chunkings measured fastest for the sort kernel (call 2). Compiled for sm_90 as
+    # Triton specialises a launch (unit column stride, aligned pointers), they need 149-252
+    # registers under Triton 3.6 and do not spill (benchmarks/resources.py).
+    if mean <= GRAM_MAX_ROWS:
+        rows, warps = max(1, min(8, 4096 // block_d)), 2 if block_d <= 1024 else 4
+    else:
+        rows, warps = max(1, min(16, 16384 // block_d)), 4 if block_d <= 1024 else 8
     return {
         "GRAM": False,
         "TILE": False,
