@@ -5,15 +5,18 @@ order of value and a step that hangs or fails does not take the others with it:
 
 1. ``benchmarks.gpu_check``: correctness against float64, determinism, no host sync, CUDA graph,
    ``torch.compile``, custom-op overhead, then the full grid and the small-batch latency;
-2. the GPU tests of the launcher and the kernel (``pytest -m gpu``);
+2. the launcher's tests and the kernel's tests that force each per-group path, compare scan and
+   bucket mode bit for bit, check the buckets (the counting kernel's cross-program step runs on
+   real atomics only here) and the GPU-only ones, all on the GPU's compiler;
 3. ``benchmarks.gpu_probe``: pieces of one call, host costs, and the sweep of every per-group
-   path, which decides the defaults;
-4. ``benchmarks.resources`` for the device's own compute capability and Triton version.
+   path, each variant checked against float64, which decides the defaults.
+
+The resource report (``benchmarks.resources``) needs no GPU and is not repeated here.
 
 Each writes under ``--out``; the last lines printed are a short summary (the device tool returns
 the end of the output). Usage, on the GPU machine::
 
-    python -m benchmarks.gpu_session --out "$OUT"          # at most 535 s (the limits)
+    python -m benchmarks.gpu_session --out "$OUT"          # at most 540 s (the limits)
     python -m benchmarks.gpu_session --out out/dry --dry-run   # CPU: every step, tiny, minutes
 """
 
@@ -30,42 +33,30 @@ from typing import Any
 
 # (name, seconds allowed, argv after "python -m") on the GPU; --dry-run swaps in the CPU forms
 STEPS = (
-    ("check", 300, ["benchmarks.gpu_check", "--out", "{out}/check", "--budget-s", "265"]),
-    ("pytest", 60, ["pytest", "-q", "-m", "gpu", "tests/test_launch.py", "tests/test_triton.py"]),
-    ("probe", 130, ["benchmarks.gpu_probe", "--out", "{out}/probe", "--budget-s", "110"]),
-    ("resources", 45, ["benchmarks.resources", "--arch", "{arch}", "--out", "{out}/res.json"]),
-)
+    ("check", 270, ["benchmarks.gpu_check", "--out", "{out}/check", "--budget-s", "240"]),
+    ("pytest", 150, ["pytest", "-v", "--tb=short", "-p", "no:cacheprovider", "tests/test_launch.py",
+                     "tests/test_triton.py", "-k", "gpu or every_group_path or same_bits or "
+                     "buckets_hold or split or out_of_range or fast"]),
+    ("probe", 120, ["benchmarks.gpu_probe", "--out", "{out}/probe", "--budget-s", "100"]),
+)  # fmt: skip
 DRY_STEPS = (
     ("check", 900, ["benchmarks.gpu_check", "--out", "{out}/check", "--device", "cpu"]),
     ("pytest", 300, ["pytest", "-q", "-p", "no:cacheprovider", "tests/test_launch.py"]),
     ("probe", 600, ["benchmarks.gpu_probe", "--out", "{out}/probe", "--device", "cpu", "--small"]),
-    ("resources", 300, ["benchmarks.resources", "--quick", "--out", "{out}/res.json"]),
 )
-
-
-def _arch() -> int:
-    import torch
-
-    if not torch.cuda.is_available():
-        return 90
-    major, minor = torch.cuda.get_device_capability()
-    return 10 * major + minor
 
 
 def run_steps(out: Path, dry_run: bool, only: set[str] | None = None) -> dict[str, Any]:
     """Run the steps; ``{name: {"rc", "seconds", "log"}}`` (also written to ``session.json``)."""
     out.mkdir(parents=True, exist_ok=True)
-    arch = 90 if dry_run else _arch()
     status: dict[str, Any] = {}
     for name, limit, argv in DRY_STEPS if dry_run else STEPS:
         if only is not None and name not in only:
             continue
-        args = [a.format(out=out, arch=arch) for a in argv]
+        args = [a.format(out=out) for a in argv]
         log = out / f"{name}.log"
         started = time.perf_counter()
         env = dict(os.environ)
-        if name == "resources":
-            env.pop("TRITON_INTERPRET", None)  # it compiles for a real target
         print(f"[session] {name}: python -m {' '.join(args)} (limit {limit} s)", flush=True)
         try:
             with log.open("w") as sink:
@@ -96,6 +87,10 @@ def summary(out: Path, status: dict[str, Any]) -> list[str]:
     """The short table printed last: steps, checks, targets, fast launch, sweep winners."""
     lines = ["[session] steps: " + ", ".join(f"{k} rc={v['rc']} {v['seconds']}s"
                                             for k, v in status.items())]  # fmt: skip
+    pytest_log = out / "pytest.log"
+    if pytest_log.exists():
+        tail = [line for line in pytest_log.read_text().splitlines() if line.strip()][-1:]
+        lines.append(f"[session] pytest: {tail[0] if tail else 'no output'}")
     check = _load(out / "check" / "bench.json")
     if check:
         meta = check.get("meta", {})

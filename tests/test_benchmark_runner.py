@@ -220,8 +220,10 @@ def test_gpu_session_fits_one_device_call_and_summarises_its_results(tmp_path):
     probe = {"host_us": {"api": 20.04}, "rows": [{"B": 8, "G": 16, "D": 768, "dtype": "bf16",
                                                   "sweep": sweep}]}  # fmt: skip
     (tmp_path / "probe" / "probe.json").write_text(json.dumps(probe))
+    (tmp_path / "pytest.log").write_text("....\n12 passed, 1 failed in 3.0s\n\n")
     status = {"check": {"rc": 0, "seconds": 1.0, "log": "check.log"}}
     text = "\n".join(gpu_session.summary(tmp_path, status))
     assert "GPU X" in text and "checks: 1/2 ok; failed: ['b']" in text
+    assert "pytest: 12 passed, 1 failed in 3.0s" in text
     assert "target 1_floor: fail" in text and "'api': 20.0" in text
     assert "sweep 8x16x768 bf16: tile BM16 w16 70.0, gram BM32 w2 (default) 90.0" in text
