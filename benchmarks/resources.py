@@ -166,7 +166,8 @@ def variants(
         config = dra._config(g, d, 1, False, float32, path=path)
         options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
         constexprs = {"MODE": 1, "SCALE_STD": True, "SCAN": False, "FP32_DOT": float32,
-                      "UPCAST_DOT": False, "CHUNK": 256, "ACC": tl.float32, "E_MAX": 100,
+                      "UPCAST_DOT": False, "CHUNK": 256, "SORT_ROWS": dra._sort_rows(g),
+                      "ACC": tl.float32, "E_MAX": 100,
                       **config}  # fmt: skip
         name = path + (" (default)" if path == default else "")
         if path == "linear":
@@ -218,7 +219,8 @@ def every_kernel() -> list[tuple[str, Any, dict[str, Any], str, int, int]]:
         warps, stages = config.pop("num_warps"), config.pop("num_stages")
         acc = tl.float64 if float64 else tl.float32
         constexprs = {"MODE": mode, "SCALE_STD": True, "SCAN": scan, "FP32_DOT": dtype == "fp32",
-                      "UPCAST_DOT": False, "CHUNK": 256, "ACC": acc,
+                      "UPCAST_DOT": False, "CHUNK": 256, "SORT_ROWS": dra._sort_rows(mean),
+                      "ACC": acc,
                       "E_MAX": 1000 if float64 else 100, **config}  # fmt: skip
         out.append((label, dra._dra_forward_kernel, constexprs, dtype, warps, stages))
 

@@ -271,17 +271,21 @@ def test_every_group_path_for_every_dtype(path, monkeypatch, poisoned_outputs):
             assert_close(out, float64_reference(mode, r, e, ids), dtype, f"{path} {mode} {dtype}")
 
 
-@pytest.mark.parametrize("path", ["gram", "tile", "linear"])
+@pytest.mark.parametrize("path", ["gram", "tile", "linear", "linear-fixed"])
 def test_every_path_gives_the_same_bits_in_scan_and_bucket_mode(path, row_finding, monkeypatch):
-    """Bucket order depends on atomic timing. The Gram and tile paths sort each group's rows, so
-    their sums run in row order as in scan mode; the linear path sums in fixed point, exact in
-    any order and grouping of rows. Either way both modes must agree bit for bit. (The
-    interpreter runs atomics in index order, so the buckets are reversed here to stand for an
-    arbitrary order.)"""
+    """Bucket order depends on atomic timing. The Gram and tile paths, and the linear path for
+    groups of up to SORT_ROWS rows, sort each group's rows, so their sums run in row order as in
+    scan mode; the linear path sums larger groups in fixed point, exact in any order and
+    grouping of rows ("linear-fixed": SORT_ROWS = 4 here). Either way both modes must agree bit
+    for bit. (The interpreter runs atomics in index order, so the buckets are reversed here to
+    stand for an arbitrary order.)"""
     from dra_kernels._triton import dra
 
     if row_finding == "buckets":
         pytest.skip("compares both modes itself")
+    if path == "linear-fixed":
+        monkeypatch.setattr(dra, "SORT_ROWS", 4)  # groups of 5 rows and more
+        path = "linear"
     _force_path(monkeypatch, path)
     group_buckets = dra.group_buckets
 
@@ -334,8 +338,9 @@ def test_large_groups_split_among_programs_match_one_program_bit_for_bit(
     dtype, row_finding, monkeypatch, poisoned_outputs
 ):
     """Groups far above a chunk are split among several programs per group (two or three
-    launches); the fixed-point sums make that bitwise equal to one program per group, and both
-    match the float64 reference. Out-of-range ids stay NaN on that path too."""
+    launches); the fixed-point sums make that bitwise equal to one program per group summing in
+    fixed point too (SORT_ROWS = 0 here: every group), and both match the float64 reference.
+    Out-of-range ids stay NaN on that path too."""
     from dra_kernels._triton import dra
 
     if row_finding == "scan":
@@ -348,6 +353,8 @@ def test_large_groups_split_among_programs_match_one_program_bit_for_bit(
     _, codes = torch.unique(ids, return_inverse=True)
     monkeypatch.setattr(dra, "SPLIT_ROWS", 8)
     monkeypatch.setattr(dra, "SPLIT_MAX", 16)
+    monkeypatch.setattr(dra, "SORT_ROWS", 0)
+    monkeypatch.setattr(dra, "_PLANS", {})
     splits = []
     split_forward = dra._split_forward
     monkeypatch.setattr(dra, "_split_forward", lambda *a: splits.append(a[10]) or split_forward(*a))

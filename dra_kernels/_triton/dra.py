@@ -27,9 +27,11 @@ Per group of ``n`` rows, three ways to compute ``SMI_i = sum_{j != i} cos(e_i, e
   fall through to the linear way.
 - **linear** (larger groups, float64, and the fallback): ``S = sum_j u_j`` of the unit
   rows (each row scaled by its largest magnitude before squaring, so nothing overflows), then
-  ``SMI_i = u_i . S - |u_i|^2``. ``S`` is summed in 2 x 64-bit fixed point (2^-60 resolution),
-  which is exact and so independent of the order in which rows arrive; the advantage statistics
-  are summed the same way, scaled by the group's largest value.
+  ``SMI_i = u_i . S - |u_i|^2``. For a group of up to ``SORT_ROWS`` rows ``S`` is summed in plain
+  floating point in row order (bucket mode sorts the bucket in place first); above, in 64-bit
+  fixed point (2^-58 resolution), which is exact and so independent of the order in which rows
+  arrive. The advantage statistics are always summed in fixed point, scaled by the group's
+  largest value.
 
 No floating-point atomics: results are bitwise reproducible. Offsets are int64, so ``N * D`` may
 exceed ``2**31``.
@@ -52,6 +54,11 @@ SCAN_MAX_WORK = 1 << 20
 """Batches of at most ``SCAN_MAX_ROWS`` rows with ``N * (num_groups + 1)`` up to this scan (one
 launch); larger ones go through the buckets (three small launches more)."""
 
+SORT_ROWS = 1024
+"""Groups of up to this many rows on the linear path can be summed in plain floating point in
+row order (bucket mode sorts each such bucket first); larger ones are summed in fixed point. A
+launch sorts up to twice its mean group size, rounded up to a power of two, at least 16, at most
+this (the ``SORT_ROWS`` constexpr); 0 sums every group in fixed point."""
 GRAM_MAX_ROWS = 64
 """Largest group handled by the Gram-matrix path (``BM``)."""
 TILE_MAX_ELEMENTS = 16384
@@ -293,6 +300,7 @@ def _dra_forward_kernel(
     R: tl.constexpr,
     BLOCK_D: tl.constexpr,
     CHUNK: tl.constexpr,
+    SORT_ROWS: tl.constexpr,
     ACC: tl.constexpr,
     E_MAX: tl.constexpr,
 ):
@@ -369,10 +377,22 @@ def _dra_forward_kernel(
             done = True
 
     if not done:
-        b_hi, b_lo, n_nan = _unit_sums(emb_ptr, stride_en, stride_ed, codes_ptr, order_ptr, N, D,
-                                       K, i_g, i_start, n, 0, 1, R, BLOCK_D, CHUNK, SCAN,
-                                       ACC)  # fmt: skip
-        b_sum = _from_fixed58(b_hi, b_lo).to(ACC)
+        # NOTE: a group of at most SORT_ROWS rows is summed in plain floating point in row order:
+        # scan mode finds its rows in that order, bucket mode sorts its bucket in place first.
+        # Larger groups are summed in fixed point, exact in any order.
+        plain = n <= SORT_ROWS  # SORT_ROWS = 0: fixed point for every group
+        if not SCAN and SORT_ROWS > 0:  # noqa: SIM102 (constexprs, then a run-time condition)
+            if plain:
+                o_s = tl.arange(0, SORT_ROWS)
+                m_s = o_s < n
+                b_o = tl.load(order_ptr + i_start + o_s, mask=m_s, other=2147483647)
+                tl.store(order_ptr + i_start + o_s, tl.sort(b_o), mask=m_s)
+                # NOTE: every thread reads the sorted bucket below.
+                tl.debug_barrier()
+        b_hi, b_lo, b_s, n_nan = _unit_sums(emb_ptr, stride_en, stride_ed, codes_ptr, order_ptr,
+                                            N, D, K, i_g, i_start, n, 0, 1, plain, R, BLOCK_D,
+                                            CHUNK, SCAN, ACC)  # fmt: skip
+        b_sum = tl.where(plain, b_s, _from_fixed58(b_hi, b_lo).to(ACC))
         b_sum = tl.where(n_nan > 0, float("nan"), b_sum)
         amax = _rows_out(emb_ptr, stride_en, stride_ed, rew_ptr, stride_r, codes_ptr, order_ptr,
                          out_ptr, out_ptr, N, D, K, i_g, i_start, n, 0, 1, b_sum,
@@ -389,16 +409,18 @@ def _dra_forward_kernel(
 
 @triton.jit
 def _unit_sums(emb_ptr, stride_en, stride_ed, codes_ptr, order_ptr, N, D, K, i_g, i_start, n,
-               i_first, i_step, R: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
-               SCAN: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+               i_first, i_step, plain, R: tl.constexpr, BLOCK_D: tl.constexpr,
+               CHUNK: tl.constexpr, SCAN: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
     """Pass 1 over chunks ``i_first, i_first + i_step, ...`` (``R`` rows each) of the group: the
-    sum of the unit rows in fixed point (two int64 parts: exact, so in any row order) and the
-    number of NaN elements met."""
+    sum of the unit rows, and the number of NaN elements met. With ``plain`` (the rows come in
+    row order) summed in ``ACC`` (``b_s``), else in fixed point (``b_hi``, ``b_lo``: exact, so
+    in any row order)."""
     tl.static_assert(R <= 16, "the fixed-point chunk sums hold at most 16 rows")
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < D
     b_hi = tl.zeros([BLOCK_D], dtype=tl.int64)
     b_lo = tl.zeros([BLOCK_D], dtype=tl.int64)
+    b_s = tl.zeros([BLOCK_D], dtype=ACC)
     n_nan = tl.zeros([], dtype=tl.int32)
     for i_k in range(i_first * R, n, i_step * R):
         b_rows, m_row = _chunk_rows(codes_ptr, order_ptr, N, K, i_g, i_start, n, i_k, R, CHUNK,
@@ -406,14 +428,17 @@ def _unit_sums(emb_ptr, stride_en, stride_ed, codes_ptr, order_ptr, N, D, K, i_g
         b_u = _unit_rows(emb_ptr, stride_en, stride_ed, b_rows, m_row, o_d, m_d, ACC)
         n_nan += tl.sum(tl.sum((b_u != b_u).to(tl.int32), axis=1), axis=0)
         b_u = tl.where(b_u == b_u, b_u, 0.0)
-        # NOTE: one int64 per element (not two): the chunk's rows summed exactly in units of
-        # 2^-58 (|sum| <= R 2^58 < 2^63), then split in two parts so that any number of chunks
-        # adds up without overflow. Truncation is a fixed function of each element, so the
-        # total does not depend on the order or grouping of rows (see _from_fixed58).
-        b_c = tl.sum((b_u * 288230376151711744.0).to(tl.int64), axis=0)
-        b_hi += b_c >> 30
-        b_lo += b_c & 1073741823
-    return b_hi, b_lo, n_nan
+        if plain:
+            b_s += tl.sum(b_u, axis=0)
+        else:
+            # NOTE: one int64 per element: the chunk's rows summed exactly in units of 2^-58
+            # (|sum| <= R 2^58 < 2^63), then split in two parts so that any number of chunks
+            # adds up without overflow. Truncation is a fixed function of each element, so the
+            # total does not depend on the order or grouping of rows (see _from_fixed58).
+            b_c = tl.sum((b_u * 288230376151711744.0).to(tl.int64), axis=0)
+            b_hi += b_c >> 30
+            b_lo += b_c & 1073741823
+    return b_hi, b_lo, b_s, n_nan
 
 
 @triton.jit
@@ -509,9 +534,9 @@ def _split_sums_kernel(emb_ptr, stride_en, stride_ed, order_ptr, counts_ptr, end
     split = tl.num_programs(1)
     n = tl.load(counts_ptr + i_g)
     i_start = (tl.load(ends_ptr + i_g) - n).to(tl.int64)
-    b_hi, b_lo, n_nan = _unit_sums(emb_ptr, stride_en, stride_ed, order_ptr, order_ptr, N, D, K,
-                                   i_g, i_start, n, i_s, split, R, BLOCK_D, 1, False,
-                                   ACC)  # fmt: skip
+    b_hi, b_lo, _, n_nan = _unit_sums(emb_ptr, stride_en, stride_ed, order_ptr, order_ptr, N, D,
+                                      K, i_g, i_start, n, i_s, split, False, R, BLOCK_D, 1, False,
+                                      ACC)  # fmt: skip
     o_d = tl.arange(0, BLOCK_D)
     i_part = (i_g * split + i_s).to(tl.int64)
     tl.store(parts_ptr + i_part * (2 * BLOCK_D) + o_d, b_hi)
@@ -680,7 +705,7 @@ def _config(
     if path == "tile":
         # NOTE: the mean group, not twice it as on the Gram path: compiled for sm_90 by Triton
         # 3.6, a 32 x 512 float32 tile needs 115 registers a thread at 16 warps (one program per
-        # multiprocessor), 16 x 512 needs 61 (two programs, 32 warps); 8 warps would need 119
+        # multiprocessor), 16 x 512 needs 63 (two programs, 32 warps); 8 warps would need 113
         # (two programs, 16 warps). See benchmarks/resources.py. Larger groups of a ragged batch
         # take the linear way in the kernel.
         rows = max(2, min(triton.next_power_of_2(mean), TILE_MAX_ELEMENTS // block_d))
@@ -730,6 +755,11 @@ def _split(n: int, mean: int, constexprs: dict) -> int:
     return max(1, min(SPLIT_MAX, -(-mean // SPLIT_ROWS)))
 
 
+def _sort_rows(mean: int) -> int:
+    """The ``SORT_ROWS`` constexpr of a launch whose mean group has ``mean`` rows (0: none)."""
+    return min(SORT_ROWS, max(16, triton.next_power_of_2(2 * mean)))
+
+
 _PLANS: dict[tuple, tuple[dict, dict]] = {}
 
 
@@ -753,6 +783,7 @@ def _plan(
         "FP32_DOT": dtype == torch.float32,
         "UPCAST_DOT": device_type == "cpu" and dtype == torch.bfloat16,
         "CHUNK": _SCAN_CHUNK,
+        "SORT_ROWS": _sort_rows(mean),
         "ACC": tl.float64 if float64 else tl.float32,
         "E_MAX": 1000 if float64 else 100,
         **config,
