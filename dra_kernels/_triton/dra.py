@@ -244,6 +244,18 @@ def _pow2_above(x, E_MAX: tl.constexpr):
 
 
 @triton.jit
+def _small_group_rows(b_first, n, BM: tl.constexpr, SCAN: tl.constexpr):
+    """The ``n <= BM`` rows of a group as an ``[BM]`` vector in row order, and their mask. Scan
+    mode found them in that order; bucket order depends on atomic timing, so it is sorted."""
+    m_row = tl.arange(0, BM) < n
+    b_rows = b_first
+    if not SCAN:
+        b_rows = tl.sort(tl.where(m_row, b_rows, 2**62)).to(tl.int64)
+        b_rows = tl.where(m_row, b_rows, 0)
+    return b_rows, m_row
+
+
+@triton.jit
 def _group_out(rew_ptr, stride_r, out_ptr, b_rows, m_row, n, b_smi, min_denominator, eps,
                MODE: tl.constexpr, SCALE_STD: tl.constexpr):  # fmt: skip
     """Store the SMI (mode 0), adjusted rewards (1) or advantages (2) of a group held whole in
@@ -329,13 +341,8 @@ def _dra_forward_kernel(
     # NOTE: a constexpr and a run-time condition: two ifs in Triton.
     if GRAM:
         if n <= BM:
+            b_rows, m_row = _small_group_rows(b_first, n, BM, SCAN)
             o_m = tl.arange(0, BM)
-            m_row = o_m < n
-            b_rows = b_first
-            if not SCAN:
-                # NOTE: bucket order depends on atomic timing: sort, so sums run in row order.
-                b_rows = tl.sort(tl.where(m_row, b_rows, 2**62)).to(tl.int64)
-                b_rows = tl.where(m_row, b_rows, 0)
             acc = tl.zeros([BM, BM], dtype=tl.float32)
             for i_d in range(0, D, BK):
                 o_k = i_d + tl.arange(0, BK)
@@ -361,12 +368,7 @@ def _dra_forward_kernel(
                 done = True
     elif TILE:  # noqa: SIM102
         if n <= BM:
-            o_m = tl.arange(0, BM)
-            m_row = o_m < n
-            b_rows = b_first
-            if not SCAN:
-                b_rows = tl.sort(tl.where(m_row, b_rows, 2**62)).to(tl.int64)
-                b_rows = tl.where(m_row, b_rows, 0)
+            b_rows, m_row = _small_group_rows(b_first, n, BM, SCAN)
             o_d = tl.arange(0, BLOCK_D)
             b_u = _unit_rows(emb_ptr, stride_en, stride_ed, b_rows, m_row, o_d, o_d < D, ACC)
             b_sum = tl.sum(b_u, axis=0)
