@@ -293,9 +293,17 @@ def test_completion_text_and_embedder_kinds() -> None:
 
 
 def _main() -> None:
+    import torch.distributed as dist
+
     workdir = pathlib.Path(sys.argv[1])
     result = train(workdir, world=2, **dict(TWO_PROCESSES))
     (workdir / f"rank{result['rank']}.json").write_text(json.dumps(result))
+    # NOTE: the trainer leaves its gloo process group open; torn down at interpreter exit, its
+    # threads can abort the process ("terminate called without an active exception", seen once
+    # in CI after both ranks had finished).
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
