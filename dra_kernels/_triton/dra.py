@@ -387,8 +387,11 @@ def _dra_forward_kernel(
             if plain:
                 o_s = tl.arange(0, SORT_ROWS)
                 m_s = o_s < n
-                b_o = tl.load(order_ptr + i_start + o_s, mask=m_s, other=2147483647)
-                tl.store(order_ptr + i_start + o_s, tl.sort(b_o), mask=m_s)
+                b_o = tl.load(order_ptr + i_start + o_s, mask=m_s, other=0).to(tl.int64)
+                # NOTE: in int64 with a 2^62 sentinel, as on the Gram path: Triton 3.2's
+                # interpreter sorts int32 holding 2^31 - 1 wrongly.
+                b_o = tl.sort(tl.where(m_s, b_o, 2**62))
+                tl.store(order_ptr + i_start + o_s, b_o.to(tl.int32), mask=m_s)
                 # NOTE: every thread reads the sorted bucket below.
                 tl.debug_barrier()
         b_hi, b_lo, b_s, n_nan = _unit_sums(emb_ptr, stride_en, stride_ed, codes_ptr, order_ptr,
