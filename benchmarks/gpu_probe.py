@@ -47,14 +47,15 @@ SWEEP_SHAPES = {(4096, 16, 384, "bfloat16"), (8192, 16, 768, "bfloat16"),
                 (8192, 16, 768, "float32"), (4096, 16, 1024, "float32"),
                 (2048, 64, 384, "bfloat16"), (256, 512, 768, "bfloat16")}  # fmt: skip
 
-SMALL_SHAPES = ((2, 4, 16, "bfloat16"), (8, 16, 40, "float32"))
-SMALL_SWEEP_SHAPES = {(8, 16, 40, "float32")}
+SMALL_SHAPES = ((2, 4, 16, "bfloat16"), (8, 16, 40, "float32"), (2, 80, 24, "bfloat16"))
+SMALL_SWEEP_SHAPES = {(8, 16, 40, "float32"), (2, 80, 24, "bfloat16")}
 
 
 def _variants(dra, size: int, dim: int, dtype: str) -> dict[str, dict[str, Any]]:
     """Overrides of the default plan to time, by name: each per-group path at its own default
     settings (the Gram path for float32 runs in tf32x3), the tile path at 4, 8 and 16 warps, the
-    linear path's chunk rows and warps."""
+    linear path's chunk rows and warps, and for groups above the Gram path's size the linear path
+    split among 2 to 16 programs per group (``SPLIT``)."""
     from benchmarks.resources import tile_variants
 
     float32 = dtype == "float32"
@@ -75,6 +76,10 @@ def _variants(dra, size: int, dim: int, dtype: str) -> dict[str, dict[str, Any]]
                                        (16, 4), (config["R"], config["num_warps"])}):  # fmt: skip
                 mark = tag if (rows, warps) == (config["R"], config["num_warps"]) else ""
                 out[f"linear R{rows} w{warps}{mark}"] = {**config, "R": rows, "num_warps": warps}
+            if size > dra.GRAM_MAX_ROWS:
+                for split in (2, 4, 8, 16):
+                    name = f"linear R{config['R']} w{config['num_warps']} split{split}"
+                    out[name] = {**config, "SPLIT": split}
     return out
 
 
@@ -113,13 +118,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def launch(e, r, codes, k, buckets, scan, **override):
         """The kernel alone, as ``dra_forward`` launches it (adjust mode), with ``override``
-        replacing constexprs (BM, BK, R, ...) or launch options (num_warps, num_stages)."""
+        replacing constexprs (BM, BK, R, ...) or launch options (num_warps, num_stages); with
+        ``SPLIT`` (bucket mode), the kernels of the split linear path instead."""
         n, d = e.shape
         plan_key = (d, -(-n // k), False, 1, True, scan, e.dtype, device.type)
         constexprs, options = (dict(part) for part in dra._plan(*plan_key))
+        split = override.pop("SPLIT", 1)
         for name, value in override.items():
             (options if name in options else constexprs)[name] = value
         out = torch.empty(n, dtype=torch.float32, device=device)
+        if split > 1:
+            dra._split_forward(r, e, codes, k, buckets, out, out, 1, True, (0.1, 0.0, 1e-4, 0.0),
+                               split, constexprs, options)  # fmt: skip
+            return out
         order, counts, ends = (codes, codes, codes) if scan else buckets
         args = (e, e.stride(0), e.stride(1), r, r.stride(0), codes, order, counts, ends, out,
                 n, d, k, 0.1, 0.0, 1e-4, 0.0)  # fmt: skip

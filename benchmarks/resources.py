@@ -42,7 +42,8 @@ _POINTERS = {
     "nans_ptr": "*i32",
     "parts_ptr": "*i64",
 }
-_OUTPUTS = ("out_ptr", "adj_ptr", "amax_ptr")  # float32, or float64 with a float64 accumulator
+# float32, or float64 with a float64 accumulator
+_OUTPUTS = ("out_ptr", "adj_ptr", "amax_ptr", "sums_ptr")
 _TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 # (G, D, dtype): the group sizes and widths of issue 3's grid
@@ -237,7 +238,9 @@ def every_kernel() -> list[tuple[str, Any, dict[str, Any], str, int, int]]:
         constexprs = {**bucket, "ENDS": ends, "ENDS_BLOCK": dra._ENDS_BLOCK}
         out.append((f"count ends={ends}", dra._count_kernel, constexprs, "fp32", 4, 1))
     out.append(("place", dra._place_kernel, bucket, "fp32", 4, 1))
-    linear = {"R": 2, "BLOCK_D": 1024, "ACC": tl.float32}
+    linear = {"R": 2, "BLOCK_D": 1024, "SORT_ROWS": dra.SORT_ROWS, "ACC": tl.float32}
+    sort = {"SORT_ROWS": dra.SORT_ROWS}
+    out.append(("split sort buckets", dra._sort_buckets_kernel, sort, "fp32", 4, 1))
     out.append(("split sums", dra._split_sums_kernel, linear, "bf16", 4, 1))
     out.append(("split rows", dra._split_rows_kernel, {"MODE": 2, **linear}, "bf16", 4, 1))
     stats = {"SCALE_STD": True, "R": 2, "ACC": tl.float32, "E_MAX": 100}

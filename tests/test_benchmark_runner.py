@@ -194,6 +194,8 @@ def test_probe_sweep_times_every_path_and_marks_the_default():
         for name, config in variants.items():
             if name.startswith("tile"):  # every tile timed holds a whole group
                 assert config["BM"] >= size, (name, config)
+        splits = {config.get("SPLIT", 1) for config in variants.values()}
+        assert splits == ({1, 2, 4, 8, 16} if size > dra.GRAM_MAX_ROWS else {1}), (size, splits)
         marked = [name for name in variants if name.endswith("(default)")]
         assert len(marked) == 1 and marked[0].startswith(default), (size, dtype, marked)
         chosen = dra._config(size, dim, 1, False, dtype == "float32")

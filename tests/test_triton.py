@@ -271,6 +271,22 @@ def test_every_group_path_for_every_dtype(path, monkeypatch, poisoned_outputs):
             assert_close(out, float64_reference(mode, r, e, ids), dtype, f"{path} {mode} {dtype}")
 
 
+def _reversed(group_buckets):
+    """``group_buckets`` with every bucket in reverse order (an order atomics could leave)."""
+
+    def reversed_buckets(codes, num_groups):
+        order, counts, ends = group_buckets(codes, num_groups)
+        pos = torch.arange(order.numel(), device=order.device)
+        bucket = torch.searchsorted(ends.long(), pos, right=True)
+        start = (ends - counts).long()[bucket]
+        flipped = torch.empty_like(order)
+        flipped[start + counts.long()[bucket] - 1 - (pos - start)] = order
+        assert not torch.equal(flipped, order)
+        return flipped, counts, ends
+
+    return reversed_buckets
+
+
 @pytest.mark.parametrize("path", ["gram", "tile", "linear", "linear-fixed"])
 def test_every_path_gives_the_same_bits_in_scan_and_bucket_mode(path, row_finding, monkeypatch):
     """Bucket order depends on atomic timing. The Gram and tile paths, and the linear path for
@@ -287,19 +303,7 @@ def test_every_path_gives_the_same_bits_in_scan_and_bucket_mode(path, row_findin
         monkeypatch.setattr(dra, "SORT_ROWS", 4)  # groups of 5 rows and more
         path = "linear"
     _force_path(monkeypatch, path)
-    group_buckets = dra.group_buckets
-
-    def reversed_buckets(codes, num_groups):
-        order, counts, ends = group_buckets(codes, num_groups)
-        pos = torch.arange(order.numel(), device=order.device)
-        bucket = torch.searchsorted(ends.long(), pos, right=True)
-        start = (ends - counts).long()[bucket]
-        flipped = torch.empty_like(order)
-        flipped[start + counts.long()[bucket] - 1 - (pos - start)] = order
-        assert not torch.equal(flipped, order)
-        return flipped, counts, ends
-
-    monkeypatch.setattr(dra, "group_buckets", reversed_buckets)
+    monkeypatch.setattr(dra, "group_buckets", _reversed(dra.group_buckets))
     gen = torch.Generator().manual_seed(22)
     ids, _ = random_layout(gen, [16, 7, 16, 12, 45])
     ids = ids.to(device())
@@ -393,3 +397,37 @@ def test_buckets_hold_each_groups_rows_with_their_counts_and_ends(fused, row_fin
         rows = order.cpu().long()
         assert torch.equal(torch.sort(rows).values, torch.arange(n))
         assert torch.equal(bucket[rows], torch.sort(bucket).values)  # rows grouped by bucket
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_split_groups_in_plain_sums_do_not_depend_on_bucket_order(
+    dtype, row_finding, monkeypatch, poisoned_outputs
+):
+    """Split among programs, groups of up to SORT_ROWS rows are summed in plain floating point
+    (each program its chunks, then the parts in order), after a launch that sorts their
+    buckets; larger ones in fixed point (SORT_ROWS = 128 here: the group of 150 rows). The
+    result matches the float64 reference and is the same bit for bit with every bucket
+    reversed."""
+    from dra_kernels._triton import dra
+
+    if row_finding == "scan":
+        pytest.skip("the split is a bucket-path layout (scan mode keeps one program per group)")
+    gen = torch.Generator().manual_seed(23)
+    ids, _ = random_layout(gen, [150, 90, 1, 120, 3])
+    e = realistic_embeddings(gen, ids.numel(), 24, dtype).to(device())
+    r = torch.randn(ids.numel(), generator=gen, dtype=dtype).to(device())
+    ids = ids.to(device())
+    monkeypatch.setattr(dra, "SPLIT_ROWS", 8)
+    monkeypatch.setattr(dra, "SPLIT_MAX", 4)
+    monkeypatch.setattr(dra, "SORT_ROWS", 128)
+    monkeypatch.setattr(dra, "_PLANS", {})
+    sorts = []
+    launch = dra.launch
+    monkeypatch.setattr(dra, "launch", lambda fn, *a, **k: sorts.append(fn) or launch(fn, *a, **k))
+    for mode in ("smi", "adjust", "advantage"):
+        out = MODES[mode](r, e, ids)
+        assert_close(out, float64_reference(mode, r, e, ids), dtype, f"split {mode} {dtype}")
+        with monkeypatch.context() as flipped:
+            flipped.setattr(dra, "group_buckets", _reversed(dra.group_buckets))
+            assert torch.equal(out, MODES[mode](r, e, ids)), mode
+    assert dra._sort_buckets_kernel in sorts and dra._split_sums_kernel in sorts

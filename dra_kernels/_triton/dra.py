@@ -256,6 +256,19 @@ def _small_group_rows(b_first, n, BM: tl.constexpr, SCAN: tl.constexpr):
 
 
 @triton.jit
+def _sort_bucket(order_ptr, i_start, n, SORT_ROWS: tl.constexpr):
+    """Sort a bucket of ``n <= SORT_ROWS`` row indices in place, into row order (so sums that
+    walk it run in a fixed order, whatever order the atomics filled it in)."""
+    o_s = tl.arange(0, SORT_ROWS)
+    m_s = o_s < n
+    b_o = tl.load(order_ptr + i_start + o_s, mask=m_s, other=0).to(tl.int64)
+    # NOTE: in int64 with a 2^62 sentinel, as on the Gram path: Triton 3.2's interpreter sorts
+    # int32 holding 2^31 - 1 wrongly.
+    b_o = tl.sort(tl.where(m_s, b_o, 2**62))
+    tl.store(order_ptr + i_start + o_s, b_o.to(tl.int32), mask=m_s)
+
+
+@triton.jit
 def _group_out(rew_ptr, stride_r, out_ptr, b_rows, m_row, n, b_smi, min_denominator, eps,
                MODE: tl.constexpr, SCALE_STD: tl.constexpr):  # fmt: skip
     """Store the SMI (mode 0), adjusted rewards (1) or advantages (2) of a group held whole in
@@ -385,13 +398,7 @@ def _dra_forward_kernel(
         plain = n <= SORT_ROWS  # SORT_ROWS = 0: fixed point for every group
         if not SCAN and SORT_ROWS > 0:  # noqa: SIM102 (constexprs, then a run-time condition)
             if plain:
-                o_s = tl.arange(0, SORT_ROWS)
-                m_s = o_s < n
-                b_o = tl.load(order_ptr + i_start + o_s, mask=m_s, other=0).to(tl.int64)
-                # NOTE: in int64 with a 2^62 sentinel, as on the Gram path: Triton 3.2's
-                # interpreter sorts int32 holding 2^31 - 1 wrongly.
-                b_o = tl.sort(tl.where(m_s, b_o, 2**62))
-                tl.store(order_ptr + i_start + o_s, b_o.to(tl.int32), mask=m_s)
+                _sort_bucket(order_ptr, i_start, n, SORT_ROWS)
                 # NOTE: every thread reads the sorted bucket below.
                 tl.debug_barrier()
         b_hi, b_lo, b_s, n_nan = _unit_sums(emb_ptr, stride_en, stride_ed, codes_ptr, order_ptr,
@@ -529,34 +536,49 @@ def _advantages_out(codes_ptr, order_ptr, out_ptr, adj_ptr, N, K, i_g, i_start, 
 
 
 @triton.jit
+def _sort_buckets_kernel(order_ptr, counts_ptr, ends_ptr, SORT_ROWS: tl.constexpr):
+    """Large groups, step 0: each bucket of up to ``SORT_ROWS`` rows sorted in place, so the
+    plain sums of step 1 run in row order."""
+    i_g = tl.program_id(0)
+    n = tl.load(counts_ptr + i_g)
+    if n <= SORT_ROWS:
+        _sort_bucket(order_ptr, (tl.load(ends_ptr + i_g) - n).to(tl.int64), n, SORT_ROWS)
+
+
+@triton.jit
 def _split_sums_kernel(emb_ptr, stride_en, stride_ed, order_ptr, counts_ptr, ends_ptr, parts_ptr,
-                       nans_ptr, N, D, K, R: tl.constexpr, BLOCK_D: tl.constexpr,
-                       ACC: tl.constexpr):  # fmt: skip
+                       sums_ptr, nans_ptr, N, D, K, R: tl.constexpr, BLOCK_D: tl.constexpr,
+                       SORT_ROWS: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
     """Large groups, step 1: program ``(g, s)`` sums the unit rows of chunks ``s, s + SPLIT, ...``
-    of group ``g`` in fixed point into ``parts[g, s]``."""
+    of group ``g`` into ``sums[g, s]`` in plain floating point for a group of up to
+    ``SORT_ROWS`` rows (its bucket sorted by step 0, so in row order), else in fixed point into
+    ``parts[g, s]``."""
     i_g = tl.program_id(0)
     i_s = tl.program_id(1)
     split = tl.num_programs(1)
     n = tl.load(counts_ptr + i_g)
     i_start = (tl.load(ends_ptr + i_g) - n).to(tl.int64)
-    b_hi, b_lo, _, n_nan = _unit_sums(emb_ptr, stride_en, stride_ed, order_ptr, order_ptr, N, D,
-                                      K, i_g, i_start, n, i_s, split, False, R, BLOCK_D, 1, False,
-                                      ACC)  # fmt: skip
+    plain = n <= SORT_ROWS
+    b_hi, b_lo, b_s, n_nan = _unit_sums(emb_ptr, stride_en, stride_ed, order_ptr, order_ptr, N, D,
+                                        K, i_g, i_start, n, i_s, split, plain, R, BLOCK_D, 1,
+                                        False, ACC)  # fmt: skip
     o_d = tl.arange(0, BLOCK_D)
     i_part = (i_g * split + i_s).to(tl.int64)
     tl.store(parts_ptr + i_part * (2 * BLOCK_D) + o_d, b_hi)
     tl.store(parts_ptr + i_part * (2 * BLOCK_D) + BLOCK_D + o_d, b_lo)
+    tl.store(sums_ptr + i_part * BLOCK_D + o_d, b_s)
     tl.store(nans_ptr + i_part, n_nan)
 
 
 @triton.jit
 def _split_rows_kernel(emb_ptr, stride_en, stride_ed, rew_ptr, stride_r, order_ptr, counts_ptr,
-                       ends_ptr, parts_ptr, nans_ptr, out_ptr, adj_ptr, amax_ptr, N, D, K,
-                       min_den_hi, min_den_lo, MODE: tl.constexpr, R: tl.constexpr,
-                       BLOCK_D: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
-    """Large groups, step 2: program ``(g, s)`` adds the group's ``SPLIT`` fixed-point parts (exact:
-    the same ``S`` as one program would find) and writes SMI / adjusted rewards of its chunks;
-    ``(K, s)`` writes NaN for rows whose id is out of range."""
+                       ends_ptr, parts_ptr, sums_ptr, nans_ptr, out_ptr, adj_ptr, amax_ptr, N, D,
+                       K, min_den_hi, min_den_lo, MODE: tl.constexpr, R: tl.constexpr,
+                       BLOCK_D: tl.constexpr, SORT_ROWS: tl.constexpr,
+                       ACC: tl.constexpr):  # fmt: skip
+    """Large groups, step 2: program ``(g, s)`` adds the group's ``SPLIT`` parts in order (the
+    fixed-point ones exactly: the same ``S`` as one program would find) and writes SMI /
+    adjusted rewards of its chunks; ``(K, s)`` writes NaN for rows whose id is out of range."""
     i_g = tl.program_id(0)
     i_s = tl.program_id(1)
     split = tl.num_programs(1)
@@ -572,13 +594,15 @@ def _split_rows_kernel(emb_ptr, stride_en, stride_ed, rew_ptr, stride_r, order_p
         o_d = tl.arange(0, BLOCK_D)
         b_hi = tl.zeros([BLOCK_D], dtype=tl.int64)
         b_lo = tl.zeros([BLOCK_D], dtype=tl.int64)
+        b_s = tl.zeros([BLOCK_D], dtype=ACC)
         n_nan = tl.zeros([], dtype=tl.int32)
         for i_p in range(0, split):
             i_part = (i_g * split + i_p).to(tl.int64)
             b_hi += tl.load(parts_ptr + i_part * (2 * BLOCK_D) + o_d)
             b_lo += tl.load(parts_ptr + i_part * (2 * BLOCK_D) + BLOCK_D + o_d)
+            b_s += tl.load(sums_ptr + i_part * BLOCK_D + o_d)
             n_nan += tl.load(nans_ptr + i_part)
-        b_sum = _from_fixed58(b_hi, b_lo).to(ACC)
+        b_sum = tl.where(n <= SORT_ROWS, b_s, _from_fixed58(b_hi, b_lo).to(ACC))
         b_sum = tl.where(n_nan > 0, float("nan"), b_sum)
         amax = _rows_out(emb_ptr, stride_en, stride_ed, rew_ptr, stride_r, order_ptr, order_ptr,
                          out_ptr, adj_ptr, N, D, K, i_g, i_start, n, i_s, split, b_sum,
@@ -607,21 +631,27 @@ def _split_forward(
     split, constexprs, options,
 ) -> None:  # fmt: skip
     """Groups far larger than a chunk: the two passes of the linear path as two launches of
-    ``num_groups x split`` programs (one program per group would walk each group alone)."""
+    ``num_groups x split`` programs (one program per group would walk each group alone), after
+    a launch that sorts the buckets of groups summed in plain floating point."""
     n, d = embeddings.shape
     order, counts, ends = buckets
     device = embeddings.device
     block_d, rows, acc = constexprs["BLOCK_D"], constexprs["R"], constexprs["ACC"]
+    sort_rows = constexprs["SORT_ROWS"]
     parts = torch.empty((num_groups * split, 2, block_d), dtype=torch.int64, device=device)
+    sums = torch.empty((num_groups * split, block_d), dtype=out.dtype, device=device)
     nans = torch.empty(num_groups * split, dtype=torch.int32, device=device)
     amax = torch.empty((num_groups + 1) * split, dtype=out.dtype, device=device)
     e = (embeddings, embeddings.stride(0), embeddings.stride(1))
-    fixed = {"R": rows, "BLOCK_D": block_d, "ACC": acc}
+    fixed = {"R": rows, "BLOCK_D": block_d, "SORT_ROWS": sort_rows, "ACC": acc}
     if num_groups:
-        args = (*e, order, counts, ends, parts, nans, n, d, num_groups)
+        if sort_rows:
+            launch(_sort_buckets_kernel, (num_groups,), (order, counts, ends),
+                   {"SORT_ROWS": sort_rows}, **_BUCKET_OPTIONS)  # fmt: skip
+        args = (*e, order, counts, ends, parts, sums, nans, n, d, num_groups)
         launch(_split_sums_kernel, (num_groups, split), args, fixed, **options)
     r = (out, 1) if rewards is None else (rewards, rewards.stride(0))
-    args = (*e, *r, order, counts, ends, parts, nans, out, adjusted, amax, n, d, num_groups,
+    args = (*e, *r, order, counts, ends, parts, sums, nans, out, adjusted, amax, n, d, num_groups,
             *halves[:2])  # fmt: skip
     launch(_split_rows_kernel, (num_groups + 1, split), args, {"MODE": mode_id, **fixed},
            **options)  # fmt: skip
@@ -750,7 +780,10 @@ SPLIT_MAX = 1
 """1: no split. NOTE: measured on an H200 (benchmarks/results/h200-2026-11-27, call 4), 4 programs
 per group of 512 rows took 558.6 us per call at D = 768 bf16 against 537.9 us for one program
 (call 3). So the serial walk is not what costs; my guess, not checked, is the fixed-point
-conversion of whole ``R x D`` tiles in both. Off until measured otherwise; tests turn it on."""
+conversion of whole ``R x D`` tiles in both. Since then groups of up to ``SORT_ROWS`` rows are
+summed in plain floating point, split or not (the split after a launch that sorts the buckets);
+**not yet timed** (``benchmarks/gpu_probe.py`` sweeps 1, 2, 4 and 8 programs per group). Off
+until measured otherwise; tests turn it on."""
 
 
 def _split(n: int, mean: int, constexprs: dict) -> int:
