@@ -362,6 +362,13 @@ def resolve_backend(backend: str, device: torch.device, dim: int | None = None) 
 
 def _check_scalar(name: str, value: Any, *, positive: bool, at_most: float | None = None) -> float:
     """``value`` as a float; any real number type (Python, numpy, 0-d tensors excluded)."""
+    if (
+        type(value) is float
+        and (value > 0.0 if positive else value >= 0.0)
+        and value <= (math.inf if at_most is None else at_most)
+        and value != math.inf
+    ):
+        return value  # the common case, without the checks below (called on every call)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
     value = float(value)
@@ -481,10 +488,15 @@ def _prepare(
     return _Prepared(r, e, groups, chosen, reference.compute_dtype(*dtypes))
 
 
-def _run_triton(*args: Any, **kwargs: Any) -> torch.Tensor:
-    from dra_kernels._triton.ops import dra_forward  # imports triton: only when it is used
+_TRITON_FORWARD: list[Any] = []  # filled on first use
 
-    return dra_forward(*args, **kwargs)
+
+def _run_triton(*args: Any, **kwargs: Any) -> torch.Tensor:
+    if not _TRITON_FORWARD:
+        from dra_kernels._triton.ops import dra_forward  # imports triton: only when it is used
+
+        _TRITON_FORWARD.append(dra_forward)
+    return _TRITON_FORWARD[0](*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- public API

