@@ -365,8 +365,8 @@ def _check_scalar(name: str, value: Any, *, positive: bool, at_most: float | Non
     if (
         type(value) is float
         and (value > 0.0 if positive else value >= 0.0)
-        and value <= (math.inf if at_most is None else at_most)
-        and value != math.inf
+        and value < math.inf
+        and (at_most is None or value <= at_most)
     ):
         return value  # the common case, without the checks below (called on every call)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):

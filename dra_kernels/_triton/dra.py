@@ -782,7 +782,7 @@ per group of 512 rows took 558.6 us per call at D = 768 bf16 against 537.9 us fo
 (call 3). So the serial walk is not what costs; my guess, not checked, is the fixed-point
 conversion of whole ``R x D`` tiles in both. Since then groups of up to ``SORT_ROWS`` rows are
 summed in plain floating point, split or not (the split after a launch that sorts the buckets);
-**not yet timed** (``benchmarks/gpu_probe.py`` sweeps 1, 2, 4 and 8 programs per group). Off
+**not yet timed** (``benchmarks/gpu_probe.py`` sweeps 2, 4, 8 and 16 programs per group). Off
 until measured otherwise; tests turn it on."""
 
 
