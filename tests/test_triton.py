@@ -337,6 +337,23 @@ def test_out_of_range_ids_give_nan_rows_and_leave_the_rest_exact(mode, poisoned_
     assert_close(out[good], expected, torch.float32, mode)
 
 
+def _split_case(seed, dtype, monkeypatch, *, split_max, sort_rows):
+    """Rewards, embeddings and ids of groups of 150, 90, 1, 120 and 3 rows (mean 73: above the
+    Gram path's 64), with the split turned on (programs of about 8 rows, at most ``split_max``
+    per group) and ``SORT_ROWS`` set."""
+    from dra_kernels._triton import dra
+
+    gen = torch.Generator().manual_seed(seed)
+    ids, _ = random_layout(gen, [150, 90, 1, 120, 3])
+    e = realistic_embeddings(gen, ids.numel(), 24, dtype).to(device())
+    r = torch.randn(ids.numel(), generator=gen, dtype=dtype).to(device())
+    monkeypatch.setattr(dra, "SPLIT_ROWS", 8)
+    monkeypatch.setattr(dra, "SPLIT_MAX", split_max)
+    monkeypatch.setattr(dra, "SORT_ROWS", sort_rows)
+    monkeypatch.setattr(dra, "_PLANS", {})
+    return r, e, ids.to(device())
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
 def test_large_groups_split_among_programs_match_one_program_bit_for_bit(
     dtype, row_finding, monkeypatch, poisoned_outputs
@@ -349,16 +366,8 @@ def test_large_groups_split_among_programs_match_one_program_bit_for_bit(
 
     if row_finding == "scan":
         pytest.skip("the split is a bucket-path layout (scan mode keeps one program per group)")
-    gen = torch.Generator().manual_seed(21)
-    ids, _ = random_layout(gen, [150, 90, 1, 120, 3])  # mean 73: above the Gram path's 64
-    e = realistic_embeddings(gen, ids.numel(), 24, dtype).to(device())
-    r = torch.randn(ids.numel(), generator=gen, dtype=dtype).to(device())
-    ids = ids.to(device())
+    r, e, ids = _split_case(21, dtype, monkeypatch, split_max=16, sort_rows=0)
     _, codes = torch.unique(ids, return_inverse=True)
-    monkeypatch.setattr(dra, "SPLIT_ROWS", 8)
-    monkeypatch.setattr(dra, "SPLIT_MAX", 16)
-    monkeypatch.setattr(dra, "SORT_ROWS", 0)
-    monkeypatch.setattr(dra, "_PLANS", {})
     splits = []
     split_forward = dra._split_forward
     monkeypatch.setattr(dra, "_split_forward", lambda *a: splits.append(a[10]) or split_forward(*a))
@@ -412,15 +421,7 @@ def test_split_groups_in_plain_sums_do_not_depend_on_bucket_order(
 
     if row_finding == "scan":
         pytest.skip("the split is a bucket-path layout (scan mode keeps one program per group)")
-    gen = torch.Generator().manual_seed(23)
-    ids, _ = random_layout(gen, [150, 90, 1, 120, 3])
-    e = realistic_embeddings(gen, ids.numel(), 24, dtype).to(device())
-    r = torch.randn(ids.numel(), generator=gen, dtype=dtype).to(device())
-    ids = ids.to(device())
-    monkeypatch.setattr(dra, "SPLIT_ROWS", 8)
-    monkeypatch.setattr(dra, "SPLIT_MAX", 4)
-    monkeypatch.setattr(dra, "SORT_ROWS", 128)
-    monkeypatch.setattr(dra, "_PLANS", {})
+    r, e, ids = _split_case(23, dtype, monkeypatch, split_max=4, sort_rows=128)
     sorts = []
     launch = dra.launch
     monkeypatch.setattr(dra, "launch", lambda fn, *a, **k: sorts.append(fn) or launch(fn, *a, **k))
