@@ -10,7 +10,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EmbedFn", "PatchOnImport", "as_embed_fn", "env_flag", "import_object"]
+__all__ = [
+    "EmbedFn",
+    "PatchOnImport",
+    "as_embed_fn",
+    "embed_metrics",
+    "env_flag",
+    "import_object",
+]
 
 EmbedFn = Callable[[list[str]], Any]
 """``texts -> [N, D]`` embeddings (torch tensor, numpy array or nested list)."""
@@ -59,6 +66,20 @@ def as_embed_fn(obj: Any, what: str) -> EmbedFn:
         f"encode(texts) method (dra_kernels.embed.Embedder, a SentenceTransformer); "
         f"got {type(obj).__name__}"
     )
+
+
+def embed_metrics(embed_fn: Any) -> dict[str, float]:
+    """The per-step coverage metrics of an embedder's last call (``dra/tokens_read_share``,
+    ``dra/texts_cut``), read from ``last_stats`` of the function's owner (a bound
+    ``Embedder.encode``) or of the object itself; ``{}`` for an embedder that keeps no statistics
+    (a user function, whose coverage is unknown)."""
+    from dra_kernels.embed import EmbedStats
+
+    for owner in (getattr(embed_fn, "__self__", None), embed_fn):
+        stats = getattr(owner, "last_stats", None)
+        if isinstance(stats, EmbedStats):
+            return stats.metrics()
+    return {}
 
 
 class PatchOnImport(importlib.abc.MetaPathFinder):
