@@ -33,7 +33,7 @@ examples:
   dra-kernels adjust rollouts.jsonl -o adjusted.jsonl
   dra-kernels adjust rollouts.csv -o adjusted.csv --group-field prompt_id --scale none
   dra-kernels adjust rollouts.jsonl -o out.jsonl --model jinaai/jina-embeddings-v2-small-en \\
-      --trust-remote-code --device cuda --max-tokens 512
+      --trust-remote-code --device cuda
 
 Each output row is the input row plus: smi (similarity of the completion to the rest of its
 group), reward_adjusted = reward / (1 + smi), advantage (GRPO advantage of the original reward)
@@ -91,6 +91,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return value
 
 
@@ -167,15 +177,38 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=32,
         metavar="N",
-        help="completions per forward pass (default: 32)",
+        help="windows per forward pass (default: 32)",
+    )
+    group.add_argument(
+        "--long-text",
+        choices=("windows", "head", "head_tail"),
+        default="windows",
+        help="how completions longer than the model's window are read: windows = every token, "
+        "in consecutive windows averaged by token count (default); head = the first window only; "
+        "head_tail = one window of the first and last tokens. Cuts are reported",
+    )
+    group.add_argument(
+        "--window-tokens",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="tokens per window, special tokens included (default: the model's sequence "
+        "length, 256 for the default model)",
+    )
+    group.add_argument(
+        "--window-overlap",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="tokens shared by consecutive windows (default: 0)",
     )
     group.add_argument(
         "--max-tokens",
         type=_positive_int,
         default=None,
         metavar="N",
-        help="tokens embedded per completion; longer ones are truncated to their beginning "
-        "(default: the model's limit, 256 for the default model)",
+        help="text tokens read per completion at most; longer ones are cut, with a note "
+        "(default: all of them)",
     )
     group.add_argument(
         "--trust-remote-code",
@@ -354,7 +387,9 @@ def _check_output(path: str, *, what: str) -> None:
 
 
 def _embed(rollouts: Rollouts, args: argparse.Namespace) -> torch.Tensor:
-    from dra_kernels.embed import Embedder
+    import warnings
+
+    from dra_kernels.embed import Embedder, TruncationWarning
 
     progress = _progress_wanted(args)
     embedder = Embedder(
@@ -362,18 +397,55 @@ def _embed(rollouts: Rollouts, args: argparse.Namespace) -> torch.Tensor:
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
+        long_text=args.long_text,
+        window_tokens=args.window_tokens,
+        window_overlap=args.window_overlap,
         max_tokens=args.max_tokens,
         trust_remote_code=args.trust_remote_code,
         progress=progress,
     )
-    truncated = embedder.count_truncated(rollouts.completions)
-    if truncated:
-        print(
-            f"note: {truncated} of {len(rollouts)} completions exceed {embedder.max_tokens} "
-            "tokens; only their beginning is embedded (--max-tokens)",
-            file=sys.stderr,
+    with warnings.catch_warnings():
+        # NOTE: the summary line below says the same, in the command's own words.
+        warnings.simplefilter("ignore", TruncationWarning)
+        embeddings = embedder.encode(rollouts.completions)
+    stats = embedder.last_stats
+    if stats is not None:
+        line = (
+            f"embedded {stats.texts} completions ({stats.tokens:,} tokens, {stats.windows:,} "
+            f"windows of up to {embedder.window_tokens} tokens, long text: {args.long_text}); "
+            f"{stats.share_read:.1%} of tokens read"
         )
-    return embedder.encode(rollouts.completions)
+        if stats.cut_texts:
+            line += (
+                f"; {stats.cut_texts} completions cut (--long-text {args.long_text}"
+                + (f", --max-tokens {args.max_tokens}" if args.max_tokens is not None else "")
+                + "): use --long-text windows without --max-tokens to read every token"
+            )
+        print(("note: " if stats.cut_texts else "") + line, file=sys.stderr)
+    return embeddings
+
+
+def _check_embed_options(args: argparse.Namespace) -> None:
+    """Check the embedding options together, before any file is read or model loaded."""
+    if not hasattr(args, "long_text"):
+        return
+    from dra_kernels.embed import EmbedderConfig
+
+    options = {
+        "model": args.model,
+        "trust_remote_code": args.trust_remote_code,
+        "long_text": args.long_text,
+        "window_tokens": args.window_tokens,
+        "window_overlap": args.window_overlap,
+        "max_tokens": args.max_tokens,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
+    try:
+        EmbedderConfig.from_options(options)
+    except (TypeError, ValueError) as exc:
+        raise _UsageError(f"--{str(exc).replace('_', '-', 1)}") from None
 
 
 def _short(text: Any, width: int) -> str:
@@ -549,6 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        _check_embed_options(args)
         return _COMMANDS[args.command](args)
     except _UsageError as exc:
         _subparser(parser, args.command).print_usage(sys.stderr)

@@ -56,8 +56,10 @@ def test_adjust_writes_what_the_library_computes(
 ) -> None:
     out = tmp_path / "adjusted.jsonl"
     assert main(["adjust", str(SAMPLE), "-o", str(out), "--device", "cpu"]) == 0
-    stdout = capsys.readouterr().out
+    captured = capsys.readouterr()
+    stdout = captured.out
     assert "84 completions in 12 groups" in stdout and f"wrote 84 rows to {out}" in stdout
+    assert "100.0% of tokens read" in captured.err and "cut" not in captured.err
     rollouts = read_rollouts(SAMPLE)
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(written) == len(rollouts)
@@ -173,6 +175,28 @@ def test_missing_input_and_unwritable_output_exit_1(tmp_path: Path) -> None:
         ["adjust", str(SAMPLE), "-o", "out.parquet"],
         ["analyze", str(SAMPLE), "--alpha", "2"],
         ["demo", "--no-such-option"],
+        [
+            "adjust",
+            "no-such-file.jsonl",
+            "-o",
+            "x.jsonl",
+            "--long-text",
+            "head",
+            "--window-overlap",
+            "4",
+        ],
+        [
+            "adjust",
+            "no-such-file.jsonl",
+            "-o",
+            "x.jsonl",
+            "--window-tokens",
+            "2",
+            "--window-overlap",
+            "2",
+        ],
+        ["analyze", "no-such-file.jsonl", "--long-text", "tail"],
+        ["adjust", "no-such-file.jsonl", "-o", "x.jsonl", "--window-overlap", "-1"],
     ],
 )
 def test_usage_errors_exit_2(
@@ -182,6 +206,18 @@ def test_usage_errors_exit_2(
     assert main(argv) == 2
     assert "usage: dra-kernels" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cut_completions_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "adjusted.jsonl"
+    assert (
+        main(["adjust", str(SAMPLE), "-o", str(out), "--device", "cpu", "--max-tokens", "20"]) == 0
+    )
+    err = capsys.readouterr().err
+    assert "note: embedded 84 completions" in err
+    assert "completions cut (--long-text windows, --max-tokens 20)" in err
+    share = float(err.split("% of tokens read")[0].rsplit(" ", 1)[1])
+    assert 0 < share < 100
 
 
 @pytest.mark.parametrize("command", [[], ["adjust"], ["analyze"], ["demo"], ["bench"]])
