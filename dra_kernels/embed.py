@@ -57,6 +57,9 @@ _DTYPES = {
 _INSTALL_HINT = 'install the embedding extra from a clone: pip install -e ".[embed]"'
 
 
+_TEXTS_PER_CHUNK = 512
+"""Texts tokenised and encoded together by Embedder.encode (bounds its memory)."""
+
 _POOL_SLICE_ELEMENTS = 1 << 22
 """Elements of a half-precision ``hidden`` widened to float32 at a time by pool_hidden_states."""
 
@@ -519,30 +522,52 @@ class Embedder:
         """
         texts = _check_texts(texts)
         n = len(texts)
-        token_ids = self._tokenize(texts)
+        tally = [0, 0, 0, 0, 0, 0]  # cut texts, tokens, read, read of cut, tokens of cut, windows
+        out: torch.Tensor | None = None
+        bar = _progress_bar(n, self.progress)
+        try:
+            # NOTE: texts are tokenised and encoded a chunk at a time, so memory is bounded by the
+            # chunk (its token ids and windows), not by the whole input.
+            for first in range(0, n, _TEXTS_PER_CHUNK):
+                chunk = texts[first : first + _TEXTS_PER_CHUNK]
+                windows = self._windows(self._tokenize(chunk), tally)
+                vectors = self._encode_windows(windows, len(chunk), bar)
+                if vectors is None:
+                    continue
+                if out is None:
+                    out = torch.zeros(n, vectors.shape[1], dtype=torch.float32)
+                out[first : first + len(chunk)] = vectors
+        finally:
+            bar.close()
+        cut, tokens, read, read_of_cut, tokens_of_cut, windows_total = tally
+        self.last_stats = EmbedStats(n, cut, tokens, read, windows_total)
+        if cut:
+            self._warn_cut(cut, n, read_of_cut, tokens_of_cut)
+        if out is None:  # no texts, or only empty ones under a tokenizer without special tokens
+            return torch.zeros(n, self.dimension, dtype=torch.float32)
+        return out
+
+    def _windows(self, token_ids: list[list[int]], tally: list[int]) -> list[_Window]:
+        """The windows of a chunk's texts (indices local to the chunk); adds to ``tally``."""
         windows: list[_Window] = []
-        cut = tokens = read_total = read_of_cut = tokens_of_cut = 0
         for i, ids in enumerate(token_ids):
             spans, read = self._spans(len(ids))
             if len(spans) == 1 and not isinstance(read, range):  # head_tail: two pieces
-                body = [ids[p] for p in read]
-                windows.append(_Window(i, [*self._prefix, *body, *self._suffix]))
+                pieces = [[ids[p] for p in read]]
             else:
-                for start, end in spans:
-                    windows.append(_Window(i, [*self._prefix, *ids[start:end], *self._suffix]))
-            tokens += len(ids)
-            read_total += len(read)
+                pieces = [ids[start:end] for start, end in spans]
+            for piece in pieces:
+                window = [*self._prefix, *piece, *self._suffix]
+                if window:  # empty only for an empty text under a tokenizer without specials
+                    windows.append(_Window(i, window))
+            tally[1] += len(ids)
+            tally[2] += len(read)
+            tally[5] += len(pieces)
             if len(read) < len(ids):
-                cut += 1
-                tokens_of_cut += len(ids)
-                read_of_cut += len(read)
-        self.last_stats = EmbedStats(n, cut, tokens, read_total, len(windows))
-        windows = [w for w in windows if w.ids]  # an empty text under a tokenizer without specials
-        if cut:
-            self._warn_cut(cut, n, read_of_cut, tokens_of_cut)
-        if not windows:
-            return torch.zeros(n, self.dimension, dtype=torch.float32)
-        return self._encode_windows(windows, n)
+                tally[0] += 1
+                tally[3] += len(read)
+                tally[4] += len(ids)
+        return windows
 
     def _warn_cut(self, cut: int, n: int, read: int, total: int) -> None:
         share_all = self.last_stats.share_read if self.last_stats is not None else 1.0
@@ -557,26 +582,32 @@ class Embedder:
             stacklevel=3,
         )
 
-    def _encode_windows(self, windows: list[_Window], n: int) -> torch.Tensor:
+    def _encode_windows(self, windows: list[_Window], n: int, bar: Any) -> torch.Tensor | None:
+        """``[n, D]`` vectors of ``n`` texts from their windows (None when there are none)."""
         # NOTE: windows of similar lengths waste less padding; sort by length, scatter back after.
         order = sorted(range(len(windows)), key=lambda w: len(windows[w].ids), reverse=True)
+        remaining = [0] * n  # windows left per text, for the progress bar
+        for window in windows:
+            remaining[window.text] += 1
+        bar.update(sum(1 for left in remaining if left == 0))
         sums: torch.Tensor | None = None
         weights = torch.zeros(n, dtype=torch.float64)
-        bar = _progress_bar(len(windows), self.progress)
-        try:
-            for start in range(0, len(order), self.batch_size):
-                batch = [windows[w] for w in order[start : start + self.batch_size]]
-                pooled = self._forward(batch).to("cpu", torch.float64)
-                lengths = torch.tensor([len(w.ids) for w in batch], dtype=torch.float64)
-                rows = torch.tensor([w.text for w in batch])
-                if sums is None:
-                    sums = torch.zeros(n, pooled.shape[1], dtype=torch.float64)
-                sums.index_add_(0, rows, pooled * lengths.unsqueeze(1))
-                weights.index_add_(0, rows, lengths)
-                bar.update(len(batch))
-        finally:
-            bar.close()
-        assert sums is not None
+        for start in range(0, len(order), self.batch_size):
+            batch = [windows[w] for w in order[start : start + self.batch_size]]
+            pooled = self._forward(batch).to("cpu", torch.float64)
+            lengths = torch.tensor([len(w.ids) for w in batch], dtype=torch.float64)
+            rows = torch.tensor([w.text for w in batch])
+            if sums is None:
+                sums = torch.zeros(n, pooled.shape[1], dtype=torch.float64)
+            sums.index_add_(0, rows, pooled * lengths.unsqueeze(1))
+            weights.index_add_(0, rows, lengths)
+            done = 0
+            for window in batch:
+                remaining[window.text] -= 1
+                done += remaining[window.text] == 0
+            bar.update(done)
+        if sums is None:
+            return None
         out = sums / weights.clamp_min(1.0).unsqueeze(1)
         if self.normalize or self._final_normalize:
             out = torch.nn.functional.normalize(out, dim=1)
@@ -637,7 +668,7 @@ def _progress_bar(total: int, enabled: bool) -> Any:
         enabled = False
     if not enabled:
         return _NoBar()
-    return tqdm(total=total, desc="embedding", unit="window", leave=False)
+    return tqdm(total=total, desc="embedding", unit="text", leave=False)
 
 
 class _NoBar:

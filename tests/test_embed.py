@@ -275,3 +275,30 @@ def test_pool_hidden_states_half_is_sliced_and_exact(monkeypatch: pytest.MonkeyP
     exact = pool_hidden_states(hidden.double(), mask).float()
     monkeypatch.setattr(embed, "_POOL_SLICE_ELEMENTS", 2 * 8 * 5)  # slices of 5 tokens
     torch.testing.assert_close(pool_hidden_states(hidden, mask), exact, atol=1e-6, rtol=1e-6)
+
+
+def test_chunks_and_progress_do_not_change_the_result(
+    embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dra_kernels.embed as embed
+
+    texts = [_long_text(k) for k in (1, 40, 3, 25, 0)]
+    whole = embedder.encode(texts)
+    stats = embedder.last_stats
+    counts: list[int] = []
+
+    class Bar:
+        def __init__(self, total: int) -> None:
+            assert total == len(texts)
+
+        def update(self, k: int) -> None:
+            counts.append(k)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(embed, "_TEXTS_PER_CHUNK", 2)
+    monkeypatch.setattr(embed, "_progress_bar", lambda total, enabled: Bar(total))
+    torch.testing.assert_close(embedder.encode(texts), whole, atol=1e-6, rtol=0)
+    assert embedder.last_stats == stats
+    assert sum(counts) == len(texts)  # every text reported done exactly once
