@@ -21,7 +21,7 @@ if [ ! -x "$PY" ]; then
 fi
 # NOTE: torch==2.13.0 on the same command line so pip never resolves another torch; pip skips
 # everything already satisfied, so a second run is quick.
-"$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[trl,test]'
+"$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[trl,embed,test]'
 "$PY" -c 'import torch, transformers, trl; print("torch", torch.__version__, "| transformers", transformers.__version__, "| trl", trl.__version__)'
 
 # The one-process runs and the torchrun run (2 gloo processes) are all in tests/integrations/

@@ -8,6 +8,7 @@ Run (from the repository root, in an environment with ``pip install -e '.[trl]'`
 
     python examples/trl_grpo_dra.py
     python examples/trl_grpo_dra.py --embedder minilm        # needs '.[embed]' (bundled model)
+    python examples/trl_grpo_dra.py --embedder policy        # the policy's own hidden states
     torchrun --nproc_per_node 2 examples/trl_grpo_dra.py     # two processes (gloo on CPU)
 """
 
@@ -71,17 +72,16 @@ def hashed_bag_of_words(texts: list[str], dim: int = 64) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--embedder", choices=["hash", "minilm"], default="hash")
+    parser.add_argument("--embedder", choices=["hash", "minilm", "policy"], default="hash")
     parser.add_argument("--steps", type=int, default=4)
     options = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    if options.embedder == "minilm":
-        from dra_kernels.embed import Embedder  # bundled all-MiniLM-L6-v2, offline
-
-        embedder = Embedder(device="cpu")
-    else:
-        embedder = hashed_bag_of_words
+    embedder = {
+        "hash": hashed_bag_of_words,
+        "minilm": None,  # the default: bundled all-MiniLM-L6-v2 (offline), on the trainer's device
+        "policy": "policy",  # mean of the policy's last hidden states over each completion
+    }[options.embedder]
 
     with tempfile.TemporaryDirectory() as workdir:
         model_dir = os.path.join(workdir, "model")
@@ -111,10 +111,12 @@ def main() -> None:
         if trainer.accelerator.is_main_process:
             for entry in trainer.state.log_history:
                 if "dra/smi_mean" in entry:
+                    read = entry.get("dra/tokens_read_share")  # None for a plain function
                     print(
                         f"step {entry['step']}: reward (adjusted) {entry['reward']:.3f}, "
                         f"raw {entry['dra/reward_raw']:.3f}, mean SMI {entry['dra/smi_mean']:.3f}, "
                         f"mean factor {entry['dra/factor_mean']:.3f}"
+                        + ("" if read is None else f", tokens read {read:.0%}")
                     )
 
 

