@@ -2,7 +2,8 @@
 # verl integration: its own virtual environment (verl's transformers / ray pins clash with other
 # trainers), then tests/integrations/test_verl.py against the real verl package on CPU.
 # Idempotent: a second run reuses .venv-verl and pip installs nothing new. Run from the repo root.
-# A fresh install takes about 1.5-2 minutes here (about 2 GB), the tests about 40 seconds.
+# A fresh install takes about 1.5-2 minutes here (about 2 GB), the tests about 2 minutes (they start
+# verl's main_ppo driver, a local Ray instance and the embedder's Ray actor several times).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -15,32 +15,55 @@ environment variable ``DRA_KERNELS_OPENRLHF`` is on (off by default), and
 ``python -m dra_kernels.integrations.openrlhf_launch`` wires that hook into
 ``openrlhf.cli.train_ppo_ray``. See docs/integrations/openrlhf.md.
 
-Environment variables (read by :func:`config_from_env`):
+Environment variables (read by :func:`config_from_env`; the launcher's ``--dra.*`` flags set them):
 
 - ``DRA_KERNELS_OPENRLHF``: ``1/true/yes/on`` turns DRA on; unset, empty or ``0/false/no/off``
   leaves OpenRLHF untouched. Any other value is an error.
 - ``DRA_KERNELS_OPENRLHF_EMBEDDER``: ``package.module:factory``, a zero-argument callable (a class
   counts) returning the embedder, a callable ``list[str] -> [N, D]`` array or tensor (or an object
-  with ``encode``). Unset: ``dra_kernels.embed.Embedder()``, the default offline model.
+  with ``encode``). Unset: :class:`dra_kernels.embed.Embedder`, configured by the options below.
+- ``DRA_KERNELS_OPENRLHF_OPTIONS``: a JSON object of the embedder's options (the fields of
+  :class:`dra_kernels.embed.EmbedderConfig`: ``model``, ``trust_remote_code``, ``long_text``,
+  ``window_tokens``, ``window_overlap``, ``max_tokens``, ``batch_size``, ``device``, ``dtype``) and
+  of where it runs (``placement``, ``num_gpus``, ``placement_timeout``; see
+  :mod:`dra_kernels.integrations._placement`), e.g.
+  ``{"model": "jinaai/jina-embeddings-v2-small-en", "trust_remote_code": true}``.
 - ``DRA_KERNELS_OPENRLHF_MIN_DENOMINATOR``: float > 0, default 0.1 (see ``adjust_rewards``).
 - ``DRA_KERNELS_OPENRLHF_BACKEND``: ``auto`` (default), ``torch`` or ``triton``.
+
+The embedder is built when the experience maker is constructed (in the trainer actor, after
+OpenRLHF's driver has reserved every GPU and before the first rollout). The trainer actor holds no
+GPU, so with ``placement=auto`` it goes to a Ray actor holding ``num_gpus`` of a cluster GPU.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from dra_kernels.api import adjust_rewards, smi_scores
-from dra_kernels.integrations._common import PatchOnImport, as_embed_fn, env_flag, import_object
+from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig
+from dra_kernels.integrations._common import (
+    PatchOnImport,
+    embed_metrics,
+    env_flag,
+    import_object,
+)
+from dra_kernels.integrations._placement import (
+    PLACEMENT_OPTIONS,
+    PlacementOptions,
+    build_embed_fn,
+    check_device,
+)
 from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
 
 __all__ = [
@@ -48,6 +71,9 @@ __all__ = [
     "ENV_EMBEDDER",
     "ENV_ENABLE",
     "ENV_MIN_DENOMINATOR",
+    "ENV_OPTIONS",
+    "OPTIONS",
+    "PREFIX",
     "TARGET_MODULE",
     "DRAConfig",
     "apply_dra_to_experiences",
@@ -64,6 +90,17 @@ ENV_ENABLE = "DRA_KERNELS_OPENRLHF"
 ENV_EMBEDDER = "DRA_KERNELS_OPENRLHF_EMBEDDER"
 ENV_MIN_DENOMINATOR = "DRA_KERNELS_OPENRLHF_MIN_DENOMINATOR"
 ENV_BACKEND = "DRA_KERNELS_OPENRLHF_BACKEND"
+ENV_OPTIONS = "DRA_KERNELS_OPENRLHF_OPTIONS"
+
+PREFIX = "--dra."
+"""How the launcher spells the options (``--dra.model``); used in every error message."""
+OPTIONS: tuple[str, ...] = (*EMBEDDER_OPTIONS, *PLACEMENT_OPTIONS)
+"""Keys of ``DRA_KERNELS_OPENRLHF_OPTIONS`` (each also a ``--dra.<key>`` flag of the launcher)."""
+_PLACEMENT_HINT = (
+    "OpenRLHF's colocated runs (--train.colocate_all, --train.colocate_actor_ref) keep room in "
+    "each GPU's placement-group bundle (its actors hold 0.2 each); without colocation every "
+    "bundle holds a whole GPU per actor, so leave a GPU out of the actor/vLLM counts for it."
+)
 
 TARGET_MODULE = "openrlhf.trainer.ppo_utils.experience_maker"
 TARGET_CLASS = "RemoteExperienceMaker"
@@ -79,10 +116,16 @@ class DRAConfig:
 
     Args:
         embedder: callable ``list[str] -> [N, D]`` (numpy array or torch tensor), or ``None`` for
-            the default embedder of :mod:`dra_kernels.embed`, built on first use.
+            one built on first use (by ``embedder_factory``, else from ``embedder_config``).
         embedder_factory: zero-argument callable building the embedder (a callable, or an object
             with ``encode`` such as :class:`dra_kernels.embed.Embedder`) on first use, when
             ``embedder`` is ``None``; lets a Ray worker load its model only when it needs it.
+        embedder_config: options of the default :class:`dra_kernels.embed.Embedder` (used when
+            neither ``embedder`` nor ``embedder_factory`` is given; its ``device`` is ignored:
+            ``device`` is placed).
+        device: the device option (``None``: auto), placed by
+            :mod:`dra_kernels.integrations._placement`.
+        placement: where the embedder runs (this process, or a Ray actor on a GPU share).
         min_denominator: lower clamp of ``1 + SMI``, as in :func:`dra_kernels.adjust_rewards`.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
         skip_special_tokens: passed to the tokenizer's ``batch_decode``.
@@ -90,30 +133,40 @@ class DRAConfig:
 
     embedder: Embedder | None = None
     embedder_factory: Callable[[], Embedder] | None = None
+    embedder_config: EmbedderConfig = field(default_factory=EmbedderConfig)
+    device: str | None = None
+    placement: PlacementOptions = field(default_factory=PlacementOptions)
     min_denominator: float = DEFAULT_MIN_DENOMINATOR
     backend: str = "auto"
     skip_special_tokens: bool = True
 
     def get_embedder(self) -> Embedder:
+        """The embedding function, built on the first call (where the placement rules say)."""
         if self.embedder is None:
-            factory = self.embedder_factory or _default_embedder_factory
-            returned = f"what the embedder factory {factory!r} returned"
-            self.embedder = as_embed_fn(factory(), returned)
+            self.embedder = build_embed_fn(
+                config=self.embedder_config,
+                factory=self.embedder_factory,
+                device=self.device,
+                options=self.placement,
+                prefix=PREFIX,
+                hint=_PLACEMENT_HINT,
+            )
         return self.embedder
 
 
 # ----------------------------------------------------------------------------- configuration
 
 
-def _default_embedder_factory() -> Embedder:
-    # NOTE: imported lazily: dra_kernels.embed needs sentence-transformers (the "embed" extra).
-    from dra_kernels.embed import Embedder as SentenceEmbedder
-
-    return SentenceEmbedder().encode
-
-
 def config_from_env() -> DRAConfig | None:
-    """The configuration the environment asks for, or ``None`` when DRA is off (the default)."""
+    """The configuration the environment asks for, or ``None`` when DRA is off (the default).
+
+    Every value is checked here, without loading a model or starting anything: the launcher calls
+    this in OpenRLHF's driver before ``ray.init``.
+
+    Raises:
+        ValueError, TypeError: a bad value, or an unknown option in ``DRA_KERNELS_OPENRLHF_OPTIONS``
+            (the message lists the valid ones, spelled ``--dra.x`` as the launcher's flags).
+    """
     if not env_flag(ENV_ENABLE):
         return None
     factory = None
@@ -124,6 +177,29 @@ def config_from_env() -> DRAConfig | None:
             raise TypeError(
                 f"{ENV_EMBEDDER}={spec!r} names a {type(factory).__name__}, not a factory"
             )
+    options = options_from_env()
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"unknown DRA option(s) {[PREFIX + str(k) for k in unknown]} (from {ENV_OPTIONS}); "
+            "valid: "
+            + ", ".join(PREFIX + key for key in ("enable", "embedder", *OPTIONS))
+            + f", {PREFIX}min_denominator, {PREFIX}backend"
+        )
+    if factory is not None:
+        given = sorted(k for k in EMBEDDER_OPTIONS if options.get(k) is not None)
+        if given:
+            raise ValueError(
+                f"{[PREFIX + k for k in given]} configure the default embedder and do not apply "
+                f"to {PREFIX}embedder={spec!r} (your embedder picks its own model and device)"
+            )
+    device = check_device(options.get("device"), prefix=PREFIX)
+    embedder_config = EmbedderConfig.from_options(
+        {k: options.get(k) for k in EMBEDDER_OPTIONS if k != "device"}, prefix=PREFIX
+    )
+    placement = PlacementOptions.from_options(
+        {k: options.get(k) for k in PLACEMENT_OPTIONS}, prefix=PREFIX
+    )
     raw = os.environ.get(ENV_MIN_DENOMINATOR, "").strip()
     try:
         min_denominator = float(raw) if raw else DEFAULT_MIN_DENOMINATOR
@@ -134,7 +210,28 @@ def config_from_env() -> DRAConfig | None:
     backend = os.environ.get(ENV_BACKEND, "").strip() or "auto"
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"{ENV_BACKEND} must be auto, torch or triton, got {backend!r}")
-    return DRAConfig(embedder_factory=factory, min_denominator=min_denominator, backend=backend)
+    return DRAConfig(
+        embedder_factory=factory,
+        embedder_config=embedder_config,
+        device=device,
+        placement=placement,
+        min_denominator=min_denominator,
+        backend=backend,
+    )
+
+
+def options_from_env() -> dict[str, Any]:
+    """The JSON object in ``DRA_KERNELS_OPENRLHF_OPTIONS`` (``{}`` when unset or empty)."""
+    raw = os.environ.get(ENV_OPTIONS, "").strip()
+    if not raw:
+        return {}
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{ENV_OPTIONS} must be a JSON object, got {raw!r} ({exc})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"{ENV_OPTIONS} must be a JSON object, got {raw!r}")
+    return options
 
 
 # ----------------------------------------------------------------------------- the adjustment
@@ -226,7 +323,10 @@ def apply_dra_to_experiences(
 
     Groups are rollout positions ``experience.index[i] // n_samples_per_prompt``, as OpenRLHF's
     own ``rewards.reshape(-1, n_samples_per_prompt)`` after restoring rollout order. Adds, per
-    sample, ``info["dra_smi"]`` and ``info["dra_raw_reward"]`` (the reward before DRA) for logging.
+    sample, ``info["dra_smi"]`` and ``info["dra_raw_reward"]`` (the reward before DRA) for logging,
+    and, for an embedder that counts what it reads (:class:`dra_kernels.embed.Embedder`, also
+    behind a Ray actor), the step's ``info["dra/tokens_read_share"]`` and ``info["dra/texts_cut"]``
+    (repeated per sample).
     (OpenRLHF's length-penalty step then copies ``experience.rewards`` into ``info["reward"]``, so
     ``rollout/reward_mean`` shows the adjusted reward.)
 
@@ -247,7 +347,9 @@ def apply_dra_to_experiences(
         raise ValueError(f"DRA: {rewards.numel()} rewards for {positions.numel()} samples")
 
     texts = _decode_responses(experiences, tokenizer, config.skip_special_tokens)
-    embeddings = _as_embeddings(config.get_embedder()(texts), len(texts))
+    embed = config.get_embedder()
+    embeddings = _as_embeddings(embed(texts), len(texts))
+    coverage = embed_metrics(embed)
     device = embeddings.device
     group_ids = (positions // n_samples_per_prompt).to(device)
     num_groups = positions.numel() // n_samples_per_prompt
@@ -267,6 +369,10 @@ def apply_dra_to_experiences(
         experience.info["dra_raw_reward"] = experience.rewards.to("cpu", dtype).clone()
         experience.rewards = new_rewards.to(experience.rewards.device, dtype)
         experience.info["dra_smi"] = row_smi.to("cpu", torch.float32)
+        for name, value in coverage.items():
+            # NOTE: per-step values, repeated per sample: OpenRLHF averages info entries over
+            # samples, so the logged value is the step's.
+            experience.info[name] = torch.full((len(row_smi),), value, dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------- patching
@@ -299,6 +405,21 @@ def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
     return compute_advantages_and_returns
 
 
+def _wrap_init(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        config = _state["config"]
+        if config is not None:
+            # NOTE: built here, in the trainer actor once OpenRLHF's driver has reserved every GPU
+            # (its actor groups and vLLM engines exist) and before the first rollout, so a model
+            # or placement error stops the run at start-up.
+            config.get_embedder()
+
+    __init__.__dra_original__ = original  # type: ignore[attr-defined]
+    return __init__
+
+
 def _patch_module(module: Any) -> None:
     cls = getattr(module, TARGET_CLASS, None)
     method = getattr(cls, TARGET_METHOD, None) if cls is not None else None
@@ -309,6 +430,8 @@ def _patch_module(module: Any) -> None:
         )
     if not hasattr(method, "__dra_original__"):
         setattr(cls, TARGET_METHOD, _wrap(method))
+    if not hasattr(cls.__init__, "__dra_original__"):
+        cls.__init__ = _wrap_init(cls.__init__)
 
 
 _FINDER = PatchOnImport({TARGET_MODULE: _patch_module})
@@ -323,10 +446,12 @@ def install(
     min_denominator: float = DEFAULT_MIN_DENOMINATOR,
     backend: str = "auto",
 ) -> DRAConfig:
-    """Turn DRA on in this process: wrap ``RemoteExperienceMaker.compute_advantages_and_returns``.
+    """Turn DRA on in this process: wrap ``RemoteExperienceMaker.compute_advantages_and_returns``
+    (DRA before the original) and ``RemoteExperienceMaker.__init__`` (the embedder is built when
+    the maker is, before any rollout).
 
     Patches the class now if its module is imported, else when it is imported. Calling it again
-    replaces the configuration; the method is wrapped once.
+    replaces the configuration; the methods are wrapped once.
 
     Args:
         embedder: callable ``list[str] -> [N, D]``; ``None`` uses :mod:`dra_kernels.embed`'s
@@ -351,7 +476,7 @@ def install(
 
 
 def uninstall() -> None:
-    """Turn DRA off in this process and restore the original method."""
+    """Turn DRA off in this process and restore the original methods."""
     _state["config"] = None
     _FINDER.uninstall()
     module = sys.modules.get(TARGET_MODULE)
@@ -359,6 +484,8 @@ def uninstall() -> None:
     method = getattr(cls, TARGET_METHOD, None) if cls is not None else None
     if method is not None and hasattr(method, "__dra_original__"):
         setattr(cls, TARGET_METHOD, method.__dra_original__)
+    if cls is not None and hasattr(cls.__init__, "__dra_original__"):
+        cls.__init__ = cls.__init__.__dra_original__
 
 
 def is_installed() -> bool:

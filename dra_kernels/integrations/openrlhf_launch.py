@@ -3,15 +3,24 @@
 Usage (every OpenRLHF flag passes through unchanged)::
 
     python -m dra_kernels.integrations.openrlhf_launch --dra.enable \\
+        [--dra.model NAME] [--dra.trust_remote_code] [--dra.long_text windows] \\
+        [--dra.window_tokens N] [--dra.window_overlap N] [--dra.max_tokens N] \\
+        [--dra.batch_size N] [--dra.device auto] [--dra.dtype float32] \\
+        [--dra.placement auto] [--dra.num_gpus 0.1] [--dra.placement_timeout 120] \\
         [--dra.embedder package.module:factory] [--dra.min_denominator 0.1] \\
         [--dra.backend auto] <train_ppo_ray flags>
+
+The paper's embedder: ``--dra.model jinaai/jina-embeddings-v2-small-en --dra.trust_remote_code``.
 
 What it does, in the driver process, before running ``train_ppo_ray`` as ``__main__``:
 
 1. turns the ``--dra.*`` flags into the ``DRA_KERNELS_OPENRLHF*`` environment variables
    (``--dra.enable`` sets ``DRA_KERNELS_OPENRLHF=1``; without it the variable decides, off when
-   unset);
-2. wraps ``ray.init`` so that the ``runtime_env`` passed by ``train_ppo_ray`` (or by the user)
+   unset; the embedder and placement options go, typed, into the JSON object
+   ``DRA_KERNELS_OPENRLHF_OPTIONS``);
+2. checks every value (:func:`dra_kernels.integrations.openrlhf.config_from_env`): a typo or a bad
+   value exits here, in seconds, listing the valid flags, before Ray starts or a model loads;
+3. wraps ``ray.init`` so that the ``runtime_env`` passed by ``train_ppo_ray`` (or by the user)
    gains ``worker_process_setup_hook="dra_kernels.integrations.openrlhf.setup_hook"`` and the
    ``DRA_KERNELS_OPENRLHF*`` variables in ``env_vars``. Each Ray worker then runs the hook, which
    patches the experience maker when (and only if) that worker imports it.
@@ -21,21 +30,29 @@ With DRA off the hook does nothing, so the run is OpenRLHF's own.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import runpy
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from dra_kernels.embed import EmbedderConfig
+from dra_kernels.integrations._placement import PlacementOptions
 from dra_kernels.integrations.openrlhf import (
     ENV_BACKEND,
     ENV_EMBEDDER,
     ENV_ENABLE,
     ENV_MIN_DENOMINATOR,
+    ENV_OPTIONS,
+    OPTIONS,
+    PREFIX,
     config_from_env,
 )
 
 __all__ = [
+    "FLAGS",
     "HOOK",
     "TRAIN_MODULE",
     "add_dra_runtime_env",
@@ -48,18 +65,62 @@ HOOK = "dra_kernels.integrations.openrlhf.setup_hook"
 TRAIN_MODULE = "openrlhf.cli.train_ppo_ray"
 
 _VALUE_FLAGS = {
-    "--dra.embedder": ENV_EMBEDDER,
-    "--dra.min_denominator": ENV_MIN_DENOMINATOR,
-    "--dra.backend": ENV_BACKEND,
+    f"{PREFIX}embedder": ENV_EMBEDDER,
+    f"{PREFIX}min_denominator": ENV_MIN_DENOMINATOR,
+    f"{PREFIX}backend": ENV_BACKEND,
 }
-_ENV_NAMES = (ENV_ENABLE, ENV_EMBEDDER, ENV_MIN_DENOMINATOR, ENV_BACKEND)
+_ENV_NAMES = (ENV_ENABLE, ENV_EMBEDDER, ENV_MIN_DENOMINATOR, ENV_BACKEND, ENV_OPTIONS)
+_TYPES = {
+    f.name: str(f.type)
+    for cls in (EmbedderConfig, PlacementOptions)
+    for f in dataclasses.fields(cls)
+}
+"""Annotation of each option (``"int | None"``...), which says how its flag's text is read."""
+
+FLAGS: tuple[str, ...] = (
+    f"{PREFIX}enable",
+    f"{PREFIX}embedder",
+    *(PREFIX + name for name in OPTIONS),
+    f"{PREFIX}min_denominator",
+    f"{PREFIX}backend",
+)
+"""Every ``--dra.*`` flag the launcher takes."""
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_NONE = ("none", "null")
+
+
+def _typed(name: str, text: str) -> Any:
+    """The value of flag ``--dra.<name>`` read from its text by the option's type; text that does
+    not read as that type is kept as it is, so that the check names the flag and the value."""
+    annotation = _TYPES[name]
+    if "None" in annotation and text.strip().lower() in _NONE:
+        return None
+    if annotation == "bool":
+        lowered = text.strip().lower()
+        return True if lowered in _TRUE else False if lowered in _FALSE else text
+    for kind in (int, float):
+        if kind.__name__ in annotation:
+            try:
+                return kind(text)
+            except ValueError:
+                return text
+    return text
 
 
 def parse_dra_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     """Split ``--dra.*`` flags from the rest.
 
+    A boolean option (``--dra.trust_remote_code``) may stand alone (true) or take a value
+    (``true/false/1/0/yes/no/on/off``). ``none``/``null`` sets an optional option to its default.
+
     Returns:
         (environment variables they set, the remaining arguments in order).
+
+    Raises:
+        SystemExit: an unknown ``--dra.*`` flag (the message lists the valid ones) or a flag
+            without its value.
 
     Example:
         >>> env, rest = parse_dra_args(["--dra.enable", "--dra.backend=torch", "--seed", "8"])
@@ -67,28 +128,43 @@ def parse_dra_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         {'DRA_KERNELS_OPENRLHF': '1', 'DRA_KERNELS_OPENRLHF_BACKEND': 'torch'}
         >>> rest
         ['--seed', '8']
+        >>> env, _ = parse_dra_args(["--dra.trust_remote_code", "--dra.max_tokens", "512"])
+        >>> env
+        {'DRA_KERNELS_OPENRLHF_OPTIONS': '{"trust_remote_code": true, "max_tokens": 512}'}
     """
     env: dict[str, str] = {}
+    options: dict[str, Any] = {}
     rest: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
         flag, sep, value = arg.partition("=")
-        if arg == "--dra.enable":
+        name = flag[len(PREFIX) :]
+        if arg == f"{PREFIX}enable":
             env[ENV_ENABLE] = "1"
-        elif flag in _VALUE_FLAGS:
+        elif flag in _VALUE_FLAGS or (flag.startswith(PREFIX) and name in OPTIONS):
             if not sep:
-                if i + 1 >= len(argv):
+                following = argv[i + 1] if i + 1 < len(argv) else None
+                if _TYPES.get(name) == "bool" and (
+                    following is None or following.strip().lower() not in _TRUE + _FALSE
+                ):
+                    value = "true"
+                elif following is None:
                     raise SystemExit(f"{flag} needs a value")
-                i += 1
-                value = argv[i]
-            env[_VALUE_FLAGS[flag]] = value
-        elif flag.startswith("--dra."):
-            known = ", ".join(["--dra.enable", *_VALUE_FLAGS])
-            raise SystemExit(f"unknown option {flag}; known: {known}")
+                else:
+                    i += 1
+                    value = following
+            if flag in _VALUE_FLAGS:
+                env[_VALUE_FLAGS[flag]] = value
+            else:
+                options[name] = _typed(name, value)
+        elif flag.startswith(PREFIX):
+            raise SystemExit(f"unknown option {flag}; valid: {', '.join(FLAGS)}")
         else:
             rest.append(arg)
         i += 1
+    if options:
+        env[ENV_OPTIONS] = json.dumps(options)
     return env, rest
 
 
@@ -130,7 +206,10 @@ def patch_ray_init(ray_module: Any) -> Callable[..., Any]:
 def main(argv: list[str] | None = None) -> None:
     env, rest = parse_dra_args(sys.argv[1:] if argv is None else argv)
     os.environ.update(env)
-    config = config_from_env()  # fail here, in the driver, on a bad value
+    try:
+        config = config_from_env()  # fail here, in the driver, before Ray or a model starts
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"[dra-kernels] {exc}") from None
     print(
         f"[dra-kernels] DRA for OpenRLHF is {'on' if config else 'off'} "
         f"({ENV_ENABLE}={os.environ.get(ENV_ENABLE, '')!r})",

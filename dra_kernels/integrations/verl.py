@@ -8,26 +8,41 @@ completion of a prompt's group at once. Two ways in:
   with the tokenizer, embeds the texts, groups rows by ``non_tensor_batch["uid"]`` and writes
   ``r / max(1 + SMI, min_denominator)`` at the last valid response token. For custom trainers.
 - The plugin: installing dra-kernels registers this module under the ``verl.plugins`` entry-point
-  group, which ``import verl`` imports. It wraps ``PPOTrainer._compute_advantage`` of verl's v1
-  trainer (``verl/trainer/ppo/v1/trainer_base.py``, all ``trainer.v1.trainer_mode`` values) when
-  that module is imported. The wrapper calls the original unchanged unless the run asked for DRA:
-  ``+dra.enable=true`` in the Hydra configuration, or ``DRA_KERNELS_VERL=1`` in the environment of
-  the trainer process. When asked, it rewrites ``rm_scores`` in TransferQueue before verl computes
-  the advantages, and logs ``dra/*`` metrics. The legacy trainer (``trainer.use_v1=false``) is not
+  group, which ``import verl`` imports in every verl process. It wraps, when their modules are
+  imported, ``verl.utils.config.validate_config`` (``main_ppo``'s driver: every ``dra.*`` key is
+  checked before ``ray.init``) and, of verl's v1 trainer ``PPOTrainer``
+  (``verl/trainer/ppo/v1/trainer_base.py``, all ``trainer.v1.trainer_mode`` values),
+  ``__init__`` (the keys checked again), ``fit`` (the embedder built, before the first rollout)
+  and ``_compute_advantage`` (``rm_scores`` rewritten in TransferQueue before verl computes the
+  advantages; ``dra/*`` metrics logged). Each wrapper calls the original unchanged unless the run
+  asked for DRA: ``+dra.enable=true`` in the Hydra configuration, or ``DRA_KERNELS_VERL=1`` in the
+  environment of the trainer process. The legacy trainer (``trainer.use_v1=false``) is not
   wrapped: a run that asks for DRA there fails at start-up instead of silently training without it.
 
 Configuration keys (all under the top-level ``dra`` group; Hydra needs the ``+`` to add them)::
 
-    dra.enable           false   turn DRA on
-    dra.embedder         null    "module:attr" of a callable list[str] -> [N, D], of an object
-                                 with .encode(list[str]), or of a class building one with no args;
-                                 null: dra_kernels.embed.Embedder (bundled all-MiniLM-L6-v2)
-    dra.model            null    model of the default Embedder (name or local directory)
-    dra.device           null    device of the default Embedder (null: CUDA when available)
-    dra.batch_size       32      batch size of the default Embedder
-    dra.max_tokens       null    tokens embedded per completion by the default Embedder
-    dra.min_denominator  0.1     lower clamp of 1 + SMI
-    dra.backend          auto    "auto", "torch" or "triton"
+    dra.enable             false    turn DRA on
+    dra.embedder           null     "module:attr" of a callable list[str] -> [N, D], of an object
+                                    with .encode(list[str]), or of a class building one with no
+                                    args; null: dra_kernels.embed.Embedder, configured by:
+    dra.model              null     name or local directory (null: bundled all-MiniLM-L6-v2)
+    dra.trust_remote_code  false    for models with custom code (jina-embeddings-v2 needs it)
+    dra.long_text          windows  windows | head | head_tail
+    dra.window_tokens      null     tokens per window (null: the model's max_seq_length)
+    dra.window_overlap     0        tokens shared by consecutive windows
+    dra.max_tokens         null     tokens read per completion at most (null: all)
+    dra.batch_size         32       windows per forward pass
+    dra.device             null     cpu | cuda | cuda:N | auto (null = auto; see placement)
+    dra.dtype              null     float32 | float16 | bfloat16
+    dra.placement          auto     auto | local | ray: where the embedder runs
+    dra.num_gpus           0.1      share of a GPU the embedder's Ray actor holds
+    dra.placement_timeout  120      seconds to wait for Ray to schedule that actor
+    dra.min_denominator    0.1      lower clamp of 1 + SMI
+    dra.backend            auto     auto | torch | triton
+
+The embedder options are :class:`dra_kernels.embed.EmbedderConfig`'s; placement is explained in
+:mod:`dra_kernels.integrations._placement` (verl's TaskRunner has no GPU: with ``placement=auto``
+the embedder goes to a Ray actor on a share of a cluster GPU).
 """
 
 from __future__ import annotations
@@ -37,14 +52,27 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from dra_kernels.api import adjust_rewards, factorize_group_ids, smi_scores
-from dra_kernels.integrations._common import PatchOnImport, as_embed_fn, env_flag, import_object
+from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig
+from dra_kernels.integrations._common import (
+    PatchOnImport,
+    as_embed_fn,
+    embed_metrics,
+    env_flag,
+    import_object,
+)
+from dra_kernels.integrations._placement import (
+    PLACEMENT_OPTIONS,
+    PlacementOptions,
+    build_embed_fn,
+    check_device,
+)
 from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
 
 if TYPE_CHECKING:
@@ -52,7 +80,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_VAR",
+    "PREFIX",
     "SCORE_KEYS",
+    "VALID_KEYS",
     "DRASettings",
     "apply_dra",
     "install",
@@ -72,64 +102,140 @@ KL`` stays consistent."""
 
 _V1_MODULE = "verl.trainer.ppo.v1.trainer_base"
 _LEGACY_MODULE = "verl.trainer.ppo.ray_trainer"
+_CONFIG_MODULE = "verl.utils.config"
 _WRAPPED = "__dra_kernels_wrapped__"
+_STATE = "_dra_kernels_state"
 
 Embed = Callable[[list[str]], Any]
 
 
 # ----------------------------------------------------------------------------- settings
 
+PREFIX = "dra."
+"""How verl spells DRA's keys (``+dra.model=...`` on the command line)."""
+
+_OWN_KEYS = ("enable", "embedder", "min_denominator", "backend")
+VALID_KEYS: tuple[str, ...] = (*_OWN_KEYS, *EMBEDDER_OPTIONS, *PLACEMENT_OPTIONS)
+"""Every key of the ``dra`` group, without the ``dra.`` prefix."""
+
+_BACKENDS = ("auto", "torch", "triton")
+_PLACEMENT_HINT = (
+    "verl reserves each GPU in a placement group bundle of which its colocated workers hold "
+    "1/max_colocate_count (1/3 by default); the embedder's actor takes a share of the bundle "
+    "that has room."
+)
+
 
 @dataclass(frozen=True)
 class DRASettings:
-    """DRA options of a verl run, read from the ``dra`` configuration group."""
+    """DRA options of a verl run, read from the ``dra`` configuration group.
+
+    Attributes:
+        embedder: ``"module:attr"`` of the user's own embedder, or ``None`` for the default
+            :class:`dra_kernels.embed.Embedder` configured by ``embedder_config``.
+        embedder_config: the default embedder's options (its ``device`` is left ``None`` here:
+            ``device`` is placed by :mod:`dra_kernels.integrations._placement`).
+        device: the ``dra.device`` option (``None``: auto).
+        placement: where the embedder runs (``dra.placement``, ``dra.num_gpus``,
+            ``dra.placement_timeout``).
+        min_denominator, backend: as in :func:`dra_kernels.adjust_rewards`.
+    """
 
     embedder: str | None = None
-    model: str | None = None
+    embedder_config: EmbedderConfig = field(default_factory=EmbedderConfig)
     device: str | None = None
-    batch_size: int = 32
-    max_tokens: int | None = None
+    placement: PlacementOptions = field(default_factory=PlacementOptions)
     min_denominator: float = DEFAULT_MIN_DENOMINATOR
     backend: str = "auto"
 
     def build_embedder(self) -> Embed:
-        """The embedding function these settings describe (loads a model: call once per run)."""
+        """The embedding function these settings describe, built where the placement rules say
+        (this process, or a Ray actor on a GPU share); loads a model: call once per run."""
+        factory = None
         if self.embedder is not None:
-            return as_embed_fn(
-                import_object(self.embedder, "dra.embedder"), f"dra.embedder={self.embedder!r}"
-            )
-        from dra_kernels.embed import Embedder
-
-        embedder = Embedder(
-            self.model, device=self.device, batch_size=self.batch_size, max_tokens=self.max_tokens
+            factory = _factory(import_object(self.embedder, f"{PREFIX}embedder"))
+        return build_embed_fn(
+            config=self.embedder_config,
+            factory=factory,
+            device=self.device,
+            options=self.placement,
+            prefix=PREFIX,
+            hint=_PLACEMENT_HINT,
         )
-        return embedder.encode
+
+
+def _factory(obj: Any) -> Callable[[], Any]:
+    """A zero-argument builder of what ``dra.embedder`` names: a class is built, a function or an
+    object is the embedder itself."""
+    if isinstance(obj, type):
+        return obj
+    return functools.partial(_identity, obj)
+
+
+def _identity(obj: Any) -> Any:
+    return obj
 
 
 def settings_from_config(config: Any) -> DRASettings | None:
     """DRA settings of a run, or ``None`` when the run did not ask for DRA.
 
     DRA is on when ``config.dra.enable`` is true or the environment variable ``DRA_KERNELS_VERL``
-    is ``1``/``true``/``yes``/``on``. Other keys of ``config.dra`` set the options.
+    is ``1``/``true``/``yes``/``on``. Other keys of ``config.dra`` set the options; every value is
+    checked here, without loading or starting anything.
 
     Args:
         config: the trainer's configuration (an OmegaConf ``DictConfig``, a mapping, or ``None``).
 
     Raises:
-        ValueError: an unknown key under ``dra``, or a bad value of ``DRA_KERNELS_VERL``.
+        ValueError, TypeError: an unknown key under ``dra`` (the message lists the valid keys,
+            spelled ``dra.x``), a bad value (the message names its key), or a bad value of
+            ``DRA_KERNELS_VERL``.
     """
     group = _config_group(config)
-    enabled = bool(group.pop("enable", False)) or env_flag(ENV_VAR)
-    if not enabled:
+    enable = group.pop("enable", False)
+    if not isinstance(enable, bool) and enable is not None:
+        raise ValueError(f"{PREFIX}enable must be true or false, got {enable!r}")
+    if not (bool(enable) or env_flag(ENV_VAR)):
         return None
-    known = set(DRASettings.__dataclass_fields__)
-    unknown = sorted(set(group) - known)
+    unknown = sorted(set(group) - set(VALID_KEYS))
     if unknown:
         raise ValueError(
-            f"unknown key(s) under 'dra' in the verl configuration: {unknown}; "
-            f"known keys: {sorted(known | {'enable'})}"
+            f"unknown key(s) {[PREFIX + str(k) for k in unknown]} in the verl configuration; "
+            "valid keys: " + ", ".join(PREFIX + key for key in VALID_KEYS)
         )
-    return DRASettings(**{k: v for k, v in group.items() if v is not None})
+    embedder = group.get("embedder")
+    if embedder is not None and (not isinstance(embedder, str) or not embedder.strip()):
+        raise ValueError(f"{PREFIX}embedder must be 'package.module:attribute', got {embedder!r}")
+    device = check_device(group.get("device"), prefix=PREFIX)
+    options = {k: group.get(k) for k in EMBEDDER_OPTIONS if k != "device"}
+    if embedder is not None:
+        given = sorted(k for k in EMBEDDER_OPTIONS if group.get(k) is not None)
+        if given:
+            raise ValueError(
+                f"{[PREFIX + k for k in given]} configure the default embedder and do not apply "
+                f"to {PREFIX}embedder={embedder!r} (your embedder picks its own model and device)"
+            )
+    embedder_config = EmbedderConfig.from_options(options, prefix=PREFIX)
+    placement = PlacementOptions.from_options(
+        {k: group.get(k) for k in PLACEMENT_OPTIONS}, prefix=PREFIX
+    )
+    min_denominator = group.get("min_denominator")
+    min_denominator = DEFAULT_MIN_DENOMINATOR if min_denominator is None else min_denominator
+    if isinstance(min_denominator, bool) or not isinstance(min_denominator, (int, float)):
+        raise ValueError(f"{PREFIX}min_denominator must be a number > 0, got {min_denominator!r}")
+    if not min_denominator > 0:
+        raise ValueError(f"{PREFIX}min_denominator must be a number > 0, got {min_denominator!r}")
+    backend = group.get("backend") or "auto"
+    if backend not in _BACKENDS:
+        raise ValueError(f"{PREFIX}backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
+    return DRASettings(
+        embedder=embedder,
+        embedder_config=embedder_config,
+        device=device,
+        placement=placement,
+        min_denominator=float(min_denominator),
+        backend=backend,
+    )
 
 
 def _config_group(config: Any) -> dict[str, Any]:
@@ -152,7 +258,9 @@ def _config_group(config: Any) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _default_embed_fn() -> Embed:
-    return DRASettings().build_embedder()
+    from dra_kernels.embed import Embedder
+
+    return Embedder().encode
 
 
 # ----------------------------------------------------------------------------- the batch function
@@ -205,7 +313,9 @@ def apply_dra(
     Returns:
         Metrics, verl-style: ``dra/rows``, ``dra/groups``, ``dra/incomplete_groups``,
         ``dra/smi/mean``, ``dra/smi/max``, ``dra/factor/mean``, ``dra/factor/min`` (the factor
-        ``1 / max(1 + SMI, min_denominator)``), ``dra/score_before/mean``, ``dra/score_after/mean``.
+        ``1 / max(1 + SMI, min_denominator)``), ``dra/score_before/mean``, ``dra/score_after/mean``,
+        and, for an embedder that counts what it reads (:class:`dra_kernels.embed.Embedder`, also
+        behind a Ray actor), ``dra/tokens_read_share`` and ``dra/texts_cut``.
 
     Raises:
         KeyError: no ``responses``, no score tensor, or no group ids under ``uid_key``.
@@ -259,6 +369,7 @@ def apply_dra(
     embed = _default_embed_fn() if embedder is None else as_embed_fn(embedder, "embedder")
     source = batch[source_key]
     embeddings = _embeddings(embed(texts), len(texts), source.device)
+    coverage = embed_metrics(embed)
     groups = uids[index.cpu().numpy()]
     valid = mask.to(source.dtype)
     positions = torch.arange(1, width + 1, device=mask.device)
@@ -293,9 +404,12 @@ def apply_dra(
                 RuntimeWarning,
                 stacklevel=2,
             )
-    return _metrics(
-        scores, adjusted, smi, group_sizes, incomplete, int(index.numel()), min_denominator
-    )
+    return {
+        **_metrics(
+            scores, adjusted, smi, group_sizes, incomplete, int(index.numel()), min_denominator
+        ),
+        **coverage,
+    }
 
 
 def _valid_response_mask(batch: Any, keys: set[str], n: int, width: int) -> torch.Tensor:
@@ -426,15 +540,10 @@ def _apply_dra_v1(trainer: Any, batch: Any, settings: DRASettings, tq: Any) -> d
         ),
         non_tensor_batch={"uid": np.array(list(data["uid"]), dtype=object)},
     )
-    state = trainer.__dict__.get("_dra_kernels_state")
-    if state is None or state[0] != settings:
-        state = (settings, settings.build_embedder())
-        trainer.__dict__["_dra_kernels_state"] = state
-        logger.info("DRA is on for this verl run: %s", settings)
     metrics = apply_dra(
         proto,
         trainer.tokenizer,
-        state[1],
+        _embedder_of(trainer, settings),
         score_keys=["rm_scores"],
         rows=np.array(real, dtype=bool),
         expected_group_size=int(trainer.config.actor_rollout_ref.rollout.n),
@@ -453,27 +562,88 @@ def _apply_dra_v1(trainer: Any, batch: Any, settings: DRASettings, tq: Any) -> d
     return metrics
 
 
+def _embedder_of(trainer: Any, settings: DRASettings) -> Embed:
+    """The trainer's embedding function, built once per run (at ``fit``, else on first use)."""
+    state = trainer.__dict__.get(_STATE)
+    if state is None or state[0] != settings:
+        logger.info("DRA is on for this verl run: %s", settings)
+        state = (settings, settings.build_embedder())
+        trainer.__dict__[_STATE] = state
+    return state[1]
+
+
 def _padded(value: torch.Tensor, padding: float) -> tuple[torch.Tensor, torch.Tensor]:
     if value.is_nested:
         return value.to_padded_tensor(padding), value.offsets().diff()
     return value, torch.full((value.shape[0],), value.shape[1], dtype=torch.int64)
 
 
-def _patch_v1(module: Any) -> None:
-    trainer_cls = module.PPOTrainer
-    original = trainer_cls._compute_advantage
-    if getattr(original, _WRAPPED, False):
-        return
+def _config_argument(args: tuple, kwargs: dict) -> Any:
+    return kwargs["config"] if "config" in kwargs else (args[0] if args else None)
 
-    @functools.wraps(original)
+
+def _patch_v1(module: Any) -> None:
+    """Wraps three methods of ``PPOTrainer``, each a no-op unless the run asks for DRA:
+
+    - ``__init__``: checks every ``dra.*`` key (the trainer's construction, in the TaskRunner,
+      before any worker or model starts; ``main_ppo``'s driver checks them even earlier, in
+      ``validate_config``);
+    - ``fit``: builds the embedder where the placement rules say (a Ray actor on a GPU share when
+      the cluster has GPUs), once verl's workers hold their GPUs and before the first rollout;
+    - ``_compute_advantage``: rewrites ``rm_scores`` with DRA, then runs verl's own step.
+    """
+    trainer_cls = module.PPOTrainer
+    if getattr(trainer_cls._compute_advantage, _WRAPPED, False):
+        return
+    original_init = trainer_cls.__init__
+    original_fit = trainer_cls.fit
+    original_advantage = trainer_cls._compute_advantage
+
+    @functools.wraps(original_init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        settings_from_config(_config_argument(args, kwargs))
+        original_init(self, *args, **kwargs)
+
+    @functools.wraps(original_fit)
+    def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        settings = settings_from_config(getattr(self, "config", None))
+        if settings is not None:
+            _embedder_of(self, settings)
+        return original_fit(self, *args, **kwargs)
+
+    @functools.wraps(original_advantage)
     def _compute_advantage(self: Any, batch: Any, metrics: dict) -> Any:
         settings = settings_from_config(getattr(self, "config", None))
         if settings is not None:
             metrics.update(_apply_dra_v1(self, batch, settings, module.tq))
-        return original(self, batch, metrics)
+        return original_advantage(self, batch, metrics)
 
-    setattr(_compute_advantage, _WRAPPED, True)
-    trainer_cls._compute_advantage = _compute_advantage
+    for name, wrapper in (
+        ("__init__", __init__),
+        ("fit", fit),
+        ("_compute_advantage", _compute_advantage),
+    ):
+        setattr(wrapper, _WRAPPED, True)
+        setattr(trainer_cls, name, wrapper)
+
+
+def _patch_config_check(module: Any) -> None:
+    """Wraps ``verl.utils.config.validate_config``, which ``main_ppo``'s driver calls on the
+    composed configuration before ``ray.init``: a bad ``dra.*`` key fails there, in seconds."""
+    original = module.validate_config
+    if getattr(original, _WRAPPED, False):
+        return
+
+    @functools.wraps(original)
+    def validate_config(*args: Any, **kwargs: Any) -> Any:
+        settings_from_config(_config_argument(args, kwargs))
+        return original(*args, **kwargs)
+
+    setattr(validate_config, _WRAPPED, True)
+    module.validate_config = validate_config
+    package = sys.modules.get(module.__name__.rpartition(".")[0])
+    if package is not None and getattr(package, "validate_config", None) is original:
+        package.validate_config = validate_config
 
 
 def _patch_legacy(module: Any) -> None:
@@ -484,8 +654,7 @@ def _patch_legacy(module: Any) -> None:
 
     @functools.wraps(original)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        config = kwargs["config"] if "config" in kwargs else (args[0] if args else None)
-        if settings_from_config(config) is not None:
+        if settings_from_config(_config_argument(args, kwargs)) is not None:
             raise RuntimeError(
                 f"DRA was asked for (dra.enable or {ENV_VAR}) but {type(self).__name__} is verl's "
                 "legacy trainer, which the dra-kernels plugin does not hook; use the v1 trainer "
@@ -498,7 +667,9 @@ def _patch_legacy(module: Any) -> None:
     trainer_cls.__init__ = __init__
 
 
-_FINDER = PatchOnImport({_V1_MODULE: _patch_v1, _LEGACY_MODULE: _patch_legacy})
+_FINDER = PatchOnImport(
+    {_CONFIG_MODULE: _patch_config_check, _V1_MODULE: _patch_v1, _LEGACY_MODULE: _patch_legacy}
+)
 """Patches verl's trainer modules right after they are first imported (never imports them)."""
 
 

@@ -10,10 +10,13 @@ not is listed in docs/integrations/openrlhf.md.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
+import re
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,8 +24,10 @@ import pytest
 import torch
 
 import dra_kernels
+from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig
 from dra_kernels.integrations import openrlhf as dra_openrlhf
 from dra_kernels.integrations import openrlhf_launch
+from dra_kernels.integrations._placement import Placement, PlacementOptions, RayEmbedder
 
 if importlib.util.find_spec("openrlhf") is None:
     pytest.skip(
@@ -93,6 +98,33 @@ EMBEDDER_MODULE = """
 
     def factory():
         return embed
+
+
+    BUILT = []
+
+
+    def counting_factory():
+        BUILT.append(1)
+        return embed
+
+
+    class StatsEmbedder:
+        # embed's vectors, and what an Embedder reports: it "reads" at most 2 words per text.
+        def __init__(self):
+            self.last_stats = None
+
+        def encode(self, texts):
+            from dra_kernels.embed import EmbedStats
+
+            words = [len(t.split()) for t in texts]
+            self.last_stats = EmbedStats(
+                texts=len(texts),
+                cut_texts=sum(w > 2 for w in words),
+                tokens=sum(words),
+                tokens_read=sum(min(w, 2) for w in words),
+                windows=len(texts),
+            )
+            return embed(texts)
 """
 
 WORDS = [
@@ -178,7 +210,9 @@ def tokenizer(orl, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _clean_patch(orl):
+def _clean_patch(orl, monkeypatch):
+    for name in openrlhf_launch._ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
     dra_openrlhf.uninstall()
     orl.embedder.CALLS.clear()
     yield
@@ -501,5 +535,199 @@ def test_hook_patches_inside_a_ray_worker(orl, stand_in_dir, monkeypatch):
             )
 
         assert ray.get(probe.remote(), timeout=120) == (True, True, "dra_test_embedder:factory")
+    finally:
+        ray.shutdown()
+
+
+# ----------------------------------------------------------------------------- options, at start-up
+
+ALL_FLAGS = [
+    *("--dra.model", "jinaai/jina-embeddings-v2-small-en", "--dra.trust_remote_code"),
+    *("--dra.long_text=head_tail", "--dra.window_tokens", "512", "--dra.window_overlap", "0"),
+    *("--dra.max_tokens", "1024", "--dra.batch_size", "8", "--dra.device", "cpu"),
+    *("--dra.dtype", "bfloat16", "--dra.placement", "local", "--dra.num_gpus", "0.25"),
+    *("--dra.placement_timeout", "30"),
+]
+
+
+def test_every_embedder_option_is_a_launcher_flag(monkeypatch):
+    env, rest = openrlhf_launch.parse_dra_args(["--dra.enable", *ALL_FLAGS, "--seed", "3"])
+    assert rest == ["--seed", "3"]
+    options = json.loads(env.pop(dra_openrlhf.ENV_OPTIONS))
+    assert set(options) == set(EMBEDDER_OPTIONS) | {"placement", "num_gpus", "placement_timeout"}
+    assert options["trust_remote_code"] is True and options["max_tokens"] == 1024
+    for name, value in {**env, dra_openrlhf.ENV_OPTIONS: json.dumps(options)}.items():
+        monkeypatch.setenv(name, value)
+    config = dra_openrlhf.config_from_env()
+    assert config.embedder_config == EmbedderConfig(
+        model="jinaai/jina-embeddings-v2-small-en",
+        trust_remote_code=True,
+        long_text="head_tail",
+        window_tokens=512,
+        max_tokens=1024,
+        batch_size=8,
+        dtype="bfloat16",
+    )
+    assert config.device == "cpu"
+    assert config.placement == PlacementOptions("local", 0.25, 30.0)
+    assert config.embedder is None  # checked, nothing built
+    # a boolean flag also takes a value; null resets an optional option
+    env, _ = openrlhf_launch.parse_dra_args(
+        ["--dra.trust_remote_code", "false", "--dra.window_tokens=null"]
+    )
+    assert json.loads(env[dra_openrlhf.ENV_OPTIONS]) == {
+        "trust_remote_code": False,
+        "window_tokens": None,
+    }
+
+
+def test_the_launcher_refuses_a_typo_before_ray_starts(monkeypatch, capsys):
+    import runpy
+
+    import ray
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("ray or train_ppo_ray started despite a bad --dra flag")
+
+    monkeypatch.setattr(ray, "init", must_not_run)
+    monkeypatch.setattr(runpy, "run_module", must_not_run)
+    started = time.monotonic()
+    with pytest.raises(SystemExit, match=re.escape("unknown option --dra.modle")) as caught:
+        openrlhf_launch.main(["--dra.enable", "--dra.modle", "x"])
+    for flag in openrlhf_launch.FLAGS:
+        assert flag in str(caught.value)
+    assert "--dra.trust_remote_code" in openrlhf_launch.FLAGS
+    assert "--dra.model" in openrlhf_launch.FLAGS
+    with pytest.raises(SystemExit, match=re.escape("--dra.long_text must be one of")):
+        openrlhf_launch.main(["--dra.enable", "--dra.long_text", "tail"])
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("long_text", "tail"),
+        ("window_tokens", "0"),
+        ("max_tokens", "many"),
+        ("batch_size", "-2"),
+        ("trust_remote_code", "maybe"),
+        ("dtype", "fp8"),
+        ("device", "gpu"),
+        ("placement", "cluster"),
+        ("num_gpus", "2"),
+        ("placement_timeout", "soon"),
+    ],
+)
+def test_a_bad_value_names_its_flag(monkeypatch, flag, value):
+    env, _ = openrlhf_launch.parse_dra_args(["--dra.enable", f"--dra.{flag}={value}"])
+    for name, text in env.items():
+        monkeypatch.setenv(name, text)
+    with pytest.raises((ValueError, TypeError), match=re.escape(f"--dra.{flag}")):
+        dra_openrlhf.config_from_env()
+
+
+def test_options_set_without_the_launcher_are_checked_too(monkeypatch):
+    monkeypatch.setenv(dra_openrlhf.ENV_ENABLE, "1")
+    monkeypatch.setenv(dra_openrlhf.ENV_OPTIONS, '{"modle": "x"}')
+    with pytest.raises(
+        ValueError, match=r"\['--dra.modle'\].*--dra.model, --dra.trust_remote_code"
+    ):
+        dra_openrlhf.config_from_env()
+    monkeypatch.setenv(dra_openrlhf.ENV_OPTIONS, "model=x")
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        dra_openrlhf.config_from_env()
+    monkeypatch.setenv(dra_openrlhf.ENV_OPTIONS, '{"max_tokens": 64}')
+    monkeypatch.setenv(dra_openrlhf.ENV_EMBEDDER, "dra_test_embedder:factory")
+    with pytest.raises(ValueError, match="configure the default embedder"):
+        dra_openrlhf.config_from_env()
+
+
+def test_the_embedder_is_built_with_the_experience_maker(orl, tokenizer, monkeypatch):
+    """Before any rollout: the patched maker builds its embedder when it is constructed (in the
+    trainer actor, after OpenRLHF's driver reserved the GPUs)."""
+    monkeypatch.setenv(dra_openrlhf.ENV_ENABLE, "1")
+    monkeypatch.setenv(dra_openrlhf.ENV_EMBEDDER, "dra_test_embedder:counting_factory")
+    orl.embedder.BUILT.clear()
+    dra_openrlhf.setup_hook()
+    maker = _maker(orl, tokenizer)
+    assert orl.embedder.BUILT == [1]
+    samples, _, _ = _rollout(orl, tokenizer, GROUPS)
+    _run(maker, samples)
+    assert orl.embedder.BUILT == [1]  # built once
+    dra_openrlhf.uninstall()
+    original = orl.experience_maker.RemoteExperienceMaker.__init__
+    assert not hasattr(original, "__dra_original__")
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _info_values(experiences, key):
+    return torch.cat([e.info[key] for e in experiences])
+
+
+def test_coverage_metrics_are_logged_per_step(orl, tokenizer):
+    samples, texts, _ = _rollout(orl, tokenizer, GROUPS)
+    dra_openrlhf.install(
+        config=dra_openrlhf.DRAConfig(embedder=orl.embedder.StatsEmbedder().encode)
+    )
+    experiences = _run(_maker(orl, tokenizer), samples)
+    words = [len(t.split()) for t in texts]
+    share = sum(min(w, 2) for w in words) / sum(words)
+    cut = sum(w > 2 for w in words)
+    assert cut > 0
+    torch.testing.assert_close(
+        _info_values(experiences, "dra/tokens_read_share"), torch.full((len(texts),), share)
+    )
+    torch.testing.assert_close(
+        _info_values(experiences, "dra/texts_cut"), torch.full((len(texts),), float(cut))
+    )
+    # an embedder without statistics logs none (its coverage is unknown)
+    dra_openrlhf.install(orl.embedder.embed)
+    samples, _, _ = _rollout(orl, tokenizer, GROUPS)
+    plain = _run(_maker(orl, tokenizer), samples)
+    assert all("dra/tokens_read_share" not in e.info for e in plain)
+
+
+def test_the_embedder_runs_in_a_ray_actor_on_a_gpu_share(orl, tokenizer, stand_in_dir):
+    """Real Ray with one logical GPU: --dra.placement ray --dra.num_gpus 0.2 puts the embedder in
+    an actor holding 0.2 of it; the advantage step gets the actor's embeddings and statistics."""
+    import ray
+
+    pythonpath = os.pathsep.join([str(stand_in_dir), str(Path(dra_kernels.__file__).parents[1])])
+    ray.init(
+        num_cpus=1,
+        num_gpus=1,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+    )
+    try:
+        config = dra_openrlhf.DRAConfig(
+            embedder_factory=orl.embedder.StatsEmbedder,
+            placement=PlacementOptions(placement="ray", num_gpus=0.2),
+        )
+        dra_openrlhf.install(config=config)
+        maker = _maker(orl, tokenizer)  # builds the embedder: starts the actor
+        server = config.embedder.__self__
+        assert isinstance(server, RayEmbedder)
+        assert server.placement == Placement("ray", None, 0.2, False)
+        assert server.info["gpu_ids"] == [0]
+        assert ray.available_resources().get("GPU", 0.0) == pytest.approx(0.8)
+        samples, texts, raw = _rollout(orl, tokenizer, GROUPS)
+        experiences = _run(maker, samples)
+        assert orl.embedder.CALLS == []  # embedded in the actor's process, not here
+        expected = dra_kernels.adjust_rewards(
+            raw, orl.embedder.embed(texts), [i // 4 for i in range(len(texts))]
+        ).float()
+        torch.testing.assert_close(
+            _in_rollout_order(experiences, [e.rewards for e in experiences]), expected
+        )
+        words = [len(t.split()) for t in texts]
+        torch.testing.assert_close(
+            _info_values(experiences, "dra/texts_cut"),
+            torch.full((len(texts),), float(sum(w > 2 for w in words))),
+        )
+        server.close()
     finally:
         ray.shutdown()

@@ -11,11 +11,15 @@ Run with ``bash .ci/verl.sh`` (a dedicated virtual environment); skipped where v
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import subprocess
 import sys
+import time
 import uuid
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +32,17 @@ verl = pytest.importorskip(
 from verl import DataProto  # noqa: E402
 
 from dra_kernels import adjust_rewards, smi_scores  # noqa: E402
+from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig, EmbedStats  # noqa: E402
+from dra_kernels.integrations import _placement  # noqa: E402
 from dra_kernels.integrations import verl as dra_verl  # noqa: E402
+from dra_kernels.integrations._common import embed_metrics  # noqa: E402
+from dra_kernels.integrations._placement import (  # noqa: E402
+    ClusterView,
+    Placement,
+    PlacementOptions,
+    decide_placement,
+    find_gpu_slot,
+)
 
 WORDS = [
     *("x", "equals", "two", "so", "the", "answer", "is", "2", "we", "factor", "square", "root"),
@@ -77,6 +91,31 @@ class HashEmbedder:
             for word in text.split():
                 out[row, zlib.crc32(word.encode()) % cls.dim] += 1.0
         return out
+
+
+class StatsEmbedder:
+    """HashEmbedder's vectors from an object that counts what it reads, as ``Embedder`` does
+    (``last_stats``): it "reads" at most the first three words of each text."""
+
+    read_words = 3
+
+    def __init__(self):
+        self.last_stats = None
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.last_stats = self.stats(texts)
+        return HashEmbedder.embed(texts)
+
+    @classmethod
+    def stats(cls, texts: list[str]) -> EmbedStats:
+        words = [len(t.split()) for t in texts]
+        return EmbedStats(
+            texts=len(texts),
+            cut_texts=sum(w > cls.read_words for w in words),
+            tokens=sum(words),
+            tokens_read=sum(min(w, cls.read_words) for w in words),
+            windows=len(texts),
+        )
 
 
 def _texts(rng: np.random.Generator, n: int) -> list[str]:
@@ -335,21 +374,41 @@ def test_settings_from_the_real_verl_config(monkeypatch):
 # ----------------------------------------------------------------------------- the v1 trainer
 
 
+# The folder from which this module imports by its name: Ray workers need it to unpickle the test
+# embedders (classes of this module) sent to the embedder's actor.
+IMPORT_ROOT = Path(__file__).resolve().parents[__name__.count(".")]
+
+
 @pytest.fixture(scope="module")
-def transfer_queue():
-    """A real TransferQueue on a small local Ray instance."""
+def ray_cluster():
+    """A small local Ray instance with one logical GPU (there is no real one): Ray schedules
+    fractional-GPU actors on it; the embedders run there on the CPU."""
     import ray
+
+    # NOTE: logical CPUs: TransferQueue asks one for its controller and one per storage unit; a
+    # third lets a CPU actor start beside them.
+    ray.init(
+        num_cpus=3,
+        num_gpus=1,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(IMPORT_ROOT)}},
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def transfer_queue(ray_cluster):
+    """A real TransferQueue on the local Ray instance."""
     import transfer_queue as tq
     from omegaconf import OmegaConf
 
-    # NOTE: logical CPUs: TransferQueue asks one for its controller and one per storage unit.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
-        yield tq
-        tq.close()
-    finally:
-        ray.shutdown()
+    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+    yield tq
+    tq.close()
 
 
 def _put_rollouts(tq, data: DataProto, padding_rows: int = 1):
@@ -498,3 +557,417 @@ def test_the_legacy_trainer_refuses_dra_and_is_unchanged_without_it(monkeypatch)
     monkeypatch.delenv(dra_verl.ENV_VAR)
     with pytest.raises(TypeError, match="role_worker_mapping"):
         RayPPOTrainer(_compose())
+
+
+def test_v1_trainer_logs_the_coverage_of_an_embedder_served_by_a_ray_actor(
+    transfer_queue, ray_cluster, tokenizer, monkeypatch
+):
+    """+dra.placement=ray: the embedder runs in an actor holding a GPU share of the cluster; its
+    EmbedStats come back with the embeddings and are logged with the other dra/* metrics."""
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    data, texts, rewards = make_batch(tokenizer, sizes=(GROUP_SIZE, GROUP_SIZE), seed=13)
+    meta, _, lengths = _put_rollouts(transfer_queue, data)
+    config = _compose(
+        "algorithm.adv_estimator=grpo",
+        f"actor_rollout_ref.rollout.n={GROUP_SIZE}",
+        "+dra.enable=true",
+        f"+dra.embedder={__name__}:StatsEmbedder",
+        "+dra.placement=ray",
+        "+dra.num_gpus=0.25",
+    )
+    trainer = _trainer(config, tokenizer)
+    metrics: dict = {}
+
+    trainer._compute_advantage(meta, metrics)
+
+    embed = trainer._dra_kernels_state[1]
+    server = embed.__self__
+    assert isinstance(server, _placement.RayEmbedder)
+    assert server.placement == Placement("ray", None, 0.25, False)
+    assert server.info["gpu_ids"] == [0]  # the actor holds a share of the (logical) GPU
+    expected = StatsEmbedder.stats(texts).metrics()
+    assert metrics["dra/tokens_read_share"] == pytest.approx(expected["dra/tokens_read_share"])
+    assert metrics["dra/texts_cut"] == expected["dra/texts_cut"] > 0
+    uids = list(data.non_tensor_batch["uid"])
+    adjusted = adjust_rewards(rewards, torch.from_numpy(HashEmbedder.embed(texts)), uids)
+    _, last_scores, _ = _scores_and_advantages(transfer_queue, meta, lengths)
+    torch.testing.assert_close(last_scores[: len(texts)], adjusted)
+    server.close()
+
+
+# ----------------------------------------------------------------------------- options, at start-up
+
+
+ALL_OPTIONS = {
+    "model": "jinaai/jina-embeddings-v2-small-en",
+    "trust_remote_code": True,
+    "long_text": "head_tail",
+    "window_tokens": 512,
+    "window_overlap": 0,
+    "max_tokens": 1024,
+    "batch_size": 8,
+    "device": "cpu",
+    "dtype": "bfloat16",
+}
+
+
+def _override(key: str, value) -> str:
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+    return f"+dra.{key}={text}"
+
+
+def test_every_embedder_option_is_a_dra_key(monkeypatch):
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    assert set(ALL_OPTIONS) == set(EMBEDDER_OPTIONS)
+    overrides = [_override(k, v) for k, v in ALL_OPTIONS.items()]
+    placement = ["+dra.placement=local", "+dra.num_gpus=0.25", "+dra.placement_timeout=30"]
+    settings = dra_verl.settings_from_config(_compose("+dra.enable=true", *overrides, *placement))
+    assert settings.embedder_config == EmbedderConfig(**{**ALL_OPTIONS, "device": None})
+    assert settings.device == "cpu"
+    assert settings.placement == PlacementOptions("local", 0.25, 30.0)
+    assert "sentence_transformers" not in sys.modules  # checked, nothing loaded
+
+    # The paper's embedder is one line of overrides.
+    paper = dra_verl.settings_from_config(
+        _compose(
+            "+dra.enable=true",
+            "+dra.model=jinaai/jina-embeddings-v2-small-en",
+            "+dra.trust_remote_code=true",
+        )
+    )
+    assert paper.embedder_config == EmbedderConfig(
+        model="jinaai/jina-embeddings-v2-small-en", trust_remote_code=True
+    )
+
+
+def test_a_typo_fails_and_lists_every_valid_key(monkeypatch):
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    with pytest.raises(ValueError, match=r"\['dra.modle'\]") as caught:
+        dra_verl.settings_from_config(_compose("+dra.enable=true", "+dra.modle=x"))
+    message = str(caught.value)
+    for key in dra_verl.VALID_KEYS:
+        assert f"dra.{key}" in message
+    assert set(EMBEDDER_OPTIONS) <= set(dra_verl.VALID_KEYS)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("long_text", "tail"),
+        ("window_tokens", 0),
+        ("window_overlap", -1),
+        ("max_tokens", "many"),
+        ("batch_size", 0),
+        ("trust_remote_code", "maybe"),
+        ("dtype", "fp8"),
+        ("device", "gpu"),
+        ("model", 3),
+        ("placement", "cluster"),
+        ("num_gpus", 2),
+        ("placement_timeout", 0),
+        ("min_denominator", 0),
+        ("backend", "cuda"),
+        ("embedder", 7),
+    ],
+)
+def test_a_bad_value_names_its_key(monkeypatch, key, value):
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    with pytest.raises((ValueError, TypeError), match=re.escape(f"dra.{key}")):
+        dra_verl.settings_from_config(_compose("+dra.enable=true", _override(key, value)))
+
+
+def test_embedder_options_do_not_apply_to_a_user_embedder(monkeypatch):
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    with pytest.raises(ValueError, match=r"\['dra.max_tokens'\] configure the default embedder"):
+        dra_verl.settings_from_config(
+            _compose("+dra.enable=true", f"+dra.embedder={EMBEDDER_PATH}", "+dra.max_tokens=64")
+        )
+
+
+def test_the_driver_refuses_a_typo_before_ray_starts(tmp_path):
+    """verl's own entry point: main_ppo's driver checks the keys in validate_config, before
+    ray.init (which it prints as 'ray init kwargs')."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "verl.trainer.main_ppo", "+dra.enable=true", "+dra.modle=x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert "unknown key(s) ['dra.modle']" in result.stderr
+    assert "dra.model, dra.trust_remote_code" in result.stderr
+    assert "ray init kwargs" not in result.stdout
+    assert elapsed < 60
+
+
+def test_the_trainer_checks_the_keys_when_constructed(monkeypatch):
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    with pytest.raises(ValueError, match=r"dra\.modle"):
+        PPOTrainerSync(_compose("+dra.enable=true", "+dra.modle=x"))
+
+
+class _Stop(Exception):
+    pass
+
+
+class CountingFactory:
+    """A class named by +dra.embedder: counts how often it is built."""
+
+    built = 0
+
+    def __init__(self):
+        type(self).built += 1
+
+    def __call__(self, texts):
+        return HashEmbedder.embed(texts)
+
+
+def test_fit_builds_the_embedder_before_verl_starts_training(tokenizer, monkeypatch):
+    import verl.trainer.ppo.v1.trainer_base as trainer_base
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    monkeypatch.setattr(trainer_base.SkipManager, "init", stop)  # the first thing fit does
+    CountingFactory.built = 0
+    config = _compose("+dra.enable=true", f"+dra.embedder={__name__}:CountingFactory")
+    trainer = _trainer(config, tokenizer)
+    with pytest.raises(_Stop):
+        trainer.fit(None)
+    assert CountingFactory.built == 1
+    assert isinstance(trainer._dra_kernels_state[1], CountingFactory)
+    # without DRA, fit goes straight to verl's
+    trainer = _trainer(_compose(), tokenizer)
+    with pytest.raises(_Stop):
+        trainer.fit(None)
+    assert CountingFactory.built == 1
+    assert "_dra_kernels_state" not in trainer.__dict__
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_apply_dra_logs_what_the_embedder_read(tokenizer):
+    data, texts, _ = make_batch(tokenizer, seed=21)
+    embedder = StatsEmbedder()
+    metrics = dra_verl.apply_dra(data, tokenizer, embedder)
+    expected = StatsEmbedder.stats(texts).metrics()
+    assert {k: metrics[k] for k in expected} == pytest.approx(expected)
+    assert expected["dra/texts_cut"] > 0 and expected["dra/tokens_read_share"] < 1
+    # an embedder that keeps no statistics: no coverage metrics (unknown, not 1.0)
+    plain = dra_verl.apply_dra(make_batch(tokenizer, seed=21)[0], tokenizer, HashEmbedder())
+    assert "dra/tokens_read_share" not in plain and "dra/texts_cut" not in plain
+
+
+# ----------------------------------------------------------------------------- placement
+
+NO_GPU = ClusterView(local_cuda=False, ray_initialized=False, cluster_gpus=0.0)
+GPU_HERE = ClusterView(local_cuda=True, ray_initialized=False, cluster_gpus=0.0)
+CLUSTER_GPUS = ClusterView(local_cuda=False, ray_initialized=True, cluster_gpus=8.0)
+RAY_NO_GPU = ClusterView(local_cuda=False, ray_initialized=True, cluster_gpus=0.0)
+SHARE = PlacementOptions(num_gpus=0.2).num_gpus
+
+
+@pytest.mark.parametrize(
+    ("device", "placement", "view", "custom", "expected"),
+    [
+        # auto: a GPU here, else a GPU share of the cluster, else this CPU
+        (None, "auto", GPU_HERE, False, Placement("local", None, 0.0, False)),
+        (None, "auto", CLUSTER_GPUS, False, Placement("ray", "cuda", SHARE, False)),
+        (None, "auto", RAY_NO_GPU, False, Placement("local", None, 0.0, True)),
+        (None, "auto", NO_GPU, False, Placement("local", None, 0.0, True)),
+        ("cuda", "auto", CLUSTER_GPUS, False, Placement("ray", "cuda", SHARE, False)),
+        ("cuda:1", "auto", GPU_HERE, False, Placement("local", "cuda:1", 0.0, False)),
+        ("cpu", "auto", CLUSTER_GPUS, False, Placement("local", "cpu", 0.0, True)),
+        (None, "auto", CLUSTER_GPUS, True, Placement("local", None, 0.0, True)),
+        ("mps", "auto", NO_GPU, False, Placement("local", "mps", 0.0, False)),
+        # local: always this process
+        (None, "local", CLUSTER_GPUS, False, Placement("local", None, 0.0, True)),
+        ("cuda", "local", GPU_HERE, False, Placement("local", "cuda", 0.0, False)),
+        # ray: always an actor, on a GPU share unless the device asked for is the CPU
+        (None, "ray", CLUSTER_GPUS, False, Placement("ray", "cuda", SHARE, False)),
+        ("cuda:0", "ray", CLUSTER_GPUS, False, Placement("ray", "cuda", SHARE, False)),
+        ("cpu", "ray", RAY_NO_GPU, False, Placement("ray", "cpu", 0.0, True)),
+        (None, "ray", CLUSTER_GPUS, True, Placement("ray", None, SHARE, False)),
+    ],
+)
+def test_placement_decisions(device, placement, view, custom, expected):
+    options = PlacementOptions(placement=placement, num_gpus=0.2)
+    assert decide_placement(device, options, view, custom=custom) == expected
+
+
+@pytest.mark.parametrize(
+    ("device", "placement", "view", "match"),
+    [
+        ("cuda", "auto", NO_GPU, "no GPU in this process nor in a Ray cluster"),
+        ("cuda", "auto", RAY_NO_GPU, "no GPU in this process nor in a Ray cluster"),
+        ("cuda:1", "auto", CLUSTER_GPUS, "this process sees no CUDA device"),
+        ("cuda", "local", CLUSTER_GPUS, "this process sees no CUDA device"),
+        (None, "ray", NO_GPU, "not connected to a Ray cluster"),
+        (None, "ray", RAY_NO_GPU, "has no GPU for the embedder's actor"),
+        ("cuda:1", "ray", CLUSTER_GPUS, "sees the one GPU it holds as 'cuda'"),
+        ("mps", "ray", CLUSTER_GPUS, "sees the one GPU it holds as 'cuda'"),
+    ],
+)
+def test_placements_that_cannot_run_are_refused_with_the_fix(device, placement, view, match):
+    options = PlacementOptions(placement=placement)
+    with pytest.raises(ValueError, match=match) as caught:
+        decide_placement(device, options, view, prefix="dra.")
+    assert "dra." in str(caught.value)  # names the keys to change, as the user spells them
+
+
+VIEWS = [
+    ClusterView(local, ray, gpus)
+    for local, ray, gpus in itertools.product((False, True), (False, True), (0.0, 1.0, 4.0))
+]
+DEVICES = [None, "cpu", "cuda", "cuda:0", "cuda:1", "mps"]
+
+
+@pytest.mark.parametrize("view", VIEWS, ids=str)
+def test_placement_never_uses_a_cpu_silently_when_a_gpu_exists(view):
+    """Every combination: the decision is a Placement or a ValueError, a Ray placement needs Ray,
+    an actor holds a GPU share exactly when it does not run on the CPU, and with placement=auto
+    the embedder lands on a CPU while a GPU exists only when device=cpu asked for it."""
+    gpu_somewhere = view.local_cuda or (view.ray_initialized and view.cluster_gpus > 0)
+    for device, placement, custom in itertools.product(DEVICES, _placement.PLACEMENTS, (0, 1)):
+        options = PlacementOptions(placement=placement, num_gpus=0.3)
+        try:
+            got = decide_placement(device, options, view, custom=bool(custom))
+        except ValueError:
+            assert device not in (None, "cpu") or placement == "ray"
+            continue
+        assert got.where in ("local", "ray")
+        if got.where == "ray":
+            assert view.ray_initialized and placement in ("auto", "ray")
+            assert (got.num_gpus == 0.3) == (not got.on_cpu)
+            assert got.num_gpus == 0 or view.cluster_gpus > 0
+        else:
+            assert got.num_gpus == 0 and placement != "ray"
+        if placement == "auto" and not custom and gpu_somewhere and got.on_cpu:
+            assert device == "cpu"
+        if device is None and not custom:
+            assert got.on_cpu == (not gpu_somewhere) or placement != "auto"
+
+
+def test_find_gpu_slot_prefers_a_free_gpu_then_the_roomiest_bundle():
+    pg_a, pg_b = "aa" * 18, "bb" * 18
+    bundles = {
+        f"GPU_group_0_{pg_a}": 0.4,
+        f"GPU_group_1_{pg_a}": 0.8,
+        f"GPU_group_{pg_a}": 1.2,  # the group's total, not a bundle
+        f"GPU_group_0_{pg_b}": 0.8,
+        f"CPU_group_1_{pg_a}": 3.0,
+        "CPU": 4.0,
+    }
+    assert find_gpu_slot({"GPU": 0.5, **bundles}, 0.5) == (None, None)
+    assert find_gpu_slot(bundles, 0.3) == (pg_a, 1)  # the most room, not the first that fits
+    assert find_gpu_slot(bundles, 0.5) == (pg_a, 1)  # ties broken by group id, then bundle
+    assert find_gpu_slot(bundles, 0.8) == (pg_a, 1)
+    assert find_gpu_slot(bundles, 0.9) is None
+    assert find_gpu_slot({"GPU": 0.05}, 0.1) is None
+    assert find_gpu_slot({}, 0.1) is None
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"placement": "gpu"}, "dra.placement"),
+        ({"num_gpus": 0}, "dra.num_gpus"),
+        ({"num_gpus": 1.5}, "dra.num_gpus"),
+        ({"num_gpus": True}, "dra.num_gpus"),
+        ({"placement_timeout": -1}, "dra.placement_timeout"),
+        ({"num_gpu": 0.1}, r"valid: dra.placement, dra.num_gpus, dra.placement_timeout"),
+    ],
+)
+def test_placement_options_are_checked(options, match):
+    with pytest.raises(ValueError, match=match):
+        PlacementOptions.from_options(options, prefix="dra.")
+
+
+def test_check_device_normalises_auto_and_refuses_junk():
+    assert _placement.check_device("auto") is None
+    assert _placement.check_device("cuda:3") == "cuda:3"  # not checked against this process
+    with pytest.raises(ValueError, match=r"dra\.device"):
+        _placement.check_device("gpu", prefix="dra.")
+    with pytest.raises(TypeError, match=r"dra\.device"):
+        _placement.check_device(0, prefix="dra.")
+
+
+def test_a_cpu_fallback_is_logged_with_its_cost(caplog):
+    with caplog.at_level("INFO", logger=_placement.__name__):
+        embed = _placement.build_embed_fn(factory=HashEmbedder, view=NO_GPU)
+    assert isinstance(embed, HashEmbedder)
+    assert "runs on this process's CPU" in caplog.text
+    assert "54-62 s per encode of 256 texts" in caplog.text
+
+
+# ----------------------------------------------------------------------------- the Ray actor
+
+
+def test_the_actor_holds_its_gpu_share_and_sends_back_its_stats(ray_cluster):
+    ray = ray_cluster
+    texts = ["x equals two", "so the answer is 2 we check", "", "four"]
+    embed = _placement.build_embed_fn(
+        factory=StatsEmbedder, options=PlacementOptions(placement="ray", num_gpus=0.3)
+    )
+    server = embed.__self__
+    try:
+        assert ray.available_resources().get("GPU", 0.0) == pytest.approx(0.7)
+        out = embed(texts)
+        np.testing.assert_array_equal(np.asarray(out), HashEmbedder.embed(texts))
+        assert server.last_stats == StatsEmbedder.stats(texts)
+        assert embed_metrics(embed) == StatsEmbedder.stats(texts).metrics()
+        assert server.info["gpu_ids"] == [0] and server.info["placement_group"] is None
+    finally:
+        server.close()
+
+
+def test_the_actor_takes_room_in_a_placement_group_when_no_gpu_is_free(ray_cluster):
+    """As in verl and OpenRLHF: every GPU reserved by a placement group whose bundles the
+    framework's workers only partly use. The actor goes into the bundle."""
+    ray = ray_cluster
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group([{"GPU": 1.0}])
+    ray.get(group.ready(), timeout=60)
+    try:
+        assert ray.available_resources().get("GPU", 0.0) == 0.0
+        embed = _placement.build_embed_fn(
+            factory=StatsEmbedder, options=PlacementOptions(placement="ray", num_gpus=0.2)
+        )
+        server = embed.__self__
+        assert server.info["placement_group"] == group.id.hex()
+        assert server.info["bundle"] == 0
+        assert np.asarray(embed(["two"])).shape == (1, HashEmbedder.dim)
+        server.close()
+    finally:
+        remove_placement_group(group)
+
+
+def test_an_actor_that_cannot_be_scheduled_fails_and_says_what_to_change(ray_cluster):
+    ray = ray_cluster
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group([{"GPU": 0.6}])  # 0.4 free outside, 0.6 in the bundle
+    ray.get(group.ready(), timeout=60)
+    try:
+        options = PlacementOptions(placement="ray", num_gpus=0.7, placement_timeout=3)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="could not be scheduled") as caught:
+            _placement.build_embed_fn(factory=StatsEmbedder, options=options, prefix="dra.")
+        assert time.monotonic() - started < 30
+        message = str(caught.value)
+        for advice in ("dra.num_gpus", "dra.device=cpu", "dra.placement=local", "0.4 GPU"):
+            assert advice in message
+        # the pending actor was killed: its GPU share is not taken later
+        time.sleep(1)
+        assert ray.available_resources().get("GPU", 0.0) == pytest.approx(0.4)
+    finally:
+        remove_placement_group(group)
