@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,22 @@ import torch
 
 from dra_kernels import __version__
 from dra_kernels.api import adjust_rewards, group_advantages, smi_scores
-from dra_kernels.rollouts import RolloutError, Rollouts, read_rollouts, write_rows
+from dra_kernels.rollouts import (
+    RolloutError,
+    RolloutIndex,
+    clean_stale_temporaries,
+    scan_rollouts,
+    write_rows,
+)
 
 __all__ = ["build_parser", "main"]
 
 PROG = "dra-kernels"
 OUTPUT_FIELDS = ("smi", "reward_adjusted", "advantage", "advantage_dra")
 _SUMMARY_ROWS = 20
+_REWARD_LIMIT = 1e100
+"""Largest |reward| / min_denominator taken: DRA's and the advantages' float64 arithmetic
+(squared deviations summed over a group) stays finite below it for any group size."""
 
 _ADJUST_EXAMPLES = """\
 examples:
@@ -356,7 +365,11 @@ def _command_name(argv: Sequence[str]) -> str | None:
 
 
 def _say(message: str = "") -> None:
-    print(message, flush=True)
+    try:
+        print(message, flush=True)
+    except UnicodeEncodeError:  # a terminal that cannot show some character of a group key
+        encoding = sys.stdout.encoding or "ascii"
+        print(message.encode(encoding, "backslashreplace").decode(encoding), flush=True)
 
 
 def _progress_wanted(args: argparse.Namespace) -> bool:
@@ -365,8 +378,8 @@ def _progress_wanted(args: argparse.Namespace) -> bool:
     return sys.stderr.isatty()
 
 
-def _read(args: argparse.Namespace) -> Rollouts:
-    return read_rollouts(
+def _scan(args: argparse.Namespace) -> RolloutIndex:
+    return scan_rollouts(
         args.input,
         group_field=args.group_field,
         completion_field=args.completion_field,
@@ -375,8 +388,9 @@ def _read(args: argparse.Namespace) -> Rollouts:
     )
 
 
-def _check_output(path: str, *, what: str) -> None:
-    """Fail before the slow work when an output cannot be written (bad input: exit 1)."""
+def _check_output(path: str | os.PathLike[str], *, what: str) -> None:
+    """Fail before the slow work when an output cannot be written (bad input: exit 1), and remove
+    the temporary files that runs killed hard left beside it."""
     target = Path(path)
     if target.is_dir():
         raise RolloutError(path, f"cannot write the {what}: it is a directory")
@@ -384,45 +398,40 @@ def _check_output(path: str, *, what: str) -> None:
         raise RolloutError(
             path, f"cannot write the {what}: no directory {os.fspath(target.parent)!r}"
         )
-
-
-def _embed(rollouts: Rollouts, args: argparse.Namespace) -> torch.Tensor:
-    import warnings
-
-    from dra_kernels.embed import Embedder, TruncationWarning
-
-    progress = _progress_wanted(args)
-    embedder = Embedder(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        long_text=args.long_text,
-        window_tokens=args.window_tokens,
-        window_overlap=args.window_overlap,
-        max_tokens=args.max_tokens,
-        trust_remote_code=args.trust_remote_code,
-        progress=progress,
-    )
-    with warnings.catch_warnings():
-        # NOTE: the summary line below says the same, in the command's own words.
-        warnings.simplefilter("ignore", TruncationWarning)
-        embeddings = embedder.encode(rollouts.completions)
-    stats = embedder.last_stats
-    if stats is not None:
-        line = (
-            f"embedded {stats.texts} completions ({stats.tokens:,} tokens, {stats.windows:,} "
-            f"windows of up to {embedder.window_tokens} tokens, long text: {args.long_text}); "
-            f"{stats.share_read:.1%} of tokens read"
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise RolloutError(
+            path, f"cannot write the {what}: no permission to write in {os.fspath(target.parent)!r}"
         )
-        if stats.cut_texts:
-            line += (
-                f"; {stats.cut_texts} completions cut (--long-text {args.long_text}"
-                + (f", --max-tokens {args.max_tokens}" if args.max_tokens is not None else "")
-                + "): use --long-text windows without --max-tokens to read every token"
-            )
-        print(("note: " if stats.cut_texts else "") + line, file=sys.stderr)
-    return embeddings
+    for name in clean_stale_temporaries(target.parent):
+        print(
+            f"note: removed {os.path.join(os.fspath(target.parent), name)}, a temporary file "
+            "left by an interrupted run",
+            file=sys.stderr,
+        )
+
+
+# ----------------------------------------------------------------------------- option checks
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Check every option of the command before any file is read or model loaded: exit 2."""
+    if args.command == "bench":
+        return  # the benchmark checks its own options
+    _check_embed_options(args)
+    _check_device(args.device)
+    if hasattr(args, "min_denominator"):
+        _check_dra_options(args)
+    for option in ("group_field", "completion_field", "reward_field"):
+        name = getattr(args, option, None)
+        if name is not None and not name.strip():
+            raise _UsageError(f"--{option.replace('_', '-')} must name a field, got {name!r}")
+    if args.command == "adjust":
+        _output_format(args.output, args.format)
+    if args.command == "analyze":
+        if args.output is not None:
+            _output_format(args.output, None)
+        if args.plot is not None and args.output is not None and _same_path(args.plot, args.output):
+            raise _UsageError(f"--plot and --output name the same file, {args.plot!r}")
 
 
 def _check_embed_options(args: argparse.Namespace) -> None:
@@ -448,52 +457,230 @@ def _check_embed_options(args: argparse.Namespace) -> None:
         raise _UsageError(f"--{str(exc).replace('_', '-', 1)}") from None
 
 
+def _check_device(device: str | None) -> None:
+    """A device the embedding model can run on here (``cuda`` is checked by EmbedderConfig)."""
+    if device is None:
+        return
+    kind = torch.device(device)  # parses: EmbedderConfig accepted it
+    if kind.type == "cpu":
+        if kind.index not in (None, 0):
+            raise _UsageError(f"--device {device!r}: there is one CPU device, 'cpu'")
+    elif kind.type in ("mps", "xpu"):
+        backend = (
+            getattr(torch.backends, "mps", None)
+            if kind.type == "mps"
+            else getattr(torch, "xpu", None)
+        )
+        available = backend is not None and bool(backend.is_available())
+        if kind.type == "xpu" and available and kind.index is not None:
+            available = kind.index < torch.xpu.device_count()
+        if not available:
+            raise _UsageError(f"--device {device!r}: {kind.type} is not available in this process")
+    elif kind.type != "cuda":
+        raise _UsageError(
+            f"--device {device!r}: the embedding model cannot run on {kind.type!r} devices; use "
+            "cpu or cuda[:N]"
+        )
+
+
+def _check_dra_options(args: argparse.Namespace) -> None:
+    """``--backend``, ``--min-denominator``, ``--scale`` and ``--eps`` as the library checks them:
+    one call on two rows with the same kinds of input as the real one."""
+    rewards = np.zeros(2)
+    ids = np.zeros(2, dtype=np.int64)
+    try:
+        adjust_rewards(
+            rewards,
+            np.ones((2, 1)),
+            ids,
+            backend=args.backend,
+            min_denominator=args.min_denominator,
+        )
+        group_advantages(rewards, ids, scale=args.scale, eps=args.eps)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        message = str(exc).replace("_", "-", 1)
+        if message.startswith("eps"):
+            message += f" (with --scale {args.scale})"
+        raise _UsageError(f"--{message}") from None
+
+
+def _same_path(a: str, b: str) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _check_reward_range(index: RolloutIndex, min_denominator: float | None) -> None:
+    """Refuse rewards so large that the float64 arithmetic could overflow (bad input: exit 1).
+
+    DRA divides by at most ``min_denominator`` (``None``: no division, as in ``analyze``)."""
+    rewards = np.frombuffer(index.rewards, dtype=np.float64)
+    limit = _REWARD_LIMIT * (1.0 if min_denominator is None else min_denominator)
+    too_large = np.flatnonzero(np.abs(rewards) > limit)
+    if too_large.size:
+        row = int(too_large[0])
+        how = "" if min_denominator is None else f" ({_REWARD_LIMIT:g} x --min-denominator)"
+        raise RolloutError(
+            index.path,
+            f"reward {float(rewards[row])!r} is too large: this command takes |reward| <= "
+            f"{limit:g}{how}, beyond which its float64 arithmetic can overflow",
+            line=int(index.lines[row]),
+            field=index.fields.reward,
+        )
+
+
+# ----------------------------------------------------------------------------- embedding
+
+
+def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
+    """``[N, D]`` float32 embeddings of the completions, read from the file a chunk at a time."""
+    import dataclasses
+    import warnings
+
+    from dra_kernels.embed import Embedder, EmbedStats, TruncationWarning
+
+    progress = _progress_wanted(args)
+    embedder = Embedder(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        long_text=args.long_text,
+        window_tokens=args.window_tokens,
+        window_overlap=args.window_overlap,
+        max_tokens=args.max_tokens,
+        trust_remote_code=args.trust_remote_code,
+        progress=progress,
+    )
+    embedder.progress = False  # NOTE: one bar over the whole file below, not one per chunk
+    bar = _progress_bar(len(index), progress)
+    out: np.ndarray | None = None
+    totals = dict.fromkeys((f.name for f in dataclasses.fields(EmbedStats)), 0)
+    try:
+        for first, texts in index.completions():
+            with warnings.catch_warnings():
+                # NOTE: the summary line below says the same, in the command's own words.
+                warnings.simplefilter("ignore", TruncationWarning)
+                vectors = embedder.encode(texts).numpy()
+            if out is None:
+                out = np.empty((len(index), vectors.shape[1]), dtype=np.float32)
+            out[first : first + len(texts)] = vectors
+            if embedder.last_stats is not None:
+                for name in totals:
+                    totals[name] += getattr(embedder.last_stats, name)
+            bar.update(len(texts))
+    finally:
+        bar.close()
+    if out is None:  # cannot happen: an index has at least one row
+        raise RolloutError(index.path, "no rollouts found: the file is empty")
+    stats = EmbedStats(**totals)
+    line = (
+        f"embedded {stats.texts} completions ({stats.tokens:,} tokens, {stats.windows:,} "
+        f"windows of up to {embedder.window_tokens} tokens, long text: {args.long_text}); "
+        f"{stats.share_read:.1%} of tokens read"
+    )
+    if stats.cut_texts:
+        line += (
+            f"; {stats.cut_texts} completions cut (--long-text {args.long_text}"
+            + (f", --max-tokens {args.max_tokens}" if args.max_tokens is not None else "")
+            + "): use --long-text windows without --max-tokens to read every token"
+        )
+    print(("note: " if stats.cut_texts else "") + line, file=sys.stderr)
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    if bad.size:
+        row = int(bad[0])
+        raise RolloutError(
+            index.path,
+            f"the model's embedding of this completion is not finite (NaN or inf; {bad.size} "
+            "completions in all); try --dtype float32",
+            line=int(index.lines[row]),
+            field=index.fields.completion,
+        )
+    return out
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            pass
+        else:
+            return tqdm(total=total, desc="embedding", unit="text", leave=False)
+    return _NoBar()
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------- DRA and reports
+
+
 def _short(text: Any, width: int) -> str:
     flat = " ".join(str(text).split())
-    return flat if len(flat) <= width else flat[: width - 3] + "..."
+    flat = flat if len(flat) <= width else flat[: width - 3] + "..."
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in flat)
 
 
-def _adjust(
-    rollouts: Rollouts, embeddings: torch.Tensor, args: argparse.Namespace
-) -> list[dict[str, Any]]:
-    """The output rows, and a per-group summary printed to stdout."""
-    rewards = np.asarray(rollouts.rewards, dtype=np.float64)
-    emb = embeddings.to(torch.float64).numpy()
-    ids = rollouts.group_ids
-    smi = smi_scores(emb, ids, backend=args.backend)
-    adjusted = adjust_rewards(
-        rewards, emb, ids, backend=args.backend, min_denominator=args.min_denominator
+def _adjust(index: RolloutIndex, embeddings: np.ndarray, args: argparse.Namespace) -> dict:
+    """SMI, adjusted rewards and advantages of every row, and a per-group summary on stdout."""
+    rewards = np.frombuffer(index.rewards, dtype=np.float64)
+    ids = np.frombuffer(index.group_codes, dtype=np.int64)
+    emb = embeddings.astype(np.float64)
+    smi = np.asarray(smi_scores(emb, ids, backend=args.backend))
+    adjusted = np.asarray(
+        adjust_rewards(
+            rewards, emb, ids, backend=args.backend, min_denominator=args.min_denominator
+        )
     )
-    before = group_advantages(rewards, ids, scale=args.scale, eps=args.eps)
-    after = group_advantages(adjusted, ids, scale=args.scale, eps=args.eps)
-    rows = []
-    for index, row in enumerate(rollouts.rows):
-        out = dict(row)
-        out["smi"] = float(smi[index])
-        out["reward_adjusted"] = float(adjusted[index])
-        out["advantage"] = float(before[index])
-        out["advantage_dra"] = float(after[index])
-        rows.append(out)
-    _print_summary(rollouts, np.asarray(smi), np.asarray(adjusted))
-    return rows
+    del emb
+    values = {
+        "smi": smi,
+        "reward_adjusted": adjusted,
+        "advantage": np.asarray(group_advantages(rewards, ids, scale=args.scale, eps=args.eps)),
+        "advantage_dra": np.asarray(
+            group_advantages(adjusted, ids, scale=args.scale, eps=args.eps)
+        ),
+    }
+    for name, column in values.items():  # cannot happen with checked rewards and embeddings
+        bad = np.flatnonzero(~np.isfinite(column))
+        if bad.size:
+            raise RolloutError(
+                index.path,
+                f"{name} is {float(column[bad[0]])!r}, not finite",
+                line=int(index.lines[int(bad[0])]),
+            )
+    _print_summary(index, smi, adjusted)
+    return values
 
 
-def _print_summary(rollouts: Rollouts, smi: np.ndarray, adjusted: np.ndarray) -> None:
-    members: dict[Any, list[int]] = {}
-    for index, key in enumerate(rollouts.group_ids):
-        members.setdefault(key, []).append(index)
-    rewards = np.asarray(rollouts.rewards)
-    _say(f"{len(rollouts)} completions in {len(members)} groups")
+def _output_rows(index: RolloutIndex, values: dict) -> Iterator[dict[str, Any]]:
+    """Each input row, read again from the file, with the output fields set."""
+    columns = [(name, values[name]) for name in OUTPUT_FIELDS]
+    for row_index, row in enumerate(index.rows()):
+        for name, column in columns:
+            row[name] = float(column[row_index])
+        yield row
+
+
+def _print_summary(index: RolloutIndex, smi: np.ndarray, adjusted: np.ndarray) -> None:
+    rewards = np.frombuffer(index.rewards, dtype=np.float64)
+    codes = np.frombuffer(index.group_codes, dtype=np.int64)
+    groups = index.num_groups
+    _say(f"{len(index)} completions in {groups} groups")
     _say(f"{'group':<34} {'n':>3} {'reward':>7} {'SMI min..max':>13} {'adjusted':>9}")
-    for shown, (key, rows) in enumerate(members.items()):
-        if shown == _SUMMARY_ROWS:
-            _say(f"... {len(members) - _SUMMARY_ROWS} more groups (all rows are in the output)")
-            break
+    for code in range(min(groups, _SUMMARY_ROWS)):  # codes number groups by first appearance
+        rows = np.flatnonzero(codes == code)
         s = smi[rows]
         _say(
-            f"{_short(key, 34):<34} {len(rows):>3} {rewards[rows].mean():>7.3f} "
+            f"{_short(index.group_keys[code], 34):<34} {len(rows):>3} {rewards[rows].mean():>7.3f} "
             f"{s.min():>6.2f}..{s.max():<5.2f} {adjusted[rows].mean():>9.3f}"
         )
+    if groups > _SUMMARY_ROWS:
+        _say(f"... {groups - _SUMMARY_ROWS} more groups (all rows are in the output)")
     ratio = np.divide(adjusted, rewards, out=np.full_like(adjusted, np.nan), where=rewards != 0)
     if np.isfinite(ratio).any():
         _say(
@@ -502,10 +689,11 @@ def _print_summary(rollouts: Rollouts, smi: np.ndarray, adjusted: np.ndarray) ->
         )
 
 
-def _analyze(rollouts: Rollouts, embeddings: torch.Tensor, alpha: float) -> Any:
+def _analyze(index: RolloutIndex, embeddings: np.ndarray, alpha: float) -> Any:
     from dra_kernels.analysis import diversity_quality
 
-    report = diversity_quality(rollouts.rewards, embeddings, rollouts.group_ids, alpha=alpha)
+    rewards = np.frombuffer(index.rewards, dtype=np.float64)
+    report = diversity_quality(rewards, torch.from_numpy(embeddings), index.group_ids, alpha=alpha)
     _say(report.summary())
     return report
 
@@ -520,25 +708,31 @@ def _plot(report: Any, path: str) -> None:
 
 
 def _cmd_adjust(args: argparse.Namespace) -> int:
-    rollouts = _read(args)
     out_format = _output_format(args.output, args.format)
     _check_output(args.output, what="output")
-    embeddings = _embed(rollouts, args)
-    rows = _adjust(rollouts, embeddings, args)
-    write_rows(args.output, rows, format=out_format, fieldnames=_fieldnames(rollouts))
-    _say(f"wrote {len(rows)} rows to {args.output}")
+    index = _scan(args)
+    _check_reward_range(index, args.min_denominator)
+    embeddings = _embed(index, args)
+    values = _adjust(index, embeddings, args)
+    del embeddings
+    count = write_rows(
+        args.output,
+        _output_rows(index, values),
+        format=out_format,
+        fieldnames=_fieldnames(index.fieldnames),
+    )
+    _say(f"wrote {count} rows to {args.output}")
     return 0
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    rollouts = _read(args)
     for path, what in ((args.plot, "plot"), (args.output, "per-prompt table")):
         if path is not None:
             _check_output(path, what=what)
-    if args.output is not None:
-        _output_format(args.output, None)
-    embeddings = _embed(rollouts, args)
-    report = _analyze(rollouts, embeddings, args.alpha)
+    index = _scan(args)
+    _check_reward_range(index, None)
+    embeddings = _embed(index, args)
+    report = _analyze(index, embeddings, args.alpha)
     if args.output is not None:
         write_rows(args.output, report.rows())
         _say(f"wrote {len(report.groups)} prompts to {args.output}")
@@ -548,26 +742,31 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+_DEMO_FILES = ("adjusted.jsonl", "analysis.csv", "pvalues.png")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dra_kernels.data import sample_path
 
     out_dir = Path(args.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RolloutError(out_dir, "cannot write the demo outputs here: it is a file")
+    if out_dir.is_dir():
+        for name in _DEMO_FILES:
+            _check_output(out_dir / name, what="demo output")
     source = sample_path()
-    rollouts = read_rollouts(source)
+    index = scan_rollouts(source)
+    _check_reward_range(index, args.min_denominator)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _say(f"sample: {source} (hand-written, {len(rollouts)} completions)")
-    embeddings = _embed(rollouts, args)
+    _say(f"sample: {source} (hand-written, {len(index)} completions)")
+    embeddings = _embed(index, args)
     _say("\n== adjust ==")
-    rows = _adjust(rollouts, embeddings, args)
-    adjusted_path = out_dir / "adjusted.jsonl"
-    write_rows(adjusted_path, rows, fieldnames=_fieldnames(rollouts))
+    values = _adjust(index, embeddings, args)
+    adjusted_path, table_path, plot_path = (out_dir / name for name in _DEMO_FILES)
+    write_rows(adjusted_path, _output_rows(index, values), fieldnames=_fieldnames(index.fieldnames))
     _say("\n== analyze ==")
-    report = _analyze(rollouts, embeddings, args.alpha)
-    table_path = out_dir / "analysis.csv"
+    report = _analyze(index, embeddings, args.alpha)
     write_rows(table_path, report.rows())
-    plot_path = out_dir / "pvalues.png"
     _plot(report, os.fspath(plot_path))
     _say("\noutputs:")
     _say(f"  {adjusted_path}  every completion with smi, reward_adjusted, advantage(_dra)")
@@ -582,8 +781,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return int(benchmark.run(args))
 
 
-def _fieldnames(rollouts: Rollouts) -> list[str]:
-    return [*(f for f in rollouts.fieldnames if f not in OUTPUT_FIELDS), *OUTPUT_FIELDS]
+def _fieldnames(fieldnames: Sequence[str]) -> list[str]:
+    return [*(f for f in fieldnames if f not in OUTPUT_FIELDS), *OUTPUT_FIELDS]
 
 
 def _output_format(path: str, input_format: str | None) -> str | None:
@@ -605,7 +804,11 @@ _COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 bad input, 2 usage)."""
+    """Run the command line; returns the exit code (0 ok, 1 bad input, 2 usage).
+
+    Every failure ends in one ``dra-kernels <command>: error: ...`` line on stderr, never a
+    traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if _command_name(argv) == "bench":
@@ -621,18 +824,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        _check_embed_options(args)
+        _check_options(args)
         return _COMMANDS[args.command](args)
     except _UsageError as exc:
         _subparser(parser, args.command).print_usage(sys.stderr)
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (RolloutError, ValueError, TypeError, OSError, ImportError) as exc:
+    except (RolloutError, ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
+        # NOTE: RuntimeError covers what torch raises while loading or running the model (a CUDA
+        # device that fails to start, out of memory on the device).
         print(f"{PROG} {args.command}: error: {_describe(exc)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"{PROG} {args.command}: error: out of memory", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        print(
+            f"{PROG} {args.command}: error: unexpected {type(exc).__name__}: {_describe(exc)} "
+            "(please report this)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Rollout files: one completion per row, as JSONL or CSV.
+"""Rollout files: one completion per row, as JSON Lines or CSV, read and written a row at a time.
 
 Each row holds a group key (the prompt text, or an id field such as ``prompt_id``), the completion
 text and a numeric reward. Every other field passes through untouched. JSONL example::
@@ -11,38 +11,76 @@ The same as CSV (a header line names the fields; quote fields holding commas or 
     prompt,completion,reward
     What is 2 + 3?,"2 + 3 = 5, so \\boxed{5}.",1.0
 
-Reading checks every row and raises :class:`RolloutError` naming the file, the line and the field
-(malformed JSON, a row that is not an object, a missing or null field, a group key that is not a
-string or integer, a completion that is not text, a reward that is not a finite number, no rows at
-all). Writing goes to a temporary file in the target directory which is then renamed over the
-target, so a failure never leaves a partial file or clobbers an existing one.
+The rules, applied by every reader here:
+
+- **Records.** JSON Lines records are separated by ``"\\n"`` only (a ``"\\r\\n"`` ending is
+  tolerated; lines of spaces, tabs and ``"\\r"`` are skipped). Other characters that
+  :meth:`str.splitlines` treats as line breaks (``\\x85``, ``\\u2028``, ``\\u2029``...) are plain
+  text inside a record. CSV follows the :mod:`csv` module (quoted fields may span lines, fields of
+  any length). UTF-8, with or without a byte-order mark.
+- **Rewards.** A JSON number, or numeric text (CSV cells, quoted numbers in JSON): ASCII decimal
+  digits with an optional sign, decimal point and exponent (``1``, ``-0``, ``+2.5``, ``.5``,
+  ``3e-1``). The value is rounded to the nearest float64 (so ``1e-400`` reads as 0) and must be
+  finite: ``NaN``, ``Infinity`` and numbers beyond float64's range (``1e400``, or ``1`` followed
+  by 400 zeros) are refused, as are booleans, null, arrays, objects and other text (``0x10``,
+  ``1_000``, non-ASCII digits).
+- **Other values.** Group keys are non-empty strings or (JSONL) integers; completions are text that
+  is valid Unicode (a ``\\ud800`` escape alone is refused). Pass-through fields may hold any JSON
+  value except a non-finite number (JSON output cannot hold one) and values nested deeper than
+  :data:`MAX_NESTING` levels.
+
+Reading checks every row and raises :class:`RolloutError` naming the file, the line and the field.
+:func:`read_rollouts` returns every row in memory; :func:`scan_rollouts` keeps only what DRA needs
+(group codes, rewards, line numbers) and re-reads the file for the completions and the rows, so
+memory does not grow with the completions' length.
+
+Writing goes to a temporary file in the target directory which is then renamed over the target,
+so a failure never leaves a partial file or clobbers an existing one. Temporary files are named
+``.<target>.dra-tmp-<host>-<pid>-<random>``; one left behind by a writer killed hard (SIGKILL, a
+power cut) is removed by the next write into that directory once its process is gone (POSIX; see
+:func:`clean_stale_temporaries`).
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
 import json
 import math
 import os
+import re
+import socket
+import stat
 import tempfile
+import zlib
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 __all__ = [
+    "CHUNK_CHARS",
+    "CHUNK_ROWS",
+    "MAX_NESTING",
     "Format",
     "RolloutError",
+    "RolloutIndex",
     "Rollouts",
     "atomic_path",
+    "clean_stale_temporaries",
     "detect_format",
     "read_rollouts",
+    "scan_rollouts",
     "write_rows",
 ]
 
 Format = Literal["jsonl", "csv"]
+
+MAX_NESTING = 100
+"""Deepest nesting of arrays and objects a row may hold (deeper ones are refused when read)."""
 
 _SUFFIXES: dict[str, Format] = {
     ".jsonl": "jsonl",
@@ -50,6 +88,16 @@ _SUFFIXES: dict[str, Format] = {
     ".json": "jsonl",
     ".csv": "csv",
 }
+
+_JSON_BLANK = b" \t\r\n"
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+CHUNK_ROWS = 512
+"""Most completions in one chunk of :meth:`RolloutIndex.completions` (the embedder's own chunk)."""
+
+CHUNK_CHARS = 1 << 18
+"""Most characters in one chunk of :meth:`RolloutIndex.completions`, unless one completion is
+longer (it is then a chunk alone): tokenising a chunk takes about 200 bytes per character."""
 
 
 class RolloutError(ValueError):
@@ -129,6 +177,16 @@ def detect_format(path: str | os.PathLike[str], format: str | None = None) -> Fo
 # ----------------------------------------------------------------------------- reading
 
 
+@dataclass(frozen=True)
+class _Fields:
+    group: str
+    completion: str
+    reward: str
+
+    def required(self) -> tuple[str, str, str]:
+        return (self.group, self.completion, self.reward)
+
+
 def read_rollouts(
     path: str | os.PathLike[str],
     *,
@@ -137,7 +195,7 @@ def read_rollouts(
     reward_field: str = "reward",
     format: str | None = None,
 ) -> Rollouts:
-    """Read and check a rollout file.
+    """Read and check a rollout file, every row in memory.
 
     Args:
         path: a ``.jsonl`` / ``.csv`` file (or any name with ``format`` given). Blank lines are
@@ -154,27 +212,170 @@ def read_rollouts(
         RolloutError: anything wrong with the file, naming the file, line and field.
     """
     fmt = detect_format(path, format)
-    text = _read_text(path)
-    names = (group_field, completion_field, reward_field)
-    records = _jsonl_records(path, text) if fmt == "jsonl" else _csv_records(path, text, names)
+    names = _Fields(group_field, completion_field, reward_field)
     out = Rollouts(os.fspath(path), [], [], [], [])
     seen: dict[str, None] = {}
-    for line, row in records:
-        out.group_ids.append(_group_value(path, line, group_field, row))
-        out.completions.append(_completion_value(path, line, completion_field, row))
-        out.rewards.append(_reward_value(path, line, reward_field, row))
-        out.rows.append(row)
-        out.lines.append(line)
-        seen.update(dict.fromkeys(row))
+    handle, _ = _open(path)
+    with handle:
+        for line, row in _records(path, handle, fmt, names.required()):
+            group, completion, reward = _extract(path, line, row, names)
+            out.group_ids.append(group)
+            out.completions.append(completion)
+            out.rewards.append(reward)
+            out.rows.append(row)
+            out.lines.append(line)
+            seen.update(dict.fromkeys(row))
     if not out.rows:
         raise RolloutError(path, "no rollouts found: the file is empty")
     out.fieldnames = list(seen)
     return out
 
 
-def _read_text(path: str | os.PathLike[str]) -> str:
+@dataclass
+class RolloutIndex:
+    """What DRA needs from a rollout file, without its completions or rows; re-reads the rest.
+
+    Built by :func:`scan_rollouts`, which checks every row. Memory: a few numbers per row and the
+    distinct group keys. :meth:`completions` and :meth:`rows` read the file again, a row at a time,
+    and raise :class:`RolloutError` if it changed since the scan.
+
+    Attributes:
+        path: the file.
+        format: ``"jsonl"`` or ``"csv"``.
+        group_keys: the distinct group keys, in order of first appearance.
+        group_codes: per row, the index of its key in ``group_keys`` (``array('q')``).
+        rewards: per row, the reward as a float64 (``array('d')``).
+        lines: per row, the line it starts on (``array('q')``).
+        fieldnames: field names in order of first appearance.
+    """
+
+    path: str
+    format: Format
+    fields: _Fields
+    group_keys: list[str | int]
+    group_codes: array
+    rewards: array
+    lines: array
+    fieldnames: list[str]
+    signature: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def num_groups(self) -> int:
+        """Number of distinct group keys."""
+        return len(self.group_keys)
+
+    @property
+    def group_ids(self) -> list[str | int]:
+        """The group key of each row (references to ``group_keys``, not copies)."""
+        keys = self.group_keys
+        return [keys[code] for code in self.group_codes]
+
+    def completions(
+        self, *, max_rows: int = CHUNK_ROWS, max_chars: int = CHUNK_CHARS
+    ) -> Iterator[tuple[int, list[str]]]:
+        """The completions in file order, in chunks: ``(index of the chunk's first row, texts)``.
+
+        A chunk holds at most ``max_rows`` texts and, unless a single text is longer, at most
+        ``max_chars`` characters.
+        """
+        chunk: list[str] = []
+        chars = 0
+        first = 0
+        for index, (_, completion) in enumerate(self._reread()):
+            if chunk and (len(chunk) >= max_rows or chars + len(completion) > max_chars):
+                yield first, chunk
+                chunk, chars, first = [], 0, index
+            chunk.append(completion)
+            chars += len(completion)
+        if chunk:
+            yield first, chunk
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Every row as read (all fields), in file order."""
+        for row, _ in self._reread():
+            yield row
+
+    def _reread(self) -> Iterator[tuple[dict[str, Any], str]]:
+        handle, signature = _open(self.path)
+        with handle:
+            if signature != self.signature:
+                raise self._changed(None)
+            count = len(self)
+            index = -1
+            for index, (line, row) in enumerate(
+                _records(self.path, handle, self.format, self.fields.required())
+            ):
+                if index >= count or line != self.lines[index]:
+                    raise self._changed(line)
+                group, completion, reward = _extract(self.path, line, row, self.fields)
+                code = self.group_codes[index]
+                same = self.group_keys[code] == group and type(self.group_keys[code]) is type(group)
+                if not same or _bits(reward) != _bits(self.rewards[index]):
+                    raise self._changed(line)
+                yield row, completion
+            if index + 1 != count:
+                raise self._changed(None)
+
+    def _changed(self, line: int | None) -> RolloutError:
+        return RolloutError(
+            self.path,
+            "the file changed while it was being read; run again once nothing writes to it",
+            line=line,
+        )
+
+
+def scan_rollouts(
+    path: str | os.PathLike[str],
+    *,
+    group_field: str = "prompt",
+    completion_field: str = "completion",
+    reward_field: str = "reward",
+    format: str | None = None,
+) -> RolloutIndex:
+    """Check every row of a rollout file and keep only what DRA needs (see :class:`RolloutIndex`).
+
+    Takes the arguments of :func:`read_rollouts` and applies the same checks.
+
+    Raises:
+        RolloutError: anything wrong with the file, naming the file, line and field.
+    """
+    fmt = detect_format(path, format)
+    names = _Fields(group_field, completion_field, reward_field)
+    codes: dict[tuple[type, str | int], int] = {}
+    index = RolloutIndex(
+        os.fspath(path), fmt, names, [], array("q"), array("d"), array("q"), [], ()
+    )
+    seen: dict[str, None] = {}
+    handle, index.signature = _open(path)
+    with handle:
+        for line, row in _records(path, handle, fmt, names.required()):
+            group, _, reward = _extract(path, line, row, names)
+            # NOTE: the key's type is part of it: 1 and "1" are two groups, as in the library.
+            code = codes.setdefault((type(group), group), len(codes))
+            if code == len(index.group_keys):
+                index.group_keys.append(group)
+            index.group_codes.append(code)
+            index.rewards.append(reward)
+            index.lines.append(line)
+            seen.update(dict.fromkeys(row))
+    if not index.lines:
+        raise RolloutError(path, "no rollouts found: the file is empty")
+    index.fieldnames = list(seen)
+    return index
+
+
+def _bits(value: float) -> int:
+    return int.from_bytes(array("d", [value]).tobytes(), "little")
+
+
+def _open(path: str | os.PathLike[str]) -> tuple[IO[bytes], tuple[int, ...]]:
+    """The file opened for binary reading, and what identifies its content (device, inode, size,
+    modification time)."""
     try:
-        data = Path(path).read_bytes()
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the caller
     except FileNotFoundError:
         raise RolloutError(path, "no such file") from None
     except IsADirectoryError:
@@ -182,57 +383,82 @@ def _read_text(path: str | os.PathLike[str]) -> str:
     except OSError as exc:
         raise RolloutError(path, f"cannot read: {exc.strerror or exc}") from None
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise RolloutError(
-            path, f"not valid UTF-8 (byte {exc.start}: {exc.reason})", line=line
-        ) from None
+        info = os.fstat(handle.fileno())
+    except OSError as exc:
+        handle.close()
+        raise RolloutError(path, f"cannot read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):  # Windows opens directories without IsADirectoryError
+        handle.close()
+        raise RolloutError(path, "is a directory, not a rollout file")
+    return handle, (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-def _jsonl_records(path: str | os.PathLike[str], text: str) -> Iterable[tuple[int, dict[str, Any]]]:
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
+def _records(
+    path: Any, handle: IO[bytes], fmt: Format, required: Sequence[str]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    if fmt == "jsonl":
+        return _jsonl_records(path, handle)
+    return _csv_records(path, handle, required)
+
+
+def _jsonl_records(path: Any, handle: IO[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
+    offset = 0
+    # NOTE: iterating a binary file splits on b"\n" only, the JSON Lines record separator; the
+    # other characters str.splitlines breaks on may appear raw inside JSON strings.
+    for number, raw in enumerate(handle, start=1):
+        start, offset = offset, offset + len(raw)
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+            start += len(codecs.BOM_UTF8)
+        if not raw.strip(_JSON_BLANK):
             continue
         try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as exc:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise RolloutError(
-                path, f"malformed JSON at column {exc.colno}: {exc.msg}", line=number
+                path, f"not valid UTF-8 (byte {start + exc.start}: {exc.reason})", line=number
             ) from None
-        if not isinstance(row, dict):
-            raise RolloutError(
-                path, f"expected a JSON object per line, found {_json_kind(row)}", line=number
-            )
-        yield number, row
+        yield number, _parse_json(path, number, text)
+
+
+def _parse_json(path: Any, line: int, text: str) -> dict[str, Any]:
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RolloutError(
+            path, f"malformed JSON at column {exc.colno}: {exc.msg}", line=line
+        ) from None
+    except RecursionError:
+        raise RolloutError(
+            path, f"malformed JSON: nested deeper than {MAX_NESTING} levels", line=line
+        ) from None
+    except ValueError as exc:  # an integer literal longer than Python reads (4,300 digits)
+        raise RolloutError(path, f"cannot read a number: {exc}", line=line) from None
+    if not isinstance(row, dict):
+        raise RolloutError(
+            path, f"expected a JSON object per line, found {_json_kind(row)}", line=line
+        )
+    return row
 
 
 def _csv_records(
-    path: str | os.PathLike[str], text: str, required: Sequence[str]
-) -> Iterable[tuple[int, dict[str, Any]]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    path: Any, handle: IO[bytes], required: Sequence[str]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+    reader = csv.reader(text)
     header: list[str] | None = None
     start = 1
+    # NOTE: the csv module refuses fields over 128 KiB by default, a process-wide setting; long
+    # completions need more, so it is raised while this file is read and restored after.
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, 2**31 - 1))
     try:
         for record in reader:
             line, start = start, reader.line_num + 1
             if not record or (len(record) == 1 and not record[0].strip()):
                 continue
             if header is None:
-                header = [name.strip() for name in record]
-                for name in required:
-                    if name not in header:
-                        raise RolloutError(
-                            path,
-                            f"missing from the CSV header (found: {', '.join(header)})",
-                            line=line,
-                            field=name,
-                        )
-                duplicates = sorted({n for n in header if header.count(n) > 1})
-                if duplicates:
-                    raise RolloutError(
-                        path, f"CSV header repeats {', '.join(duplicates)}", line=line
-                    )
+                header = _csv_header(path, line, record, required)
                 continue
             if len(record) != len(header):
                 raise RolloutError(
@@ -243,6 +469,44 @@ def _csv_records(
             yield line, dict(zip(header, record, strict=True))
     except csv.Error as exc:
         raise RolloutError(path, f"malformed CSV: {exc}", line=start) from None
+    except UnicodeDecodeError as exc:
+        line, byte = _first_bad_utf8(path)
+        raise RolloutError(
+            path, f"not valid UTF-8 (byte {byte}: {exc.reason})", line=line
+        ) from None
+    finally:
+        csv.field_size_limit(limit)
+        text.detach()
+
+
+def _csv_header(path: Any, line: int, record: list[str], required: Sequence[str]) -> list[str]:
+    header = [name.strip() for name in record]
+    for name in required:
+        if name not in header:
+            raise RolloutError(
+                path,
+                f"missing from the CSV header (found: {', '.join(header)})",
+                line=line,
+                field=name,
+            )
+    duplicates = sorted({n for n in header if header.count(n) > 1})
+    if duplicates:
+        raise RolloutError(path, f"CSV header repeats {', '.join(duplicates)}", line=line)
+    return header
+
+
+def _first_bad_utf8(path: Any) -> tuple[int | None, int]:
+    """(line, byte offset) of the first invalid UTF-8 in a file (a text decoder reads ahead, so
+    the line it fails on is not the line at fault)."""
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return number, offset + exc.start
+            offset += len(raw)
+    return None, offset
 
 
 def _json_kind(value: Any) -> str:
@@ -250,6 +514,8 @@ def _json_kind(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, int) and abs(value) >= 10**20:
+        return f"an integer of {len(str(abs(value)))} digits"
     if isinstance(value, (int, float)):
         return f"a number ({value!r})"
     if isinstance(value, str):
@@ -261,6 +527,17 @@ def _json_kind(value: Any) -> str:
 
 def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _extract(
+    path: Any, line: int, row: Mapping[str, Any], names: _Fields
+) -> tuple[Any, str, float]:
+    """The group key, completion and reward of a row, every value of the row checked."""
+    group = _group_value(path, line, names.group, row)
+    completion = _completion_value(path, line, names.completion, row)
+    reward = _reward_value(path, line, names.reward, row)
+    _check_values(path, line, row, skip=names.reward)
+    return group, completion, reward
 
 
 def _require(path: Any, line: int, name: str, row: Mapping[str, Any]) -> Any:
@@ -294,6 +571,17 @@ def _completion_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -
         raise RolloutError(
             path, f"completion must be text, found {_json_kind(value)}", line=line, field=name
         )
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RolloutError(
+                path,
+                f"completion is not valid Unicode text: a lone surrogate "
+                f"{value[exc.start]!r} at character {exc.start}",
+                line=line,
+                field=name,
+            ) from None
     return value
 
 
@@ -303,21 +591,57 @@ def _reward_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> fl
         text = value.strip()
         if not text:
             raise RolloutError(path, "reward is empty", line=line, field=name)
-        try:
+        if _NON_FINITE.fullmatch(text) or _NUMBER.fullmatch(text):
             number = float(text)
-        except ValueError:
+        else:
             raise RolloutError(
                 path, f"reward must be a number, found {_short(text)!r}", line=line, field=name
-            ) from None
+            )
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RolloutError(
             path, f"reward must be a number, found {_json_kind(value)}", line=line, field=name
         )
     else:
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float64's range
+            number = math.inf if value > 0 else -math.inf
     if not math.isfinite(number):
-        raise RolloutError(path, f"reward must be finite, found {number!r}", line=line, field=name)
+        shown = repr(number) if not isinstance(value, int) else _json_kind(value)
+        raise RolloutError(
+            path,
+            f"reward must be finite, found {shown} (NaN, Infinity and numbers beyond float64's "
+            "range, about 1.8e308, are refused)",
+            line=line,
+            field=name,
+        )
     return number
+
+
+def _check_values(path: Any, line: int, row: Mapping[str, Any], *, skip: str) -> None:
+    """Refuse values the output cannot hold: non-finite numbers, nesting beyond MAX_NESTING."""
+    for name, value in row.items():
+        if name == skip or isinstance(value, (str, int)) or value is None:
+            continue
+        stack = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if isinstance(item, float):
+                if not math.isfinite(item):
+                    raise RolloutError(
+                        path,
+                        f"holds a non-finite number ({item!r}: NaN, Infinity or beyond "
+                        "float64's range), which the output cannot hold",
+                        line=line,
+                        field=name,
+                    )
+            elif isinstance(item, (list, dict)):
+                if depth > MAX_NESTING:
+                    raise RolloutError(
+                        path, f"nested deeper than {MAX_NESTING} levels", line=line, field=name
+                    )
+                children = item.values() if isinstance(item, dict) else item
+                stack.extend((child, depth + 1) for child in children)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -325,12 +649,12 @@ def _reward_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> fl
 
 def write_rows(
     path: str | os.PathLike[str],
-    rows: Sequence[Mapping[str, Any]],
+    rows: Iterable[Mapping[str, Any]],
     *,
     format: str | None = None,
     fieldnames: Sequence[str] | None = None,
-) -> None:
-    """Write rows as JSONL or CSV, atomically.
+) -> int:
+    """Write rows as JSONL or CSV, atomically, a row at a time.
 
     The rows go to a temporary file next to ``path`` which then replaces ``path`` in one rename:
     on any failure (a value JSON cannot hold, a full disk, an interrupt) ``path`` is left as it
@@ -338,17 +662,95 @@ def write_rows(
 
     Args:
         path: target file; its directory must exist.
-        rows: mappings from field name to value. Non-finite floats are refused (JSON has no NaN).
+        rows: mappings from field name to value, any iterable (a generator is consumed once).
+            Non-finite floats are refused (JSON has no NaN). JSONL text is written as UTF-8;
+            a row whose text is not valid Unicode (a lone surrogate) is written with ``\\u``
+            escapes, which read back to the same value.
         format: ``"jsonl"`` or ``"csv"``; ``None`` guesses from the suffix.
-        fieldnames: CSV column order; default: every field in order of first appearance. Values
-            that are lists or objects are written to CSV as JSON text.
+        fieldnames: CSV column order; default: every field in order of first appearance (the
+            rows are then held in memory to find them). Values that are lists or objects are
+            written to CSV as JSON text.
+
+    Returns:
+        The number of rows written.
     """
     fmt = detect_format(path, format)
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+    if fmt == "csv" and fieldnames is None:
+        rows = list(rows)
+        fieldnames = list(dict.fromkeys(name for row in rows for name in row))
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         if fmt == "jsonl":
-            _write_jsonl(handle, rows, path)
-        else:
-            _write_csv(handle, rows, fieldnames, path)
+            return _write_jsonl(handle, rows, path)
+        return _write_csv(handle, rows, list(fieldnames or ()), path)
+
+
+def _write_jsonl(handle: IO[bytes], rows: Iterable[Mapping[str, Any]], path: Any) -> int:
+    count = 0
+    for count, row in enumerate(rows, start=1):
+        try:
+            text = json.dumps(dict(row), ensure_ascii=False, allow_nan=False)
+            try:
+                data = text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: \u escapes keep the value exactly
+                data = json.dumps(dict(row), ensure_ascii=True, allow_nan=False).encode("ascii")
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise RolloutError(path, f"row {count} cannot be written as JSON: {exc}") from None
+        handle.write(data)
+        handle.write(b"\n")
+    return count
+
+
+def _write_csv(
+    handle: IO[bytes], rows: Iterable[Mapping[str, Any]], fieldnames: list[str], path: Any
+) -> int:
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
+    writer.writeheader()
+    count = 0
+    for count, row in enumerate(rows, start=1):
+        cells = {}
+        for name, value in row.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise RolloutError(path, f"row {count}: {name} is {value!r}, not finite")
+            if isinstance(value, (list, dict)):
+                value = json.dumps(value, ensure_ascii=False, allow_nan=False)
+            cells[name] = value
+        try:
+            writer.writerow(cells)
+        except ValueError as exc:  # a field not in fieldnames
+            raise RolloutError(path, f"row {count} cannot be written as CSV: {exc}") from None
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        try:
+            handle.write(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            bad = next(n for n, v in cells.items() if not _encodes(str(v)))
+            raise RolloutError(
+                path,
+                f"row {count}: field '{bad}' is not valid Unicode text (a lone surrogate), which "
+                "a UTF-8 CSV file cannot hold; write JSONL instead",
+            ) from None
+    if count == 0:
+        handle.write(buffer.getvalue().encode("utf-8"))
+    return count
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- temporary files
+
+_TEMP_TAG = ".dra-tmp-"
+_TEMP_NAME = re.compile(
+    r"\..+\.dra-tmp-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[A-Za-z0-9_]+", re.DOTALL
+)
+_NAME_BYTES = 160  # of the target's name kept in the temporary's name (names have 255 at most)
 
 
 @contextlib.contextmanager
@@ -357,7 +759,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
 
     Write to the yielded name inside the ``with`` block. On success the file is synced and
     renamed over ``path`` (one atomic step on POSIX and Windows); on any exception it is removed
-    and ``path`` is untouched.
+    and ``path`` is untouched. The name is ``.<target>.dra-tmp-<host>-<pid>-<random>`` (``host``
+    identifies this machine and process namespace, ``pid`` is the writing process); a temporary
+    left in the directory by a writer killed hard is removed first
+    (:func:`clean_stale_temporaries`).
 
     Example::
 
@@ -370,7 +775,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
         raise RolloutError(path, f"cannot write: no directory {os.fspath(directory)!r}")
     if target.is_dir():
         raise RolloutError(path, "cannot write: it is a directory")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    clean_stale_temporaries(directory)
+    name = target.name.encode("utf-8", "surrogateescape")[:_NAME_BYTES]
+    short = name.decode("utf-8", "ignore")
+    prefix = f".{short}{_TEMP_TAG}{_host_tag()}-{os.getpid()}-"
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, dir=directory)
     os.close(fd)
     try:
         yield tmp_name
@@ -385,30 +794,69 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
         raise
 
 
-def _write_jsonl(handle: Any, rows: Sequence[Mapping[str, Any]], path: Any) -> None:
-    for index, row in enumerate(rows, start=1):
+def clean_stale_temporaries(directory: str | os.PathLike[str]) -> list[str]:
+    """Remove the temporaries that writers of this module left in ``directory`` when killed hard.
+
+    A file is removed only when all of these hold: its name is one :func:`atomic_path` makes
+    (``.<target>.dra-tmp-<host>-<pid>-<random>``), it was made on this machine in this process
+    namespace (the ``host`` tag matches), it is a regular file owned by this user, and process
+    ``pid`` is no longer running (a zombie counts as gone). A live writer's file, another user's
+    or another machine's (on a shared file system), and files of any other name are never touched.
+    A pid reused by an unrelated process keeps the file until that process ends. POSIX only: on
+    other systems nothing is removed.
+
+    Returns:
+        The names removed.
+    """
+    if os.name != "posix":
+        return []
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    tag = _host_tag()
+    for entry in entries:
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if match is None or match["host"] != tag or _process_alive(int(match["pid"])):
+            continue
         try:
-            handle.write(json.dumps(dict(row), ensure_ascii=False, allow_nan=False) + "\n")
-        except (TypeError, ValueError) as exc:
-            raise RolloutError(path, f"row {index} cannot be written as JSON: {exc}") from None
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            os.unlink(entry.path)
+            removed.append(entry.name)
+    return removed
 
 
-def _write_csv(
-    handle: Any, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None, path: Any
-) -> None:
-    if fieldnames is None:
-        fieldnames = list(dict.fromkeys(name for row in rows for name in row))
-    writer = csv.DictWriter(handle, fieldnames=list(fieldnames), lineterminator="\n")
-    writer.writeheader()
-    for index, row in enumerate(rows, start=1):
-        cells = {}
-        for name, value in row.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise RolloutError(path, f"row {index}: {name} is {value!r}, not finite")
-            cells[name] = (
-                json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
-            )
-        writer.writerow(cells)
+def _host_tag() -> str:
+    """8 hex digits naming this machine and its process-id namespace (pids mean nothing across
+    either)."""
+    namespace = ""
+    with contextlib.suppress(OSError):
+        namespace = os.readlink("/proc/self/ns/pid")
+    key = "\0".join((socket.gethostname(), namespace))
+    return f"{zlib.crc32(key.encode('utf-8', 'surrogateescape')):08x}"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be writing (unsure counts as alive)."""
+    if pid < 1:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: alive, another user's
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X"):  # a zombie: exited, not yet reaped by its parent
+            return False
+    return True
 
 
 def _existing_mode(target: Path) -> int:

@@ -7,21 +7,24 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default model is bundled; never the hub
 
-from dra_kernels import adjust_rewards, group_advantages, smi_scores
+from dra_kernels import adjust_rewards, cli, group_advantages, smi_scores
 from dra_kernels.analysis import diversity_quality
 from dra_kernels.cli import main
 from dra_kernels.data import sample_path
 from dra_kernels.data.checker import check
-from dra_kernels.embed import Embedder
-from dra_kernels.rollouts import read_rollouts
+from dra_kernels.embed import Embedder, EmbedStats
+from dra_kernels.rollouts import CHUNK_CHARS, CHUNK_ROWS, read_rollouts, write_rows
 
 SAMPLE = sample_path()
 
@@ -262,3 +265,411 @@ def test_demo_in_a_subprocess(tmp_path: Path) -> None:
     assert "it/s" not in result.stderr and "%|" not in result.stderr  # tqdm stays quiet
     with open(out_dir / "analysis.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 12
+
+
+# ----------------------------------------------------------------------------- reliability
+# Most tests below use a stand-in for the embedding model (no model load), so that they are quick
+# and can count what the command embeds; the round trip of adjust's own output uses the real one.
+
+
+class FakeEmbedder:
+    """Deterministic 8-d vectors from a text's bytes; records the text lengths of each call."""
+
+    calls: ClassVar[list[list[int]]] = []
+    loads: ClassVar[int] = 0
+
+    def __init__(self, model: str | None = None, **options: object) -> None:
+        type(self).loads += 1
+        self.window_tokens = 256
+        self.progress = bool(options.get("progress"))
+        self.last_stats: EmbedStats | None = None
+
+    @staticmethod
+    def vectors(texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), 8), dtype=np.float32)
+        for row, text in enumerate(texts):
+            data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+            out[row] = np.bincount(data % 7, minlength=8)[:8]
+            out[row, 7] = 1.0 + len(text) % 5
+        return out
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        type(self).calls.append([len(text) for text in texts])
+        tokens = sum(len(t) for t in texts)
+        self.last_stats = EmbedStats(len(texts), 0, tokens, tokens, len(texts))
+        return torch.from_numpy(self.vectors(list(texts)))
+
+
+@pytest.fixture
+def fake_embedder(monkeypatch: pytest.MonkeyPatch) -> type[FakeEmbedder]:
+    monkeypatch.setattr(FakeEmbedder, "calls", [])
+    monkeypatch.setattr(FakeEmbedder, "loads", 0)
+    monkeypatch.setattr("dra_kernels.embed.Embedder", FakeEmbedder)
+    return FakeEmbedder
+
+
+@pytest.fixture
+def work(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What slow work the command started: reading the input, loading a model."""
+    done: list[str] = []
+
+    def scan(*args: object, **kwargs: object) -> None:
+        done.append("read the input")
+        raise RuntimeError("the input was read")
+
+    class NoModel:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            done.append("loaded a model")
+            raise RuntimeError("a model was loaded")
+
+    monkeypatch.setattr("dra_kernels.cli.scan_rollouts", scan)
+    monkeypatch.setattr("dra_kernels.embed.Embedder", NoModel)
+    return done
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("utf-8", "surrogatepass"))
+    return path
+
+
+HEADER = "prompt,completion,reward\n"
+HUGE = "1" + "0" * 400  # beyond float64 written as an integer
+
+
+def _line(reward: str, extra: str = "", completion: str = "a") -> str:
+    return f'{{"prompt": "q", "completion": "{completion}", "reward": {reward}{extra}}}\n'
+
+
+BAD_VALUES = [  # (file name, content, line, field, start of the reason)
+    ("in.jsonl", _line(HUGE), 1, "reward", "reward must be finite, found an integer of 401 digits"),
+    ("in.csv", f"{HEADER}q,a,1\nq,b,{HUGE}\n", 3, "reward", "reward must be finite"),
+    ("in.jsonl", _line("-1e400"), 1, "reward", "reward must be finite"),
+    ("in.jsonl", _line("-Infinity"), 1, "reward", "reward must be finite"),
+    ("in.jsonl", _line('{"v": 1}'), 1, "reward", "reward must be a number, found an object"),
+    ("in.jsonl", _line('"0x10"'), 1, "reward", "reward must be a number"),
+    ("in.csv", f"{HEADER}q,a,0x10\n", 2, "reward", "reward must be a number"),
+    ("in.csv", f"{HEADER}q,a,NaN\n", 2, "reward", "reward must be finite"),
+    ("in.jsonl", _line("1" + "0" * 5000), 1, None, "cannot read a number"),
+    ("in.jsonl", _line("1", ', "x": ' + "[" * 50_000), 1, None, "malformed JSON: nested deeper"),
+    ("in.jsonl", _line("1", ', "x": [NaN]'), 1, "x", "holds a non-finite number"),
+    ("in.jsonl", _line("1", completion="a\\ud800"), 1, "completion", "completion is not valid"),
+    ("in.jsonl", _line("1") + _line("1e200"), 2, "reward", "reward 1e+200 is too large"),
+    ("in.jsonl", _line("1") + "\udcff\n", 2, None, "not valid UTF-8"),  # the byte 0xff
+]
+
+
+@pytest.mark.parametrize(("name", "text", "line", "field", "reason"), BAD_VALUES)
+def test_bad_values_are_an_error_line_before_any_model_loads(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    fake_embedder: type[FakeEmbedder],
+    name: str,
+    text: str,
+    line: int,
+    field: str | None,
+    reason: str,
+) -> None:
+    source = tmp_path / name
+    source.write_bytes(text.encode("utf-8", "surrogateescape"))
+    for command in ("adjust", "analyze"):
+        out = tmp_path / f"out{source.suffix}"
+        assert main([command, str(source), "-o", str(out)]) == 1
+        err = capsys.readouterr().err
+        where = f"{source}, line {line}: " + (f"field '{field}': " if field else "")
+        assert err.startswith(f"dra-kernels {command}: error: {where}{reason}"), err
+        assert err.count("\n") == 1  # one line, no traceback
+        assert fake_embedder.loads == 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def _ok_file(tmp_path: Path) -> Path:
+    return _write(tmp_path / "in.jsonl", '{"prompt": "q", "completion": "a", "reward": 1}\n')
+
+
+MIN_DENOMINATOR = "--min-denominator must be a finite number > 0 and <= 1"
+OPTION_ERRORS = [  # (argv after "IN -o OUT" or "IN", part of the message)
+    (["adjust", "--eps", "0"], "--eps must be a finite number > 0, got 0.0 (with --scale std)"),
+    (["adjust", "--min-denominator", "2"], MIN_DENOMINATOR),
+    (["adjust", "--device", "meta"], "--device 'meta': the embedding model cannot run on 'meta'"),
+    (["adjust", "--device", "tpu"], "--device must be 'cpu', 'cuda', 'cuda:N'..., got 'tpu'"),
+    (["adjust", "--device", "cpu:1"], "--device 'cpu:1': there is one CPU device"),
+    (["adjust", "--device", "cuda:4096"], "--device='cuda:4096'"),
+    (["adjust", "--device", "xpu:3"], "--device 'xpu:3'"),
+    (["adjust", "--device", "ipu"], "--device 'ipu'"),
+    (["adjust", "--group-field", " "], "--group-field must name a field, got ' '"),
+    (["adjust", "--reward-field", ""], "--reward-field must name a field, got ''"),
+    (["analyze", "-o", "table.parquet"], "cannot tell the output format of 'table.parquet'"),
+    (["analyze", "-o", "same.csv", "--plot", "same.csv"], "--plot and --output name the same file"),
+    (["analyze", "--device", "meta"], "--device 'meta'"),
+    (["demo", "--min-denominator", "1.5"], MIN_DENOMINATOR),
+    (["demo", "--device", "meta"], "--device 'meta'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), OPTION_ERRORS)
+def test_every_option_is_checked_before_any_work(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    work: list[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    command, options = argv[0], argv[1:]
+    source = _ok_file(tmp_path)
+    files = {"adjust": [str(source), "-o", "out.jsonl"], "analyze": [str(source)], "demo": []}
+    assert main([command, *files[command], *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: dra-kernels {command}") and message in err, err
+    assert err.splitlines()[-1].startswith(f"dra-kernels {command}: error: ")
+    assert work == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_outputs_are_checked_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], work: list[str]
+) -> None:
+    source = _ok_file(tmp_path)
+    (tmp_path / "dir.jsonl").mkdir()
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "analysis.csv").mkdir()
+    for argv in (
+        ["adjust", str(source), "-o", str(tmp_path / "no" / "out.jsonl")],
+        ["adjust", str(source), "-o", str(tmp_path / "dir.jsonl")],
+        ["analyze", str(source), "-o", str(tmp_path / "dir.jsonl")],
+        ["analyze", str(source), "--plot", str(tmp_path / "no" / "p.png")],
+        ["demo", "-o", str(tmp_path / "demo")],
+        ["demo", "-o", str(source)],
+    ):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"dra-kernels {argv[0]}: error: ") and "cannot write" in err, err
+    assert work == []
+
+
+def test_an_unexpected_exception_is_an_error_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fake_embedder: type[FakeEmbedder],
+) -> None:
+    source = _ok_file(tmp_path)
+    out = tmp_path / "out.jsonl"
+
+    def fails(*args: object) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(FakeEmbedder, "encode", fails)
+    assert main(["adjust", str(source), "-o", str(out)]) == 1
+    assert capsys.readouterr().err == (
+        "dra-kernels adjust: error: CUDA error: an illegal memory access was encountered\n"
+    )
+
+    def bug(args: object) -> int:
+        raise KeyError("oops")
+
+    monkeypatch.setitem(cli._COMMANDS, "adjust", bug)
+    assert main(["adjust", str(source), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dra-kernels adjust: error: unexpected KeyError: 'oops'"), err
+    assert not out.exists()
+
+
+def test_a_real_process_prints_an_error_line_never_a_traceback(tmp_path: Path) -> None:
+    """The cases found first, as a user runs them. TRITON_INTERPRET unset: the Triton backend
+    cannot run on the CPU arrays the command passes, which must be a usage error found at once."""
+    source = _write(
+        tmp_path / "in.jsonl", f'{{"prompt": "q", "completion": "a", "reward": {HUGE}}}\n'
+    )
+    good = _write(tmp_path / "ok.jsonl", '{"prompt": "q", "completion": "a", "reward": 1}\n')
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["HF_HUB_OFFLINE"] = "1"
+    for argv, code, message in (
+        (["adjust", str(source), "-o", "out.jsonl"], 1, "field 'reward': reward must be finite"),
+        (["adjust", str(good), "-o", "out.jsonl", "--device", "meta"], 2, "--device 'meta'"),
+        (["adjust", str(good), "-o", "out.jsonl", "--backend", "triton"], 2, "--backend='triton'"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "dra_kernels.cli", *argv],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == code, result.stderr
+        assert "Traceback" not in result.stderr
+        last = result.stderr.splitlines()[-1]
+        assert last.startswith("dra-kernels adjust: error: ") and message in last, last
+        assert "embedded" not in result.stderr  # failed before any model loaded
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+TRICKY = [
+    "separators: a\rb\x0bc\x0cd\x1ce\x1df\x1eg\x85h\u2028i\u2029j\r\nk",
+    "unicode: 数学 ∑ é (é) עברית 😀\U0001f9ee \u200b\ufeff",
+    "long: " + " ".join(f"step {i}: 2 + {i} = {i + 2}." for i in range(1500)),  # ~ 28k chars
+    "plain: 2 + 3 = 5, so \\boxed{5}.",
+]
+
+
+def _tricky_rows() -> list[dict]:
+    return [
+        {
+            "prompt": "q\u2028one" if i % 2 else "q two",
+            "completion": text,
+            "reward": [1, 0.5, -0.0, 1e-300][i],
+            "big": 10**40 + i,
+            "nested": {"a": [1, {"b": None}], "é\u2029": "x\x85"},
+            "lone": "\udc80" if i == 0 else "",
+        }
+        for i, text in enumerate(TRICKY)
+    ]
+
+
+def test_adjust_reads_back_its_own_output(tmp_path: Path) -> None:
+    """Real model: completions with every line-separator character, unicode, a long trace, and
+    pass-through values of every JSON kind; adjust's output fed to adjust gives the same rows."""
+    rows = _tricky_rows()
+    source = tmp_path / "in.jsonl"
+    write_rows(source, rows)
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    assert main(["adjust", str(source), "-o", str(first), "--device", "cpu"]) == 0
+    assert main(["adjust", str(first), "-o", str(second), "--device", "cpu"]) == 0
+    once = read_rollouts(first).rows
+    assert len(once) == len(rows)
+    for row, original in zip(once, rows, strict=True):
+        assert {k: row[k] for k in original} == original  # every field, exactly
+        assert list(row) == [*original, *cli.OUTPUT_FIELDS]
+    assert read_rollouts(second).rows == once  # same completions, same numbers
+
+
+def test_csv_output_reads_back(tmp_path: Path, fake_embedder: type[FakeEmbedder]) -> None:
+    """CSV: the same, with a field longer than the csv module's default limit (128 KiB)."""
+    rows = [{k: v for k, v in row.items() if k != "lone"} for row in _tricky_rows()]
+    rows[2]["completion"] *= 8  # ~ 230,000 characters
+    source = tmp_path / "in.jsonl"
+    write_rows(source, rows)
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    assert main(["adjust", str(source), "-o", str(first)]) == 0
+    assert main(["adjust", str(first), "-o", str(second)]) == 0
+    once = read_rollouts(first)
+    assert once.completions == [row["completion"] for row in rows]
+    assert [row["nested"] for row in once.rows] == [
+        json.dumps(rows[0]["nested"], ensure_ascii=False)
+    ] * 4
+    assert read_rollouts(second).rows == once.rows
+
+
+def test_adjust_embeds_in_chunks_and_writes_what_the_library_computes(
+    tmp_path: Path, fake_embedder: type[FakeEmbedder], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [
+        {"prompt": f"q{i % 7}", "completion": f"{i} " + "ab" * (i % 13), "reward": i % 3}
+        for i in range(1100)
+    ]
+    rows[5]["completion"] = "long " + "x" * 2_000_000  # longer than a chunk: alone in its own
+    source = tmp_path / "in.jsonl"
+    write_rows(source, rows)
+    out = tmp_path / "out.jsonl"
+    assert main(["adjust", str(source), "-o", str(out)]) == 0
+    assert "embedded 1100 completions" in capsys.readouterr().err
+    sizes = [len(call) for call in fake_embedder.calls]
+    assert fake_embedder.loads == 1 and sum(sizes) == 1100 and max(sizes) <= CHUNK_ROWS
+    assert [len(rows[5]["completion"])] in fake_embedder.calls  # alone in its chunk
+    for call in fake_embedder.calls:
+        assert len(call) == 1 or sum(call) <= CHUNK_CHARS
+    embeddings = FakeEmbedder.vectors([row["completion"] for row in rows]).astype(np.float64)
+    ids = [row["prompt"] for row in rows]
+    rewards = np.array([row["reward"] for row in rows], dtype=np.float64)
+    adjusted = adjust_rewards(rewards, embeddings, ids)
+    written = read_rollouts(out).rows
+    for name, values in {
+        "smi": smi_scores(embeddings, ids),
+        "reward_adjusted": adjusted,
+        "advantage": group_advantages(rewards, ids),
+        "advantage_dra": group_advantages(adjusted, ids),
+    }.items():
+        np.testing.assert_allclose([row[name] for row in written], values, rtol=1e-12, err_msg=name)
+
+
+def test_adjust_memory_is_bounded_by_a_chunk_not_the_file(
+    tmp_path: Path, fake_embedder: type[FakeEmbedder]
+) -> None:
+    """Peak Python memory of adjust on 8 MB of long traces stays near one chunk (CHUNK_CHARS of
+    text) plus a few rows; reading the whole file would hold it several times over."""
+    source = tmp_path / "long.jsonl"
+    write_rows(
+        source,
+        (
+            {"prompt": f"q{i % 4}", "completion": f"{i} " + "y" * 100_000, "reward": i % 2}
+            for i in range(80)
+        ),
+    )
+    size = source.stat().st_size
+    tracemalloc.start()
+    try:
+        assert main(["adjust", str(source), "-o", str(tmp_path / "out.jsonl")]) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < size / 3, f"peak {peak:,} bytes for a {size:,}-byte file"
+
+
+_KILLED_WRITER = """
+import sys, time
+import numpy as np, torch
+import dra_kernels.cli as cli
+import dra_kernels.embed as embed
+
+class Fake:
+    def __init__(self, *args, **kwargs):
+        self.window_tokens, self.progress, self.last_stats = 256, False, None
+    def encode(self, texts):
+        return torch.ones(len(texts), 4)
+
+embed.Embedder = Fake
+rows = cli._output_rows
+
+def paused(*args):
+    for number, row in enumerate(rows(*args)):
+        if number == 1:
+            print("writing", flush=True)
+            time.sleep(120)  # killed here, mid-write
+        yield row
+
+cli._output_rows = paused
+cli.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL and stale temporaries: POSIX only")
+def test_a_run_killed_mid_write_is_cleaned_up_by_the_next(
+    tmp_path: Path, fake_embedder: type[FakeEmbedder], capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jsonl"
+    write_rows(source, [{"prompt": "q", "completion": c, "reward": 1} for c in "abc"])
+    out = tmp_path / "out.jsonl"
+    out.write_text("old\n")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, "adjust", str(source), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    try:
+        assert child.stdout is not None
+        assert "writing\n" in iter(child.stdout.readline, "")  # the summary lines come first
+    finally:
+        child.kill()
+        child.wait()
+    (left,) = [p.name for p in tmp_path.iterdir() if ".dra-tmp-" in p.name]
+    assert left.startswith(".out.jsonl.dra-tmp-") and f"-{child.pid}-" in left
+    assert out.read_text() == "old\n"
+    assert main(["adjust", str(source), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: removed {tmp_path / left}, a temporary file left by an interrupted run" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+    assert len(read_rollouts(out).rows) == 3
