@@ -296,10 +296,11 @@ class Embedder:
 
     Why this rule: for a mean-pooling model (the default model, jina-embeddings-v2 and most
     sentence encoders) the token-weighted mean of window mean-pools is exactly the mean of every
-    token's contextual embedding, each token seen in the context of its window: every token counts
-    once and equally, wherever the windows fall, and a short last window counts for its few tokens
-    rather than as much as a full one. Cost grows linearly with the number of tokens (attention is
-    quadratic only within a window).
+    token's contextual embedding, each token seen in the context of its window (the weights count
+    each window's special tokens too, as the model's own pooling does): every token counts once
+    and equally, wherever the windows fall (overlapping tokens twice), and a short last window
+    counts for its few tokens rather than as much as a full one. Cost grows linearly with the
+    number of tokens (attention is quadratic only within a window).
 
     Other modes, cheaper and lossy (a :class:`TruncationWarning` says how many texts were cut):
     ``"head"`` embeds the first window only; ``"head_tail"`` one window made of the first and last
