@@ -8,9 +8,15 @@ order and kind.
 Input policy (docs/guarantees.md lists each rule with the test that proves it):
 
 - rewards and embeddings are both torch tensors on one device, or both host data (numpy arrays,
-  lists); mixing raises TypeError. group_ids may be any ordered sequence whatever the data kind
-  (integers, strings, tuples, a numpy object array of uid strings); sets, mappings, floats,
-  booleans and NaN ids are refused.
+  lists); mixing raises TypeError. Tensors must be dense (strided) tensors with data: sparse,
+  nested, quantized, mkldnn and meta tensors raise TypeError naming the argument.
+- group_ids follow one rule (:func:`_host_ids`, docs/semantics.md "Group ids"), the same for every
+  public function and :mod:`dra_kernels.distributed`: integers of any size, strings, bytes and
+  other hashable values equal to themselves, tuples of those; floats, complex and other
+  non-integer numbers, booleans, unhashable and self-unequal values (NaN, NaT) are refused with a
+  TypeError / ValueError naming ``group_ids[i]`` and the value.
+- DRA factors are constants: embeddings are used detached (no gradient reaches them); gradients
+  flow through rewards, on both backends.
 - rewards may be floating or integer (converted exactly to the computation dtype); booleans are
   refused. Embeddings must be float16 / bfloat16 / float32 / float64, 2-D, with D >= 1.
 - numpy arrays with negative strides, non-native byte order or read-only memory are copied, never
@@ -30,9 +36,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
@@ -80,7 +87,7 @@ def _kind(value: Any) -> str:
 def _to_tensor(value: Any, name: str) -> torch.Tensor:
     """A torch view of ``value`` (no copy where possible; never mutated afterwards)."""
     if isinstance(value, torch.Tensor):
-        return value
+        return _dense(value, name)
     if isinstance(value, np.ndarray):
         array = value
     else:
@@ -98,6 +105,31 @@ def _to_tensor(value: Any, name: str) -> torch.Tensor:
             else f"{name} must hold real numbers; got a {type(value).__name__} of {array.dtype}"
         )
     return torch.from_numpy(_torch_compatible(array))
+
+
+def _tensor_kind_problem(t: torch.Tensor) -> str | None:
+    """Why ``t`` is not a plain dense tensor that the computation can read, or None."""
+    if t.is_nested:
+        return "a nested tensor; pass one [N, ...] tensor (for example nested.to_padded_tensor)"
+    if t.layout is not torch.strided:
+        return f"a {t.layout} tensor; convert it with .to_dense()"
+    if t.is_quantized:
+        return f"a quantized tensor ({t.dtype}); convert it with .dequantize()"
+    return None
+
+
+def _dense(t: torch.Tensor, name: str) -> torch.Tensor:
+    """``t`` itself, or a copy with its negative bit resolved; raises for other tensor kinds."""
+    problem = _tensor_kind_problem(t)
+    if problem is None and t.device.type == "meta":
+        problem = "a meta tensor, which holds no data"
+    if problem is not None:
+        raise TypeError(f"{name} must be a dense (strided) tensor with data, got {problem}")
+    # NOTE: a negative-bit view (x.conj().imag of a complex x) reads negated memory; the Triton
+    # kernel reads raw memory, so the view is materialised (an explicit copy).
+    if not torch.compiler.is_compiling() and t.is_neg():
+        return t.resolve_neg()
+    return t
 
 
 def _torch_compatible(array: np.ndarray) -> np.ndarray:
@@ -142,6 +174,36 @@ def _check_embeddings(embeddings: torch.Tensor, n: int | None) -> None:
         )
 
 
+def _checked_data(
+    rewards: Any, embeddings: Any
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.device]:
+    """Rewards and embeddings (either may be None) as checked tensors, and their device."""
+    present = {k: v for k, v in (("rewards", rewards), ("embeddings", embeddings)) if v is not None}
+    device = _check_kinds(**present)
+    r = e = None
+    n = None
+    if rewards is not None:
+        r = _to_tensor(rewards, "rewards")
+        _check_rewards(r)
+        n = r.shape[0]
+    if embeddings is not None:
+        e = _to_tensor(embeddings, "embeddings")
+        if e.shape == (0,) and _kind(embeddings) == "sequence":
+            e = e.reshape(0, 1)  # an empty list: N = 0 rows (D is not expressible)
+        _check_embeddings(e, n)
+        # NOTE: DRA factors are constants (docs/semantics.md, "Gradients"): the paper divides
+        # rewards by 1 + SMI to reweight them, the factor is not a loss term, so no gradient
+        # goes through the similarities to the embedder.
+        if e.requires_grad:
+            e = e.detach()
+    return r, e, device
+
+
+def _reward_grad(rewards: torch.Tensor | None) -> bool:
+    """True when autograd must record the computation from ``rewards``."""
+    return rewards is not None and rewards.requires_grad and torch.is_grad_enabled()
+
+
 def _is_integer(t: torch.Tensor) -> bool:
     return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
 
@@ -176,6 +238,17 @@ def _convert_out(result: torch.Tensor, like: Any) -> Any:
 
 # ----------------------------------------------------------------------------- group ids
 
+_ID_RULE = (
+    "group ids must be integers (any size), strings, bytes or other hashable values equal to "
+    "themselves, or tuples of those; floats, booleans and values such as NaN are refused"
+)
+_INT64_MAX = 2**63 - 1
+# Exact types whose values are always valid ids and need no per-element check.
+_PLAIN_ID_TYPES = frozenset({int, str, bytes})
+# Exact integer types that np.array(..., dtype=int64) converts exactly (Python ints that do not
+# fit raise OverflowError; numpy uint64 would wrap, so it is not here).
+_INT64_ID_TYPES = frozenset({int, *(np.dtype(c).type for c in "bhilqBHI")}) - {np.uint64}
+
 
 def factorize_group_ids(
     group_ids: Any,
@@ -188,8 +261,12 @@ def factorize_group_ids(
     """Dense codes ``0 .. K-1`` for any group ids.
 
     Args:
-        group_ids: ``[n]`` integers (torch tensor, numpy array, list) or any sequence of hashable
-            values (strings, tuples, uuid objects; verl passes a numpy object array of strings).
+        group_ids: ``[n]`` ids: an integer torch tensor or numpy array, or a sequence (list,
+            tuple, range, numpy object array...) of integers of any size, strings, bytes, tuples
+            of ids or other hashable values equal to themselves (verl passes a numpy object array
+            of uid strings). Floats, complex and other non-integer numbers, booleans,
+            unhashable values and values that do not equal themselves (NaN, NaT) raise
+            TypeError / ValueError naming ``group_ids[i]``; see docs/semantics.md, "Group ids".
             Only equality matters: codes follow no particular order.
         n: expected length.
         device: where the codes go.
@@ -206,28 +283,15 @@ def factorize_group_ids(
     """
     device = torch.device(device)
     if isinstance(group_ids, torch.Tensor):
-        ids = group_ids
-        if ids.ndim != 1:
-            raise ValueError(f"group_ids must be 1-D [N], got shape {tuple(ids.shape)}")
-        if not _is_integer(ids):
-            raise TypeError(
-                f"group_ids as a tensor must have an integer dtype, got {ids.dtype}; "
-                "floating or boolean ids are almost always a mistake"
-            )
-        if not _same_device(ids.device, device):
-            raise ValueError(f"group_ids is on {ids.device} but the data is on {device}")
+        ids = _check_id_tensor(group_ids, device)
     else:
-        ids = _host_integer_ids(group_ids)
-        if ids is None:
-            if num_groups is not None:
-                raise ValueError(
-                    f"num_groups={num_groups!r} is a hint for integer ids in [0, num_groups); "
-                    "it cannot be used with string or other hashable group ids"
-                )
-            codes, count = _factorize_hashables(group_ids)
-            _check_len(len(codes), n)
-            return Groups(torch.as_tensor(codes, dtype=torch.int64).to(device), count)
-        ids = torch.from_numpy(_torch_compatible(ids)).to(device)
+        host = _host_ids(group_ids)
+        _check_len(len(host), n)
+        if isinstance(host, list):
+            _check_hint_kind(num_groups, host)
+            codes, count = _label_codes(host)
+            return Groups(torch.tensor(codes, dtype=torch.int64).to(device), count)
+        ids = torch.from_numpy(_torch_compatible(host)).to(device)
     _check_len(ids.shape[0], n)
     if num_groups is not None:
         return _hinted_codes(ids, num_groups, check_range)
@@ -237,17 +301,46 @@ def factorize_group_ids(
     return Groups(codes.to(torch.int64), int(uniques.shape[0]))
 
 
-def _check_len(found: int, n: int) -> None:
-    if found != n:
+def _check_len(found: int, n: int | None) -> None:
+    if n is not None and found != n:
         raise ValueError(
             f"group_ids has {found} entries but rewards has {n}; one id per completion"
         )
 
 
-def _host_integer_ids(group_ids: Any) -> np.ndarray | None:
-    """int64 numpy ids when ``group_ids`` is an integer array / list that fits int64, else None."""
+def _check_id_tensor(ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``ids`` checked as a tensor of group ids on ``device`` (its negative bit resolved)."""
+    problem = _tensor_kind_problem(ids)
+    if problem is not None:
+        raise TypeError(f"group_ids must be a dense (strided) tensor, got {problem}")
+    if ids.ndim != 1:
+        raise ValueError(f"group_ids must be 1-D [N], got shape {tuple(ids.shape)}")
+    if not _is_integer(ids):
+        raise TypeError(
+            f"group_ids as a tensor must have an integer dtype, got {ids.dtype}; "
+            "floating or boolean ids are almost always a mistake"
+        )
+    if not _same_device(ids.device, device):
+        raise ValueError(f"group_ids is on {ids.device} but the data is on {device}")
+    return _dense(ids, "group_ids")
+
+
+def _check_hint_kind(num_groups: Any, labels: list) -> None:
+    if num_groups is not None:
+        raise ValueError(
+            f"num_groups={num_groups!r} is a hint for integer ids in [0, num_groups); "
+            f"it cannot be used with labels such as {_short_repr(labels[0]) if labels else ''} "
+            "(strings, tuples, integers beyond int64...): leave num_groups out"
+        )
+
+
+def _host_ids(group_ids: Any) -> np.ndarray | list:
+    """Host (non-tensor) group ids checked by the rule: an int64 array when every id is an
+    integer that fits int64, else the list of ids (each one checked)."""
+    if isinstance(group_ids, np.ndarray):
+        return _array_ids(group_ids)
     if (
-        isinstance(group_ids, (str, bytes, AbstractSet, Mapping))
+        isinstance(group_ids, (str, bytes, bytearray, memoryview, AbstractSet, Mapping))
         or not hasattr(group_ids, "__len__")
         or not hasattr(group_ids, "__getitem__")
     ):
@@ -255,46 +348,145 @@ def _host_integer_ids(group_ids: Any) -> np.ndarray | None:
             "group_ids must be an ordered sequence with one id per completion (list, tuple, "
             f"numpy array, torch tensor), got {type(group_ids).__name__}"
         )
-    if isinstance(group_ids, np.ndarray):
-        array = group_ids
-        if array.ndim != 1:
-            raise ValueError(f"group_ids must be 1-D [N], got shape {array.shape}")
-    elif len(group_ids) == 0:
-        return np.zeros(0, dtype=np.int64)  # np.asarray([]) would be float64
-    else:
-        try:
+    if isinstance(group_ids, list):
+        return _list_ids(group_ids)
+    if not isinstance(group_ids, (tuple, range)) and hasattr(group_ids, "__array__"):
+        try:  # pandas Series and other array-likes
             array = np.asarray(group_ids)
-        except (TypeError, ValueError):
-            return None  # ragged or exotic: treat the entries as opaque hashables
-    if array.ndim != 1:
-        return None  # e.g. a list of tuples: hashable ids
-    if array.dtype.kind in "fcb":
+        except Exception as exc:
+            raise TypeError(
+                f"group_ids: could not read a {type(group_ids).__name__} as an array "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        return _array_ids(array)
+    try:
+        labels = list(group_ids)
+    except Exception as exc:
         raise TypeError(
-            f"group_ids must be integers or hashable labels (strings...), got {array.dtype} "
-            "values; floating or boolean ids are almost always a mistake"
-        )
-    if array.dtype.kind == "i" or (array.dtype.kind == "u" and array.dtype.itemsize < 8):
+            f"group_ids: could not iterate a {type(group_ids).__name__} "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    return _list_ids(labels)
+
+
+def _array_ids(array: np.ndarray) -> np.ndarray | list:
+    if array.ndim != 1:
+        raise ValueError(f"group_ids must be 1-D [N], got shape {array.shape}")
+    kind = array.dtype.kind
+    if kind == "i" or (kind == "u" and array.dtype.itemsize < 8):
         return array.astype(np.int64, copy=False)
-    return None  # uint64, strings, objects: factorise on the host
+    if kind == "u":  # uint64: exact int64 when it fits, else Python ints
+        if array.size and int(array.max()) > _INT64_MAX:
+            return array.tolist()
+        return array.astype(np.int64)
+    if kind in "US":
+        return array.tolist()  # Python str / bytes: always valid
+    if kind == "O":
+        return _list_ids(array.tolist())
+    if kind in "mM":
+        nat = np.flatnonzero(np.isnat(array))
+        if nat.size:
+            raise ValueError(f"group_ids[{nat[0]}] is NaT, which never equals itself; {_ID_RULE}")
+        return list(array)
+    first = f" (group_ids[0] is {_short_repr(array[0])})" if array.size else ""
+    raise TypeError(
+        f"group_ids must hold integers or labels, got a numpy array of dtype {array.dtype}{first}; "
+        f"{_ID_RULE}"
+    )
 
 
-def _factorize_hashables(group_ids: Sequence[Hashable]) -> tuple[list[int], int]:
+def _list_ids(labels: list) -> np.ndarray | list:
+    if not labels:
+        return np.zeros(0, dtype=np.int64)  # np.asarray([]) would be float64
+    types = set(map(type, labels))
+    if types <= _INT64_ID_TYPES:
+        try:
+            return np.array(labels, dtype=np.int64)
+        except OverflowError:
+            return labels  # integers beyond int64: factorised exactly, as Python ints
+    if types == {tuple} and set(map(type, chain.from_iterable(labels))) <= _PLAIN_ID_TYPES:
+        return labels  # tuples of strings and ints (("prompt", 3)): valid, without a Python loop
+    if not types <= _PLAIN_ID_TYPES:
+        # NOTE: only values of other types are checked one by one, so a list of strings costs
+        # one pass of type() over it.
+        for i, value in enumerate(labels):
+            if type(value) not in _PLAIN_ID_TYPES:
+                try:
+                    problem = _id_problem(value)
+                except RecursionError:
+                    problem = TypeError, f"a {type(value).__name__} nested too deeply"
+                if problem is not None:
+                    raise problem[0](f"group_ids[{i}] is {problem[1]}; {_ID_RULE}")
+    return labels
+
+
+def _id_problem(value: Any) -> tuple[type[Exception], str] | None:
+    """Why ``value`` is not a valid group id, as ``(exception type, description)``, or None."""
+    if type(value) in _PLAIN_ID_TYPES or isinstance(value, (str, bytes)):
+        return None
+    if isinstance(value, (tuple, frozenset)):
+        for item in value:
+            if type(item) not in _PLAIN_ID_TYPES:
+                problem = _id_problem(item)
+                if problem is not None:
+                    return problem[0], f"a {type(value).__name__} holding {problem[1]}"
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return TypeError, f"a bool ({value!r}), which would share a group with {int(value)}"
+    if isinstance(value, (np.datetime64, np.timedelta64)):  # timedelta64 is a numpy integer
+        if value == value:
+            return None
+        return ValueError, f"a {type(value).__name__} (NaT), which never equals itself"
+    if isinstance(value, (int, np.integer, numbers.Integral)):
+        return None
+    if isinstance(value, (numbers.Number, np.number)):
+        return TypeError, (
+            f"a {type(value).__name__} ({_short_repr(value)}): only integer numbers are ids "
+            "(NaN never equals itself, and 1.0 would share a group with 1)"
+        )
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return TypeError, (
+            f"a {type(value).__module__}.{type(value).__name__}: pass the ids as one tensor or "
+            "array, or as Python values (.tolist())"
+        )
+    try:
+        hash(value)
+    except Exception as exc:
+        return TypeError, (
+            f"an unhashable {type(value).__name__} ({_short_repr(value)}; "
+            f"{type(exc).__name__}: {exc})"
+        )
+    try:
+        same = bool(value == value)
+    except Exception as exc:
+        return TypeError, (
+            f"a {type(value).__name__} ({_short_repr(value)}) whose == raised "
+            f"{type(exc).__name__}: {exc}"
+        )
+    if not same:
+        return ValueError, (
+            f"a {type(value).__name__} ({_short_repr(value)}) that does not equal itself"
+        )
+    return None
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _label_codes(labels: list[Hashable]) -> tuple[list[int], int]:
+    """Dense codes, in order of first appearance, for ids already checked by :func:`_host_ids`."""
     mapping: dict[Hashable, int] = {}
     try:
-        codes = [mapping.setdefault(g, len(mapping)) for g in group_ids]
-    except TypeError:
-        bad = next(g for g in group_ids if not isinstance(g, Hashable))
+        codes = [mapping.setdefault(g, len(mapping)) for g in labels]
+    except Exception as exc:  # a user-defined __eq__ or __hash__ that raises on some pair
         raise TypeError(
-            "group_ids entries must be hashable (int, str, tuple...), "
-            f"found {type(bad).__name__}: {bad!r}"
+            f"group_ids could not be compared with each other ({type(exc).__name__}: {exc})"
         ) from None
-    # NOTE: every entry is checked, not only the dict keys: 1, 1.0 and True are one key.
-    bad = next((g for g in group_ids if isinstance(g, (float, np.floating, bool, np.bool_))), None)
-    if bad is not None:
-        raise TypeError(
-            f"group_ids contains a {type(bad).__name__} ({bad!r}); use integer or string ids "
-            "(True would silently share a group with 1, and NaN never equals itself)"
-        )
     return codes, len(mapping)
 
 
@@ -405,6 +597,7 @@ class _Prepared:
     groups: Groups
     backend: str
     out_dtype: torch.dtype
+    grad: bool = False  # rewards require grad: the Triton backend then fuses only the SMI
 
 
 _FAST_EMBEDDING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -432,11 +625,15 @@ def _prepare_fast(
     device = embeddings.device
     if (
         device.type != "cuda"
+        or embeddings.layout is not torch.strided
+        or embeddings.is_nested
         or embeddings.ndim != 2
         or embeddings.dtype not in _FAST_EMBEDDING_DTYPES
+        or group_ids.layout is not torch.strided
         or group_ids.ndim != 1
         or group_ids.dtype not in _FAST_ID_DTYPES
         or group_ids.device != device
+        or group_ids.is_neg()
     ):
         return None
     n, d = embeddings.shape
@@ -446,6 +643,9 @@ def _prepare_fast(
     if rewards is not None:
         if (
             type(rewards) is not torch.Tensor
+            or rewards.requires_grad
+            or rewards.layout is not torch.strided
+            or rewards.is_neg()
             or rewards.ndim != 1
             or rewards.dtype not in _FAST_REWARD_DTYPES
             or rewards.device != device
@@ -466,26 +666,18 @@ def _prepare(
     fast = _prepare_fast(rewards, embeddings, group_ids, backend, num_groups)
     if fast is not None:
         return fast
-    present = {k: v for k, v in (("rewards", rewards), ("embeddings", embeddings)) if v is not None}
-    device = _check_kinds(**present)
-    r = e = None
-    n = None
-    if rewards is not None:
-        r = _to_tensor(rewards, "rewards")
-        _check_rewards(r)
-        n = r.shape[0]
-    if embeddings is not None:
-        e = _to_tensor(embeddings, "embeddings")
-        if e.shape == (0,) and _kind(embeddings) == "sequence":
-            e = e.reshape(0, 1)  # an empty list: N = 0 rows (D is not expressible)
-        _check_embeddings(e, n)
+    r, e, device = _checked_data(rewards, embeddings)
+    n = None if r is None else r.shape[0]
+    if e is not None:
         n = e.shape[0]
     chosen = resolve_backend(backend, device, None if e is None else e.shape[1])
+    grad = _reward_grad(r)
     # NOTE: on CUDA the kernel checks the codes itself; the device assertion would add launches.
-    check = not (chosen == "triton" and device.type == "cuda")
+    # With rewards that require grad, torch ops index by the codes too, so they are checked.
+    check = not (chosen == "triton" and device.type == "cuda" and not grad)
     groups = factorize_group_ids(group_ids, n, device, num_groups, check_range=check)
     dtypes = [t.dtype for t in (r, e) if t is not None and t.is_floating_point()]
-    return _Prepared(r, e, groups, chosen, reference.compute_dtype(*dtypes))
+    return _Prepared(r, e, groups, chosen, reference.compute_dtype(*dtypes), grad)
 
 
 _TRITON_FORWARD: list[Any] = []  # filled on first use
@@ -497,6 +689,22 @@ def _run_triton(*args: Any, **kwargs: Any) -> torch.Tensor:
 
         _TRITON_FORWARD.append(dra_forward)
     return _TRITON_FORWARD[0](*args, **kwargs)
+
+
+def _triton_smi(p: _Prepared) -> torch.Tensor:
+    """The kernel's SMI in the compute dtype, for the torch ops that autograd records."""
+    # NOTE: Triton kernels are opaque to autograd. With rewards that require grad, the kernel
+    # computes only the SMI (a constant) and torch ops finish from the rewards, so gradients flow
+    # as on the torch backend; the values equal the fused ones to rounding.
+    return _run_triton(
+        None,
+        p.embeddings,
+        p.groups.codes,
+        p.groups.num_groups,
+        mode="smi",
+        min_denominator=DEFAULT_MIN_DENOMINATOR,
+        out_dtype=p.out_dtype,
+    )
 
 
 # ----------------------------------------------------------------------------- public API
@@ -512,12 +720,14 @@ def smi_scores(
 
     Args:
         embeddings: ``[N, D]`` float16 / bfloat16 / float32 / float64 (torch, numpy or nested list).
-        group_ids: ``[N]`` integer ids or hashable labels; rows of a group may be anywhere.
+        group_ids: ``[N]`` integer ids or hashable labels (the rule: :func:`factorize_group_ids`);
+            rows of a group may be anywhere.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
         num_groups: optional hint, see :func:`factorize_group_ids`.
 
     Returns:
-        ``[N]`` float32 (float64 for float64 embeddings), of the same kind as ``embeddings``.
+        ``[N]`` float32 (float64 for float64 embeddings), of the same kind as ``embeddings``;
+        never requires grad (embeddings are used detached: DRA factors are constants).
 
     Example:
         >>> smi_scores([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [0, 0, 0])
@@ -554,7 +764,8 @@ def adjust_rewards(
     Args:
         rewards: ``[N]`` real rewards (float or integer; booleans are refused).
         embeddings: ``[N, D]`` completion embeddings (any scale: rows are normalised).
-        group_ids: ``[N]`` group of each completion (integers, strings, any hashable).
+        group_ids: ``[N]`` group of each completion (integers of any size, strings, tuples,
+            other hashable values equal to themselves; see :func:`factorize_group_ids`).
         backend: ``"auto"`` (Triton on CUDA when installed, else torch), ``"torch"``, ``"triton"``.
         num_groups: optional hint for integer ids in ``[0, num_groups)``: no host sync. Ids
             outside that range raise on CPU; on CUDA the Triton kernel cannot raise without a
@@ -568,7 +779,9 @@ def adjust_rewards(
 
     Returns:
         ``[N]`` adjusted rewards in input order, of the kind of ``rewards`` (torch on its device,
-        numpy, or a list), float32, or float64 when rewards or embeddings are float64.
+        numpy, or a list), float32, or float64 when rewards or embeddings are float64. The
+        result is differentiable in ``rewards`` (``1 / max(1 + SMI_i, min_denominator)`` per
+        row, on both backends); embeddings are used detached: DRA factors are constants.
 
     Example:
         >>> adjust_rewards([1.0, 1.0, 1.0], [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], ["a", "a", "a"])
@@ -577,7 +790,9 @@ def adjust_rewards(
     min_denominator = _check_min_denominator(min_denominator)
     p = _prepare(rewards, embeddings, group_ids, backend, num_groups)
     assert p.rewards is not None and p.embeddings is not None
-    if p.backend == "triton":
+    if p.backend == "triton" and p.grad:
+        out = reference.adjust_from_smi(p.rewards, _triton_smi(p), min_denominator)
+    elif p.backend == "triton":
         out = _run_triton(
             p.rewards,
             p.embeddings,
@@ -609,13 +824,14 @@ def group_advantages(
 
     Args:
         rewards: ``[N]`` real rewards.
-        group_ids: ``[N]`` group ids.
+        group_ids: ``[N]`` group ids (see :func:`factorize_group_ids`).
         scale: ``"std"`` or ``"none"``.
         eps: added to the standard deviation.
         num_groups: optional hint, see :func:`factorize_group_ids`.
 
     Returns:
-        ``[N]`` advantages of the kind of ``rewards``.
+        ``[N]`` advantages of the kind of ``rewards``; differentiable in ``rewards`` (where a
+        group's std is 0 its derivative is taken as 0, the limit, so gradients stay finite).
 
     Example:
         >>> group_advantages([1.0, 0.0, 5.0], ["a", "a", "b"], scale="none")
@@ -655,7 +871,8 @@ def dra_advantages(
         min_denominator: lower clamp of ``1 + SMI``.
 
     Returns:
-        ``[N]`` advantages of the DRA-adjusted rewards, of the kind of ``rewards``.
+        ``[N]`` advantages of the DRA-adjusted rewards, of the kind of ``rewards``;
+        differentiable in ``rewards``, the DRA factors being constants.
 
     Example:
         >>> dra_advantages([1.0, 1.0, 0.0], [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [7, 7, 7],
@@ -668,7 +885,10 @@ def dra_advantages(
     p = _prepare(rewards, embeddings, group_ids, backend, num_groups)
     assert p.rewards is not None and p.embeddings is not None
     codes, k = p.groups.codes, p.groups.num_groups
-    if p.backend == "triton":
+    if p.backend == "triton" and p.grad:
+        adjusted = reference.adjust_from_smi(p.rewards, _triton_smi(p), min_denominator)
+        out = reference.group_advantages(adjusted, codes, k, scale, eps)
+    elif p.backend == "triton":
         out = _run_triton(
             p.rewards,
             p.embeddings,

@@ -12,8 +12,19 @@ sizes. Each rank sums its own rows per group, one ``all_reduce`` adds the ``[K, 
 sums (the last column holds the row counts), and each rank finishes its rows locally. Embeddings
 never leave their rank.
 
+Errors: every argument is checked by the core's own checks (:mod:`dra_kernels.api`), on each rank,
+before any data moves. The first collective of every call is one ``all_gather`` of a small header
+(about 100 bytes per rank: a status, the function, the options, kinds and sizes); a rank whose
+inputs were refused still takes part in it. If any rank failed, every rank raises at once: the
+failing ranks their own error, the others a RuntimeError naming the failing ranks and their
+errors. Ranks that disagree on the function, ``num_groups``, ``scale``, ``eps``,
+``min_denominator`` or the width ``D`` all raise the same ValueError. So an argument error on one
+rank never leaves the others waiting for the process group's timeout.
+
 Communication, per call, with ``K`` groups, ``D`` embedding columns and ``W`` ranks:
 
+- the header: one ``all_gather`` of 12 int64 values (96 bytes) per rank (a host synchronisation on
+  CUDA).
 - adjust / SMI: one ``all_reduce`` of ``K * (D + 1)`` elements of the compute dtype (float32, or
   float64 when an input is float64): :func:`allreduce_payload_bytes`. A bandwidth-optimal
   all-reduce (NCCL's ring or tree, gloo's ring) sends about ``2 * (W - 1) / W`` times that payload
@@ -22,19 +33,27 @@ Communication, per call, with ``K`` groups, ``D`` embedding columns and ``W`` ra
   move 786 KB to every rank.
 - advantages: two more ``all_reduce`` of ``K`` elements (group totals, then squared deviations).
 - group ids, unless ``num_groups`` is given (integer ids already in ``[0, num_groups)``, used as
-  codes with no extra communication): one ``all_gather`` of 32 bytes per rank (kinds, sizes and
-  dtypes, checked to agree), then the union of the ranks' distinct ids: for integer ids an
-  ``all_gather`` of ``max over ranks of (distinct ids on a rank) * 8`` bytes per rank; for other
-  hashable ids (strings, tuples...) ``all_gather_object`` of each rank's pickled distinct ids. Both
-  are ``O(number of groups)``, independent of ``N`` and ``D``.
+  codes with no extra communication): the union of the ranks' distinct ids: for integer ids that
+  fit int64 an ``all_gather`` of ``max over ranks of (distinct ids on a rank) * 8`` bytes per
+  rank; for other ids (strings, tuples, integers beyond int64...) ``all_gather_object`` of each
+  rank's pickled distinct ids, then an ``all_gather`` of 16 bytes per rank so that an id that
+  another rank cannot read back fails on every rank. Both are ``O(number of groups)``,
+  independent of ``N`` and ``D``.
+
+Group ids follow the core's rule (docs/semantics.md, "Group ids"), checked by the same code.
+
+Gradients: as in the core, embeddings are used detached and gradients flow through rewards. No
+collective runs in the backward pass: each rank gets the derivatives of its own outputs with
+respect to its own rewards, the other ranks' rewards held constant (the diagonal block of the
+single-process Jacobian; for :func:`adjust_rewards` that is the whole of it, ``1 / max(1 + SMI,
+min_denominator)`` per row).
 
 Collectives run on the device of the embeddings (CPU with gloo, CUDA with NCCL; pass CUDA tensors
-with NCCL, after ``torch.cuda.set_device``). Every rank of the process group must call the
-function, with the same ``num_groups`` (or none), the same ``D`` and the same float dtypes; without
-``num_groups`` a mismatch is detected and reported on every rank. Results are deterministic for a
-fixed world size and layout: the collectives reduce in a fixed order, and the global group codes
-do not depend on timing. Without an initialised process group (or with one rank) the functions
-compute locally, like the core API.
+with NCCL, after ``torch.cuda.set_device``). Every rank of the process group must call the same
+function, with the same options and the same ``D``. Results are deterministic for a fixed world
+size and layout: the collectives reduce in a fixed order, and the global group codes do not
+depend on timing. Without an initialised process group (or with one rank) the functions compute
+locally, like the core API.
 
 The computation uses the torch reference ops on the embeddings' device (the fused Triton kernel
 does not expose its per-group sums).
@@ -48,10 +67,12 @@ Example (each rank, after ``torch.distributed.init_process_group``)::
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import pickle
+import struct
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -69,7 +90,14 @@ __all__ = [
 
 # Kinds of group ids a rank may hold; ranks with no rows are compatible with any kind.
 _EMPTY, _INTEGER, _HASHABLE = 0, 1, 2
-_KIND_NAMES = {_INTEGER: "integer ids", _HASHABLE: "hashable labels"}
+
+# The functions, as numbered in the header.
+_OPS = ("global_group_codes", "smi_scores", "adjust_rewards", "dra_advantages")
+
+# Header columns (after the status and the message length that _exchange puts first).
+_OP, _KIND, _UNIQUE, _ROWS, _DIM, _FLOAT64, _NUM_GROUPS, _SCALE, _MIN_DEN, _EPS = range(2, 12)
+_HEADER_WIDTH = 10
+_MAX_MESSAGE_BYTES = 4096
 
 
 def allreduce_payload_bytes(num_groups: int, dim: int, dtype: torch.dtype = torch.float32) -> int:
@@ -112,121 +140,274 @@ def _check_device(process_group: Any, device: torch.device) -> None:
         )
 
 
-# ----------------------------------------------------------------------------- group ids
+def _status_device(process_group: Any) -> torch.device:
+    """Where the header goes: a device the group's backend takes whatever this rank's inputs."""
+    backend = str(dist.get_backend(process_group))
+    if "nccl" in backend and "gloo" not in backend:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
-def _local_ids(group_ids: Any, n: int, device: torch.device) -> tuple[int, Any]:
-    """This rank's ids as ``(kind, value)``: an int64 tensor on ``device`` or a list of labels."""
-    if isinstance(group_ids, torch.Tensor):
-        if group_ids.ndim != 1:
-            raise ValueError(f"group_ids must be 1-D [N], got shape {tuple(group_ids.shape)}")
-        if not api._is_integer(group_ids):
-            raise TypeError(
-                f"group_ids as a tensor must have an integer dtype, got {group_ids.dtype}; "
-                "floating or boolean ids are almost always a mistake"
-            )
-        if group_ids.device != device:
-            raise ValueError(f"group_ids is on {group_ids.device} but the data is on {device}")
-        api._check_len(group_ids.shape[0], n)
-        return (_INTEGER if n else _EMPTY), group_ids.to(torch.int64)
-    if isinstance(group_ids, (list, tuple, np.ndarray)) and len(group_ids) == 0:
-        api._check_len(0, n)
-        return _EMPTY, torch.empty(0, dtype=torch.int64, device=device)
-    ints = api._host_integer_ids(group_ids)
-    if ints is not None:
-        api._check_len(ints.shape[0], n)
-        return _INTEGER, torch.from_numpy(ints).to(device)
-    labels = list(group_ids)
-    api._check_len(len(labels), n)
-    api._factorize_hashables(labels)  # validates: hashable, no floats
-    return _HASHABLE, labels
+def _exchange(row: list[int], error: Exception | None, op: str, pg: Any) -> torch.Tensor:
+    """Every rank's ``[status, message bytes, *row]`` as a ``[W, 2 + len(row)]`` CPU table.
+
+    A rank whose ``error`` is set takes part with a row of zeros. If any rank failed, every rank
+    raises here: a failing rank its own error, the others a RuntimeError naming the failing ranks.
+    """
+    message = b""
+    if error is not None:
+        message = f"{type(error).__name__}: {error}".encode()[:_MAX_MESSAGE_BYTES]
+        row = [0] * len(row)
+    header = torch.tensor([int(error is not None), len(message), *row], dtype=torch.int64)
+    device = _status_device(pg)
+    parts = [torch.empty_like(header, device=device) for _ in range(dist.get_world_size(pg))]
+    dist.all_gather(parts, header.to(device), group=pg)
+    table = torch.stack(parts).cpu()
+    failed = table[:, 0].nonzero().flatten().tolist()
+    if not failed:
+        return table
+    width = int(table[:, 1].max())
+    mine = torch.zeros(width, dtype=torch.uint8)
+    mine[: len(message)] = torch.tensor(list(message), dtype=torch.uint8)
+    texts = [torch.empty_like(mine, device=device) for _ in parts]
+    dist.all_gather(texts, mine.to(device), group=pg)
+    if error is not None:
+        raise error
+    found = "; ".join(
+        f"rank {r}: {bytes(texts[r][: int(table[r, 1])].cpu().tolist()).decode(errors='replace')}"
+        for r in failed
+    )
+    ranks = ("rank " if len(failed) == 1 else "ranks ") + ", ".join(str(r) for r in failed)
+    raise RuntimeError(
+        f"dra_kernels.distributed.{op}: the inputs of {ranks} were refused, so no rank computed "
+        f"anything ({found})"
+    )
 
 
-def _exchange_header(
-    kind: int, n_unique: int, n: int, dim: int, float64: bool, device: torch.device, pg: Any
-) -> torch.Tensor:
-    """Every rank's ``[kind, distinct ids, rows, D, float64]`` as a ``[W, 5]`` CPU tensor."""
-    header = torch.tensor([kind, n_unique, n, dim, int(float64)], dtype=torch.int64, device=device)
-    parts = [torch.empty_like(header) for _ in range(dist.get_world_size(pg))]
-    dist.all_gather(parts, header, group=pg)
-    return torch.stack(parts).cpu()
+def _float_bits(value: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", value))[0]
+
+
+def _bits_float(bits: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", bits))[0]
+
+
+def _agree(table: torch.Tensor, column: int, what: str, show: Callable[[int], str]) -> None:
+    values = table[:, column].tolist()
+    if len(set(values)) > 1:
+        found = ", ".join(f"rank {r}: {show(v)}" for r, v in enumerate(values))
+        raise ValueError(f"{what} must be the same on every rank, found {found}")
 
 
 def _consensus(table: torch.Tensor) -> tuple[int, bool]:
-    """``(D, float64)`` agreed by the ranks that hold rows; raises on every rank if D differs."""
-    rows = table[table[:, 2] > 0]
+    """``(D, float64)`` agreed by the ranks that hold rows; raises on every rank where the ranks
+    disagree on the function, its options or D (every rank sees the same table)."""
+    _agree(table, _OP, "the function called", lambda v: _OPS[v])
+    _agree(table, _NUM_GROUPS, "num_groups", lambda v: "none" if v < 0 else str(v))
+    _agree(table, _SCALE, "scale", lambda v: ("std", "none", "unused")[v])
+    _agree(table, _MIN_DEN, "min_denominator", lambda v: repr(_bits_float(v)))
+    _agree(table, _EPS, "eps", lambda v: repr(_bits_float(v)))
+    rows = table[table[:, _ROWS] > 0]
     if rows.shape[0] == 0:
-        return int(table[0, 3]), False
-    dims = sorted(set(rows[:, 3].tolist()))
+        return int(table[0, _DIM]), False
+    dims = sorted(set(rows[:, _DIM].tolist()))
     if len(dims) > 1:
-        found = ", ".join(f"rank {r}: D={int(d)}" for r, d in enumerate(table[:, 3]) if table[r, 2])
+        found = ", ".join(
+            f"rank {r}: D={int(d)}" for r, d in enumerate(table[:, _DIM]) if table[r, _ROWS]
+        )
         raise ValueError(f"embeddings must have the same width D on every rank, found {found}")
     # NOTE: as for the concatenation, float64 anywhere makes the whole computation float64.
-    return int(dims[0]), bool(rows[:, 4].any())
+    return int(dims[0]), bool(rows[:, _FLOAT64].any())
 
 
-def _union_integer_codes(
-    ids: torch.Tensor, local_unique: torch.Tensor, table: torch.Tensor, pg: Any
-) -> Groups:
-    sizes = table[:, 1].tolist()
+# ----------------------------------------------------------------------------- local checks
+
+# (scale: 0 "std", 1 "none", 2 unused; min_denominator; eps) as checked by the core.
+_Options = tuple[int, float, float]
+_NO_OPTIONS: _Options = (2, 0.0, 0.0)
+
+
+@dataclass
+class _Local:
+    """One rank's inputs after every check, before any communication."""
+
+    options: _Options
+    rewards: torch.Tensor | None
+    embeddings: torch.Tensor | None
+    device: torch.device
+    kind: int
+    ids: Any  # int64 tensor on device (integer / empty kinds) or the list of labels
+    hinted: Groups | None  # the codes, when num_groups is given
+    unique: torch.Tensor | None  # distinct integer ids (active, no hint)
+    payload: bytes | None  # pickled distinct labels (active, no hint)
+    n_unique: int
+    float64: bool
+
+
+def _local_ids(group_ids: Any, n: int | None, device: torch.device) -> tuple[int, Any]:
+    """This rank's ids as ``(kind, value)``: an int64 tensor on ``device`` or a list of labels,
+    checked by the core's rule (the functions :func:`dra_kernels.factorize_group_ids` uses)."""
+    if isinstance(group_ids, torch.Tensor):
+        ids = api._check_id_tensor(group_ids, device)
+        api._check_len(ids.shape[0], n)
+        if ids.dtype == torch.uint64:  # .to(int64) would wrap: the host rule keeps ids exact
+            return _local_ids(ids.cpu().numpy(), n, device)
+        return (_INTEGER if ids.shape[0] else _EMPTY), ids.to(torch.int64)
+    host = api._host_ids(group_ids)
+    api._check_len(len(host), n)
+    if len(host) == 0:
+        return _EMPTY, torch.empty(0, dtype=torch.int64, device=device)
+    if isinstance(host, list):
+        return _HASHABLE, host
+    return _INTEGER, torch.from_numpy(api._torch_compatible(host)).to(device)
+
+
+def _check_local(
+    options: Callable[[], _Options],
+    rewards: Any,
+    embeddings: Any,
+    group_ids: Any,
+    num_groups: int | None,
+    pg: Any,
+    active: bool,
+    device: torch.device | str | None = None,
+) -> _Local:
+    """Every check of this rank's arguments, in the core's order; no collective."""
+    checked = options()
+    r = e = None
+    float64 = False
+    if embeddings is not None or rewards is not None:
+        r, e, device = api._checked_data(rewards, embeddings)
+        dtypes = [t.dtype for t in (r, e) if t is not None and t.is_floating_point()]
+        float64 = reference.compute_dtype(*dtypes) == torch.float64
+    assert device is not None
+    device = torch.device(device)
+    if active:
+        _check_device(pg, device)
+    kind, ids = _local_ids(group_ids, None if e is None else e.shape[0], device)
+    hinted = unique = payload = None
+    if kind == _HASHABLE:
+        api._check_hint_kind(num_groups, ids)
+    if num_groups is not None:
+        hinted = api._hinted_codes(ids, num_groups)
+    n_unique = 0
+    if active and hinted is None and kind == _INTEGER:
+        unique = torch.unique(ids)
+        n_unique = int(unique.shape[0])
+    elif active and hinted is None and kind == _HASHABLE:
+        distinct = list(dict.fromkeys(ids))
+        n_unique = len(distinct)
+        try:
+            payload = pickle.dumps(distinct)
+        except Exception as exc:
+            raise TypeError(
+                "group_ids labels must be picklable to be compared across ranks; pickling "
+                f"them raised {type(exc).__name__}: {exc}"
+            ) from None
+    return _Local(checked, r, e, device, kind, ids, hinted, unique, payload, n_unique, float64)
+
+
+# ----------------------------------------------------------------------------- group ids
+
+
+def _local_groups(local: _Local) -> Groups:
+    """Codes without communication (one process), as the core computes them."""
+    if local.hinted is not None:
+        return local.hinted
+    if local.kind == _EMPTY:
+        return Groups(local.ids, 0)
+    if local.kind == _HASHABLE:
+        codes, count = api._label_codes(local.ids)
+        return Groups(torch.tensor(codes, dtype=torch.int64).to(local.device), count)
+    uniques, codes = torch.unique(local.ids, return_inverse=True)
+    return Groups(codes.to(torch.int64), int(uniques.shape[0]))
+
+
+def _union_integer_codes(local: _Local, table: torch.Tensor, pg: Any) -> Groups:
+    ids, unique = local.ids, local.unique
+    sizes = table[:, _UNIQUE].tolist()
     width = max(sizes)
     if width == 0:
         return Groups(ids, 0)
     padded = torch.zeros(width, dtype=torch.int64, device=ids.device)
-    padded[: local_unique.shape[0]] = local_unique
+    if unique is not None:
+        padded[: unique.shape[0]] = unique
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded, group=pg)
     union = torch.unique(torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)]))
     return Groups(torch.searchsorted(union, ids), int(union.shape[0]))
 
 
-def _union_hashable_codes(labels: list[Hashable], device: torch.device, pg: Any) -> Groups:
-    local_unique = list(dict.fromkeys(labels))
+def _union_hashable_codes(local: _Local, op: str, pg: Any) -> Groups:
+    # NOTE: integer ids on some ranks and labels on others are compared as Python values, as
+    # they would be in one concatenated list.
+    labels = local.ids if local.kind == _HASHABLE else local.ids.tolist()
+    payload = local.payload
+    if payload is None:  # integer or empty ranks: Python ints always pickle
+        payload = pickle.dumps(list(dict.fromkeys(labels)))
     parts: list[Any] = [None] * dist.get_world_size(pg)
-    dist.all_gather_object(parts, local_unique, group=pg)
-    mapping: dict[Hashable, int] = {}
-    for part in parts:  # rank order, then first appearance: the same codes on every rank
-        for label in part:
-            mapping.setdefault(label, len(mapping))
-    codes = torch.tensor([mapping[g] for g in labels], dtype=torch.int64)
-    return Groups(codes.to(device), len(mapping))
+    dist.all_gather_object(parts, payload, group=pg)
+    error = groups = None
+    try:
+        mapping: dict[Hashable, int] = {}
+        for part in parts:  # rank order, then first appearance: the same codes on every rank
+            for label in pickle.loads(part):
+                mapping.setdefault(label, len(mapping))
+        codes = torch.tensor([mapping[g] for g in labels], dtype=torch.int64)
+        groups = Groups(codes.to(local.device), len(mapping))
+    except Exception as exc:  # another rank's label that this one cannot read back or compare
+        error = TypeError(
+            f"group_ids could not be compared across ranks ({type(exc).__name__}: {exc})"
+        )
+    _exchange([], error, op, pg)  # so that such a failure on one rank fails every rank
+    assert groups is not None
+    return groups
 
 
-def _plan_groups(
-    group_ids: Any,
-    n: int,
-    dim: int,
-    float64: bool,
-    device: torch.device,
-    num_groups: int | None,
-    pg: Any,
-    active: bool,
-) -> tuple[Groups, int, bool]:
-    """Global dense codes for this rank's rows, and the agreed ``(D, float64)``."""
-    kind, value = _local_ids(group_ids, n, device)
-    if num_groups is not None:
-        if kind == _HASHABLE:
-            raise TypeError(
-                "num_groups needs integer group ids in [0, num_groups); got labels such as "
-                f"{value[0]!r}: leave num_groups out to factorise them across ranks"
-            )
-        return api._hinted_codes(value, num_groups), dim, float64
+def _plan(
+    op: str, num_groups: int | None, pg: Any, check: Callable[[bool], _Local]
+) -> tuple[_Local, Groups, int, torch.dtype, bool]:
+    """This rank's checked inputs, the global codes of its rows, the agreed ``D``, the compute
+    dtype, and whether collectives run."""
+    active = _active(pg)
     if not active:
-        if kind == _EMPTY:
-            return Groups(value, 0), dim, float64
-        return api.factorize_group_ids(value, n, device), dim, float64
-    local_unique = value if kind == _EMPTY else None
-    if kind == _INTEGER:
-        local_unique = torch.unique(value)
-    n_unique = len(dict.fromkeys(value)) if kind == _HASHABLE else int(local_unique.shape[0])
-    table = _exchange_header(kind, n_unique, n, dim, float64, device, pg)
+        local = check(False)
+        dim = 0 if local.embeddings is None else local.embeddings.shape[1]
+        return local, _local_groups(local), dim, _dtype(local.float64), False
+    error = local = None
+    try:
+        local = check(True)
+    except Exception as exc:  # reported to every rank by the header exchange below
+        error = exc
+    row = [0] * _HEADER_WIDTH
+    if local is not None:
+        scale, min_denominator, eps = local.options
+        row = [
+            _OPS.index(op),
+            local.kind,
+            local.n_unique,
+            len(local.ids),
+            0 if local.embeddings is None else local.embeddings.shape[1],
+            int(local.float64),
+            -1 if num_groups is None else int(num_groups),
+            scale,
+            _float_bits(min_denominator),
+            _float_bits(eps),
+        ]
+    table = _exchange(row, error, op, pg)
+    assert local is not None
     dim, float64 = _consensus(table)
-    if _HASHABLE in table[:, 0].tolist():
-        # NOTE: integer ids on some ranks and labels on others are compared as Python values, as
-        # they would be in one concatenated list.
-        labels = value if kind == _HASHABLE else value.tolist()
-        return _union_hashable_codes(labels, device, pg), dim, float64
-    return _union_integer_codes(value, local_unique, table, pg), dim, float64
+    if local.hinted is not None:
+        groups = local.hinted
+    elif _HASHABLE in table[:, _KIND].tolist():
+        groups = _union_hashable_codes(local, op, pg)
+    else:
+        groups = _union_integer_codes(local, table, pg)
+    return local, groups, dim, _dtype(float64), True
+
+
+def _dtype(float64: bool) -> torch.dtype:
+    return torch.float64 if float64 else torch.float32
 
 
 def global_group_codes(
@@ -238,13 +419,13 @@ def global_group_codes(
 ) -> Groups:
     """Dense group codes that agree across ranks: equal ids get equal codes on every rank.
 
-    Collective: every rank of ``process_group`` must call it. Integer ids are merged with two
-    ``all_gather`` calls of ``O(distinct ids)`` int64 values, other hashable labels with one
-    ``all_gather_object`` of each rank's distinct labels; codes are then the same for a fixed world
-    size and layout. With ``num_groups`` the integer ids are the codes (no communication).
+    Collective: every rank of ``process_group`` must call it. After the header, integer ids are
+    merged with one ``all_gather`` of ``O(distinct ids)`` int64 values, other ids with one
+    ``all_gather_object`` of each rank's distinct ids; codes are then the same for a fixed world
+    size and layout. With ``num_groups`` the integer ids are the codes.
 
     Args:
-        group_ids: this rank's ``[n]`` ids (integers or hashable labels; may be empty).
+        group_ids: this rank's ``[n]`` ids (the core's rule; may be empty).
         device: where the codes go; with NCCL a CUDA device.
         num_groups: optional hint for integer ids in ``[0, num_groups)`` on every rank.
         process_group: the ``torch.distributed`` group (default: the world).
@@ -252,44 +433,51 @@ def global_group_codes(
     Returns:
         :class:`dra_kernels.api.Groups` with int64 codes in ``[0, num_groups)`` on ``device``.
     """
-    device = torch.device(device)
-    active = _active(process_group)
-    if active:
-        _check_device(process_group, device)
-    n = group_ids.shape[0] if isinstance(group_ids, torch.Tensor) else len(group_ids)
-    groups, _, _ = _plan_groups(group_ids, n, 0, False, device, num_groups, process_group, active)
-    return groups
+
+    def check(active: bool) -> _Local:
+        return _check_local(
+            lambda: _NO_OPTIONS, None, None, group_ids, num_groups, process_group, active, device
+        )
+
+    return _plan("global_group_codes", num_groups, process_group, check)[1]
 
 
 # ----------------------------------------------------------------------------- computation
 
 
-def _prepare(
-    rewards: Any, embeddings: Any, group_ids: Any, num_groups: int | None, process_group: Any
-) -> tuple[torch.Tensor | None, torch.Tensor, Groups, torch.dtype, bool]:
-    present = {k: v for k, v in (("rewards", rewards), ("embeddings", embeddings)) if v is not None}
-    device = api._check_kinds(**present)
-    r = None
-    n = None
-    if rewards is not None:
-        r = api._to_tensor(rewards, "rewards")
-        api._check_rewards(r)
-        n = r.shape[0]
-    e = api._to_tensor(embeddings, "embeddings")
-    api._check_embeddings(e, n)
-    n = e.shape[0]
-    active = _active(process_group)
-    if active:
-        _check_device(process_group, device)
-    dtypes = [t.dtype for t in (r, e) if t is not None and t.is_floating_point()]
-    float64 = reference.compute_dtype(*dtypes) == torch.float64
-    groups, dim, float64 = _plan_groups(
-        group_ids, n, e.shape[1], float64, device, num_groups, process_group, active
-    )
-    dtype = torch.float64 if float64 else torch.float32
-    if n == 0:  # a rank without rows takes part with the agreed width
+class _GlobalSum(torch.autograd.Function):
+    """The sum over ranks of a per-rank tensor. Backward: the gradient of this rank's part, the
+    other ranks' parts held constant, so no collective runs in the backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, local: torch.Tensor, pg: Any) -> torch.Tensor:
+        total = local.clone()
+        dist.all_reduce(total, group=pg)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def _inputs(
+    op: str,
+    options: Callable[[], _Options],
+    rewards: Any,
+    embeddings: Any,
+    group_ids: Any,
+    num_groups: int | None,
+    pg: Any,
+) -> tuple[_Options, torch.Tensor | None, torch.Tensor, Groups, torch.dtype, bool]:
+    def check(active: bool) -> _Local:
+        return _check_local(options, rewards, embeddings, group_ids, num_groups, pg, active)
+
+    local, groups, dim, dtype, active = _plan(op, num_groups, pg, check)
+    e = local.embeddings
+    assert e is not None
+    if e.shape[0] == 0:  # a rank without rows takes part with the agreed width
         e = e.new_zeros(0, dim)
-    return r, e, groups, dtype, active
+    return local.options, local.rewards, e, groups, dtype, active
 
 
 def _smi(
@@ -323,9 +511,11 @@ def smi_scores(
         process_group: the ``torch.distributed`` group (default: the world).
 
     Returns:
-        ``[n]`` SMI of this rank's rows, of the kind of ``embeddings``.
+        ``[n]`` SMI of this rank's rows, of the kind of ``embeddings`` (never requires grad).
     """
-    _, e, groups, dtype, active = _prepare(None, embeddings, group_ids, num_groups, process_group)
+    _, _, e, groups, dtype, active = _inputs(
+        "smi_scores", lambda: _NO_OPTIONS, None, embeddings, group_ids, num_groups, process_group
+    )
     smi, _ = _smi(e, groups, dtype, process_group, active)
     return api._convert_out(smi, embeddings)
 
@@ -350,19 +540,23 @@ def adjust_rewards(
         group_ids: this rank's ``[n]`` group ids (integers or hashable labels).
         num_groups: optional hint: integer ids in ``[0, num_groups)``, the same on every rank;
             skips the id exchange.
-        min_denominator: lower clamp of ``1 + SMI``.
+        min_denominator: lower clamp of ``1 + SMI``, in (0, 1].
         process_group: the ``torch.distributed`` group (default: the world).
 
     Returns:
-        ``[n]`` adjusted rewards of the kind of ``rewards``.
+        ``[n]`` adjusted rewards of the kind of ``rewards``; differentiable in ``rewards``
+        (``1 / max(1 + SMI, min_denominator)`` per row).
     """
-    min_denominator = api._check_scalar("min_denominator", min_denominator, positive=True)
-    r, e, groups, dtype, active = _prepare(
-        rewards, embeddings, group_ids, num_groups, process_group
+
+    def options() -> _Options:
+        return 2, api._check_min_denominator(min_denominator), 0.0
+
+    (_, md, _), r, e, groups, dtype, active = _inputs(
+        "adjust_rewards", options, rewards, embeddings, group_ids, num_groups, process_group
     )
     assert r is not None
     smi, _ = _smi(e, groups, dtype, process_group, active)
-    return api._convert_out(reference.adjust_from_smi(r, smi, min_denominator), rewards)
+    return api._convert_out(reference.adjust_from_smi(r, smi, md), rewards)
 
 
 def dra_advantages(
@@ -387,34 +581,44 @@ def dra_advantages(
         embeddings: this rank's ``[n, D]`` embeddings (a rank without rows passes ``[0, D]``).
         group_ids: this rank's ``[n]`` group ids (integers or hashable labels).
         scale: ``"std"`` (GRPO) or ``"none"`` (DR.GRPO), see :func:`dra_kernels.group_advantages`.
-        eps: added to the group standard deviation.
+        eps: added to the group standard deviation (> 0 with ``scale="std"``).
         num_groups: optional hint: integer ids in ``[0, num_groups)``, the same on every rank.
-        min_denominator: lower clamp of ``1 + SMI``.
+        min_denominator: lower clamp of ``1 + SMI``, in (0, 1].
         process_group: the ``torch.distributed`` group (default: the world).
 
     Returns:
-        ``[n]`` advantages of this rank's rows, of the kind of ``rewards``.
+        ``[n]`` advantages of this rank's rows, of the kind of ``rewards``; differentiable in this
+        rank's ``rewards`` (the other ranks' rewards held constant).
     """
-    scale = api._check_scale(scale)
-    eps = api._check_scalar("eps", eps, positive=False)
-    min_denominator = api._check_scalar("min_denominator", min_denominator, positive=True)
-    r, e, groups, dtype, active = _prepare(
-        rewards, embeddings, group_ids, num_groups, process_group
+
+    def options() -> _Options:
+        checked = api._check_scale(scale)  # the core's checks, in the core's order
+        checked_eps = api._check_eps(eps, checked)
+        md = api._check_min_denominator(min_denominator)
+        return ("std", "none").index(checked), md, checked_eps
+
+    (scale_id, md, checked_eps), r, e, groups, dtype, active = _inputs(
+        "dra_advantages", options, rewards, embeddings, group_ids, num_groups, process_group
     )
     assert r is not None
     smi, counts = _smi(e, groups, dtype, process_group, active)
-    adjusted = reference.adjust_from_smi(r, smi, min_denominator)
+    adjusted = reference.adjust_from_smi(r, smi, md)
     codes, k = groups.codes, groups.num_groups
 
     def group_sum(values: torch.Tensor) -> torch.Tensor:
-        totals = torch.zeros(k, dtype=dtype, device=values.device).index_add_(0, codes, values)
+        totals = torch.zeros(k, dtype=dtype, device=values.device).index_add(0, codes, values)
         if active and k > 0:
-            dist.all_reduce(totals, group=process_group)
+            totals = _GlobalSum.apply(totals, process_group)
         return totals
 
     mean = group_sum(adjusted) / counts.clamp(min=1)
     centred = adjusted - mean.index_select(0, codes)
-    if scale == "none":
+    if scale_id == 1:
         return api._convert_out(centred, rewards)
-    std = torch.sqrt(group_sum(centred * centred) / (counts - 1).clamp(min=1))
-    return api._convert_out(centred / (std.index_select(0, codes) + eps), rewards)
+    # NOTE: the sum of squared deviations has zero derivative in the mean (deviations sum to 0),
+    # but here the other ranks' deviations enter as constants, so their dependence on the mean
+    # would be missing from the gradient: the mean is held constant in this sum instead (the
+    # values are the same).
+    deviations = adjusted - mean.detach().index_select(0, codes)
+    std = reference.group_std(group_sum(deviations * deviations), counts)
+    return api._convert_out(centred / (std.index_select(0, codes) + checked_eps), rewards)

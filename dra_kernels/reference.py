@@ -23,6 +23,7 @@ __all__ = [
     "adjust_from_smi",
     "compute_dtype",
     "group_advantages",
+    "group_std",
     "group_unit_sums",
     "smi_from_sums",
     "smi_scores",
@@ -297,5 +298,18 @@ def group_advantages(
     squares = torch.zeros(num_groups, dtype=dtype, device=r.device).index_add_(
         0, codes, centred * centred
     )
-    std = torch.sqrt(squares / (counts - 1).clamp(min=1))
+    std = group_std(squares, counts)
     return centred / (std.index_select(0, codes) + eps)
+
+
+def group_std(squares: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Unbiased standard deviations from per-group sums of squared deviations and row counts
+    (0 for a group of one row).
+
+    Where the standard deviation is 0 (a group of one row, or of equal rewards) its gradient is
+    taken as 0, the limit of the advantages' derivatives there, instead of the ``0 * inf = NaN``
+    that ``sqrt`` gives at 0: otherwise one such group makes every reward's gradient NaN.
+    """
+    variance = squares / (counts - 1).clamp(min=1)
+    zero = variance == 0
+    return torch.where(zero, 0.0, torch.sqrt(torch.where(zero, 1.0, variance)))

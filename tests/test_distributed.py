@@ -9,7 +9,9 @@ concatenation. All layouts of one world size run in one spawn to keep the cost a
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
+import time
 import traceback
 from typing import Any
 
@@ -44,7 +46,7 @@ class Layout:
         if self.as_tensors:
             r = torch.from_numpy(self.rewards[rows])
             e = torch.from_numpy(self.embeddings[rows])
-            if ids and all(isinstance(g, int) for g in ids):
+            if ids and all(isinstance(g, int) and -(2**63) <= g < 2**63 for g in ids):
                 return r, e, torch.tensor(ids, dtype=torch.int64)
             return r, e, ids
         return self.rewards[rows].tolist(), self.embeddings[rows], ids
@@ -111,6 +113,17 @@ def _layouts(world: int) -> list[Layout]:
     labels = [i for i, g in enumerate(mixed) if isinstance(g, str)]
     parts = [np.array(ints[:-1]), *np.array_split(np.array(labels + ints[-1:]), world - 1)]
     out.append(Layout("mixed-kinds", r, e, mixed, parts))
+
+    # integers beyond int64 beside small ones, exact (never floats): rank 0 holds small ids (an
+    # int64 tensor), rank 1 [1, 2**63, ...] (once read as float64), the others lists of Python ints
+    sizes = [3, 2, 4, 3]
+    r, e, ids = _batch(rng, sizes, 5)
+    huge = [[2**63, 1, -(2**63) - 1, 2**100][g] for g in ids]
+    rows = {v: [i for i, g in enumerate(huge) if g == v] for v in set(huge)}
+    others = rows[-(2**63) - 1] + rows[2**100]
+    parts = [rows[1][:-1] + (others if world == 2 else []), rows[1][-1:] + rows[2**63]]
+    parts = [np.array(p) for p in parts] + (np.array_split(others, world - 2) if world > 2 else [])
+    out.append(Layout("huge-ints", r, e, huge, parts))
 
     # every rank empty
     r, e, ids = _batch(rng, [], 5)
@@ -228,10 +241,291 @@ def test_single_process_falls_back_to_local_computation() -> None:
 
 
 def test_hint_refuses_labels() -> None:
-    with pytest.raises(TypeError, match="num_groups needs integer group ids"):
+    with pytest.raises(ValueError, match="num_groups=1 is a hint for integer ids"):
         distributed.adjust_rewards([1.0], [[1.0]], ["a"], num_groups=1)
 
 
 def test_payload_bytes() -> None:
     assert distributed.allreduce_payload_bytes(64, 512) == 64 * 513 * 4
     assert distributed.allreduce_payload_bytes(3, 7, torch.float64) == 3 * 8 * 8
+
+
+# ----------------------------------------------------------------------------- validation
+
+R2 = np.array([1.0, 2.0])
+E2 = np.array([[1.0, 0.0], [0.6, 0.8]])
+IDS2 = [0, 0]
+
+# (function, args, keywords): each refused by the core; the distributed function must refuse it
+# with the same exception and the same message (it runs the core's checks, in the core's order).
+REFUSED = {
+    "min_denominator above 1": ("adjust_rewards", (R2, E2, IDS2), {"min_denominator": 2.0}),
+    "min_denominator 0": ("dra_advantages", (R2, E2, IDS2), {"min_denominator": 0.0}),
+    "min_denominator NaN": ("adjust_rewards", (R2, E2, IDS2), {"min_denominator": math.nan}),
+    "min_denominator bool": ("adjust_rewards", (R2, E2, IDS2), {"min_denominator": True}),
+    "min_denominator string": ("dra_advantages", (R2, E2, IDS2), {"min_denominator": "0.1"}),
+    "eps 0 with std": ("dra_advantages", (R2, E2, IDS2), {"eps": 0.0}),
+    "eps negative with none": ("dra_advantages", (R2, E2, IDS2), {"scale": "none", "eps": -1.0}),
+    "eps inf": ("dra_advantages", (R2, E2, IDS2), {"eps": math.inf}),
+    "unknown scale": ("dra_advantages", (R2, E2, IDS2), {"scale": "mean"}),
+    "scale and eps both bad": ("dra_advantages", (R2, E2, IDS2), {"scale": "x", "eps": 0.0}),
+    "eps and min_denominator both bad": (
+        "dra_advantages",
+        (R2, E2, IDS2),
+        {"eps": 0.0, "min_denominator": 2.0},
+    ),
+    "num_groups negative": ("adjust_rewards", (R2, E2, IDS2), {"num_groups": -1}),
+    "num_groups float": ("smi_scores", (E2, IDS2), {"num_groups": 1.0}),
+    "num_groups too small": ("adjust_rewards", (R2, E2, [0, 1]), {"num_groups": 1}),
+    "num_groups with labels": ("adjust_rewards", (R2, E2, ["a", "b"]), {"num_groups": 2}),
+    "boolean rewards": ("adjust_rewards", (np.array([True, False]), E2, IDS2), {}),
+    "complex rewards": ("dra_advantages", (R2.astype(complex), E2, IDS2), {}),
+    "2-D rewards": ("adjust_rewards", (E2, E2, IDS2), {}),
+    "integer embeddings": ("smi_scores", (E2.astype(int), IDS2), {}),
+    "1-D embeddings": ("smi_scores", (R2, IDS2), {}),
+    "D = 0": ("adjust_rewards", (R2, np.zeros((2, 0)), IDS2), {}),
+    "rows differ": ("adjust_rewards", (R2, E2[:1], IDS2), {}),
+    "torch and numpy": ("adjust_rewards", (torch.tensor(R2), E2, IDS2), {}),
+    "sparse embeddings": ("smi_scores", (torch.tensor(E2).to_sparse(), IDS2), {}),
+    "meta embeddings": ("smi_scores", (torch.tensor(E2).to("meta"), IDS2), {}),
+    "group ids length": ("smi_scores", (E2, [0]), {}),
+    "float group ids": ("smi_scores", (E2, [0.0, 1.0]), {}),
+    "NaN group id": ("adjust_rewards", (R2, E2, ["a", math.nan]), {}),
+    "tuple holding a list": ("smi_scores", (E2, [([1],), ([1],)]), {}),
+    "set group ids": ("smi_scores", (E2, {0, 1}), {}),
+    "float tensor group ids": ("smi_scores", (E2, torch.zeros(2)), {}),
+    "2-D group ids": ("smi_scores", (E2, np.zeros((2, 1), int)), {}),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_arguments_are_refused_exactly_as_the_core_refuses_them(case: str) -> None:
+    name, args, kwargs = REFUSED[case]
+    with pytest.raises((TypeError, ValueError)) as core:
+        getattr(dra_kernels, name)(*args, **kwargs)
+    with pytest.raises(core.type) as ours:
+        getattr(distributed, name)(*args, **kwargs)
+    assert str(ours.value) == str(core.value)
+
+
+# ----------------------------------------------------------------------------- errors on ranks
+
+# A short timeout for the collectives under test: a rank left waiting fails in seconds instead
+# of blocking the suite (the default is 30 minutes).
+COLLECTIVE_TIMEOUT_S = 10
+FAST_S = 5.0  # an error must reach every rank well within the timeout
+
+
+def _ok_inputs(rank: int) -> dict[str, Any]:
+    rng = np.random.default_rng(100 + rank)
+    e = torch.from_numpy(rng.normal(size=(3, 4)))
+    r = torch.from_numpy(rng.normal(size=3))
+    return {"rewards": r, "embeddings": e, "group_ids": [0, 1, 0]}
+
+
+# name -> {"overrides": rank -> the arguments that rank passes instead of valid ones (the
+# failing ranks), "common": arguments of every rank, "all": for an error only the ranks together
+# can see, the ValueError every rank raises, "own": a failing rank's error where the core has no
+# such error}. A failing rank must raise the core's error for the same arguments.
+def _error_cases(world: int) -> dict[str, dict[str, Any]]:
+    last = world - 1
+    bad_ids = [([1],), ([1],), ([1],)]
+    sparse = torch.zeros(3, 4, dtype=torch.float64).to_sparse()
+    cases = {
+        "min_denominator above 1 on one rank": {
+            "overrides": {1: {"min_denominator": 2.0}},
+        },
+        "eps 0 with std on every rank": {
+            "overrides": {k: {"eps": 0.0} for k in range(world)},
+        },
+        "different errors on different ranks": {
+            "overrides": {
+                0: {"group_ids": [0.5, 1.0, 0.5]},
+                1: {"embeddings": sparse},
+                **({2: {"min_denominator": 0.0}} if world > 2 else {}),
+            },
+        },
+        "unhashable id on the last rank": {"overrides": {last: {"group_ids": bad_ids}}},
+        "length mismatch with num_groups": {
+            "common": {"num_groups": 2},
+            "overrides": {0: {"group_ids": [0, 1]}},
+        },
+        "id out of range with num_groups": {
+            "common": {"num_groups": 2},
+            "overrides": {last: {"group_ids": [0, 1, 5]}},
+        },
+        "unpicklable label": {  # a valid id in one process; the ranks must exchange it
+            "overrides": {1: {"group_ids": ["a", lambda: None, "a"]}},
+            "own": "group_ids labels must be picklable to be compared across ranks",
+        },
+        # errors that only the ranks together can see: every rank raises the same ValueError
+        "num_groups on some ranks only": {
+            "overrides": {0: {"num_groups": 2}},
+            "all": "num_groups must be the same on every rank",
+        },
+        "different min_denominator": {
+            "overrides": {last: {"min_denominator": 0.5}},
+            "all": "min_denominator must be the same on every rank",
+        },
+        "different functions": {
+            "overrides": {0: {"function": "smi_scores"}},
+            "all": "the function called must be the same on every rank",
+        },
+        "different D with num_groups": {
+            "common": {"num_groups": 2},
+            "overrides": {1: {"embeddings": torch.ones(3, 5, dtype=torch.float64)}},
+            "all": "the same width D on every rank",
+        },
+    }
+    for case in cases.values():
+        case.setdefault("common", {})
+        case.setdefault("function", "dra_advantages")
+    return cases
+
+
+def _call(function: str, inputs: dict[str, Any], pg: Any) -> Any:
+    inputs = dict(inputs)
+    function = inputs.pop("function", function)
+    if function == "smi_scores":
+        inputs.pop("rewards")
+        for key in ("min_denominator", "eps", "scale"):
+            inputs.pop(key, None)
+    if function == "adjust_rewards":
+        inputs.pop("eps", None)
+        inputs.pop("scale", None)
+    return getattr(distributed, function)(**inputs, process_group=pg)
+
+
+def _rank_inputs(case: dict[str, Any], rank: int) -> dict[str, Any]:
+    return {**_ok_inputs(rank), **case["common"], **case["overrides"].get(rank, {})}
+
+
+def _error_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import datetime
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        pg = dist.new_group(timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+        results: dict[str, Any] = {}
+        for name, case in _error_cases(world).items():
+            start = time.monotonic()
+            try:
+                _call(case["function"], _rank_inputs(case, rank), pg)
+                outcome = ("no error", "")
+            except Exception as exc:
+                outcome = (type(exc).__name__, str(exc))
+            elapsed = time.monotonic() - start
+            # the process group is still in step: a valid call gives the right numbers
+            ok = _ok_inputs(rank)
+            after = distributed.adjust_rewards(**ok, process_group=pg)
+            results[name] = {"outcome": outcome, "elapsed": elapsed, "after": after.numpy()}
+        results["gradients"] = _gradients(rank, world, pg)
+        torch.save(results, pathlib.Path(out_dir) / f"rank{rank}.pt")
+    except BaseException:
+        (pathlib.Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _grad_batch(world: int):
+    """A global batch whose groups span ranks: row j on rank j % world."""
+    rng = np.random.default_rng(7)
+    sizes = [world + 1, 1, 2 * world, world]
+    r, e, ids = _batch(rng, sizes, 6, np.float64)
+    e[1] = -e[0]  # 1 + SMI near or below 0: the clamp's constant factor
+    rows = np.arange(len(ids))
+    return r, e, ids, [rows[rows % world == k] for k in range(world)]
+
+
+def _gradients(rank: int, world: int, pg: Any) -> dict[str, Any]:
+    """This rank's Jacobians w.r.t. its own rewards; the embeddings require grad too."""
+    r, e, ids, parts = _grad_batch(world)
+    rows = parts[rank]
+    local_r = torch.from_numpy(r[rows]).requires_grad_()
+    local_e = torch.from_numpy(e[rows]).requires_grad_()
+    local_ids = [ids[i] for i in rows]
+    out: dict[str, Any] = {}
+    for scale in ("std", "none"):
+        out[scale] = torch.autograd.functional.jacobian(
+            lambda v, scale=scale: distributed.dra_advantages(
+                v, local_e, local_ids, scale=scale, min_denominator=0.2, process_group=pg
+            ),
+            local_r,
+        ).numpy()
+    adjusted = distributed.adjust_rewards(local_r, local_e, local_ids, min_denominator=0.2,
+                                          process_group=pg)  # fmt: skip
+    (out["adjust"],) = torch.autograd.grad(adjusted.sum(), local_r)
+    out["smi_requires_grad"] = distributed.smi_scores(local_e, local_ids, process_group=pg)
+    out["smi_requires_grad"] = out["smi_requires_grad"].requires_grad
+    out["embedding_grad"] = local_e.grad
+    return out
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_an_error_on_any_rank_is_an_error_on_every_rank_within_seconds(
+    world: int, tmp_path: pathlib.Path
+) -> None:
+    """Each rank checks its arguments with the core's checks, then all ranks agree on a status
+    in the first collective: the failing ranks raise their own error (the core's), the others
+    a RuntimeError naming them; disagreements between ranks raise one ValueError everywhere.
+    No rank waits for the timeout, and the process group stays usable."""
+    init_file = tmp_path / "init"
+    mp.spawn(_error_worker, args=(world, str(init_file), str(tmp_path)), nprocs=world, join=True)
+    errors = sorted(tmp_path.glob("*.err"))
+    assert not errors, errors[0].read_text()
+    ranks = [torch.load(tmp_path / f"rank{k}.pt", weights_only=False) for k in range(world)]
+    ok = [_ok_inputs(k) for k in range(world)]
+    after = dra_kernels.adjust_rewards(
+        torch.cat([o["rewards"] for o in ok]),
+        torch.cat([o["embeddings"] for o in ok]),
+        [g for o in ok for g in o["group_ids"]],
+        backend="torch",
+    ).numpy()
+    for name, case in _error_cases(world).items():
+        failing = sorted(case["overrides"])
+        for rank, result in enumerate(ranks):
+            kind, message = result[name]["outcome"]
+            assert result[name]["elapsed"] < FAST_S, (name, rank, result[name]["elapsed"])
+            np.testing.assert_allclose(
+                result[name]["after"], after[3 * rank : 3 * rank + 3], rtol=1e-12, err_msg=name
+            )
+            if "all" in case:
+                assert kind == "ValueError" and case["all"] in message, (name, rank, message)
+            elif rank in failing and "own" in case:
+                assert kind == "TypeError" and case["own"] in message, (name, rank, message)
+            elif rank in failing:
+                inputs = _rank_inputs(case, rank)
+                with pytest.raises(Exception) as core:  # the same inputs, in one process
+                    _call(case["function"], inputs, None)
+                assert (kind, message) == (type(core.value).__name__, str(core.value)), name
+            else:
+                assert kind == "RuntimeError", (name, rank, kind, message)
+                named = ("rank " if len(failing) == 1 else "ranks ") + ", ".join(map(str, failing))
+                assert f"the inputs of {named} were refused" in message, (name, message)
+                for k in failing:
+                    assert f"rank {k}: " in message, (name, message)
+
+    # gradients: each rank's Jacobian is the single-process Jacobian's block of its own rows
+    r, e, ids, parts = _grad_batch(world)
+    order = np.concatenate(parts)
+    rt = torch.from_numpy(r[order])
+    et, it = torch.from_numpy(e[order]), [ids[i] for i in order]
+    start = 0
+    for rank, result in enumerate(ranks):
+        grads = result["gradients"]
+        stop = start + len(parts[rank])
+        for scale in ("std", "none"):
+            full = torch.autograd.functional.jacobian(
+                lambda v, scale=scale: dra_kernels.dra_advantages(
+                    v, et, it, scale=scale, min_denominator=0.2, backend="torch"
+                ),
+                rt,
+            ).numpy()
+            np.testing.assert_allclose(grads[scale], full[start:stop, start:stop], rtol=1e-9,
+                                       atol=1e-12, err_msg=f"rank {rank} {scale}")  # fmt: skip
+        smi = dra_kernels.smi_scores(et, it, backend="torch")[start:stop].numpy()
+        factor = 1 / np.maximum(1 + smi, 0.2)
+        np.testing.assert_allclose(grads["adjust"].numpy(), factor, rtol=1e-12)
+        assert grads["smi_requires_grad"] is False and grads["embedding_grad"] is None
+        start = stop

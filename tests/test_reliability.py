@@ -665,3 +665,275 @@ def test_no_host_synchronisation_on_cuda_with_a_group_count_hint():
                 f(r, e, ids, num_groups=3, backend=backend)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# ----------------------------------------------------------------------------- tensor kinds
+
+
+def _nested(t: torch.Tensor, layout: torch.layout) -> torch.Tensor:
+    return torch.nested.nested_tensor([t[:2], t[2:]], layout=layout)
+
+
+# Every tensor kind that is not plain strided memory, as a function of a plain tensor (None
+# where the kind cannot hold that tensor, e.g. CSR needs 2-D, mkldnn floats).
+TENSOR_KINDS = {
+    "sparse_coo": lambda t: t.to_sparse(),
+    "sparse_csr": lambda t: t.to_sparse_csr() if t.ndim == 2 else None,
+    "sparse_csc": lambda t: t.to_sparse_csc() if t.ndim == 2 else None,
+    "sparse_bsr": lambda t: t.to_sparse_bsr((2, 1)) if t.ndim == 2 else None,
+    "sparse_bsc": lambda t: t.to_sparse_bsc((2, 1)) if t.ndim == 2 else None,
+    "mkldnn": lambda t: t.to_mkldnn() if t.dtype == torch.float32 else None,
+    "nested strided": lambda t: _nested(t, torch.strided),
+    "nested jagged": lambda t: _nested(t, torch.jagged) if t.is_floating_point() else None,
+    "quantized": lambda t: (
+        torch.quantize_per_tensor(t, 0.1, 0, torch.qint8) if t.is_floating_point() else None
+    ),
+    "complex": lambda t: t.to(torch.complex64),
+    "meta": lambda t: t.to("meta"),
+}
+
+
+def _kind_calls(arg: str, bad: torch.Tensor, backend: str):
+    """Every public function taking ``arg``, with ``bad`` in its place (the other arguments on
+    its device, so that the kind of ``bad`` is the only thing wrong)."""
+    from dra_kernels import distributed
+
+    dev = bad.device
+    if dev.type == "meta":
+        # Only the argument itself on meta: with other tensors elsewhere the device check
+        # answers first (ValueError, tensors on two devices).
+        return {
+            "rewards": {"group_advantages": lambda: dk.group_advantages(bad, [0, 0, 1, 1])},
+            "embeddings": {
+                "smi_scores": lambda: dk.smi_scores(bad, [0, 0, 1, 1], backend=backend),
+                "distributed.smi_scores": lambda: distributed.smi_scores(bad, [0, 0, 1, 1]),
+            },
+            "group_ids": {
+                "factorize_group_ids": lambda: dk.factorize_group_ids(bad, 4, device=dev),
+                "distributed.global_group_codes": lambda: distributed.global_group_codes(
+                    bad, device=dev
+                ),
+            },
+        }[arg]
+    args = {"rewards": torch.randn(4), "embeddings": torch.randn(4, 3), "group_ids": [0, 0, 1, 1]}
+    args[arg] = bad
+    r, e, ids = args["rewards"], args["embeddings"], args["group_ids"]
+    calls = {
+        "adjust_rewards": lambda: dk.adjust_rewards(r, e, ids, backend=backend),
+        "dra_advantages": lambda: dk.dra_advantages(r, e, ids, backend=backend),
+        "distributed.adjust_rewards": lambda: distributed.adjust_rewards(r, e, ids),
+        "distributed.dra_advantages": lambda: distributed.dra_advantages(r, e, ids),
+    }
+    if arg != "rewards":
+        calls["smi_scores"] = lambda: dk.smi_scores(e, ids, backend=backend)
+        calls["distributed.smi_scores"] = lambda: distributed.smi_scores(e, ids)
+    if arg != "embeddings":
+        calls["group_advantages"] = lambda: dk.group_advantages(r, ids)
+    if arg == "group_ids":
+        calls["factorize_group_ids"] = lambda: dk.factorize_group_ids(ids, 4, device=dev)
+        calls["distributed.global_group_codes"] = lambda: distributed.global_group_codes(
+            ids, device=dev
+        )
+    return calls
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", list(TENSOR_KINDS))
+@pytest.mark.parametrize("arg", ["embeddings", "rewards", "group_ids"])
+def test_tensor_kinds_torch_cannot_normalise_raise_a_type_error(arg, kind, backend):
+    backend = _backend(backend)
+    plain = {
+        "embeddings": torch.randn(4, 3),
+        "rewards": torch.randn(4),
+        "group_ids": torch.tensor([0, 0, 1, 1]),
+    }[arg]
+    bad = TENSOR_KINDS[kind](plain)
+    if bad is None:
+        pytest.skip(f"a {kind} tensor cannot hold {arg}")
+    for name, call in _kind_calls(arg, bad, backend).items():
+        with pytest.raises(TypeError, match=rf"^{arg} ") as info:
+            call()
+        assert kind.split("_")[0].split()[0] in str(info.value), (name, info.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_negative_bit_views_give_the_plain_result(backend):
+    """``x.conj().imag`` is a real tensor whose memory holds -x.imag: read as its values."""
+    backend = _backend(backend)
+    r, e, ids = _small(9)
+    c = torch.complex(torch.zeros_like(r), -r)
+    neg_r = c.conj().imag
+    neg_e = torch.complex(torch.zeros_like(e), -e).conj().imag
+    neg_ids = torch._neg_view(-ids)
+    assert neg_r.is_neg() and neg_e.is_neg() and neg_ids.is_neg()
+    assert torch.equal(neg_r, r) and torch.equal(neg_ids, ids)
+    for f in (dk.adjust_rewards, dk.dra_advantages):
+        want = f(r, e, ids, backend=backend)
+        assert torch.equal(f(neg_r, neg_e, neg_ids, backend=backend), want), f.__name__
+        assert torch.equal(f(neg_r, e, neg_ids, backend=backend, num_groups=3), want)
+    assert torch.equal(dk.group_advantages(neg_r, neg_ids), dk.group_advantages(r, ids))
+    assert torch.equal(
+        dk.smi_scores(neg_e, neg_ids, backend=backend), dk.smi_scores(e, ids, backend=backend)
+    )
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def _trainable_embeddings(source: str, n: int, d: int) -> tuple[torch.Tensor, list]:
+    """Embeddings that require grad, as training produces them, and the leaves behind them."""
+    from dra_kernels.embed import pool_hidden_states
+
+    gen = torch.Generator().manual_seed(21)
+    if source == "parameter":
+        p = torch.nn.Parameter(torch.randn(n, d, generator=gen))
+        return p, [p]
+    if source == "linear":
+        layer = torch.nn.Linear(5, d)
+        return layer(torch.randn(n, 5, generator=gen)), list(layer.parameters())
+    hidden = torch.randn(n, 6, d, generator=gen, requires_grad=True)
+    mask = torch.ones(n, 6, dtype=torch.bool)
+    mask[:, 4:] = False
+    return pool_hidden_states(hidden, mask), [hidden]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("source", ["parameter", "linear", "pooled"])
+def test_embeddings_that_require_grad_are_used_as_constants(source, backend):
+    backend = _backend(backend)
+    e, leaves = _trainable_embeddings(source, 12, 4)
+    assert e.requires_grad
+    r, _, ids = _small(6, n=12)
+    plain = {
+        "smi": dk.smi_scores(e.detach(), ids, backend=backend),
+        "adjust": dk.adjust_rewards(r, e.detach(), ids, backend=backend),
+        "adv": dk.dra_advantages(r, e.detach(), ids, backend=backend),
+    }
+    smi = dk.smi_scores(e, ids, backend=backend)
+    adjusted = dk.adjust_rewards(r, e, ids, backend=backend)
+    adv = dk.dra_advantages(r, e, ids, backend=backend)
+    for name, out in (("smi", smi), ("adjust", adjusted), ("adv", adv)):
+        assert not out.requires_grad, name  # no graph reaches the embeddings
+        assert torch.equal(out, plain[name]), name
+    # with rewards that require grad, backward reaches the rewards and never the embeddings
+    rg = r.clone().requires_grad_()
+    (
+        dk.adjust_rewards(rg, e, ids, backend=backend).sum()
+        + dk.dra_advantages(rg, e, ids, backend=backend).pow(2).sum()
+    ).backward()
+    assert rg.grad is not None and torch.isfinite(rg.grad).all()
+    assert all(leaf.grad is None for leaf in leaves), source
+
+
+def _analytic_advantage_jacobian(x: np.ndarray, ids: list, scale: str, eps: float) -> np.ndarray:
+    """d A_i / d x_j of group advantages, in closed form (float64)."""
+    n = len(x)
+    jac = np.zeros((n, n))
+    ids = np.asarray(ids)
+    for g in np.unique(ids):
+        rows = np.flatnonzero(ids == g)
+        m = len(rows)
+        block = np.eye(m) - 1.0 / m
+        if scale == "std":
+            if m == 1:
+                block = np.zeros((1, 1))
+            else:
+                c = x[rows] - x[rows].mean()
+                s = np.sqrt((c * c).sum() / (m - 1))
+                block = block / (s + eps) - np.outer(c, c) / ((s + eps) ** 2 * (m - 1) * s)
+        jac[np.ix_(rows, rows)] = block
+    return jac
+
+
+def _oracle_factor(e: torch.Tensor, ids: list, md: float) -> np.ndarray:
+    """``1 / max(1 + SMI, md)`` from the explicit float64 cosine matrix of each group."""
+    u = e.double().numpy()
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)
+    same = np.equal.outer(np.asarray(ids), np.asarray(ids)) & ~np.eye(len(ids), dtype=bool)
+    smi = np.where(same, u @ u.T, 0.0).sum(axis=1)
+    return 1.0 / np.maximum(1.0 + smi, md)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradients_through_rewards_are_the_analytic_factor(backend, dtype):
+    """d adjusted_i / d r_i = 1 / max(1 + SMI_i, m) (DRA factors are constants), and the
+    advantages' Jacobians are the closed-form ones, times that factor for dra_advantages."""
+    backend = _backend(backend)
+    gen = torch.Generator().manual_seed(8)
+    ids = [0, 0, 0, 1, 1, 2, 3, 3, 3, 3]
+    n = len(ids)
+    e = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    e[3] = -e[4]  # 1 + SMI = 0 for rows 3 and 4: the clamp's factor 1 / md
+    e = e.to(dtype).requires_grad_()
+    r = torch.randn(n, generator=gen, dtype=dtype, requires_grad=True)
+    w = torch.randn(n, generator=gen, dtype=dtype)
+    md = 0.25
+    factor = _oracle_factor(e.detach(), ids, md)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 0}
+
+    out = dk.adjust_rewards(r, e, ids, backend=backend, min_denominator=md)
+    (grad,) = torch.autograd.grad((out * w).sum(), r)
+    np.testing.assert_allclose(grad.double().numpy(), w.double().numpy() * factor, **tol)
+    assert grad[3] == w[3] / md and grad[5] == w[5]  # the clamp; a group of one row
+
+    x = r.detach().double().numpy()
+    for scale in ("std", "none"):
+        eps = 1e-4 if scale == "std" else 0.0
+        jac = torch.autograd.functional.jacobian(
+            lambda v, scale=scale, eps=eps: dk.group_advantages(v, ids, scale=scale, eps=eps), r
+        )
+        want = _analytic_advantage_jacobian(x, ids, scale, eps)
+        np.testing.assert_allclose(jac.double().numpy(), want, **tol)
+        jac = torch.autograd.functional.jacobian(
+            lambda v, scale=scale, eps=eps: dk.dra_advantages(
+                v, e, ids, backend=backend, scale=scale, eps=eps, min_denominator=md
+            ),
+            r,
+        )
+        want = _analytic_advantage_jacobian(x * factor, ids, scale, eps) * factor[None, :]
+        np.testing.assert_allclose(jac.double().numpy(), want, **tol)
+    assert e.grad is None
+
+    # A group of equal rewards (std 0): the limit (I - 1/n) / eps, not NaN.
+    equal = torch.tensor([2.0, 2.0, 2.0, 1.0, 3.0], dtype=dtype, requires_grad=True)
+    jac = torch.autograd.functional.jacobian(
+        lambda v: dk.group_advantages(v, [0, 0, 0, 1, 1]), equal
+    )
+    want = np.zeros((5, 5))
+    want[:3, :3] = (np.eye(3) - 1 / 3) / 1e-4
+    want[3:, 3:] = _analytic_advantage_jacobian(np.array([1.0, 3.0]), [1, 1], "std", 1e-4)
+    np.testing.assert_allclose(jac.double().numpy(), want, **tol)
+
+    # Without grad mode nothing is recorded (the fused kernel runs on the Triton backend).
+    with torch.no_grad():
+        assert not dk.dra_advantages(r, e, ids, backend=backend).requires_grad
+    # The values with grad equal the values without, to rounding.
+    with_grad = dk.dra_advantages(r, e, ids, backend=backend)
+    without = dk.dra_advantages(r.detach(), e.detach(), ids, backend=backend)
+    torch.testing.assert_close(with_grad.detach(), without, **tol)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_calls_follow_the_gradient_and_tensor_kind_rules():
+    """The CUDA fast path (tensors, integer ids, ``num_groups``) steps aside for rewards that
+    require grad, sparse tensors and negative-bit views, so the rules hold there too."""
+    dev = torch.device("cuda")
+    r, e, ids = (x.to(dev) for x in _small(12, n=64, d=8))
+    grads = {}
+    for backend in ("torch", "triton"):
+        rg = r.clone().requires_grad_()
+        eg = e.clone().requires_grad_()
+        out = dk.dra_advantages(rg, eg, ids, num_groups=3, backend=backend)
+        (grads[backend],) = torch.autograd.grad(out.pow(2).sum(), rg)
+        assert eg.grad is None
+    torch.testing.assert_close(grads["triton"], grads["torch"], rtol=1e-4, atol=1e-5)
+    for bad, arg in ((e.to_sparse(), "embeddings"), (r.to_sparse(), "rewards")):
+        args = {"rewards": r, "embeddings": e, arg: bad}
+        with pytest.raises(TypeError, match=rf"^{arg} must be a dense"):
+            dk.adjust_rewards(args["rewards"], args["embeddings"], ids, num_groups=3)
+    neg_r = torch.complex(torch.zeros_like(r), -r).conj().imag
+    neg_ids = torch._neg_view(-ids)
+    want = dk.adjust_rewards(r, e, ids, num_groups=3)
+    assert torch.equal(dk.adjust_rewards(neg_r, e, neg_ids, num_groups=3), want)
