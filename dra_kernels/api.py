@@ -420,31 +420,57 @@ def _list_ids(labels: list) -> np.ndarray | list:
     return labels
 
 
+def _id_kind(cls: type) -> str:
+    """What the rule says about values of type ``cls`` (memoised: only the type is looked at)."""
+    kind = _ID_KINDS.get(cls)
+    if kind is None:
+        if issubclass(cls, (str, bytes)):
+            kind = "valid"
+        elif issubclass(cls, (tuple, frozenset)):
+            kind = "container"
+        elif issubclass(cls, (bool, np.bool_)):
+            kind = "bool"
+        elif issubclass(cls, (np.datetime64, np.timedelta64)):  # timedelta64: a numpy integer
+            kind = "time"
+        elif issubclass(cls, (int, np.integer, numbers.Integral)):
+            kind = "valid"
+        elif issubclass(cls, (numbers.Number, np.number)):
+            kind = "number"
+        elif issubclass(cls, (torch.Tensor, np.ndarray)):
+            kind = "array"
+        else:
+            kind = "other"  # hashable and equal to itself, checked value by value
+        _ID_KINDS[cls] = kind
+    return kind
+
+
+_ID_KINDS: dict[type, str] = {}
+
+
 def _id_problem(value: Any) -> tuple[type[Exception], str] | None:
     """Why ``value`` is not a valid group id, as ``(exception type, description)``, or None."""
-    if type(value) in _PLAIN_ID_TYPES or isinstance(value, (str, bytes)):
+    kind = _id_kind(type(value))
+    if kind == "valid":
         return None
-    if isinstance(value, (tuple, frozenset)):
+    if kind == "container":
         for item in value:
             if type(item) not in _PLAIN_ID_TYPES:
                 problem = _id_problem(item)
                 if problem is not None:
                     return problem[0], f"a {type(value).__name__} holding {problem[1]}"
         return None
-    if isinstance(value, (bool, np.bool_)):
+    if kind == "bool":
         return TypeError, f"a bool ({value!r}), which would share a group with {int(value)}"
-    if isinstance(value, (np.datetime64, np.timedelta64)):  # timedelta64 is a numpy integer
+    if kind == "time":
         if value == value:
             return None
         return ValueError, f"a {type(value).__name__} (NaT), which never equals itself"
-    if isinstance(value, (int, np.integer, numbers.Integral)):
-        return None
-    if isinstance(value, (numbers.Number, np.number)):
+    if kind == "number":
         return TypeError, (
             f"a {type(value).__name__} ({_short_repr(value)}): only integer numbers are ids "
             "(NaN never equals itself, and 1.0 would share a group with 1)"
         )
-    if isinstance(value, (torch.Tensor, np.ndarray)):
+    if kind == "array":
         return TypeError, (
             f"a {type(value).__module__}.{type(value).__name__}: pass the ids as one tensor or "
             "array, or as Python values (.tolist())"
