@@ -5,10 +5,11 @@ Not part of the suite: a breakdown run before the grid. It times, with CUDA even
 (as the grid does), for a subset of the grid's shapes:
 
 - ``api``: the whole ``adjust_rewards(..., backend="triton", num_groups=K)``;
-- ``buckets``: the counting sort of the ids (:func:`dra_kernels._triton.dra.group_buckets`);
+- ``buckets``: the counting sort of the ids (:func:`dra_kernels._triton.buckets.group_buckets`);
 - ``kernel``: the fused kernel alone on precomputed buckets, and ``scan``: in scan mode (up to
   N = 16,384 rows and N x groups = 2^24, past the default limits, to set them);
-- a sweep of block sizes, warps and pipeline stages of the kernel on the large shapes;
+- a sweep of kernel configurations (:func:`_variants`) on the large shapes, which decides the
+  defaults in :func:`dra_kernels._triton.config.choose_config`;
 
 and, from Python (wall clock per call, back to back), the per-call cost of small batches and of
 the pieces a call is made of (a bare Triton launch, ``torch.empty``, the input checks).
@@ -52,35 +53,38 @@ SMALL_SHAPES = ((2, 4, 16, "bfloat16"), (8, 16, 40, "float32"), (2, 80, 24, "bfl
 SMALL_SWEEP_SHAPES = {(8, 16, 40, "float32"), (2, 80, 24, "bfloat16")}
 
 
-def _variants(dra, size: int, dim: int, dtype: str) -> dict[str, dict[str, Any]]:
-    """Overrides of the default plan to time, by name: each per-group path at its own default
-    settings (the Gram path for float32 runs in tf32x3), the tile path at 4, 8 and 16 warps, the
-    linear path's chunk rows and warps, and for groups above the Gram path's size the linear path
-    split among 2 to 16 programs per group (``SPLIT``)."""
+def _variants(n: int, k: int, dim: int, dtype: str) -> dict[str, Any]:
+    """Kernel configurations to time, by name: each per-group path at its own default settings
+    (the Gram path for float32 runs in tf32x3), the tile path at 4, 8 and 16 warps, the linear
+    path's chunk rows and warps, and the opt-in options not yet timed on a GPU (plain sums after
+    an in-kernel bucket sort; bucket ends in the counting kernel)."""
     from benchmarks.resources import tile_variants
+    from dra_kernels._triton.config import PATHS, choose_config
 
-    float32 = dtype == "float32"
-    default = dra._default_path(size, max(16, 1 << (dim - 1).bit_length()), False, float32)
+    torch_dtype = getattr(torch, dtype)
+    size = -(-n // k)
+    default = choose_config(n, dim, k, torch_dtype, rows="buckets")
     out = {}
-    for path in dra.PATHS:
-        config = dra._config(size, dim, 1, False, float32, path=path)
-        tag = " (default)" if path == default else ""
+    for path in PATHS:
+        config = choose_config(n, dim, k, torch_dtype, path=path, rows="buckets")
+        tag = " (default)" if config == default else ""
         if path == "gram":
-            out[f"gram BM{config['BM']} w{config['num_warps']}{tag}"] = config
+            out[f"gram BM{config.block_m} w{config.num_warps}{tag}"] = config
         if path == "tile":
-            for label, rows, warps in tile_variants(size, dim, config["BM"], config["num_warps"]):
-                mark = tag if (rows, warps) == (config["BM"], config["num_warps"]) else ""
-                out[label + mark] = {**config, "BM": rows, "num_warps": warps}
+            for label, rows, warps in tile_variants(size, dim, config.block_m, config.num_warps):
+                mark = tag if (rows, warps) == (config.block_m, config.num_warps) else ""
+                out[label + mark] = config.replace(block_m=rows, num_warps=warps)
         if path == "linear":
             # NOTE: the defaults are (8, 2), (4, 2) and (16, 4); the others are the alternatives
-            for rows, warps in sorted({(1, 2), (2, 2), (2, 4), (4, 2), (4, 4), (4, 8), (8, 2),
-                                       (16, 4), (config["R"], config["num_warps"])}):  # fmt: skip
-                mark = tag if (rows, warps) == (config["R"], config["num_warps"]) else ""
-                out[f"linear R{rows} w{warps}{mark}"] = {**config, "R": rows, "num_warps": warps}
-            if size > dra.GRAM_MAX_ROWS:
-                for split in (2, 4, 8, 16):
-                    name = f"linear R{config['R']} w{config['num_warps']} split{split}"
-                    out[name] = {**config, "SPLIT": split}
+            chunkings = {(1, 2), (2, 2), (2, 4), (4, 2), (4, 4), (4, 8), (8, 2), (16, 4)}
+            for rows, warps in sorted(chunkings | {(config.chunk_rows, config.num_warps)}):
+                same = (rows, warps) == (config.chunk_rows, config.num_warps)
+                name = f"linear R{rows} w{warps}{tag if same else ''}"
+                out[name] = config.replace(chunk_rows=rows, num_warps=warps)
+    out[f"default {default.path} plain sums"] = choose_config(
+        n, dim, k, torch_dtype, rows="buckets", plain_sums=True
+    )
+    out[f"default {default.path} fused ends"] = default.replace(fused_ends=True)
     return out
 
 
@@ -98,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks._probe_kernels import noop_kernel
     from dra_kernels import benchmark as bench
-    from dra_kernels._triton import dra
-    from dra_kernels._triton.launch import launch as fast_launch
+    from dra_kernels._triton.buckets import group_buckets
+    from dra_kernels._triton.config import choose_config
+    from dra_kernels._triton.forward import dra_forward
     from dra_kernels.api import _prepare, adjust_rewards
 
     device = torch.device(args.device)
@@ -117,26 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     def wall(fn):
         return bench.python_latency(fn, device, batch_ms=10.0, repeats=5).p50
 
-    def launch(e, r, codes, k, buckets, scan, **override):
-        """The kernel alone, as ``dra_forward`` launches it (adjust mode), with ``override``
-        replacing constexprs (BM, BK, R, ...) or launch options (num_warps, num_stages); with
-        ``SPLIT`` (bucket mode), the kernels of the split linear path instead."""
-        n, d = e.shape
-        plan_key = (d, -(-n // k), False, 1, True, scan, e.dtype, device.type)
-        constexprs, options = (dict(part) for part in dra._plan(*plan_key))
-        split = override.pop("SPLIT", 1)
-        for name, value in override.items():
-            (options if name in options else constexprs)[name] = value
-        out = torch.empty(n, dtype=torch.float32, device=device)
-        if split > 1:
-            dra._split_forward(r, e, codes, k, buckets, out, out, 1, True, (0.1, 0.0, 1e-4, 0.0),
-                               split, constexprs, options)  # fmt: skip
-            return out
-        order, counts, ends = (codes, codes, codes) if scan else buckets
-        args = (e, e.stride(0), e.stride(1), r, r.stride(0), codes, order, counts, ends, out,
-                n, d, k, 0.1, 0.0, 1e-4, 0.0)  # fmt: skip
-        dra._dra_forward_kernel[(k + 1,)](*args, **constexprs, **options)
-        return out
+    def launch(e, r, codes, k, buckets, config):
+        """The kernel alone (adjust mode) with ``config``, on precomputed ``buckets`` (None: the
+        call makes its own; so do configurations with ``fused_ends``, whose time is then that of
+        ``buckets + kernel``)."""
+        own = config.rows == "scan" or config.fused_ends
+        return dra_forward(r, e, codes, k, mode="adjust", min_denominator=0.1, config=config,
+                           buckets=None if own else buckets)  # fmt: skip
 
     copy = bench.measure_copy_bandwidth(device, (1 << 30) if device.type == "cuda" else 1 << 24)
     results["copy"] = copy
@@ -150,23 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.empty(16, device=device)
         host = {
             "noop_triton_launch": wall(lambda: noop_kernel[(1,)](x, 16, BLOCK=16)),
-            "noop_fast_launch": wall(
-                lambda: fast_launch(
-                    noop_kernel, (1,), (x, 16), {"BLOCK": 16}, num_warps=4, num_stages=1
-                )
-            ),
             "torch_empty": wall(lambda: torch.empty(128, device=device)),
             "torch_zeros": wall(lambda: torch.zeros(17, dtype=torch.int32, device=device)),
             "prepare_checks": wall(lambda: _prepare(r, e, ids, "triton", 16)),
             "dra_forward_scan": wall(
-                lambda: dra.dra_forward(r, e, ids, 16, mode="adjust", min_denominator=0.1)
+                lambda: dra_forward(r, e, ids, 16, mode="adjust", min_denominator=0.1)
             ),
             "api_adjust": wall(lambda: adjust_rewards(r, e, ids, backend="triton", num_groups=16)),
-            "group_buckets": wall(lambda: dra.group_buckets(ids, 16)),
+            "group_buckets": wall(lambda: group_buckets(ids, 16)),
         }
-        from dra_kernels._triton.launch import fast_path_state
-
-        results["fast_launch"] = fast_path_state()
         results["host_us"] = host
         print(f"[probe] host us {json.dumps({k: round(v, 1) for k, v in host.items()})}")
     except Exception:
@@ -199,30 +183,28 @@ def main(argv: list[str] | None = None) -> int:
 
                 row["api_err"] = float((api() - ref).abs().max())
                 row["api"] = timed(api)
-                buckets = dra.group_buckets(ids, k)
-                row["kernel_err"] = float((launch(e, r, ids, k, buckets, False) - ref).abs().max())
-                row["buckets"] = timed(lambda: dra.group_buckets(ids, k))
-                row["kernel"] = timed(lambda: launch(e, r, ids, k, buckets, False))
+                buckets = group_buckets(ids, k)
+                base = choose_config(n, dim, k, e.dtype, rows="buckets")
+                scan = base.replace(rows="scan")
+                row["kernel_err"] = float((launch(e, r, ids, k, buckets, base) - ref).abs().max())
+                row["buckets"] = timed(lambda: group_buckets(ids, k))
+                row["kernel"] = timed(lambda: launch(e, r, ids, k, buckets, base))
                 # NOTE: scan mode beyond its default limits too (N <= 2,048), so the limits
                 # can be set from these rows
                 if n <= 16384 and n * (k + 1) <= 1 << 24:
-                    row["scan_err"] = float((launch(e, r, ids, k, None, True) - ref).abs().max())
-                    row["scan"] = timed(lambda: launch(e, r, ids, k, None, True))
+                    row["scan_err"] = float((launch(e, r, ids, k, None, scan) - ref).abs().max())
+                    row["scan"] = timed(lambda: launch(e, r, ids, k, None, scan))
                     row["wall_api"] = wall(api)
-                    row["wall_scan"] = wall(lambda: launch(e, r, ids, k, None, True))
-                    row["wall_buckets_kernel"] = wall(
-                        lambda: launch(e, r, ids, k, dra.group_buckets(ids, k), False)
-                    )
+                    row["wall_scan"] = wall(lambda: launch(e, r, ids, k, None, scan))
+                    row["wall_buckets_kernel"] = wall(lambda: launch(e, r, ids, k, None, base))
                 if (groups, size, dim, dtype) in sweep_shapes and layout == "sorted":
-                    base = dra._plan(dim, -(-n // k), False, 1, True, False, e.dtype, "cuda")[0]
-                    variants = _variants(dra, size, dim, dtype)
                     sweep, sweep_err = {}, {}
-                    for name, v in variants.items():
+                    for name, v in _variants(n, k, dim, dtype).items():
                         try:
-                            got = launch(e, r, ids, k, buckets, False, **v)
+                            got = launch(e, r, ids, k, buckets, v)
                             sweep_err[name] = float((got - ref).abs().max())
                             sweep[name] = timed(
-                                lambda v=v: launch(e, r, ids, k, buckets, False, **v), rep_ms=5.0
+                                lambda v=v: launch(e, r, ids, k, buckets, v), rep_ms=5.0
                             )
                         except Exception as exc:
                             sweep[name] = f"{type(exc).__name__}: {str(exc)[:100]}"
@@ -245,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 best = sorted(
                     (t, name) for name, t in row["sweep"].items() if isinstance(t, float)
                 )[:4]
-                print(f"[probe]   sweep best {best}; base {base}")
+                print(f"[probe]   sweep best {best}; default {base}")
     results["seconds"] = round(time.perf_counter() - started, 1)
     flush()
     print(f"[probe] done in {results['seconds']} s; errors: {results['errors']}", flush=True)

@@ -39,11 +39,9 @@ _POINTERS = {
     "ends_ptr": "*i32",
     "slot_ptr": "*i32",
     "done_ptr": "*i32",
-    "nans_ptr": "*i32",
-    "parts_ptr": "*i64",
 }
 # float32, or float64 with a float64 accumulator
-_OUTPUTS = ("out_ptr", "adj_ptr", "amax_ptr", "sums_ptr")
+_OUTPUTS = ("out_ptr",)
 _TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 # (G, D, dtype): the group sizes and widths of issue 3's grid
@@ -149,40 +147,51 @@ LINEAR_CHUNKS = ((1, 2), (2, 2), (2, 4), (4, 2), (4, 4), (4, 8), (8, 2), (8, 4),
 are the defaults at D = 384, 768 / 1,024 and for groups of 512)."""
 
 
+_TORCH_TYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp64": "float64"}
+
+
+def _constexprs(config, d: int, dtype: str, mode: str = "adjust", scan: bool = False) -> dict:
+    """The main kernel's constexprs for ``config`` exactly as a CUDA launch builds them."""
+    import torch
+
+    from dra_kernels._triton.forward import _constexprs as launch_constexprs
+
+    torch_dtype = getattr(torch, _TORCH_TYPES.get(dtype, dtype))
+    config = config.replace(rows="scan" if scan else "buckets")
+    float64 = torch_dtype == torch.float64
+    return launch_constexprs(config, d, mode, True, float64, torch_dtype, "cuda")
+
+
 def variants(
     g: int, d: int, dtype: str, linear_chunks: bool = False
 ) -> list[tuple[str, dict[str, Any], dict[str, int]]]:
     """The default configuration for groups of ``g`` and the other paths' configurations, plus
     the tile path at other warp counts (and, with ``linear_chunks``, the linear path at each of
     :data:`LINEAR_CHUNKS`): ``(name, constexprs, options)``."""
-    import triton
-    import triton.language as tl
+    import torch
 
-    from dra_kernels._triton import dra
+    from dra_kernels._triton.config import PATHS, choose_config
 
-    float32 = dtype == "float32"
-    default = dra._default_path(g, triton.next_power_of_2(max(d, 16)), False, float32)
+    torch_dtype = getattr(torch, dtype)
+    default = choose_config(16 * g, d, 16, torch_dtype).path
     out = []
-    for path in dra.PATHS:
-        config = dra._config(g, d, 1, False, float32, path=path)
-        options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
-        constexprs = {"MODE": 1, "SCALE_STD": True, "SCAN": False, "FP32_DOT": float32,
-                      "UPCAST_DOT": False, "CHUNK": 256, "SORT_ROWS": dra._sort_rows(g),
-                      "ACC": tl.float32, "E_MAX": 100,
-                      **config}  # fmt: skip
+    for path in PATHS:
+        config = choose_config(16 * g, d, 16, torch_dtype, path=path, rows="buckets")
+        options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+        constexprs = _constexprs(config, d, dtype)
         name = path + (" (default)" if path == default else "")
         if path == "linear":
-            name = f"linear R{constexprs['R']} w{options['num_warps']}" + name[6:]
-        out.append((name, constexprs, options))
+            name = f"linear R{config.chunk_rows} w{config.num_warps}" + name[6:]
         if path == "tile":
-            out.pop()  # listed by tile_variants, with the others
-            for label, rows, warps in tile_variants(g, d, constexprs["BM"], options["num_warps"]):
-                mark = name[4:] if (rows, warps) == (constexprs["BM"], options["num_warps"]) else ""
+            for label, rows, warps in tile_variants(g, d, config.block_m, config.num_warps):
+                mark = name[4:] if (rows, warps) == (config.block_m, config.num_warps) else ""
                 tile = {**constexprs, "BM": rows}
                 out.append((label + mark, tile, {**options, "num_warps": warps}))
+            continue
+        out.append((name, constexprs, options))
         if path == "linear" and linear_chunks:
             for rows, warps in LINEAR_CHUNKS:
-                if (rows, warps) != (constexprs["R"], options["num_warps"]):
+                if (rows, warps) != (config.chunk_rows, config.num_warps):
                     chunk = {**constexprs, "R": rows}
                     out.append((f"linear R{rows} w{warps}", chunk, {**options, "num_warps": warps}))
     return out
@@ -193,59 +202,51 @@ def tile_variants(g: int, d: int, rows: int, warps: int) -> list[tuple[str, int,
     the default tile (``rows`` x ``warps``) at 4, 8 and 16 warps when it holds a whole group, and
     a tile of twice the default budget at 16 warps when only that holds one; none otherwise (the
     groups would all take the linear way inside the kernel)."""
-    from dra_kernels._triton import dra
+    from dra_kernels._triton.config import TILE_MAX_ELEMENTS
 
     need = max(2, 1 << (g - 1).bit_length())
     block_d = max(16, 1 << (d - 1).bit_length())
     if rows >= need:
         return [(f"tile BM{rows} w{w}", rows, w) for w in sorted({4, 8, 16, warps})]
-    if need * block_d <= 2 * dra.TILE_MAX_ELEMENTS:
+    if need * block_d <= 2 * TILE_MAX_ELEMENTS:
         return [(f"tile BM{need} w16", need, 16)]
     return []
 
 
 def every_kernel() -> list[tuple[str, Any, dict[str, Any], str, int, int]]:
     """``(label, kernel, constexprs, embedding type, warps, stages)`` covering every kernel of
-    the package and every branch of the main one (each path, each row-finding mode, float64,
-    the advantages code), for a compile check."""
-    import triton.language as tl
+    the package and every branch of the main one (each path, each row-finding mode, plain and
+    fixed-point sums, float64, the advantages code), for a compile check."""
+    import torch
 
-    from dra_kernels._triton import dra, launch
+    from dra_kernels._triton import buckets, forward
+    from dra_kernels._triton.config import PATHS, choose_config
 
     out = []
 
-    def main_kernel(label, mean, d, dtype, path, mode, scan):
-        float64 = dtype == "fp64"
-        config = dra._config(mean, d, 1, float64, dtype == "fp32", path=path)
-        warps, stages = config.pop("num_warps"), config.pop("num_stages")
-        acc = tl.float64 if float64 else tl.float32
-        constexprs = {"MODE": mode, "SCALE_STD": True, "SCAN": scan, "FP32_DOT": dtype == "fp32",
-                      "UPCAST_DOT": False, "CHUNK": 256, "SORT_ROWS": dra._sort_rows(mean),
-                      "ACC": acc,
-                      "E_MAX": 1000 if float64 else 100, **config}  # fmt: skip
-        out.append((label, dra._dra_forward_kernel, constexprs, dtype, warps, stages))
+    def main_kernel(label, mean, d, dtype, path, mode, scan, plain=False):
+        torch_dtype = getattr(torch, _TORCH_TYPES[dtype])
+        config = choose_config(16 * mean, d, 16, torch_dtype, float64=dtype == "fp64", path=path,
+                               plain_sums=plain)  # fmt: skip
+        constexprs = _constexprs(config, d, dtype, mode, scan)
+        kernel = forward._dra_forward_kernel
+        out.append((label, kernel, constexprs, dtype, config.num_warps, config.num_stages))
 
-    for path in dra.PATHS:
+    for path in PATHS:
         for dtype in ("bf16", "fp32"):
-            main_kernel(f"main {path} {dtype} advantages", 16, 768, dtype, path, 2, False)
+            main_kernel(f"main {path} {dtype} advantages", 16, 768, dtype, path, "advantage", False)
+            main_kernel(f"main {path} {dtype} plain sums", 16, 768, dtype, path, "advantage",
+                        False, plain=True)  # fmt: skip
     for dtype in ("bf16", "fp32", "fp64"):
-        main_kernel(f"main default {dtype} scan", 16, 384, dtype, None, 2, True)
-    main_kernel("main fp64 smi", 16, 768, "fp64", None, 0, False)
-    main_kernel("main fp64 adjust", 16, 768, "fp64", None, 1, False)
-    main_kernel("main groups of 512", 512, 768, "bf16", None, 1, False)
-    bucket = {"BLOCK": dra._BUCKET_BLOCK}
+        main_kernel(f"main default {dtype} scan", 16, 384, dtype, None, "advantage", True)
+    main_kernel("main fp64 smi", 16, 768, "fp64", None, "smi", False)
+    main_kernel("main fp64 adjust", 16, 768, "fp64", None, "adjust", False)
+    main_kernel("main groups of 512", 512, 768, "bf16", None, "adjust", False)
+    bucket = {"BLOCK": buckets.BUCKET_BLOCK}
     for ends in (True, False):
-        constexprs = {**bucket, "ENDS": ends, "ENDS_BLOCK": dra._ENDS_BLOCK}
-        out.append((f"count ends={ends}", dra._count_kernel, constexprs, "fp32", 4, 1))
-    out.append(("place", dra._place_kernel, bucket, "fp32", 4, 1))
-    linear = {"R": 2, "BLOCK_D": 1024, "SORT_ROWS": dra.SORT_ROWS, "ACC": tl.float32}
-    sort = {"SORT_ROWS": dra.SORT_ROWS}
-    out.append(("split sort buckets", dra._sort_buckets_kernel, sort, "fp32", 4, 1))
-    out.append(("split sums", dra._split_sums_kernel, linear, "bf16", 4, 1))
-    out.append(("split rows", dra._split_rows_kernel, {"MODE": 2, **linear}, "bf16", 4, 1))
-    stats = {"SCALE_STD": True, "R": 2, "ACC": tl.float32, "E_MAX": 100}
-    out.append(("split advantages", dra._split_advantages_kernel, stats, "fp32", 4, 1))
-    out.append(("launch echo", launch._echo_kernel, {"C": 11, "D": 13}, "fp32", 1, 1))
+        constexprs = {**bucket, "ENDS": ends, "ENDS_BLOCK": buckets.ENDS_BLOCK}
+        out.append((f"count ends={ends}", buckets._count_kernel, constexprs, "fp32", 4, 1))
+    out.append(("place", buckets._place_kernel, bucket, "fp32", 4, 1))
     return out
 
 
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
 
-    from dra_kernels._triton import dra
+    from dra_kernels._triton import forward
 
     if args.compile_all:
         failed = compile_all(args.arch)
@@ -291,10 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     for g, d, dtype in shapes:
         for name, constexprs, options in variants(g, d, dtype, args.linear_chunks):
             row = {"G": g, "D": d, "dtype": dtype, "variant": name, **options}
-            row["R"] = None if constexprs["GRAM"] or constexprs["TILE"] else constexprs["R"]
-            row["BM"] = constexprs["BM"] if constexprs["GRAM"] or constexprs["TILE"] else None
+            linear = constexprs["PATH"] == 2
+            row["R"] = constexprs["R"] if linear else None
+            row["BM"] = None if linear else constexprs["BM"]
             try:
-                usage = compile_usage(dra._dra_forward_kernel, constexprs, _TYPES[dtype],
+                usage = compile_usage(forward._dra_forward_kernel, constexprs, _TYPES[dtype],
                                       options["num_warps"], options["num_stages"],
                                       args.arch)  # fmt: skip
             except Exception as exc:  # report and go on: one variant may not compile

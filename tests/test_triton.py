@@ -25,23 +25,44 @@ pytest.importorskip("triton", reason="the triton extra is not installed")
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-MODES = {
-    "smi": lambda r, e, ids, **kw: dk.smi_scores(e, ids, backend="triton"),
-    "adjust": lambda r, e, ids, **kw: dk.adjust_rewards(r, e, ids, backend="triton", **kw),
-    "advantage": lambda r, e, ids, **kw: dk.dra_advantages(r, e, ids, backend="triton", **kw),
-}
+MODES = ("smi", "adjust", "advantage")
 
 
-@pytest.fixture(autouse=True, params=["scan", "buckets"])
-def row_finding(request, monkeypatch):
-    """Every test runs on both ways the kernel finds a group's rows (see dra_kernels._triton.dra):
-    scanning the batch's codes (small batches) and the counting-sort buckets (large ones)."""
-    from dra_kernels._triton import dra
+def kernel(mode, r, e, ids, *, rows=None, path=None, plain_sums=False, buckets=None, **kw):
+    """The fused kernel on ``ids`` as the public API calls it, with the configuration chosen for
+    the call except what is forced: ``rows`` ("scan" / "buckets"), ``path``, ``plain_sums``;
+    ``buckets`` replaces the counting sort's (bucket mode)."""
+    from dra_kernels._triton.config import choose_config
+    from dra_kernels._triton.forward import dra_forward
+    from dra_kernels.api import factorize_group_ids
 
-    scan = request.param == "scan"
-    monkeypatch.setattr(dra, "SCAN_MAX_ROWS", 1 << 62 if scan else -1)
-    monkeypatch.setattr(dra, "SCAN_MAX_WORK", 1 << 62 if scan else -1)
-    return request.param
+    n, d = e.shape
+    groups = factorize_group_ids(ids, n, e.device)
+    float64 = e.dtype == torch.float64 or (mode != "smi" and r.dtype == torch.float64)
+    config = choose_config(n, d, groups.num_groups, e.dtype, float64=float64, path=path,
+                           rows=rows, plain_sums=plain_sums)  # fmt: skip
+    if buckets is not None:
+        buckets = buckets(groups.codes, groups.num_groups)
+    return dra_forward(
+        None if mode == "smi" else r,
+        e,
+        groups.codes,
+        groups.num_groups,
+        mode=mode,
+        min_denominator=kw.pop("min_denominator", 0.1),
+        out_dtype=torch.float64 if float64 else torch.float32,
+        config=config,
+        buckets=buckets,
+        **kw,
+    )
+
+
+@pytest.fixture(params=["scan", "buckets"])
+def run(request):
+    """The kernel in both ways it finds a group's rows (see dra_kernels._triton.forward):
+    scanning the batch's codes (the default for small batches) and the counting-sort buckets
+    (large ones)."""
+    return lambda mode, r, e, ids, **kw: kernel(mode, r, e, ids, rows=request.param, **kw)
 
 
 @pytest.fixture
@@ -66,7 +87,7 @@ def layouts(draw):
     sizes = draw(st.lists(st.integers(1, 40), min_size=1, max_size=6))
     d = draw(st.sampled_from([1, 3, 16, 33, 100]))
     dtype = draw(st.sampled_from(DTYPES))
-    mode = draw(st.sampled_from(list(MODES)))
+    mode = draw(st.sampled_from(MODES))
     seed = draw(st.integers(0, 2**31 - 1))
     return sizes, d, dtype, mode, seed
 
@@ -75,58 +96,58 @@ def layouts(draw):
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(case=layouts())
-def test_kernel_matches_float64_reference(case, poisoned_outputs):
+def test_kernel_matches_float64_reference(case, run, poisoned_outputs):
     sizes, d, dtype, mode, seed = case
     gen = torch.Generator().manual_seed(seed)
     ids, _ = random_layout(gen, sizes)
     e = realistic_embeddings(gen, ids.numel(), d, dtype).to(device())
     r = torch.randn(ids.numel(), generator=gen, dtype=dtype if dtype == torch.float64 else None)
     r, ids = r.to(device()), ids.to(device())
-    out = MODES[mode](r, e, ids)
+    out = run(mode, r, e, ids)
     assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert_close(out, float64_reference(mode, r, e, ids), dtype, f"{mode} {dtype} {sizes} D={d}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode", list(MODES))
-def test_every_dtype_and_mode_on_a_ragged_unsorted_layout(dtype, mode, poisoned_outputs):
+@pytest.mark.parametrize("mode", MODES)
+def test_every_dtype_and_mode_on_a_ragged_unsorted_layout(dtype, mode, run, poisoned_outputs):
     gen = torch.Generator().manual_seed(11)
     ids, _ = random_layout(gen, [1, 7, 2, 19, 4, 1, 3])
     e = realistic_embeddings(gen, ids.numel(), 24, dtype).to(device())
     r = torch.randn(ids.numel(), generator=gen).to(device())
     ids = ids.to(device())
-    out = MODES[mode](r, e, ids)
+    out = run(mode, r, e, ids)
     assert_close(out, float64_reference(mode, r, e, ids), dtype, f"{mode} {dtype}")
 
 
 @pytest.mark.parametrize("scale", ["std", "none"])
-def test_advantage_scales(scale, poisoned_outputs):
+def test_advantage_scales(scale, run, poisoned_outputs):
     gen = torch.Generator().manual_seed(12)
     ids, _ = random_layout(gen, [5, 1, 18, 2])
     e = realistic_embeddings(gen, ids.numel(), 8, torch.float32)
     r = torch.randn(ids.numel(), generator=gen)
-    out = dk.dra_advantages(r, e, ids, backend="triton", scale=scale)
+    out = run("advantage", r, e, ids, scale=scale)
     assert_close(out, float64_reference("advantage", r, e, ids, scale=scale), torch.float32, scale)
 
 
-def test_strided_inputs_are_read_in_place(poisoned_outputs):
+def test_strided_inputs_are_read_in_place(run, poisoned_outputs):
     gen = torch.Generator().manual_seed(13)
     ids, _ = random_layout(gen, [3, 5, 2])
     base = realistic_embeddings(gen, 2 * ids.numel(), 20, torch.float32)
     e = base[::2, 1:13]  # non-contiguous rows and columns
     r = torch.randn(3 * ids.numel(), generator=gen)[::3]
     assert not e.is_contiguous() and not r.is_contiguous()
-    out = dk.adjust_rewards(r, e, ids, backend="triton")
+    out = run("adjust", r, e, ids)
     assert_close(out, float64_reference("adjust", r, e, ids), torch.float32, "strided")
 
 
 @pytest.mark.parametrize("d", [1, 1000, 2500])
-def test_embedding_widths(d, poisoned_outputs):
+def test_embedding_widths(d, run, poisoned_outputs):
     gen = torch.Generator().manual_seed(d)
     ids, _ = random_layout(gen, [3, 1, 4])
     e = realistic_embeddings(gen, ids.numel(), d, torch.bfloat16)
     r = torch.randn(ids.numel(), generator=gen)
-    out = dk.adjust_rewards(r, e, ids, backend="triton")
+    out = run("adjust", r, e, ids)
     assert_close(out, float64_reference("adjust", r, e, ids), torch.bfloat16, f"D={d}")
 
 
@@ -139,14 +160,14 @@ def test_clamp_rule_matches_reference():
         assert_close(out, ref, torch.float32, f"min_denominator={md}")
 
 
-def test_bitwise_deterministic():
+def test_bitwise_deterministic(run):
     gen = torch.Generator().manual_seed(14)
     ids, _ = random_layout(gen, [40, 3, 1, 25])
     e = realistic_embeddings(gen, ids.numel(), 16, torch.float16)
     r = torch.randn(ids.numel(), generator=gen)
-    first = dk.dra_advantages(r, e, ids, backend="triton")
+    first = run("advantage", r, e, ids)
     for _ in range(3):
-        assert torch.equal(dk.dra_advantages(r, e, ids, backend="triton"), first)
+        assert torch.equal(run("advantage", r, e, ids), first)
 
 
 def test_empty_batch():
@@ -242,94 +263,76 @@ def test_compiles_with_fullgraph_through_the_public_api(fn):
     assert_close(compiled(r, e, codes), call(r, e, codes), torch.float32, fn)
 
 
-def _force_path(monkeypatch, path):
-    from dra_kernels._triton import dra
-
-    config = dra._config
-
-    def forced(n, d, k, float64, float32=False, path_=None):
-        return config(n, d, k, float64, float32, path=path)
-
-    monkeypatch.setattr(dra, "_config", forced)
-    monkeypatch.setattr(dra, "_PLANS", {})
-
-
 @pytest.mark.parametrize("path", ["gram", "tile", "linear"])
-def test_every_group_path_for_every_dtype(path, monkeypatch, poisoned_outputs):
+def test_every_group_path_for_every_dtype(path, run, poisoned_outputs):
     """The Gram path (tensor cores), the tile path (a whole group in registers) and the linear
     path, each forced for every input precision (by default bfloat16 / float16 take the Gram path,
-    float32 the tile path, float64 and large groups the linear one). Groups larger than the
-    path's block (30 rows here) take the linear way inside the same program."""
-    _force_path(monkeypatch, path)
+    float32, float64 and large groups the linear one; float64 never takes the Gram path). Groups
+    larger than the path's block (30 rows here) take the linear way inside the same program."""
     gen = torch.Generator().manual_seed(19)
     ids, _ = random_layout(gen, [16, 16, 9, 16, 30, 1])
     for dtype in DTYPES:
         e = realistic_embeddings(gen, ids.numel(), 40, dtype).to(device())
         r = torch.randn(ids.numel(), generator=gen).to(device())
         for mode in MODES:
-            out = MODES[mode](r, e, ids.to(device()))
+            out = run(mode, r, e, ids.to(device()), path=path)
             assert_close(out, float64_reference(mode, r, e, ids), dtype, f"{path} {mode} {dtype}")
 
 
-def _reversed(group_buckets):
-    """``group_buckets`` with every bucket in reverse order (an order atomics could leave)."""
+def _reversed_buckets(codes, num_groups):
+    """The counting sort's buckets with every bucket in reverse order (an order atomics could
+    leave)."""
+    from dra_kernels._triton.buckets import group_buckets
 
-    def reversed_buckets(codes, num_groups):
-        order, counts, ends = group_buckets(codes, num_groups)
-        pos = torch.arange(order.numel(), device=order.device)
-        bucket = torch.searchsorted(ends.long(), pos, right=True)
-        start = (ends - counts).long()[bucket]
-        flipped = torch.empty_like(order)
-        flipped[start + counts.long()[bucket] - 1 - (pos - start)] = order
-        assert not torch.equal(flipped, order)
-        return flipped, counts, ends
-
-    return reversed_buckets
+    order, counts, ends = group_buckets(codes, num_groups)
+    pos = torch.arange(order.numel(), device=order.device)
+    bucket = torch.searchsorted(ends.long(), pos, right=True)
+    start = (ends - counts).long()[bucket]
+    flipped = torch.empty_like(order)
+    flipped[start + counts.long()[bucket] - 1 - (pos - start)] = order
+    assert not torch.equal(flipped, order)
+    return flipped, counts, ends
 
 
-@pytest.mark.parametrize("path", ["gram", "tile", "linear", "linear-fixed"])
-def test_every_path_gives_the_same_bits_in_scan_and_bucket_mode(path, row_finding, monkeypatch):
-    """Bucket order depends on atomic timing. The Gram and tile paths, and the linear path for
-    groups of up to SORT_ROWS rows, sort each group's rows, so their sums run in row order as in
-    scan mode; the linear path sums larger groups in fixed point, exact in any order and
-    grouping of rows ("linear-fixed": SORT_ROWS = 4 here). Either way both modes must agree bit
-    for bit. (The interpreter runs atomics in index order, so the buckets are reversed here to
-    stand for an arbitrary order.)"""
-    from dra_kernels._triton import dra
-
-    if row_finding == "buckets":
-        pytest.skip("compares both modes itself")
-    if path == "linear-fixed":
-        monkeypatch.setattr(dra, "SORT_ROWS", 4)  # groups of 5 rows and more
-        path = "linear"
-    _force_path(monkeypatch, path)
-    monkeypatch.setattr(dra, "group_buckets", _reversed(dra.group_buckets))
+@pytest.mark.parametrize("path", ["gram", "tile", "linear", "linear-plain"])
+def test_every_path_gives_the_same_bits_in_scan_and_bucket_mode(path):
+    """Bucket order depends on atomic timing. The Gram and tile paths sort each group's rows, so
+    their sums run in row order as in scan mode; the linear path sums in fixed point, exact in any
+    order and grouping of rows, or ("linear-plain", opt-in) sorts buckets of up to ``sort_rows``
+    rows and sums those plainly (here groups of up to 64 rows; the group of 70 in fixed point).
+    Either way both modes must agree bit for bit. (The interpreter runs atomics in index order,
+    so the buckets are reversed here to stand for an arbitrary order.)"""
+    plain = path == "linear-plain"
+    path = path.removesuffix("-plain")
     gen = torch.Generator().manual_seed(22)
-    ids, _ = random_layout(gen, [16, 7, 16, 12, 45])
+    ids, _ = random_layout(gen, [16, 7, 16, 12, 70])
     ids = ids.to(device())
     for dtype in (torch.bfloat16, torch.float32, torch.float64):
         e = realistic_embeddings(gen, ids.numel(), 48, dtype).to(device())
         r = torch.randn(ids.numel(), generator=gen).to(device())
         for mode in MODES:
-            scan = MODES[mode](r, e, ids)
-            with monkeypatch.context() as buckets:
-                buckets.setattr(dra, "SCAN_MAX_ROWS", -1)
-                buckets.setattr(dra, "SCAN_MAX_WORK", -1)
-                assert torch.equal(scan, MODES[mode](r, e, ids)), f"{path} {mode} {dtype}"
+            kw = {"path": path, "plain_sums": plain}
+            scan = kernel(mode, r, e, ids, rows="scan", **kw)
+            flipped = kernel(mode, r, e, ids, rows="buckets", buckets=_reversed_buckets, **kw)
+            assert torch.equal(scan, flipped), f"{path} plain={plain} {mode} {dtype}"
+            assert_close(scan, float64_reference(mode, r, e, ids), dtype, f"{path} {mode}")
 
 
-@pytest.mark.parametrize("mode", ["smi", "adjust", "advantage"])
-def test_out_of_range_ids_give_nan_rows_and_leave_the_rest_exact(mode, poisoned_outputs):
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("rows", ["scan", "buckets"])
+def test_out_of_range_ids_give_nan_rows_and_leave_the_rest_exact(mode, rows, poisoned_outputs):
     """With ``num_groups`` on CUDA nothing can be raised without a host sync, so the kernel checks
     every id itself: rows with an id outside [0, num_groups) come out NaN, all others exact.
     (Through the public API on CPU such ids raise; the launcher is called directly here.)"""
-    from dra_kernels._triton import dra
+    from dra_kernels._triton.config import choose_config
+    from dra_kernels._triton.forward import dra_forward
 
     gen = torch.Generator().manual_seed(20)
-    codes = torch.tensor([0, 1, -1, 0, 2, 1, 5, 0, 2, 2, -7, 1])
+    codes = torch.tensor([0, 1, -1, 0, 2, 1, 5, 0, 2, 2, -7, 1] * 8)
     e = realistic_embeddings(gen, codes.numel(), 12, torch.float32)
     r = torch.randn(codes.numel(), generator=gen)
-    out = dra.dra_forward(r, e, codes, 3, mode=mode, min_denominator=0.1)
+    config = choose_config(codes.numel(), 12, 3, e.dtype, rows=rows)
+    out = dra_forward(r, e, codes, 3, mode=mode, min_denominator=0.1, config=config)
     bad = (codes < 0) | (codes >= 3)
     assert torch.isnan(out[bad]).all()
     good = ~bad
@@ -337,68 +340,17 @@ def test_out_of_range_ids_give_nan_rows_and_leave_the_rest_exact(mode, poisoned_
     assert_close(out[good], expected, torch.float32, mode)
 
 
-def _split_case(seed, dtype, monkeypatch, *, split_max, sort_rows):
-    """Rewards, embeddings and ids of groups of 150, 90, 1, 120 and 3 rows (mean 73: above the
-    Gram path's 64), with the split turned on (programs of about 8 rows, at most ``split_max``
-    per group) and ``SORT_ROWS`` set."""
-    from dra_kernels._triton import dra
-
-    gen = torch.Generator().manual_seed(seed)
-    ids, _ = random_layout(gen, [150, 90, 1, 120, 3])
-    e = realistic_embeddings(gen, ids.numel(), 24, dtype).to(device())
-    r = torch.randn(ids.numel(), generator=gen, dtype=dtype).to(device())
-    monkeypatch.setattr(dra, "SPLIT_ROWS", 8)
-    monkeypatch.setattr(dra, "SPLIT_MAX", split_max)
-    monkeypatch.setattr(dra, "SORT_ROWS", sort_rows)
-    monkeypatch.setattr(dra, "_PLANS", {})
-    return r, e, ids.to(device())
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
-def test_large_groups_split_among_programs_match_one_program_bit_for_bit(
-    dtype, row_finding, monkeypatch, poisoned_outputs
-):
-    """Groups far above a chunk are split among several programs per group (two or three
-    launches); the fixed-point sums make that bitwise equal to one program per group summing in
-    fixed point too (SORT_ROWS = 0 here: every group), and both match the float64 reference.
-    Out-of-range ids stay NaN on that path too."""
-    from dra_kernels._triton import dra
-
-    if row_finding == "scan":
-        pytest.skip("the split is a bucket-path layout (scan mode keeps one program per group)")
-    r, e, ids = _split_case(21, dtype, monkeypatch, split_max=16, sort_rows=0)
-    _, codes = torch.unique(ids, return_inverse=True)
-    splits = []
-    split_forward = dra._split_forward
-    monkeypatch.setattr(dra, "_split_forward", lambda *a: splits.append(a[10]) or split_forward(*a))
-    for mode in ("smi", "adjust", "advantage"):
-        out = MODES[mode](r, e, ids)
-        assert_close(out, float64_reference(mode, r, e, ids), dtype, f"split {mode} {dtype}")
-        with monkeypatch.context() as one:
-            one.setattr(dra, "SPLIT_MAX", 1)
-            assert torch.equal(out, MODES[mode](r, e, ids)), mode
-    assert splits and min(splits) == 10, splits  # ceil(73 / 8), the path under test
-    bad = codes.clone()
-    bad[::7] = 99
-    out = dra.dra_forward(r, e, bad, 5, mode="advantage", min_denominator=0.1)
-    assert torch.isnan(out[bad == 99]).all() and not torch.isnan(out[bad != 99]).any()
-
-
 @pytest.mark.parametrize("fused", [True, False])
-def test_buckets_hold_each_groups_rows_with_their_counts_and_ends(fused, row_finding, monkeypatch):
+def test_buckets_hold_each_groups_rows_with_their_counts_and_ends(fused):
     """The counting sort: each bucket (the last one for out-of-range codes) holds exactly its
     rows; counts and inclusive ends are exact, whether the counting kernel's last program
     computes the ends (over several blocks of counts here) or torch.cumsum does."""
-    from dra_kernels._triton import dra
+    from dra_kernels._triton.buckets import group_buckets
 
-    if row_finding == "scan":
-        pytest.skip("the buckets themselves are tested (once)")
-    monkeypatch.setattr(dra, "FUSED_ENDS_MAX", 1 << 30 if fused else 0)
-    monkeypatch.setattr(dra, "_ENDS_BLOCK", 64)
     gen = torch.Generator().manual_seed(23)
     for n, k in ((1, 1), (3000, 300), (2500, 2)):
         codes = torch.randint(-2, k + 2, (n,), generator=gen).to(device())
-        order, counts, ends = dra.group_buckets(codes, k)
+        order, counts, ends = group_buckets(codes, k, fused_ends=fused, ends_block=64)
         bucket = torch.where((codes >= 0) & (codes < k), codes, k).cpu()
         want = torch.bincount(bucket, minlength=k + 1)
         assert torch.equal(counts.cpu().long(), want), (n, k)
@@ -408,27 +360,22 @@ def test_buckets_hold_each_groups_rows_with_their_counts_and_ends(fused, row_fin
         assert torch.equal(bucket[rows], torch.sort(bucket).values)  # rows grouped by bucket
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
-def test_split_groups_in_plain_sums_do_not_depend_on_bucket_order(
-    dtype, row_finding, monkeypatch, poisoned_outputs
-):
-    """Split among programs, groups of up to SORT_ROWS rows are summed in plain floating point
-    (each program its chunks, then the parts in order), after a launch that sorts their
-    buckets; larger ones in fixed point (SORT_ROWS = 128 here: the group of 150 rows). The
-    result matches the float64 reference and is the same bit for bit with every bucket
-    reversed."""
-    from dra_kernels._triton import dra
+def test_config_is_validated_and_chosen_from_the_call():
+    """Defaults are the measured paths (Gram for half precision up to 64-row groups, linear
+    otherwise, fixed-point sums, scan for small batches); invalid values are refused by name."""
+    from dra_kernels._triton.config import KernelConfig, choose_config
 
-    if row_finding == "scan":
-        pytest.skip("the split is a bucket-path layout (scan mode keeps one program per group)")
-    r, e, ids = _split_case(23, dtype, monkeypatch, split_max=4, sort_rows=128)
-    sorts = []
-    launch = dra.launch
-    monkeypatch.setattr(dra, "launch", lambda fn, *a, **k: sorts.append(fn) or launch(fn, *a, **k))
-    for mode in ("smi", "adjust", "advantage"):
-        out = MODES[mode](r, e, ids)
-        assert_close(out, float64_reference(mode, r, e, ids), dtype, f"split {mode} {dtype}")
-        with monkeypatch.context() as flipped:
-            flipped.setattr(dra, "group_buckets", _reversed(dra.group_buckets))
-            assert torch.equal(out, MODES[mode](r, e, ids)), mode
-    assert dra._sort_buckets_kernel in sorts and dra._split_sums_kernel in sorts
+    bf16 = choose_config(8192 * 16, 768, 8192, torch.bfloat16)
+    assert (bf16.path, bf16.rows, bf16.block_m, bf16.sort_rows) == ("gram", "buckets", 32, 0)
+    f32 = choose_config(1024, 768, 64, torch.float32)
+    assert (f32.path, f32.rows, f32.sort_rows, f32.fused_ends) == ("linear", "scan", 0, False)
+    assert choose_config(512 * 256, 768, 256, torch.bfloat16).path == "linear"  # groups of 512
+    assert choose_config(64, 8, 4, torch.bfloat16, float64=True).path == "linear"
+    assert choose_config(64, 8, 4, torch.float32, path="tile").path == "tile"
+    assert choose_config(64, 8, 4, torch.float32, plain_sums=True).sort_rows == 32
+    for bad in ({"path": "split"}, {"rows": "sort"}, {"chunk_rows": 32}, {"num_warps": 3},
+                {"sort_rows": 8}, {"path": "gram", "block_m": 128}, {"fused_ends": 1}):  # fmt: skip
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            KernelConfig(**bad)
+    with pytest.raises(ValueError, match="path"):
+        choose_config(64, 8, 4, torch.float32, path="split")

@@ -41,7 +41,10 @@ def unavailable_reason(device: torch.device, dim: int | None = None) -> str | No
         return f"the kernel takes embeddings of at most {MAX_D} columns, got D={dim}"
     error = _import_error()
     if error is not None:
-        return error + "; install the extra: pip install 'dra-kernels[triton]'"
+        return error + (
+            '; install the triton extra: pip install -e ".[triton]" from a clone of the '
+            "dra-kernels repository"
+        )
     if device.type == "cuda":
         return None
     if device.type == "cpu" and interpreter_enabled():

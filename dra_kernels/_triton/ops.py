@@ -5,14 +5,14 @@ directly), as its overhead is comparable to the whole kernel for small batches."
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import torch
 
-from dra_kernels._triton import dra
+from dra_kernels._triton import forward
+from dra_kernels._triton.forward import MODES
 
 __all__ = ["dra_forward"]
-
-_MODES = ("smi", "adjust", "advantage")
 
 # NOTE: Triton's CPU interpreter (TRITON_INTERPRET=1) patches triton.language globally while it
 # runs a kernel, so two threads interpreting at once fail; CPU launches are serialised. CUDA
@@ -22,9 +22,9 @@ _INTERPRETER_LOCK = threading.Lock()
 
 def _launch(*args, **kwargs) -> torch.Tensor:
     if args[1].device.type != "cpu":
-        return dra.dra_forward(*args, **kwargs)
+        return forward.dra_forward(*args, **kwargs)
     with _INTERPRETER_LOCK:
-        return dra.dra_forward(*args, **kwargs)
+        return forward.dra_forward(*args, **kwargs)
 
 
 _SCALES = ("std", "none")
@@ -47,7 +47,7 @@ def _dra_forward_op(
         embeddings,
         codes,
         num_groups,
-        mode=_MODES[mode],
+        mode=MODES[mode],
         min_denominator=min_denominator,
         scale=_SCALES[scale],
         eps=eps,
@@ -66,26 +66,13 @@ def dra_forward(
     embeddings: torch.Tensor,
     codes: torch.Tensor,
     num_groups: int,
-    *,
-    mode: str,
-    min_denominator: float,
-    scale: str = "std",
-    eps: float = 1e-4,
-    out_dtype: torch.dtype = torch.float32,
+    **options: Any,
 ) -> torch.Tensor:
-    """See :func:`dra_kernels._triton.dra.dra_forward`; through the custom op when compiling."""
+    """:func:`dra_kernels._triton.forward.dra_forward` with the default configuration (the same
+    arguments but ``config`` and ``buckets``), through the custom op when compiling."""
     if not torch.compiler.is_compiling():
-        return _launch(
-            rewards,
-            embeddings,
-            codes,
-            num_groups,
-            mode=mode,
-            min_denominator=min_denominator,
-            scale=scale,
-            eps=eps,
-            out_dtype=out_dtype,
-        )
+        return _launch(rewards, embeddings, codes, num_groups, **options)
+    out_dtype = options.get("out_dtype", torch.float32)
     if rewards is None:
         rewards = embeddings.new_empty(0, dtype=out_dtype)
     return _dra_forward_op(
@@ -93,9 +80,9 @@ def dra_forward(
         embeddings,
         codes,
         num_groups,
-        _MODES.index(mode),
-        min_denominator,
-        _SCALES.index(scale),
-        eps,
+        MODES.index(options["mode"]),
+        options["min_denominator"],
+        _SCALES.index(options.get("scale", "std")),
+        options.get("eps", 1e-4),
         out_dtype == torch.float64,
     )
