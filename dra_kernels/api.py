@@ -626,19 +626,18 @@ class _Prepared:
     grad: bool = False  # rewards require grad: the Triton backend then fuses only the SMI
 
 
-_FAST_EMBEDDING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_FAST_REWARD_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_FAST_ID_DTYPES = (torch.int32, torch.int64)
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_ID_DTYPES = (torch.int32, torch.int64)
 
 
-def _prepare_fast(
+def _common_cuda_call(
     rewards: Any, embeddings: Any, group_ids: Any, backend: str, num_groups: Any
-) -> _Prepared | None:
-    """The common CUDA call (tensors on one device, integer ids, ``num_groups``) with the same
-    checks as :func:`_prepare` in a few attribute reads; None for anything else, which then takes
-    the general path (and its error messages)."""
-    # NOTE: one call per training step or per small batch: at N <= 1024 the general path's
-    # checks cost as much as the kernel (issue 3, target 4).
+) -> bool:
+    """Whether the call is the common CUDA one: tensors on one CUDA device that the checks of
+    :func:`_prepare` would pass unchanged, integer ids with ``num_groups``, the kernel available.
+    A few attribute reads; anything else takes the general checks (and their error messages)."""
+    # NOTE: one call per training step or per small batch: at N <= 1024 the general checks cost
+    # as much as the kernel (issue 3, target 4).
     if (
         backend == "torch"
         or torch.compiler.is_compiling()  # the general path is the one proven under dynamo
@@ -647,61 +646,59 @@ def _prepare_fast(
         or type(embeddings) is not torch.Tensor
         or type(group_ids) is not torch.Tensor
     ):
-        return None
+        return False
     device = embeddings.device
     if (
         device.type != "cuda"
         or embeddings.layout is not torch.strided
         or embeddings.is_nested
         or embeddings.ndim != 2
-        or embeddings.dtype not in _FAST_EMBEDDING_DTYPES
+        or embeddings.dtype not in _FLOAT_DTYPES
         or group_ids.layout is not torch.strided
         or group_ids.ndim != 1
-        or group_ids.dtype not in _FAST_ID_DTYPES
+        or group_ids.dtype not in _ID_DTYPES
         or group_ids.device != device
         or group_ids.is_neg()
     ):
-        return None
+        return False
     n, d = embeddings.shape
-    dtype = embeddings.dtype
     if d == 0 or group_ids.shape[0] != n:
-        return None
-    if rewards is not None:
-        if (
-            type(rewards) is not torch.Tensor
-            or rewards.requires_grad
-            or rewards.layout is not torch.strided
-            or rewards.is_neg()
-            or rewards.ndim != 1
-            or rewards.dtype not in _FAST_REWARD_DTYPES
-            or rewards.device != device
-            or rewards.shape[0] != n
-        ):
-            return None
-        if rewards.dtype == torch.float64:
-            dtype = torch.float64
-    if d > _triton.MAX_D or _triton.unavailable_reason(device) is not None:
-        return None
-    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    return _Prepared(rewards, embeddings, Groups(group_ids, num_groups), "triton", out_dtype)
+        return False
+    if rewards is not None and (
+        type(rewards) is not torch.Tensor
+        or rewards.requires_grad
+        or rewards.layout is not torch.strided
+        or rewards.is_neg()
+        or rewards.ndim != 1
+        or rewards.dtype not in _FLOAT_DTYPES
+        or rewards.device != device
+        or rewards.shape[0] != n
+    ):
+        return False
+    return d <= _triton.MAX_D and _triton.unavailable_reason(device) is None
 
 
 def _prepare(
     rewards: Any, embeddings: Any, group_ids: Any, backend: str, num_groups: int | None
 ) -> _Prepared:
-    fast = _prepare_fast(rewards, embeddings, group_ids, backend, num_groups)
-    if fast is not None:
-        return fast
-    r, e, device = _checked_data(rewards, embeddings)
-    n = None if r is None else r.shape[0]
-    if e is not None:
-        n = e.shape[0]
-    chosen = resolve_backend(backend, device, None if e is None else e.shape[1])
-    grad = _reward_grad(r)
-    # NOTE: on CUDA the kernel checks the codes itself; the device assertion would add launches.
-    # With rewards that require grad, torch ops index by the codes too, so they are checked.
-    check = not (chosen == "triton" and device.type == "cuda" and not grad)
-    groups = factorize_group_ids(group_ids, n, device, num_groups, check_range=check)
+    """Checked inputs, dense codes (int64) and the backend of one call."""
+    if _common_cuda_call(rewards, embeddings, group_ids, backend, num_groups):
+        r, e, device = rewards, embeddings.detach(), embeddings.device
+        chosen, grad = "triton", False
+        # NOTE: the kernel checks the codes itself (out-of-range rows come out NaN).
+        groups = Groups(group_ids.to(torch.int64), num_groups)
+    else:
+        r, e, device = _checked_data(rewards, embeddings)
+        n = None if r is None else r.shape[0]
+        if e is not None:
+            n = e.shape[0]
+        chosen = resolve_backend(backend, device, None if e is None else e.shape[1])
+        grad = _reward_grad(r)
+        # NOTE: on CUDA the kernel checks the codes itself; the device assertion would add
+        # launches. With rewards that require grad, torch ops index by the codes too, so they
+        # are checked.
+        check = not (chosen == "triton" and device.type == "cuda" and not grad)
+        groups = factorize_group_ids(group_ids, n, device, num_groups, check_range=check)
     dtypes = [t.dtype for t in (r, e) if t is not None and t.is_floating_point()]
     return _Prepared(r, e, groups, chosen, reference.compute_dtype(*dtypes), grad)
 
