@@ -9,6 +9,8 @@
 # torch==2.13.0 is on the same pip command line as every package that depends on torch, so pip
 # never pulls another (multi-GB CUDA) torch build.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+source .ci/lib.sh
 
 PYTHON="${PYTHON:-python3}"
 VENV=".venv-openrlhf"
@@ -35,15 +37,15 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$STAMP_TEXT" ]]; then
     start=$SECONDS
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet "${REQUIREMENTS[@]}" -e ".[test]"
-    "$VENV/bin/python" -m pip install --quiet --no-deps "openrlhf==$OPENRLHF_VERSION"
+    quietly "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    quietly "$VENV/bin/python" -m pip install --quiet "${REQUIREMENTS[@]}" -e ".[test]"
+    quietly "$VENV/bin/python" -m pip install --quiet --no-deps "openrlhf==$OPENRLHF_VERSION"
     echo "$STAMP_TEXT" >"$STAMP"
     echo "openrlhf venv set up in $((SECONDS - start)) s"
 else
     # The editable install of this package is kept; refresh it only if its metadata is gone.
     "$VENV/bin/python" -c "import dra_kernels" 2>/dev/null ||
-        "$VENV/bin/python" -m pip install --quiet --no-deps -e .
+        quietly "$VENV/bin/python" -m pip install --quiet --no-deps -e .
 fi
 
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/integrations/test_openrlhf.py ${JUNIT_XML:+--junitxml="$JUNIT_XML"}

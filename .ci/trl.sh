@@ -12,6 +12,8 @@
 #
 # Usage (from the repository root): bash .ci/trl.sh
 set -euo pipefail
+cd "$(dirname "$0")/.."
+source .ci/lib.sh
 
 VENV=.venv-trl
 PY="$VENV/bin/python"
@@ -21,13 +23,13 @@ if [ ! -x "$PY" ]; then
 fi
 # NOTE: torch==2.13.0 on the same command line so pip never resolves another torch; pip skips
 # everything already satisfied, so a second run is quick.
-"$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[trl,embed,test]'
+quietly "$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[trl,embed,test]'
 "$PY" -c 'import torch, transformers, trl; print("torch", torch.__version__, "| transformers", transformers.__version__, "| trl", trl.__version__)'
 
 # The one-process runs and the torchrun run (2 gloo processes) are all in tests/integrations/
-# test_trl.py; the module's doctests run here too (the core suite has no TRL). scripts/test.sh sets
-# JUNIT_XML to collect a report.
+# test_trl.py; test_trl_docs.py runs the example of docs/integrations/trl.md as printed; the
+# module's doctests run here too (the core suite has no TRL). scripts/test.sh sets JUNIT_XML to
+# collect a report. Known warnings are filtered in pyproject.toml (filterwarnings).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-exec "$PY" -m pytest -p no:cacheprovider -q -W ignore::FutureWarning \
-    ${JUNIT_XML:+--junitxml="$JUNIT_XML"} \
-    tests/integrations/test_trl.py dra_kernels/integrations/trl.py
+exec "$PY" -m pytest -p no:cacheprovider -q ${JUNIT_XML:+--junitxml="$JUNIT_XML"} \
+    tests/integrations/test_trl.py tests/integrations/test_trl_docs.py dra_kernels/integrations/trl.py

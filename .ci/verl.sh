@@ -7,6 +7,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+source .ci/lib.sh
 VENV=.venv-verl
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -18,9 +19,12 @@ fi
 # a newer torch would be a multi-GB CUDA build. The verl-core extra brings what the v1 trainer
 # imports (TransferQueue, cachetools...), without the GPU-only extras (vllm, sglang, fsdp).
 start=$(date +%s)
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+quietly "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     "torch==2.13.0" "verl[verl-core]>=0.9.0,<0.10" -e ".[test]"
 echo "verl.sh: install step took $(($(date +%s) - start)) s"
 
 "$VENV/bin/python" -c "import torch, verl; print('verl', verl.__version__, 'torch', torch.__version__)"
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/integrations/test_verl.py ${JUNIT_XML:+--junitxml="$JUNIT_XML"}
+# asyncio_default_fixture_loop_scope: verl brings pytest-asyncio, which warns at start-up while
+# it is unset (no test here is asynchronous; "function" is its future default).
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -o asyncio_default_fixture_loop_scope=function \
+    tests/integrations/test_verl.py ${JUNIT_XML:+--junitxml="$JUNIT_XML"}

@@ -12,7 +12,8 @@ case for a prompt every completion solves or every completion fails, or all embe
 or when it has fewer than 3 completions (fewer than 3 pairs). Such prompts are counted apart and
 left out of the share.
 
-Needs scipy (Spearman's p-value) and, for the plot, matplotlib: ``pip install 'dra-kernels[cli]'``.
+Needs scipy (Spearman's p-value) and, for the plot, matplotlib: the ``cli`` extra,
+``pip install -e ".[cli]"`` from a clone of the dra-kernels repository.
 """
 
 from __future__ import annotations
@@ -185,7 +186,8 @@ def diversity_quality(
         from scipy.stats import spearmanr
     except ImportError:
         raise ImportError(
-            "the diversity analysis needs scipy: pip install 'dra-kernels[cli]'"
+            'the diversity analysis needs scipy: pip install -e ".[cli]" from a clone of the '
+            "dra-kernels repository"
         ) from None
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
@@ -241,7 +243,10 @@ def plot_p_values(
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
     except ImportError:
-        raise ImportError("the plot needs matplotlib: pip install 'dra-kernels[cli]'") from None
+        raise ImportError(
+            'the plot needs matplotlib: pip install -e ".[cli]" from a clone of the '
+            "dra-kernels repository"
+        ) from None
     from dra_kernels.rollouts import atomic_path
 
     p_values = [g.p_value for g in report.tested]

