@@ -301,7 +301,7 @@ def measure_step(
 
 
 def environment(device: torch.device, model_name: str) -> dict[str, Any]:
-    from dra_kernels.benchmark import environment as base_environment
+    from benchmarks.environment import environment as base_environment
 
     info = base_environment(device)
     for name in ("transformers", "sentence_transformers"):
@@ -310,7 +310,6 @@ def environment(device: torch.device, model_name: str) -> dict[str, Any]:
         except ImportError:
             info[name] = "not installed"
     info["model"] = model_name
-    info["commit"] = _git("rev-parse", "HEAD")
     head_embed = _git("show", "HEAD:dra_kernels/embed.py", strip=False)
     local_embed = (REPO / "dra_kernels" / "embed.py").read_text(encoding="utf-8")
     info["embed_py_matches_commit"] = head_embed == local_embed

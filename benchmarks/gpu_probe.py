@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # NOTE: before triton is imported
 
+    from benchmarks import impls, timing
     from benchmarks._probe_kernels import noop_kernel
-    from dra_kernels import benchmark as bench
+    from benchmarks.environment import environment
     from dra_kernels._triton.buckets import group_buckets
     from dra_kernels._triton.config import choose_config
     from dra_kernels._triton.forward import dra_forward
@@ -109,18 +110,18 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"meta": bench.environment(device), "rows": [], "errors": []}
+    results: dict[str, Any] = {"meta": environment(device), "rows": [], "errors": []}
 
     def flush():
         (args.out / "probe.json").write_text(json.dumps(results, indent=1, default=str))
 
     def timed(fn, rep_ms=10.0):
         fn()
-        bench._synchronize(device)
-        return bench.time_call(fn, device, warmup_ms=3.0, rep_ms=rep_ms).p50
+        timing.synchronize(device)
+        return timing.time_call(fn, device, warmup_ms=3.0, rep_ms=rep_ms).p50
 
     def wall(fn):
-        return bench.python_latency(fn, device, batch_ms=10.0, repeats=5).p50
+        return timing.python_latency(fn, device, batch_ms=10.0, repeats=5).p50
 
     def launch(e, r, codes, k, buckets, config):
         """The kernel alone (adjust mode) with ``config``, on precomputed ``buckets`` (None: the
@@ -130,15 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         return dra_forward(r, e, codes, k, mode="adjust", min_denominator=0.1, config=config,
                            buckets=None if own else buckets)  # fmt: skip
 
-    copy = bench.measure_copy_bandwidth(device, (1 << 30) if device.type == "cuda" else 1 << 24)
+    copy = timing.measure_copy_bandwidth(device, (1 << 30) if device.type == "cuda" else 1 << 24)
     results["copy"] = copy
     gbps = copy["gbps"]
     print(f"[probe] copy {gbps:.0f} GB/s", flush=True)
 
     # host-side costs of the pieces of a small call
     try:
-        r, e = bench.make_case_data(16, 8, 384, "bfloat16", device)
-        ids = bench.make_group_codes(16, 8, "shuffled", device)
+        r, e = impls.make_case_data(16, 8, 384, "bfloat16", device)
+        ids = impls.make_group_codes(16, 8, "shuffled", device)
         x = torch.empty(16, device=device)
         host = {
             "noop_triton_launch": wall(lambda: noop_kernel[(1,)](x, 16, BLOCK=16)),
@@ -170,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                 break
             row: dict[str, Any] = {"B": groups, "G": size, "D": dim, "dtype": dtype, "ids": layout}
             try:
-                r, e = bench.make_case_data(groups, size, dim, dtype, device)
-                ids = bench.make_group_codes(groups, size, layout, device)
+                r, e = impls.make_case_data(groups, size, dim, dtype, device)
+                ids = impls.make_group_codes(groups, size, layout, device)
                 n, k = ids.numel(), groups
-                row["floor_us"] = bench.Case(groups, size, dim, dtype, layout).floor_bytes() / (
+                row["floor_us"] = impls.Case(groups, size, dim, dtype, layout).floor_bytes() / (
                     gbps * 1e3
                 )
                 ref = adjust_rewards(r.double(), e.double(), ids, backend="torch", num_groups=k)

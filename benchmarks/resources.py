@@ -315,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         import torch
 
-        from dra_kernels import benchmark as bench
+        from benchmarks.environment import environment
 
-        meta = {"arch": args.arch, **bench.environment(torch.device("cpu"))}
+        meta = {"arch": args.arch, **environment(torch.device("cpu"))}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
     return 1 if any("error" in row for row in rows) else 0

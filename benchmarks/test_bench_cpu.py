@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.impls import loop_adjust, make_case_data, make_group_codes, naive_adjust
 from dra_kernels import adjust_rewards, dra_advantages
-from dra_kernels.benchmark import loop_adjust, make_case_data, make_group_codes, naive_adjust
 
 SHAPES = [(16, 8), (128, 8), (512, 16)]
 DIM = 384

@@ -2,7 +2,7 @@
 
 Skipped without a CUDA device. pytest-benchmark times wall-clock calls ending with a
 ``torch.cuda.synchronize()``; the CUDA-event timings of record come from
-``python -m benchmarks.run`` / ``python -m benchmarks.gpu_check``.
+``python -m benchmarks.run`` (``python -m benchmarks.gpu_session`` on a lent GPU).
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.impls import make_case_data, make_group_codes
 from dra_kernels import adjust_rewards, dra_advantages
 from dra_kernels import reference as ref
-from dra_kernels.benchmark import make_case_data, make_group_codes
+from tests.helpers import assert_close
 
 pytestmark = [
     pytest.mark.gpu,
@@ -49,7 +50,7 @@ def test_adjust_rewards_cuda(benchmark, backend, groups, group_size, dtype, layo
         _synced(adjust_rewards), rewards, embeddings, codes, backend=backend, num_groups=groups
     )
     expected = ref.adjust_rewards(rewards.double(), embeddings.double(), codes, groups)
-    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-5)
+    assert_close(out, expected, getattr(torch, dtype), f"{backend} {groups}x{group_size}")
 
 
 @pytest.mark.parametrize(("groups", "group_size"), SHAPES, ids=lambda v: str(v))

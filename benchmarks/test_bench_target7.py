@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from dra_kernels.benchmark import TARGET_CPU_REFERENCE_RATIO, reference_vs_normalize
+from benchmarks.grid import reference_vs_normalize
+from benchmarks.targets import TARGET_CPU_REFERENCE_RATIO
 
 
 @pytest.mark.slow

@@ -1,25 +1,22 @@
-"""The ``dra-kernels`` command: embed rollouts, apply DRA, analyse diversity, benchmark.
+"""The ``dra-kernels`` command: embed rollouts, apply DRA, analyse diversity.
 
 Exit codes: 0 success, 1 bad input (unreadable or invalid rollout file, model that cannot be
 loaded, missing optional dependency), 2 usage error (unknown option, invalid option value).
-Needs the ``cli`` extra: ``pip install 'dra-kernels[cli]'``.
+Needs the ``cli`` extra: ``pip install -e ".[cli]"`` in a clone of the repository.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from dra_kernels import __version__
-from dra_kernels.api import adjust_rewards, group_advantages, smi_scores
 from dra_kernels.rollouts import (
     RolloutError,
     RolloutIndex,
@@ -27,6 +24,13 @@ from dra_kernels.rollouts import (
     scan_rollouts,
     write_rows,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# NOTE: numpy, torch, the library's functions and the embedding model are imported inside the
+# commands that use them, so that ``--help`` and usage errors answer at once (torch alone takes
+# seconds to import).
 
 __all__ = ["build_parser", "main"]
 
@@ -65,13 +69,26 @@ examples:
   dra-kernels demo -o outputs/demo --device cpu
 
 Runs adjust and analyze on the bundled hand-written sample (12 math problems x 7 completions,
-rewards from a \\boxed{} answer checker) and writes adjusted.jsonl, analysis.csv and pvalues.png.
+rewards from a \\boxed{} answer checker): shows one prompt completion by completion (reward, SMI,
+adjusted reward, GRPO and DRA-GRPO advantages), then every prompt, then the diversity analysis, and
+writes adjusted.jsonl, analysis.csv and pvalues.png.
+"""
+
+BENCH_HOWTO = """\
+The benchmarks live in the benchmarks/ folder of the source repository, not in the installed
+package. From a clone, with the package installed:
+
+  python -m benchmarks.run --help                 the runner's options
+  python -m benchmarks.run --quick --out out/bench  a reduced grid (seconds on CPU)
+  python -m benchmarks.run --out out/bench          the full grid (CUDA) or the CPU grid
+  python -m benchmarks.gpu_session --out OUT        everything a GPU session measures
+
+See docs/performance.md for the method and the results.
 """
 
 _BENCH_EXAMPLES = """\
 examples:
-  dra-kernels bench --help      (the benchmark's own options)
-  dra-kernels bench
+  python -m benchmarks.run --help      (from a clone of the repository)
 """
 
 _MAIN_EXAMPLES = """\
@@ -79,7 +96,6 @@ examples:
   dra-kernels demo                                   try it on the bundled sample
   dra-kernels adjust rollouts.jsonl -o adjusted.jsonl
   dra-kernels analyze rollouts.jsonl --plot pvalues.png
-  dra-kernels bench
 
 Rollout files: JSONL or CSV, one completion per row, with a group key (default field: prompt), the
 completion text (completion) and a numeric reward (reward); other fields pass through.
@@ -119,7 +135,7 @@ def _finite_float(low: float, *, inclusive: bool) -> Any:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        ok = np.isfinite(value) and (value >= low if inclusive else value > low)
+        ok = math.isfinite(value) and (value >= low if inclusive else value > low)
         if not ok:
             bound = f">= {low:g}" if inclusive else f"> {low:g}"
             raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text}")
@@ -279,7 +295,7 @@ def _add_analyze_options(parser: argparse.ArgumentParser, *, files: bool) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (the ``bench`` options are added when that subcommand runs)."""
+    """The argument parser."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Diversity-aware Reward Adjustment (DRA) for GRPO rollouts: embed "
@@ -331,9 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "-o",
         "--output-dir",
-        default="dra-demo",
+        default=None,
         metavar="DIR",
-        help="where to write the outputs (default: ./dra-demo, created if missing)",
+        help="where to write the outputs, created if missing (default: a new folder "
+        "dra-demo-XXXX in the system's temporary directory)",
     )
     _add_adjust_options(demo)
     _add_analyze_options(demo, files=False)
@@ -341,12 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "bench",
-        help="benchmark the DRA implementations",
-        description="Benchmark the DRA implementations (torch reference, Triton kernel).",
+        help="how to run the benchmarks (from a clone of the repository)",
+        description=BENCH_HOWTO,
         epilog=_BENCH_EXAMPLES,
         formatter_class=_formatter,
     )
-    return parser
+    return parser  # NOTE: `bench` takes no options; main ignores what follows it
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -354,11 +371,6 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
         if isinstance(action, argparse._SubParsersAction):
             return action.choices[name]
     raise KeyError(name)
-
-
-def _command_name(argv: Sequence[str]) -> str | None:
-    """The subcommand in ``argv``: the first argument not starting with '-'."""
-    return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -370,6 +382,11 @@ def _say(message: str = "") -> None:
     except UnicodeEncodeError:  # a terminal that cannot show some character of a group key
         encoding = sys.stdout.encoding or "ascii"
         print(message.encode(encoding, "backslashreplace").decode(encoding), flush=True)
+
+
+def _say_wrapped(message: str) -> None:
+    """A paragraph of prose, wrapped to 100 columns."""
+    _say(textwrap.fill(message, width=100, break_on_hyphens=False))
 
 
 def _progress_wanted(args: argparse.Namespace) -> bool:
@@ -416,7 +433,7 @@ def _check_output(path: str | os.PathLike[str], *, what: str) -> None:
 def _check_options(args: argparse.Namespace) -> None:
     """Check every option of the command before any file is read or model loaded: exit 2."""
     if args.command == "bench":
-        return  # the benchmark checks its own options
+        return  # it only says where the benchmarks are
     _check_embed_options(args)
     _check_device(args.device)
     if hasattr(args, "min_denominator"):
@@ -461,6 +478,8 @@ def _check_device(device: str | None) -> None:
     """A device the embedding model can run on here (``cuda`` is checked by EmbedderConfig)."""
     if device is None:
         return
+    import torch
+
     kind = torch.device(device)  # parses: EmbedderConfig accepted it
     if kind.type == "cpu":
         if kind.index not in (None, 0):
@@ -486,6 +505,10 @@ def _check_device(device: str | None) -> None:
 def _check_dra_options(args: argparse.Namespace) -> None:
     """``--backend``, ``--min-denominator``, ``--scale`` and ``--eps`` as the library checks them:
     one call on two rows with the same kinds of input as the real one."""
+    import numpy as np
+
+    from dra_kernels.api import adjust_rewards, group_advantages
+
     rewards = np.zeros(2)
     ids = np.zeros(2, dtype=np.int64)
     try:
@@ -512,6 +535,8 @@ def _check_reward_range(index: RolloutIndex, min_denominator: float | None) -> N
     """Refuse rewards so large that the float64 arithmetic could overflow (bad input: exit 1).
 
     DRA divides by at most ``min_denominator`` (``None``: no division, as in ``analyze``)."""
+    import numpy as np
+
     rewards = np.frombuffer(index.rewards, dtype=np.float64)
     limit = _REWARD_LIMIT * (1.0 if min_denominator is None else min_denominator)
     too_large = np.flatnonzero(np.abs(rewards) > limit)
@@ -534,6 +559,8 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
     """``[N, D]`` float32 embeddings of the completions, read from the file a chunk at a time."""
     import dataclasses
     import warnings
+
+    import numpy as np
 
     from dra_kernels.embed import Embedder, EmbedStats, TruncationWarning
 
@@ -625,8 +652,14 @@ def _short(text: Any, width: int) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in flat)
 
 
-def _adjust(index: RolloutIndex, embeddings: np.ndarray, args: argparse.Namespace) -> dict:
-    """SMI, adjusted rewards and advantages of every row, and a per-group summary on stdout."""
+def _dra_values(
+    index: RolloutIndex, embeddings: np.ndarray, args: argparse.Namespace
+) -> dict[str, np.ndarray]:
+    """SMI, adjusted rewards and advantages of every row, as the library computes them."""
+    import numpy as np
+
+    from dra_kernels.api import adjust_rewards, group_advantages, smi_scores
+
     rewards = np.frombuffer(index.rewards, dtype=np.float64)
     ids = np.frombuffer(index.group_codes, dtype=np.int64)
     emb = embeddings.astype(np.float64)
@@ -653,7 +686,13 @@ def _adjust(index: RolloutIndex, embeddings: np.ndarray, args: argparse.Namespac
                 f"{name} is {float(column[bad[0]])!r}, not finite",
                 line=int(index.lines[int(bad[0])]),
             )
-    _print_summary(index, smi, adjusted)
+    return values
+
+
+def _adjust(index: RolloutIndex, embeddings: np.ndarray, args: argparse.Namespace) -> dict:
+    """:func:`_dra_values`, and a per-group summary on stdout."""
+    values = _dra_values(index, embeddings, args)
+    _print_summary(index, values["smi"], values["reward_adjusted"])
     return values
 
 
@@ -666,18 +705,25 @@ def _output_rows(index: RolloutIndex, values: dict) -> Iterator[dict[str, Any]]:
         yield row
 
 
+SUMMARY_COLUMNS = ("group", "n", "mean reward", "SMI min..max", "mean adjusted")
+
+
 def _print_summary(index: RolloutIndex, smi: np.ndarray, adjusted: np.ndarray) -> None:
+    import numpy as np
+
     rewards = np.frombuffer(index.rewards, dtype=np.float64)
     codes = np.frombuffer(index.group_codes, dtype=np.int64)
     groups = index.num_groups
     _say(f"{len(index)} completions in {groups} groups")
-    _say(f"{'group':<34} {'n':>3} {'reward':>7} {'SMI min..max':>13} {'adjusted':>9}")
+    group, n, reward, smi_range, mean_adjusted = SUMMARY_COLUMNS
+    _say(f"{group:<34} {n:>3} {reward:>11} {smi_range:>13} {mean_adjusted:>13}")
     for code in range(min(groups, _SUMMARY_ROWS)):  # codes number groups by first appearance
         rows = np.flatnonzero(codes == code)
         s = smi[rows]
         _say(
-            f"{_short(index.group_keys[code], 34):<34} {len(rows):>3} {rewards[rows].mean():>7.3f} "
-            f"{s.min():>6.2f}..{s.max():<5.2f} {adjusted[rows].mean():>9.3f}"
+            f"{_short(index.group_keys[code], 34):<34} {len(rows):>3} "
+            f"{rewards[rows].mean():>11.3f} {s.min():>6.2f}..{s.max():<5.2f} "
+            f"{adjusted[rows].mean():>13.3f}"
         )
     if groups > _SUMMARY_ROWS:
         _say(f"... {groups - _SUMMARY_ROWS} more groups (all rows are in the output)")
@@ -690,6 +736,9 @@ def _print_summary(index: RolloutIndex, smi: np.ndarray, adjusted: np.ndarray) -
 
 
 def _analyze(index: RolloutIndex, embeddings: np.ndarray, alpha: float) -> Any:
+    import numpy as np
+    import torch
+
     from dra_kernels.analysis import diversity_quality
 
     rewards = np.frombuffer(index.rewards, dtype=np.float64)
@@ -743,25 +792,114 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 _DEMO_FILES = ("adjusted.jsonl", "analysis.csv", "pvalues.png")
+DEMO_PROMPT_ID = "p04"
+"""The sample's prompt shown completion by completion (six people shaking hands)."""
+DEMO_COLUMNS = ("completion (first words)", "reward", "SMI", "adjusted", "GRPO adv", "DRA adv")
+SMI_DEFINITION = (
+    "SMI of a completion = the sum of the cosine similarities between its embedding and those of "
+    "the other completions of the same prompt (0 for a completion alone, n - 1 for n identical "
+    "ones); DRA's adjusted reward = reward / (1 + SMI)."
+)
+
+
+def _demo_dir(option: str | None) -> Path:
+    """The folder of the demo's outputs: ``-o``, else a new folder in the temporary directory
+    (never inside the current directory, which may be a clone of the source)."""
+    if option is not None:
+        return Path(option)
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="dra-demo-"))
+
+
+def _print_one_prompt(index: RolloutIndex, values: dict, args: argparse.Namespace) -> None:
+    """One prompt of the sample, completion by completion, and what DRA did to it."""
+    import numpy as np
+
+    codes = np.frombuffer(index.group_codes, dtype=np.int64)
+    every_row = list(index.rows())  # the bundled sample: 84 rows
+    chosen = [i for i, row in enumerate(every_row) if row.get("prompt_id") == DEMO_PROMPT_ID]
+    rows = np.asarray(chosen or np.flatnonzero(codes == 0), dtype=np.int64)
+    texts = [every_row[row][index.fields.completion] for row in rows.tolist()]
+    rewards = np.frombuffer(index.rewards, dtype=np.float64)[rows]
+    smi, adjusted = values["smi"][rows], values["reward_adjusted"][rows]
+    grpo, dra = values["advantage"][rows], values["advantage_dra"][rows]
+    key = index.group_keys[int(codes[rows[0]])]
+    _say_wrapped(f"One prompt ({len(rows)} completions): {_short(key, 200)}")
+    words, reward, smi_name, adjusted_name, grpo_name, dra_name = DEMO_COLUMNS
+    _say(f"{words:<36} {reward:>6} {smi_name:>6} {adjusted_name:>8} {grpo_name:>8} {dra_name:>8}")
+    for i, text in enumerate(texts):
+        _say(
+            f"{_short(text, 36):<36} {rewards[i]:>6.3g} {smi[i]:>6.3f} {adjusted[i]:>8.3f} "
+            f"{grpo[i]:>+8.3f} {dra[i]:>+8.3f}"
+        )
+    _say_wrapped(
+        f"columns: adjusted = reward / (1 + SMI); GRPO adv = advantage of the reward, DRA adv = "
+        f"of the adjusted reward, both {_advantage_formula(args.scale)} within the prompt's group."
+    )
+    factors = 1.0 / np.maximum(1.0 + smi, args.min_denominator)
+    positive = bool((smi > 0).all())
+    _say_wrapped(
+        "Why every reward shrinks: "
+        + (
+            f"every SMI here is positive ({smi.min():.2f} to {smi.max():.2f}: sentence embeddings "
+            "of texts on one problem point in similar directions), so each reward is divided by "
+            f"1 + SMI and keeps {factors.min():.0%} to {factors.max():.0%} of its value."
+            if positive
+            else f"a reward keeps 1 / (1 + SMI) of its value, here {factors.min():.0%} to "
+            f"{factors.max():.0%}; it shrinks where SMI > 0."
+        )
+    )
+    _say_wrapped("Why only differences within a group matter: " + _normalisation_note(args.scale))
+
+
+def _advantage_formula(scale: str) -> str:
+    return "(r - mean) / (std + eps)" if scale == "std" else "r - mean"
+
+
+def _normalisation_note(scale: str) -> str:
+    if scale == "std":
+        return (
+            "GRPO subtracts the group's mean and divides by its std, so multiplying every reward "
+            "of a group by one number leaves its advantages as they were (up to eps). DRA moves "
+            "the advantages only because its factor differs between completions: those most "
+            "like the others (higher SMI) lose against the more distinct ones of the same reward."
+        )
+    return (
+        "with --scale none the advantage is r - mean: a common factor scales a group's "
+        "advantages but keeps their order and signs; what DRA changes is the spread between "
+        "completions, those most like the others (higher SMI) losing against the more distinct "
+        "ones of the same reward."
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dra_kernels.data import sample_path
 
-    out_dir = Path(args.output_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RolloutError(out_dir, "cannot write the demo outputs here: it is a file")
-    if out_dir.is_dir():
-        for name in _DEMO_FILES:
-            _check_output(out_dir / name, what="demo output")
+    if args.output_dir is not None:
+        out_dir = Path(args.output_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise RolloutError(out_dir, "cannot write the demo outputs here: it is a file")
+        if out_dir.is_dir():
+            for name in _DEMO_FILES:
+                _check_output(out_dir / name, what="demo output")
     source = sample_path()
     index = scan_rollouts(source)
     _check_reward_range(index, args.min_denominator)
+    out_dir = _demo_dir(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _say(f"sample: {source} (hand-written, {len(index)} completions)")
+    _say_wrapped(
+        f"sample: {source} (hand-written: {index.num_groups} math problems, {len(index)} "
+        "completions; reward 1 when the \\boxed{} answer is right, else 0)"
+    )
     embeddings = _embed(index, args)
+    values = _dra_values(index, embeddings, args)
     _say("\n== adjust ==")
-    values = _adjust(index, embeddings, args)
+    _say_wrapped(SMI_DEFINITION)
+    _say("")
+    _print_one_prompt(index, values, args)
+    _say("\nEvery prompt (means over its completions):")
+    _print_summary(index, values["smi"], values["reward_adjusted"])
     adjusted_path, table_path, plot_path = (out_dir / name for name in _DEMO_FILES)
     write_rows(adjusted_path, _output_rows(index, values), fieldnames=_fieldnames(index.fieldnames))
     _say("\n== analyze ==")
@@ -776,9 +914,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from dra_kernels import benchmark
-
-    return int(benchmark.run(args))
+    print(
+        f"{PROG} bench: error: the installed package runs no benchmark\n{BENCH_HOWTO}",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _fieldnames(fieldnames: Sequence[str]) -> list[str]:
@@ -811,16 +951,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if _command_name(argv) == "bench":
-        # NOTE: imported only for this subcommand, so the others never pay for it.
-        try:
-            from dra_kernels import benchmark
-        except ImportError as exc:
-            print(f"{PROG} bench: the benchmark is not available: {exc}", file=sys.stderr)
-            return 1
-        benchmark.add_arguments(_subparser(parser, "bench"))
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "bench":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:

@@ -18,7 +18,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default model is bundled; never the hub
 
-from dra_kernels import adjust_rewards, cli, group_advantages, smi_scores
+from dra_kernels import adjust_rewards, cli, dra_advantages, group_advantages, smi_scores
 from dra_kernels.analysis import diversity_quality
 from dra_kernels.cli import main
 from dra_kernels.data import sample_path
@@ -228,7 +228,44 @@ def test_help_has_examples(command: list[str], capsys: pytest.CaptureFixture[str
     assert main([*command, "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: dra-kernels {' '.join(command)}".rstrip())
-    assert "examples:\n  dra-kernels" in out
+    runner = "python -m benchmarks.run" if command == ["bench"] else "dra-kernels"
+    assert f"examples:\n  {runner}" in out
+
+
+HEAVY_MODULES = ("torch", "numpy", "sentence_transformers", "transformers")
+
+
+@pytest.mark.parametrize("command", [[], ["adjust"], ["analyze"], ["demo"], ["bench"]])
+def test_help_imports_neither_torch_nor_the_model(command: list[str]) -> None:
+    """``--help`` answers at once: the installed console script, in a real process, imports none
+    of torch, numpy, sentence-transformers (``-X importtime`` lists every module imported)."""
+    script = Path(sys.executable).with_name("dra-kernels")
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(script), *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: dra-kernels")
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "dra_kernels" in imported  # the listing is complete enough to trust
+    assert imported.isdisjoint(HEAVY_MODULES), sorted(imported & set(HEAVY_MODULES))
+
+
+def test_bench_says_where_the_benchmarks_are(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["bench"], ["bench", "--quick", "--out", "x"]):  # the old options too
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("dra-kernels bench: error: the installed package runs no benchmark")
+        assert "python -m benchmarks.run --help" in err and "docs/performance.md" in err
+    assert main(["bench", "--help"]) == 0
+    assert "python -m benchmarks.run" in capsys.readouterr().out
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -242,11 +279,15 @@ def test_console_script_is_declared() -> None:
 
 
 def test_demo_in_a_subprocess(tmp_path: Path) -> None:
-    """The real process: exit code, output files, and no progress bars without a terminal."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    """The real process and model: exit code, output files (by default in a new folder of the
+    temporary directory, nothing in the current one), no progress bars without a terminal."""
+    cwd, temporary = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    temporary.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(temporary)}
     result = subprocess.run(
         [sys.executable, "-m", "dra_kernels.cli", "demo", "--device", "cpu"],
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -254,13 +295,14 @@ def test_demo_in_a_subprocess(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    out_dir = tmp_path / "dra-demo"
+    assert list(cwd.iterdir()) == []
+    (out_dir,) = temporary.glob("dra-demo-*")
     assert sorted(p.name for p in out_dir.iterdir()) == [
         "adjusted.jsonl",
         "analysis.csv",
         "pvalues.png",
     ]
-    assert "outputs:" in result.stdout and "dra-demo" in result.stdout
+    assert "outputs:" in result.stdout and f"{out_dir / 'adjusted.jsonl'}" in result.stdout
     assert "prompts" in result.stdout and "84 completions in 12 groups" in result.stdout
     assert "it/s" not in result.stderr and "%|" not in result.stderr  # tqdm stays quiet
     with open(out_dir / "analysis.csv", newline="") as handle:
@@ -673,3 +715,82 @@ def test_a_run_killed_mid_write_is_cleaned_up_by_the_next(
     assert f"note: removed {tmp_path / left}, a temporary file left by an interrupted run" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
     assert len(read_rollouts(out).rows) == 3
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def _demo_table(stdout: str) -> tuple[str, list[list[float]]]:
+    """The header line and the numbers of the demo's one-prompt table."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("completion (first words)"))
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("columns:"))
+    return lines[start], [[float(v) for v in line[36:].split()] for line in lines[start + 1 : end]]
+
+
+def test_demo_shows_one_prompt_column_by_column_as_the_library_computes_it(
+    tmp_path: Path, fake_embedder: type[FakeEmbedder], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "-o", str(tmp_path / "demo")]) == 0
+    stdout = capsys.readouterr().out
+    header, table = _demo_table(stdout)
+    labels = ("completion (first words)", "reward", "SMI", "adjusted", "GRPO adv", "DRA adv")
+    assert header.split() == " ".join(labels).split(), header  # every column, in this order
+    prose = " ".join(stdout.split())  # paragraphs are wrapped
+    assert (
+        "SMI of a completion = the sum of the cosine similarities between its embedding and those "
+        "of the other completions of the same prompt"
+    ) in prose
+    assert "adjusted = reward / (1 + SMI)" in prose
+    assert "Why every reward shrinks: every SMI here is positive" in prose
+    assert "Why only differences within a group matter: GRPO subtracts" in prose
+
+    rollouts = read_rollouts(SAMPLE)
+    rows = [i for i, row in enumerate(rollouts.rows) if row["prompt_id"] == cli.DEMO_PROMPT_ID]
+    texts = [rollouts.completions[i] for i in rows]
+    embeddings = FakeEmbedder.vectors(texts).astype(np.float64)
+    rewards = np.asarray(rollouts.rewards)[rows]
+    ids = np.zeros(len(rows), dtype=np.int64)  # one prompt: one group
+    adjusted = adjust_rewards(rewards, embeddings, ids)
+    expected = np.stack(
+        [
+            rewards,
+            smi_scores(embeddings, ids),
+            adjusted,
+            group_advantages(rewards, ids),
+            dra_advantages(rewards, embeddings, ids),
+        ],
+        axis=1,
+    )
+    assert len(table) == len(rows) == 7
+    np.testing.assert_allclose(np.asarray(table), expected, rtol=0, atol=6e-4)
+    assert len({row[3] for row in table if row[0] == 1}) == 1  # GRPO: one advantage per reward
+    assert len({row[4] for row in table if row[0] == 1}) > 1  # DRA: they differ
+    assert f"One prompt (7 completions): {rollouts.rows[rows[0]]['prompt']}" in prose
+
+
+def test_demo_output_folder_is_an_option_and_defaults_to_the_temporary_directory(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake_embedder: type[FakeEmbedder],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import tempfile
+
+    files = ["adjusted.jsonl", "analysis.csv", "pvalues.png"]
+    chosen = tmp_path / "chosen" / "deeper"
+    assert main(["demo", "-o", str(chosen)]) == 0
+    assert sorted(p.name for p in chosen.iterdir()) == files
+    assert f"{chosen / 'analysis.csv'}" in capsys.readouterr().out
+
+    cwd, temporary = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    temporary.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    assert main(["demo"]) == 0
+    (default,) = temporary.iterdir()
+    assert default.name.startswith("dra-demo-")
+    assert sorted(p.name for p in default.iterdir()) == files
+    assert f"{default / 'pvalues.png'}" in capsys.readouterr().out
+    assert list(cwd.iterdir()) == []

@@ -1,0 +1,113 @@
+"""What only a CUDA device can show: bit-for-bit repeats of large batches, no host synchronisation
+on the bucket path, CUDA-graph capture replayed on new inputs, and ``torch.compile(fullgraph=True)``
+with real code generation. Skipped without a CUDA device; the GPU session runs them
+(``pytest -m gpu``, ``python -m benchmarks.gpu_session``).
+
+Accuracy on the GPU against the float64 reference is tested by the kernel's own tests
+(tests/test_triton.py), which run on the GPU when one is present.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dra_kernels as dk
+from tests.helpers import assert_close, random_layout, realistic_embeddings
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def _batch(seed: int, sizes: list[int], dim: int, dtype: torch.dtype):
+    """Rewards, embeddings and shuffled integer ids of groups of ``sizes`` on the GPU, and K."""
+    gen = torch.Generator().manual_seed(seed)
+    ids, k = random_layout(gen, sizes)
+    _, codes = torch.unique(ids, return_inverse=True)
+    e = realistic_embeddings(gen, codes.numel(), dim, dtype)
+    r = torch.rand(codes.numel(), generator=gen)
+    return r.cuda(), e.cuda(), codes.cuda(), k
+
+
+def _step(r, e, codes, k, backend="triton"):
+    return (
+        dk.adjust_rewards(r, e, codes, backend=backend, num_groups=k),
+        dk.dra_advantages(r, e, codes, backend=backend, num_groups=k),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_repeated_calls_on_a_large_ragged_batch_are_equal_bit_for_bit(dtype):
+    """No atomics in any sum: 4,096 unsorted groups of 1 to 63 rows, D = 768, four calls."""
+    gen = torch.Generator().manual_seed(7)
+    sizes = torch.randint(1, 64, (4096,), generator=gen).tolist()
+    r, e, codes, k = _batch(7, sizes, 768, dtype)
+    first = _step(r, e, codes, k)
+    for _ in range(3):
+        again = _step(r, e, codes, k)
+        for name, a, b in zip(("adjust", "advantages"), first, again, strict=True):
+            assert torch.equal(a, b), f"{name}: {int((a != b).sum())} rows differ between calls"
+
+
+def test_no_host_synchronisation_on_the_bucket_path():
+    """4,096 rows in 256 groups (past the scan mode's limit: the counting-sort buckets) with the
+    group-count hint: no call synchronises with the host (tests/test_reliability.py checks the
+    scan mode on a small batch)."""
+    r, e, codes, k = _batch(11, [16] * 256, 768, torch.bfloat16)
+    for backend in ("triton", "auto"):
+        _step(r, e, codes, k, backend)  # warm up: compilation may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for backend in ("triton", "auto"):
+            _step(r, e, codes, k, backend)
+        dk.smi_scores(e, codes, backend="triton", num_groups=k)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("groups", [8, 256], ids=["scan", "buckets"])
+def test_cuda_graph_replays_new_inputs_as_eager_computes(groups):
+    """adjust_rewards + dra_advantages captured once, replayed on new values copied into the same
+    input tensors: the replay equals an eager call on the new values, bit for bit (nothing of
+    the first inputs, such as group sizes, is baked into the graph)."""
+    r, e, codes, k = _batch(12, [16] * groups, 768, torch.bfloat16)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            _step(r, e, codes, k)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = _step(r, e, codes, k)
+    r2, e2, codes2, _ = _batch(13, [1, 31] * (groups // 2), 768, torch.bfloat16)
+    r.copy_(r2)
+    e.copy_(e2)
+    codes.copy_(codes2)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = _step(r2, e2, codes2, k)
+    for name, a, b in zip(("adjust", "advantages"), captured, eager, strict=True):
+        assert torch.equal(a, b), f"{name}: {int((a != b).sum())} rows differ from eager"
+
+
+@pytest.mark.parametrize("backend", ["triton", "auto"])
+def test_compile_fullgraph_matches_eager(backend):
+    """torch.compile(fullgraph=True), default backend (Inductor code generation), of a step that
+    calls the API with the hint and works on its results."""
+    r, e, codes, k = _batch(14, [16] * 256, 768, torch.bfloat16)
+
+    def step(r, e, codes):
+        adjusted, advantages = _step(r, e, codes, k, backend)
+        return adjusted * 2.0, advantages
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)
+    got = compiled(r, e, codes)
+    want = step(r, e, codes)
+    for name, a, b in zip(("adjusted x 2", "advantages"), got, want, strict=True):
+        assert_close(a, b, torch.float32, f"compiled {name}, backend={backend}")
