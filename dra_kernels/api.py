@@ -45,7 +45,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from dra_kernels import _triton, reference
+from dra_kernels import _triton, measures, reference
 from dra_kernels.reference import DEFAULT_EPS, DEFAULT_MIN_DENOMINATOR
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
 
 Backend = Literal["auto", "torch", "triton"]
 Scale = Literal["std", "none"]
+Measure = Literal["graph_cut", "facility_location", "log_det"]
 
 _EMBEDDING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -730,11 +731,37 @@ def _triton_smi(p: _Prepared) -> torch.Tensor:
     )
 
 
+def _check_measure(measure: Any, eta: Any, lam: Any, backend: Any) -> tuple[str, float, float]:
+    """``(measure, eta, lam)`` checked; measures other than graph-cut run on the torch backend."""
+    measure, eta, lam = measures.check_measure(measure, eta, lam)
+    if measure != "graph_cut" and backend == "triton":
+        raise ValueError(
+            f"measure={measure!r} has no Triton kernel yet: use backend='torch' or 'auto' "
+            "(which computes it with torch on the data's device)"
+        )
+    return measure, eta, lam
+
+
+def _measure_smi(p: _Prepared, measure: str, eta: float, lam: float) -> torch.Tensor:
+    assert p.embeddings is not None
+    smi = measures.smi_by_measure(
+        p.embeddings, p.groups.codes, p.groups.num_groups, measure, eta=eta, lam=lam
+    )
+    return smi.to(p.out_dtype)
+
+
 # ----------------------------------------------------------------------------- public API
 
 
 def smi_scores(
-    embeddings: Any, group_ids: Any, *, backend: Backend = "auto", num_groups: int | None = None
+    embeddings: Any,
+    group_ids: Any,
+    *,
+    backend: Backend = "auto",
+    num_groups: int | None = None,
+    measure: Measure = "graph_cut",
+    eta: float = measures.DEFAULT_ETA,
+    lam: float = measures.DEFAULT_LAM,
 ) -> Any:
     """Submodular mutual information of each completion with the rest of its group.
 
@@ -747,6 +774,11 @@ def smi_scores(
             rows of a group may be anywhere.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
         num_groups: optional hint, see :func:`factorize_group_ids`.
+        measure: ``"graph_cut"`` (the paper's, above), ``"facility_location"`` or ``"log_det"``
+            (docs/measures.md; computed with torch: ``backend="triton"`` refuses them).
+        eta: query magnification of ``facility_location`` and ``log_det`` (the rules:
+            :func:`dra_kernels.measures.check_measure`).
+        lam: ridge added to the similarity matrix by ``log_det``.
 
     Returns:
         ``[N]`` float32 (float64 for float64 embeddings), of the same kind as ``embeddings``;
@@ -756,9 +788,12 @@ def smi_scores(
         >>> smi_scores([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [0, 0, 0])
         [1.0, 1.0, 0.0]
     """
+    measure, eta, lam = _check_measure(measure, eta, lam, backend)
     p = _prepare(None, embeddings, group_ids, backend, num_groups)
     assert p.embeddings is not None
-    if p.backend == "triton":
+    if measure != "graph_cut":
+        out = _measure_smi(p, measure, eta, lam)
+    elif p.backend == "triton":
         out = _run_triton(
             None,
             p.embeddings,
@@ -781,6 +816,9 @@ def adjust_rewards(
     backend: Backend = "auto",
     num_groups: int | None = None,
     min_denominator: float = DEFAULT_MIN_DENOMINATOR,
+    measure: Measure = "graph_cut",
+    eta: float = measures.DEFAULT_ETA,
+    lam: float = measures.DEFAULT_LAM,
 ) -> Any:
     """Diversity-aware reward adjustment: ``r_i / max(1 + SMI_i, min_denominator)``.
 
@@ -795,6 +833,9 @@ def adjust_rewards(
             sync, so their rows come out NaN (the torch backend asserts asynchronously).
         min_denominator: lower clamp of ``1 + SMI``, in (0, 1] (only reachable with negative
             cosines); bounds the amplification of any reward by ``1 / min_denominator``.
+        measure: which SMI (see :func:`smi_scores`; default the paper's graph-cut).
+        eta: query magnification of ``facility_location`` and ``log_det``.
+        lam: ridge of ``log_det``.
 
     Non-finite inputs: a NaN / inf reward gives a non-finite result in its own row only; a NaN /
     inf embedding gives NaN for its whole group (a group of one keeps its reward). Other groups
@@ -811,9 +852,13 @@ def adjust_rewards(
         [0.5, 0.5, 1.0]
     """
     min_denominator = _check_min_denominator(min_denominator)
+    measure, eta, lam = _check_measure(measure, eta, lam, backend)
     p = _prepare(rewards, embeddings, group_ids, backend, num_groups)
     assert p.rewards is not None and p.embeddings is not None
-    if p.backend == "triton" and p.grad:
+    if measure != "graph_cut":
+        out = reference.adjust_from_smi(p.rewards, _measure_smi(p, measure, eta, lam),
+                                        min_denominator)  # fmt: skip
+    elif p.backend == "triton" and p.grad:
         out = reference.adjust_from_smi(p.rewards, _triton_smi(p), min_denominator)
     elif p.backend == "triton":
         out = _run_triton(
@@ -880,6 +925,9 @@ def dra_advantages(
     backend: Backend = "auto",
     num_groups: int | None = None,
     min_denominator: float = DEFAULT_MIN_DENOMINATOR,
+    measure: Measure = "graph_cut",
+    eta: float = measures.DEFAULT_ETA,
+    lam: float = measures.DEFAULT_LAM,
 ) -> Any:
     """:func:`adjust_rewards` then :func:`group_advantages`, fused into one kernel on CUDA.
 
@@ -892,6 +940,9 @@ def dra_advantages(
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
         num_groups: optional hint for integer ids in ``[0, num_groups)``.
         min_denominator: lower clamp of ``1 + SMI``.
+        measure: which SMI (see :func:`smi_scores`; default the paper's graph-cut).
+        eta: query magnification of ``facility_location`` and ``log_det``.
+        lam: ridge of ``log_det``.
 
     Returns:
         ``[N]`` advantages of the DRA-adjusted rewards, of the kind of ``rewards``;
@@ -905,11 +956,13 @@ def dra_advantages(
     scale = _check_scale(scale)
     eps = _check_eps(eps, scale)
     min_denominator = _check_min_denominator(min_denominator)
+    measure, eta, lam = _check_measure(measure, eta, lam, backend)
     p = _prepare(rewards, embeddings, group_ids, backend, num_groups)
     assert p.rewards is not None and p.embeddings is not None
     codes, k = p.groups.codes, p.groups.num_groups
-    if p.backend == "triton" and p.grad:
-        adjusted = reference.adjust_from_smi(p.rewards, _triton_smi(p), min_denominator)
+    if measure != "graph_cut" or (p.backend == "triton" and p.grad):
+        smi = _measure_smi(p, measure, eta, lam) if measure != "graph_cut" else _triton_smi(p)
+        adjusted = reference.adjust_from_smi(p.rewards, smi, min_denominator)
         out = reference.group_advantages(adjusted, codes, k, scale, eps)
     elif p.backend == "triton":
         out = _run_triton(

@@ -277,6 +277,25 @@ def _add_adjust_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="DRA implementation (default: auto)",
     )
+    group.add_argument(
+        "--measure",
+        choices=("graph_cut", "facility_location", "log_det"),
+        default="graph_cut",
+        help="the SMI: graph_cut (the paper's sum of cosines), facility_location or log_det "
+        "(docs/measures.md; default: graph_cut)",
+    )
+    group.add_argument(
+        "--eta",
+        type=float,
+        default=1.0,
+        help="facility_location / log_det: query magnification (default: 1.0)",
+    )
+    group.add_argument(
+        "--lam",
+        type=float,
+        default=1.0,
+        help="log_det: ridge added to the similarity matrix (default: 1.0)",
+    )
 
 
 def _add_analyze_options(parser: argparse.ArgumentParser, *, files: bool) -> None:
@@ -518,13 +537,19 @@ def _check_dra_options(args: argparse.Namespace) -> None:
             ids,
             backend=args.backend,
             min_denominator=args.min_denominator,
+            **_measure_options(args),
         )
         group_advantages(rewards, ids, scale=args.scale, eps=args.eps)
     except (TypeError, ValueError, RuntimeError) as exc:
-        message = str(exc).replace("_", "-", 1)
+        name, _, rest = str(exc).partition(" ")
+        message = f"{name.replace('_', '-')} {rest}"  # the option's name, as typed
         if message.startswith("eps"):
             message += f" (with --scale {args.scale})"
         raise _UsageError(f"--{message}") from None
+
+
+def _measure_options(args: argparse.Namespace) -> dict:
+    return {"measure": args.measure, "eta": args.eta, "lam": args.lam}
 
 
 def _same_path(a: str, b: str) -> bool:
@@ -663,10 +688,16 @@ def _dra_values(
     rewards = np.frombuffer(index.rewards, dtype=np.float64)
     ids = np.frombuffer(index.group_codes, dtype=np.int64)
     emb = embeddings.astype(np.float64)
-    smi = np.asarray(smi_scores(emb, ids, backend=args.backend))
+    measure = _measure_options(args)
+    smi = np.asarray(smi_scores(emb, ids, backend=args.backend, **measure))
     adjusted = np.asarray(
         adjust_rewards(
-            rewards, emb, ids, backend=args.backend, min_denominator=args.min_denominator
+            rewards,
+            emb,
+            ids,
+            backend=args.backend,
+            min_denominator=args.min_denominator,
+            **measure,
         )
     )
     del emb

@@ -49,7 +49,7 @@ setup_main() {
   [ -x .venv/bin/python ] || "$PY" -m venv .venv || return 1
   quietly .venv/bin/python -m pip install -q --upgrade pip || return 1
   # torch is pinned on the same command line so pip never resolves another build.
-  quietly .venv/bin/python -m pip install -q torch==2.13.0 -e ".[triton,cli,test,docs]"
+  quietly .venv/bin/python -m pip install -q torch==2.13.0 -e ".[triton,cli,test,docs,submodlib]"
 }
 
 lint() {

@@ -794,3 +794,40 @@ def test_demo_output_folder_is_an_option_and_defaults_to_the_temporary_directory
     assert sorted(p.name for p in default.iterdir()) == files
     assert f"{default / 'pvalues.png'}" in capsys.readouterr().out
     assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "options", [["--measure", "facility_location", "--eta", "0.5"], ["--measure", "log_det"]]
+)
+def test_adjust_with_another_measure_writes_what_the_library_computes(
+    tmp_path: Path, fake_embedder: type[FakeEmbedder], options: list[str]
+) -> None:
+    rows = [{"prompt": f"q{i % 3}", "completion": "ab" * (i % 5) + str(i), "reward": i % 2}
+            for i in range(20)]  # fmt: skip
+    source = tmp_path / "in.jsonl"
+    write_rows(source, rows)
+    out = tmp_path / "out.jsonl"
+    assert main(["adjust", str(source), "-o", str(out), *options]) == 0
+    measure = {"measure": options[1], **({"eta": 0.5} if "--eta" in options else {})}
+    embeddings = FakeEmbedder.vectors([row["completion"] for row in rows]).astype(np.float64)
+    ids = [row["prompt"] for row in rows]
+    rewards = np.array([row["reward"] for row in rows], dtype=np.float64)
+    written = read_rollouts(out).rows
+    smi = smi_scores(embeddings, ids, **measure)
+    assert not np.allclose(smi, smi_scores(embeddings, ids))  # not graph-cut's
+    np.testing.assert_allclose([row["smi"] for row in written], smi, rtol=1e-12)
+    adjusted = adjust_rewards(rewards, embeddings, ids, **measure)
+    np.testing.assert_allclose([row["reward_adjusted"] for row in written], adjusted, rtol=1e-12)
+
+
+def test_measure_options_are_checked_before_any_work(
+    tmp_path: Path, fake_embedder: type[FakeEmbedder], capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _ok_file(tmp_path)
+    for options, message in (
+        (["--measure", "log_det", "--eta", "2"], "--eta must be > 0 and <= 1"),
+        (["--lam", "0.5"], "--lam is used only by measure='log_det'"),
+    ):
+        assert main(["adjust", str(source), "-o", str(tmp_path / "o.jsonl"), *options]) == 2
+        assert message in capsys.readouterr().err
+    assert fake_embedder.loads == 0

@@ -1,0 +1,239 @@
+"""SMI measures beyond Graph-Cut: facility-location and log-determinant mutual information.
+
+For row ``i`` of group ``C`` the SMI is the submodular mutual information ``I_f({i}; Q)`` with
+``Q = C \\ {i}``, ground set ``V = C`` and the cosine similarities ``s`` of the group's unit rows
+(exactly what submodlib's ``FacilityLocationMutualInformationFunction`` and
+``LogDeterminantMutualInformationFunction`` compute with those kernels, evaluated at ``{i}``).
+The closed forms, their derivation and the edge-case rules are in ``docs/semantics.md``
+("Other SMI measures"):
+
+- ``"graph_cut"`` (the default): ``sum_{j != i} s_ij``, :func:`dra_kernels.reference.smi_scores`
+  bit for bit;
+- ``"facility_location"``: ``sum_{v in C} min(s_vi^+, (eta * max_{q != i} s_vq)^+)``;
+- ``"log_det"``: ``-log(1 - eta^2 + eta^2 / w_i)`` with
+  ``w_i = (s_ii + lam) * [(S_C + lam I)^-1]_ii`` (for ``eta = 1``: ``log w_i``).
+
+Unlike Graph-Cut these are not linear in ``s``, so each group's ``G x G`` cosine matrix is built:
+memory ``O(sum of G_g^2)`` over the groups, never ``N x N``, and no group is padded. Groups are
+bucketed by exact size (one batched product, and for log-det one batched Cholesky factorisation,
+per size and chunk), so a group's result depends only on its own rows. Both measures are computed
+in float64 whatever the input dtype (see :func:`smi_by_measure`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import reference
+
+__all__ = ["DEFAULT_ETA", "DEFAULT_LAM", "MEASURES", "MIN_LAM", "check_measure", "smi_by_measure"]
+
+MEASURES = ("graph_cut", "facility_location", "log_det")
+"""The accepted values of ``measure``; the first is the default."""
+
+DEFAULT_ETA = 1.0
+"""Default ``eta`` (submodlib's ``magnificationEta``)."""
+
+DEFAULT_LAM = 1.0
+"""Default ``lam`` (submodlib's ``lambdaVal``)."""
+
+MIN_LAM = 1e-6
+"""Smallest accepted ``lam``: ``S_C + lam I`` has condition number up to ``(G + lam) / lam``; far
+below this the log-det SMI of near-duplicate rows is set by rounding, not by the data (and at
+``lam = 0`` submodlib returns inf, NaN or raises "Singular matrix")."""
+
+# Elements (of one [B, G, max(G, D)] operand) per batched product: a few MiB, so the G x G
+# matrices of a chunk of groups stay small whatever N.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def _check_number(name: str, value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+    return float(value)
+
+
+def check_measure(
+    measure: Any, eta: Any = DEFAULT_ETA, lam: Any = DEFAULT_LAM
+) -> tuple[str, float, float]:
+    """Validate ``measure`` and its parameters; return ``(measure, eta, lam)`` with float values.
+
+    Rules (ValueError naming the argument, TypeError for a non-number ``eta`` / ``lam``):
+
+    - ``measure`` is one of :data:`MEASURES`;
+    - ``eta`` is used by ``"facility_location"`` (finite, > 0) and ``"log_det"`` (finite, > 0 and
+      <= 1: above 1 the log-det super-kernel is no longer positive semi-definite and submodlib
+      returns NaN for redundant rows);
+    - ``lam`` is used by ``"log_det"`` only: finite and >= :data:`MIN_LAM`;
+    - a parameter the measure does not use must be left at its default 1.0 (it would be
+      silently ignored otherwise).
+    """
+    if not isinstance(measure, str) or measure not in MEASURES:
+        raise ValueError(
+            f"measure must be one of {', '.join(repr(m) for m in MEASURES)}, got {measure!r}"
+        )
+    eta = _check_number("eta", eta)
+    lam = _check_number("lam", lam)
+    if measure == "graph_cut" and eta != DEFAULT_ETA:
+        raise ValueError(f"eta is not used by measure='graph_cut'; leave it at 1.0, got {eta!r}")
+    if measure != "log_det" and lam != DEFAULT_LAM:
+        raise ValueError(f"lam is used only by measure='log_det'; leave it at 1.0, got {lam!r}")
+    if measure == "facility_location" and not (0.0 < eta < math.inf):
+        raise ValueError(f"eta must be a finite number > 0, got {eta!r}")
+    if measure == "log_det":
+        if not (0.0 < eta <= 1.0):
+            raise ValueError(
+                f"eta must be > 0 and <= 1 for measure='log_det' (above 1 the log-det SMI is "
+                f"undefined for redundant rows), got {eta!r}"
+            )
+        if not (MIN_LAM <= lam < math.inf):
+            raise ValueError(f"lam must be a finite number >= {MIN_LAM:g}, got {lam!r}")
+    return measure, eta, lam
+
+
+def smi_by_measure(
+    embeddings: torch.Tensor,
+    codes: torch.Tensor,
+    num_groups: int,
+    measure: str,
+    *,
+    eta: float = DEFAULT_ETA,
+    lam: float = DEFAULT_LAM,
+) -> torch.Tensor:
+    """SMI of every row against the rest of its group, for the given ``measure``.
+
+    Args:
+        embeddings: ``[N, D]`` floating tensor (used detached).
+        codes: ``[N]`` int64 group codes in ``[0, num_groups)``.
+        num_groups: number of groups.
+        measure: ``"graph_cut"``, ``"facility_location"`` or ``"log_det"`` (see
+            :func:`check_measure` for ``eta`` and ``lam``).
+        eta: query magnification (facility location, log-det).
+        lam: ridge added to the diagonal of the similarity matrix (log-det).
+
+    Returns:
+        ``[N]`` float32 tensor (float64 for float64 embeddings), computed in float64 for every
+        input dtype. A group of one row has SMI 0; a zero row has SMI 0 and leaves the others'
+        unchanged; a row holding NaN or inf makes its whole group NaN.
+    """
+    measure, eta, lam = check_measure(measure, eta, lam)
+    if measure == "graph_cut":
+        return reference.smi_scores(embeddings, codes, num_groups)
+    embeddings = embeddings.detach()
+    out_dtype = reference.compute_dtype(embeddings.dtype)
+    n, d = embeddings.shape
+    smi = torch.zeros(n, dtype=out_dtype, device=embeddings.device)
+    if n == 0:
+        return smi
+    # NOTE: both measures work in float64 (cosines, minima, factorisation): the log-det ridge
+    # matrix S_C + lam I has condition number up to (G + lam) / lam, which would amplify the
+    # float32 rounding of the cosines (about 1e-7) to about G * 1e-7 / lam in the result. It
+    # costs nothing here: float16 / bfloat16 / float32 rows are upcast exactly, chunk by chunk
+    # into a reused buffer, and their float64 Gram matrix is scaled by the row norms (products of
+    # float32 numbers are exact in float64, where neither |x|^2 nor x_i . x_j can overflow or
+    # underflow), which is faster on CPU than a fresh [N, D] array of unit rows. Float64 rows
+    # take the reference's unit rows (exact for extreme norms).
+    raw = embeddings.dtype != torch.float64
+    source = embeddings if raw else reference.unit_rows(embeddings, torch.float64)
+    counts = torch.bincount(codes, minlength=num_groups)
+    order = torch.argsort(codes, stable=True)  # each group's rows together, in row order
+    sorted_sizes = counts.index_select(0, codes).index_select(0, order)
+    for g in counts[counts > 1].unique().tolist():
+        rows = order[sorted_sizes == g]  # consecutive groups of g rows
+        groups = rows.numel() // g
+        # NOTE: contiguous groups (the usual GRPO batch) are read in place, others gathered.
+        contiguous = rows.numel() == n and bool((rows == torch.arange(n, device=rows.device)).all())
+        step = max(1, _CHUNK_ELEMENTS // (g * max(g, d, 1)))
+        buffer = None
+        if raw:
+            buffer = torch.empty(min(step, groups) * g, d, dtype=torch.float64, device=smi.device)
+        for first in range(0, groups, step):
+            last = min(first + step, groups)
+            if contiguous:
+                index = slice(first * g, last * g)
+                x = source[index]
+            else:
+                index = rows[first * g : last * g]
+                x = source.index_select(0, index)
+            if buffer is not None:
+                x = buffer[: x.shape[0]].copy_(x)
+            x = x.view(-1, g, d)
+            if measure == "facility_location":
+                values = _facility_location(x, eta, raw=raw)
+            else:
+                values = _log_det(x, eta, lam, raw=raw)
+            smi[index] = values.reshape(-1).to(out_dtype)
+    return smi
+
+
+def _cosines(x: torch.Tensor, raw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(S [B, G, G], |u_i|^2 [B, G] (0 or 1), NaN groups [B])`` for groups ``x [B, G, D]``.
+
+    ``x``: unit rows (``raw=False``), or finite-range rows whose Gram matrix cannot overflow
+    (``raw=True``: float64 upcasts of float32 rows), scaled here by their norms. The diagonal is
+    set to exactly ``|u_i|^2`` (1, or 0 for a zero row); a group with a NaN or inf row gets
+    ``S = 0`` (its results are replaced by NaN afterwards).
+    """
+    s = torch.bmm(x, x.transpose(1, 2))
+    diagonal = s.diagonal(dim1=1, dim2=2)
+    if raw:  # |x_i|^2: 0 for a zero row, inf or NaN for a row holding inf or NaN
+        nan_groups = ~torch.isfinite(diagonal).all(dim=1)
+        present = diagonal > 0
+        scale = torch.where(present, diagonal.rsqrt(), torch.zeros_like(diagonal))
+        s.mul_(scale[:, :, None]).mul_(scale[:, None, :])
+    else:  # u_i . u_i: 1 to rounding for a unit row, exactly 0 for a zero row, NaN for NaN
+        nan_groups = torch.isnan(diagonal).any(dim=1)
+        present = diagonal > 0.5
+    weight = present.to(s.dtype)
+    diagonal.copy_(weight)
+    if bool(nan_groups.any()):
+        s[nan_groups] = 0.0
+    return s, weight, nan_groups
+
+
+def _poison(values: torch.Tensor, nan_groups: torch.Tensor) -> torch.Tensor:
+    if bool(nan_groups.any()):
+        values[nan_groups] = math.nan
+    return values
+
+
+def _facility_location(x: torch.Tensor, eta: float, *, raw: bool) -> torch.Tensor:
+    """``FLMI_i = sum_v min(s_vi^+, (eta * max_{q != i} s_vq)^+)`` for each row of each group.
+
+    ``max_{q != i} s_vq`` is the row maximum of ``s_v`` without column ``i``: the largest value
+    of row ``v``, or its second largest where the largest sits in column ``i``.
+    """
+    s, _, nan_groups = _cosines(x, raw)
+    top, where = s.topk(2, dim=2)  # [B, G, 2]
+    columns = torch.arange(s.shape[2], device=s.device)
+    at_i = where[:, :, :1] == columns  # [B, v, i]: is column i the maximum of row v?
+    best_other = torch.where(at_i, top[:, :, 1:], top[:, :, :1])  # max_{q != i} s_vq
+    cap = best_other.mul_(eta).clamp_(min=0.0)
+    terms = torch.minimum(s.clamp(min=0.0), cap)  # [B, v, i]
+    return _poison(terms.sum(dim=1), nan_groups)
+
+
+def _log_det(x: torch.Tensor, eta: float, lam: float, *, raw: bool) -> torch.Tensor:
+    """``LogDetMI_i = -log(1 - eta^2 + eta^2 / w_i)``, ``w_i = (s_ii + lam) [(S + lam I)^-1]_ii``.
+
+    ``1 / [(S + lam I)^-1]_ii`` is the Schur complement ``s_ii + lam - s_iQ^T (S_Q + lam I)^-1
+    s_iQ``, which lies in ``[lam, s_ii + lam]`` (``S`` is positive semi-definite), so ``w_i`` lies
+    in ``[1, (s_ii + lam) / lam]``; it is clamped there against rounding. A zero row has
+    ``w_i = 1`` and SMI exactly 0.
+    """
+    s, weight, nan_groups = _cosines(x, raw)
+    ridge = weight + lam  # s_ii + lam
+    s.diagonal(dim1=1, dim2=2).copy_(ridge)
+    factor, info = torch.linalg.cholesky_ex(s)
+    if bool((info != 0).any()):  # cannot happen for lam >= MIN_LAM and finite float64 cosines
+        raise RuntimeError("log_det: S + lam I is not numerically positive definite")
+    inverse_diagonal = torch.cholesky_inverse(factor).diagonal(dim1=1, dim2=2)
+    w = (ridge * inverse_diagonal).clamp_(min=1.0)
+    w = torch.minimum(w, ridge / lam)
+    values = torch.log((1.0 - eta * eta) + (eta * eta) / w).neg_().add_(0.0)  # no -0.0
+    return _poison(values, nan_groups)

@@ -1,0 +1,87 @@
+"""``measure=`` through the public functions: the SMI of dra_kernels.measures, composed into
+adjusted rewards and advantages exactly as graph-cut's, one set of argument errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dra_kernels as dk
+from dra_kernels import measures, reference
+from dra_kernels.api import factorize_group_ids
+
+CASES = [("facility_location", {}), ("facility_location", {"eta": 0.5}), ("log_det", {}),
+         ("log_det", {"eta": 0.7, "lam": 0.3})]  # fmt: skip
+
+
+def _layout(seed: int = 3):
+    gen = torch.Generator().manual_seed(seed)
+    labels = ["a", "b", "c", "d", "e"]
+    sizes = [5, 1, 3, 9, 2]
+    ids = [label for label, size in zip(labels, sizes, strict=True) for _ in range(size)]
+    order = torch.randperm(len(ids), generator=gen).tolist()
+    ids = [ids[i] for i in order]  # ragged, unsorted, string ids
+    e = torch.randn(len(ids), 12, generator=gen)
+    e[4] = 0.0  # a zero row
+    r = torch.rand(len(ids), generator=gen)
+    return r, e, ids
+
+
+@pytest.mark.parametrize(("measure", "params"), CASES)
+def test_each_function_composes_the_measures_smi(measure, params):
+    r, e, ids = _layout()
+    groups = factorize_group_ids(ids, len(ids))
+    smi = measures.smi_by_measure(e, groups.codes, groups.num_groups, measure, **params)
+    got = dk.smi_scores(e, ids, measure=measure, **params)
+    assert torch.equal(got, smi.float())
+    adjusted = r / torch.clamp(1.0 + smi.float(), min=0.1)
+    torch.testing.assert_close(dk.adjust_rewards(r, e, ids, measure=measure, **params), adjusted)
+    for scale in ("std", "none"):
+        want = reference.group_advantages(adjusted, groups.codes, groups.num_groups, scale, 1e-4)
+        out = dk.dra_advantages(r, e, ids, measure=measure, scale=scale, **params)
+        torch.testing.assert_close(out, want)
+    # numpy in, numpy out, as for graph-cut
+    assert type(dk.adjust_rewards(r.numpy(), e.numpy(), ids, measure=measure, **params)) is type(
+        r.numpy()
+    )
+
+
+def test_graph_cut_is_the_default_bit_for_bit():
+    r, e, ids = _layout(4)
+    assert torch.equal(dk.smi_scores(e, ids, measure="graph_cut"), dk.smi_scores(e, ids))
+    assert torch.equal(
+        dk.adjust_rewards(r, e, ids, measure="graph_cut"), dk.adjust_rewards(r, e, ids)
+    )
+    assert torch.equal(
+        dk.dra_advantages(r, e, ids, measure="graph_cut"), dk.dra_advantages(r, e, ids)
+    )
+
+
+@pytest.mark.parametrize("measure", ["facility_location", "log_det"])
+def test_measures_differ_from_graph_cut_and_gradients_flow_through_rewards(measure):
+    r, e, ids = _layout(5)
+    assert not torch.allclose(dk.smi_scores(e, ids, measure=measure), dk.smi_scores(e, ids))
+    r = r.clone().requires_grad_(True)
+    e = e.clone().requires_grad_(True)
+    out = dk.dra_advantages(r, e, ids, measure=measure, scale="none")
+    out.sum().backward()  # advantages sum to 0 within each group: gradient 0 but defined
+    assert r.grad is not None and e.grad is None
+    assert torch.allclose(r.grad, torch.zeros_like(r.grad), atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", ["smi", "adjust", "advantage"])
+def test_bad_measures_are_refused_by_every_function(fn):
+    r, e, ids = _layout(6)
+    call = {
+        "smi": lambda **kw: dk.smi_scores(e, ids, **kw),
+        "adjust": lambda **kw: dk.adjust_rewards(r, e, ids, **kw),
+        "advantage": lambda **kw: dk.dra_advantages(r, e, ids, **kw),
+    }[fn]
+    with pytest.raises(ValueError, match="measure must be one of"):
+        call(measure="facility")
+    with pytest.raises(ValueError, match="eta"):
+        call(measure="facility_location", eta=0.0)
+    with pytest.raises(ValueError, match="lam"):
+        call(measure="facility_location", lam=0.5)  # not a parameter of facility location
+    with pytest.raises(ValueError, match="no Triton kernel"):
+        call(measure="log_det", backend="triton")
