@@ -716,7 +716,8 @@ def _run_triton(*args: Any, **kwargs: Any) -> torch.Tensor:
 
 
 def _triton_smi(p: _Prepared) -> torch.Tensor:
-    """The kernel's SMI in the compute dtype, for the torch ops that autograd records."""
+    """The kernel's SMI in the compute dtype (for smi_scores, and for the torch ops that autograd
+    records)."""
     # NOTE: Triton kernels are opaque to autograd. With rewards that require grad, the kernel
     # computes only the SMI (a constant) and torch ops finish from the rewards, so gradients flow
     # as on the torch backend; the values equal the fused ones to rounding.
@@ -794,15 +795,7 @@ def smi_scores(
     if measure != "graph_cut":
         out = _measure_smi(p, measure, eta, lam)
     elif p.backend == "triton":
-        out = _run_triton(
-            None,
-            p.embeddings,
-            p.groups.codes,
-            p.groups.num_groups,
-            mode="smi",
-            min_denominator=DEFAULT_MIN_DENOMINATOR,
-            out_dtype=p.out_dtype,
-        )
+        out = _triton_smi(p)
     else:
         out = reference.smi_scores(p.embeddings, p.groups.codes, p.groups.num_groups)
     return _convert_out(out, embeddings)
