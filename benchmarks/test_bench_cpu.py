@@ -1,57 +1,105 @@
-"""pytest-benchmark: the torch reference and the baselines on CPU (small shapes, run anywhere).
+"""pytest-benchmark: the CPU torch path, alone and side by side with its peers (issue 14, item 7).
 
-pytest benchmarks/test_bench_cpu.py --benchmark-columns=min,median,iqr,rounds
+By default, quick: the library's torch path on a few shapes (sorted and shuffled ids) and
+``dra_advantages``. With ``--run-slow``, the grid of :data:`benchmarks.cpu_peers.GRID`: for each
+shape the library call is the benchmarked function, and before every round the three peers of
+:mod:`benchmarks.cpu_peers` (dense per-group bmm, per-uid loop, one ``F.normalize``) run, their
+order rotating, each called once untimed then once timed, and the library once untimed, so every
+timed call is warm (calls over 50 ms skip the untimed one). ``extra_info`` holds every median,
+the ratios and the goals, which the test asserts (``library <= dense``, ``library <= loop``, and
+for N <= 4,096 ``library <= 3 x normalize``). The grid takes 4 to 5 minutes of measurement plus
+the per-uid loop at N = 131,072 (seconds per call) on 2 idle cores, much longer under load.
+
+    pytest benchmarks/test_bench_cpu.py --benchmark-columns=min,median,iqr,rounds
+    pytest benchmarks/test_bench_cpu.py --run-slow -k side_by_side -s --benchmark-json out.json
+    pytest benchmarks/test_bench_cpu.py --run-slow -k "side_by_side and n1024-"    # one N
+    python -m benchmarks.cpu_peers --table-from out.json     # the ratio table of that run
 """
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
-from benchmarks.impls import loop_adjust, make_case_data, make_group_codes, naive_adjust
+from benchmarks.cpu_peers import (
+    GRID,
+    WARM_BELOW_S,
+    Shape,
+    check_agreement,
+    dense_adjust,
+    implementations,
+    make_inputs,
+    summary,
+    timed_round,
+)
 from dra_kernels import adjust_rewards, dra_advantages
 
-SHAPES = [(16, 8), (128, 8), (512, 16)]
-DIM = 384
-CPU = torch.device("cpu")
-
-
-def _inputs(groups, group_size, layout):
-    rewards, embeddings = make_case_data(groups, group_size, DIM, "float32", CPU)
-    return rewards, embeddings, make_group_codes(groups, group_size, layout, CPU)
+QUICK = [Shape(128, 8, 384), Shape(1024, 8, 384), Shape(8192, 16, 384)]
+PEERS = ("dense", "loop", "normalize")
+BUDGET_S = 4.0  # per grid shape, at least MIN_ROUNDS rounds
+MIN_ROUNDS = 3
+MAX_ROUNDS = 200
 
 
 @pytest.mark.parametrize("layout", ["sorted", "shuffled"])
-@pytest.mark.parametrize(("groups", "group_size"), SHAPES, ids=lambda v: str(v))
-def test_reference_adjust_rewards(benchmark, groups, group_size, layout):
-    benchmark.group = f"cpu {groups}x{group_size} D={DIM} {layout}"
-    rewards, embeddings, codes = _inputs(groups, group_size, layout)
-    out = benchmark(adjust_rewards, rewards, embeddings, codes, backend="torch", num_groups=groups)
-    assert out.shape == (groups * group_size,)
+@pytest.mark.parametrize("shape", QUICK, ids=lambda s: s.id)
+def test_torch_path_adjust_rewards(benchmark, shape, layout):
+    benchmark.group = f"cpu {shape.name} {layout}"
+    rewards, embeddings, codes = make_inputs(shape, layout=layout)
+    out = benchmark(
+        adjust_rewards, rewards, embeddings, codes, backend="torch", num_groups=shape.groups
+    )
+    assert out.shape == (shape.n,) and torch.isfinite(out).all()
+    if layout == "sorted":
+        want = dense_adjust(rewards, embeddings, shape.groups, shape.group_size)
+        torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", QUICK[:2], ids=lambda s: s.id)
+def test_torch_path_dra_advantages(benchmark, shape):
+    benchmark.group = f"cpu {shape.name} sorted"
+    rewards, embeddings, codes = make_inputs(shape)
+    out = benchmark(
+        dra_advantages, rewards, embeddings, codes, backend="torch", num_groups=shape.groups
+    )
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize(("groups", "group_size"), SHAPES[:2], ids=lambda v: str(v))
-def test_reference_dra_advantages(benchmark, groups, group_size):
-    benchmark.group = f"cpu {groups}x{group_size} D={DIM} sorted"
-    rewards, embeddings, codes = _inputs(groups, group_size, "sorted")
-    out = benchmark(dra_advantages, rewards, embeddings, codes, backend="torch", num_groups=groups)
-    assert torch.isfinite(out).all()
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", GRID, ids=lambda s: s.id)
+def test_side_by_side(benchmark, shape):
+    benchmark.group = f"side by side {shape.name}"
+    rewards, embeddings, codes = make_inputs(shape)
+    calls = implementations(shape, rewards, embeddings, codes)
+    max_diff = check_agreement(calls)
+    seconds = {}
+    for name, call in calls.items():  # the length of one round
+        start = time.perf_counter()
+        call()
+        seconds[name] = time.perf_counter() - start
+    per_round = sum(2 * t if t < WARM_BELOW_S else t for t in seconds.values())
+    rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(BUDGET_S / per_round)))
+    samples: dict[str, list[float]] = {name: [] for name in PEERS}
 
+    def peers_then_warm_library() -> None:
+        timed_round(calls, PEERS, len(samples["dense"]), samples)
+        if seconds["library"] < WARM_BELOW_S:
+            calls["library"]()  # untimed: the timed call below is warm, as the peers' are
 
-@pytest.mark.parametrize(("groups", "group_size"), SHAPES, ids=lambda v: str(v))
-def test_naive_baseline(benchmark, groups, group_size):
-    benchmark.group = f"cpu {groups}x{group_size} D={DIM} sorted"
-    rewards, embeddings, codes = _inputs(groups, group_size, "sorted")
-    out = benchmark(naive_adjust, rewards, embeddings, codes, groups, group_size, True)
-    expected = adjust_rewards(rewards, embeddings, codes, backend="torch", num_groups=groups)
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
-
-
-def test_loop_baseline(benchmark):
-    groups, group_size = SHAPES[0]
-    benchmark.group = f"cpu {groups}x{group_size} D={DIM} sorted"
-    rewards, embeddings, codes = _inputs(groups, group_size, "sorted")
-    out = benchmark(loop_adjust, rewards, embeddings, codes, groups)
-    expected = adjust_rewards(rewards, embeddings, codes, backend="torch", num_groups=groups)
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    benchmark.pedantic(
+        calls["library"], setup=peers_then_warm_library, rounds=rounds, warmup_rounds=0
+    )
+    samples["library"] = list(benchmark.stats.stats.data)
+    row = summary(shape, rounds, samples, max_diff)
+    row["threads"] = torch.get_num_threads()
+    benchmark.extra_info.update(row)
+    m, ratios = row["median_ms"], row["ratios"]
+    print(
+        f"\n{shape.name}: library {m['library']:.3f} ms, dense {m['dense']:.3f}, "
+        f"loop {m['loop']:.3f}, normalize {m['normalize']:.3f}; "
+        + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())
+    )
+    missed = [goal for goal, ok in row["goals"].items() if ok is False]
+    assert not missed, f"{shape.name}: missed {missed}; ratios {ratios}"

@@ -484,6 +484,9 @@ def _smi(
     e: torch.Tensor, groups: Groups, dtype: torch.dtype, pg: Any, active: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Local SMI and the global per-group row counts (in ``dtype``)."""
+    if not active:  # one process: the single-process reference itself, bit for bit
+        counts = reference._group_counts(groups.codes, groups.num_groups)
+        return reference.smi_scores(e, groups.codes, groups.num_groups, dtype), counts.to(dtype)
     units = reference.unit_rows(e, dtype)
     sums, counts = reference.group_unit_sums(units, groups.codes, groups.num_groups)
     if active and groups.num_groups > 0:

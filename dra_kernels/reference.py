@@ -9,6 +9,10 @@ matrix or pads groups: the whole computation is linear in ``N`` thanks to the id
 with ``u_i = e_i / |e_i|`` (``u_i = 0`` for a zero row).
 
 Precision: float16 / bfloat16 / float32 inputs are computed in float32, float64 inputs in float64.
+
+On CPU, groups of at most ``_BLOCK_ROWS`` rows take two matrix products per group straight from
+the embeddings (:func:`_smi_cpu`); larger groups, and every group on other devices, take the
+chunked unit rows with float64 group sums (:func:`group_unit_sums`, :func:`smi_from_sums`).
 """
 
 from __future__ import annotations
@@ -78,13 +82,22 @@ def unit_rows(embeddings: torch.Tensor, dtype: torch.dtype | None = None) -> tor
 _SAFE_NORM = {torch.float32: (2.0**-60, 2.0**60), torch.float64: (2.0**-480, 2.0**480)}
 
 
-def _row_scales(
-    embeddings: torch.Tensor, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(1/|e_i|  [N, 1] (0 for unsafe rows), unsafe row indices, their unit rows)``."""
-    norm = torch.linalg.vector_norm(
+def _row_norms(embeddings: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``|e_i|`` as ``[N, 1]`` of ``dtype``."""
+    return torch.linalg.vector_norm(
         embeddings, dim=1, keepdim=True, dtype=None if embeddings.dtype == dtype else dtype
     )
+
+
+def _row_scales(
+    embeddings: torch.Tensor, dtype: torch.dtype, norm: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(1/|e_i|  [N, 1] (0 for unsafe rows), unsafe row indices, their unit rows)``.
+
+    ``norm``: the ``[N, 1]`` row norms of :func:`_row_norms`, when already computed.
+    """
+    if norm is None:
+        norm = _row_norms(embeddings, dtype)
     low, high = _SAFE_NORM[dtype]
     safe = (norm >= low) & (norm <= high)
     scale = torch.where(safe, 1.0 / norm, torch.zeros_like(norm))
@@ -96,18 +109,20 @@ def _row_scales(
     if zero_norm.numel():
         unsafe[zero_norm] = (embeddings.index_select(0, zero_norm) != 0).any(dim=1)
     rows = torch.nonzero(unsafe).squeeze(1)  # ascending
-    x = embeddings.index_select(0, rows).to(torch.float64)
-    _divide_rows_(x, torch.linalg.vector_norm(x, ord=float("inf"), dim=1, keepdim=True))
-    _divide_rows_(x, torch.linalg.vector_norm(x, dim=1, keepdim=True))
-    return scale, rows, x.to(dtype)
+    return scale, rows, _exact_unit_rows(embeddings.index_select(0, rows), dtype)
 
 
 def _unit_chunks(
-    embeddings: torch.Tensor, dtype: torch.dtype, *, wide: bool
+    embeddings: torch.Tensor,
+    dtype: torch.dtype,
+    *,
+    wide: bool,
+    scales: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor | None, torch.Tensor]]:
     """``(start, stop, unit rows as float64 if wide, unit rows in dtype)`` for each chunk.
 
-    The yielded tensors are buffers reused by the next chunk.
+    ``scales``: the result of :func:`_row_scales`, when already computed. The yielded tensors
+    are buffers reused by the next chunk.
     """
     n, d = embeddings.shape
     device = embeddings.device
@@ -116,7 +131,7 @@ def _unit_chunks(
     widened = None
     if wide and dtype != torch.float64:
         widened = torch.empty(min(chunk, n), d, dtype=torch.float64, device=device)
-    scale, patch_rows, patch = _row_scales(embeddings, dtype)
+    scale, patch_rows, patch = scales if scales is not None else _row_scales(embeddings, dtype)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         u = narrow[: stop - start]
@@ -221,18 +236,271 @@ def _zero_singletons(smi: torch.Tensor, codes: torch.Tensor, counts: torch.Tenso
 
 
 def _smi(embeddings: torch.Tensor, codes: torch.Tensor, num_groups: int, dtype: torch.dtype):
+    if embeddings.device.type == "cpu":
+        return _smi_cpu(embeddings, codes, num_groups, dtype)
+    return _smi_chunked(embeddings, codes, num_groups, dtype)
+
+
+def _smi_chunked(
+    embeddings: torch.Tensor, codes: torch.Tensor, num_groups: int, dtype: torch.dtype
+) -> torch.Tensor:
     """:func:`unit_rows`, :func:`group_unit_sums` and :func:`smi_from_sums` in two passes over
     the embeddings, chunk by chunk, without any ``[N, D]`` temporary."""
     n, d = embeddings.shape
+    scales = _row_scales(embeddings, dtype)
     sums = torch.zeros(num_groups, d, dtype=torch.float64, device=embeddings.device)
-    for start, stop, wide, _ in _unit_chunks(embeddings, dtype, wide=True):
+    for start, stop, wide, _ in _unit_chunks(embeddings, dtype, wide=True, scales=scales):
         sums.index_add_(0, codes[start:stop], wide)
     sums = sums.to(dtype)
     smi = torch.empty(n, dtype=dtype, device=embeddings.device)
     buffer = torch.empty(min(_chunk_rows(embeddings.device), n), d, dtype=dtype, device=sums.device)
-    for start, stop, _, u in _unit_chunks(embeddings, dtype, wide=False):
+    for start, stop, _, u in _unit_chunks(embeddings, dtype, wide=False, scales=scales):
         _dot_with_others(u, codes[start:stop], sums, buffer, smi[start:stop])
     return _zero_singletons(smi, codes, _group_counts(codes, num_groups))
+
+
+# ----------------------------------------------------------------------------- the CPU path
+
+# NOTE: on CPU a group of g <= _BLOCK_ROWS rows, x its [g, D] embeddings, takes one or two
+# batched matrix products straight from the embeddings, one torch.bmm for all groups of one size:
+# no unit rows, no [N, D] temporary, no scattered adds. With s_j = 1 / |x_j|:
+#   g <= _GRAM_ROWS: the Gram matrix x x^T, whose diagonal gives the norms too (one pass):
+#       1 + SMI_j = s_j sum_i (x_j . x_i) s_i
+#   larger groups (the Gram cost grows with g): S = s^T x, then 1 + SMI_j = s_j (x_j . S)
+# Below a few thousand rows the chunked path's cost is per-op overhead, and with other work on
+# the cores each parallel op can wait for a descheduled thread: the number of ops matters as much
+# as the bytes. Equal-sized contiguous groups (the usual GRPO batch) are
+# views of the input; any other layout gathers its rows group by group size, through a reused
+# buffer. A group's result depends only on its own rows, whatever the layout: every group of g
+# rows goes through the same products. Float32 sums of up to 1,024 terms stay within the test
+# tolerances; larger groups keep the float64 sums of the chunked path.
+_BLOCK_ROWS = 1024
+_BLOCK_CHUNK_ROWS = 8192  # rows per product (a multiple of the group size; views excepted)
+_GRAM_ROWS = 8  # up to here one g x g product per group beats two skinny ones (measured)
+
+# Row norms for the Gram path (norms from its diagonal, in the computation dtype): the products
+# of two such rows neither overflow nor lose digits to subnormal round-off. Groups holding a row
+# outside (zero, NaN, inf or extreme rows) are recomputed from exact unit rows.
+_GRAM_SAFE_NORM = {torch.float32: (2.0**-50, 2.0**50), torch.float64: (2.0**-480, 2.0**480)}
+
+
+def _exact_unit_rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Unit rows computed in float64 after division by the largest magnitude, rounded to
+    ``dtype``: exact for any finite row; zero rows stay zero, rows with NaN or inf become NaN."""
+    x = x.to(torch.float64)
+    _divide_rows_(x, torch.linalg.vector_norm(x, ord=float("inf"), dim=1, keepdim=True))
+    _divide_rows_(x, torch.linalg.vector_norm(x, dim=1, keepdim=True))
+    return x.to(dtype)
+
+
+def _cpu_scales(
+    embeddings: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``(scale [N], weight [N] or None, patch index [N] or None, patch rows [P, D])``.
+
+    ``scale_i = 1 / |e_i|``, ``weight_i = |u_i|^2`` (1, or 0 for a zero row; None: all 1).
+    Rows whose norm lies outside the safe range are replaced by their exact unit rows
+    (:func:`_row_scales`) with scale 1: ``patch index_i`` is their row in the patch, else -1.
+    A NaN row keeps a NaN scale, so its whole group comes out NaN.
+    """
+    norm = _row_norms(embeddings, dtype)
+    low, high = _SAFE_NORM[dtype]
+    lowest, highest = torch.aminmax(norm)  # NaN if any norm is NaN
+    if low <= lowest.item() and highest.item() <= high:
+        return norm.reciprocal_().view(-1), None, None, None
+    scale, rows, patch = _row_scales(embeddings, dtype, norm)
+    scale = torch.where(torch.isnan(norm), norm, scale).view(-1)
+    weight = (scale != 0).to(dtype)
+    patch_at = None
+    if rows.numel():
+        scale[rows] = 1.0
+        weight[rows] = 1.0
+        patch_at = torch.full_like(scale, -1, dtype=torch.int64)
+        patch_at[rows] = torch.arange(rows.numel())
+    return scale, weight, patch_at, patch
+
+
+def _sorted_blocks(codes: torch.Tensor, num_groups: int) -> int | None:
+    """The group size ``g`` if ``codes`` is ``0 .. num_groups - 1``, each repeated ``g`` times in
+    order (the usual batch), else None: one comparison, no counts."""
+    n = codes.shape[0]
+    if num_groups < 1 or n % num_groups:
+        return None
+    g = n // num_groups
+    heads = torch.arange(num_groups).unsqueeze(1).expand(num_groups, g)
+    return g if torch.equal(codes.reshape(num_groups, g), heads) else None
+
+
+def _equal_blocks(codes: torch.Tensor, counts: torch.Tensor) -> int | None:
+    """The group size ``g`` if the rows are contiguous groups of ``g`` rows each, else None."""
+    n = codes.shape[0]
+    g = int(counts[codes[0]])
+    if n % g:
+        return None
+    blocks = codes.reshape(n // g, g)
+    if g > 1 and not torch.equal(blocks[:, 1:], blocks[:, :-1]):
+        return None
+    # n / g constant blocks hold n / g distinct codes unless one code fills several blocks.
+    return g if int(torch.count_nonzero(counts)) == n // g else None
+
+
+def _smi_cpu(
+    embeddings: torch.Tensor, codes: torch.Tensor, num_groups: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """SMI on CPU: :func:`_block_smi` for groups of at most ``_BLOCK_ROWS`` rows, the chunked
+    float64 path for larger ones, exactly 0 for groups of one row."""
+    n = embeddings.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=dtype)
+    counts = None
+    g = _sorted_blocks(codes, num_groups)
+    if g is None:
+        counts = torch.bincount(codes, minlength=num_groups)
+        g = _equal_blocks(codes, counts)
+    if g is not None and 1 < g <= _BLOCK_ROWS:
+        return _block_smi(embeddings, g, dtype)
+    smi = torch.zeros(n, dtype=dtype)
+    if g == 1:
+        return smi
+    if counts is None:
+        counts = torch.bincount(codes, minlength=num_groups)
+    sizes = counts.index_select(0, codes)
+    big = sizes > _BLOCK_ROWS
+    if bool(big.any()):
+        rows = torch.nonzero(big).squeeze(1)
+        part = embeddings if rows.numel() == n else embeddings.index_select(0, rows)
+        smi[rows] = _smi_chunked(part, codes[rows], num_groups, dtype)
+    small = counts[(counts > 1) & (counts <= _BLOCK_ROWS)].unique().tolist()
+    if not small:
+        return smi
+    scales = _cpu_scales(embeddings, dtype) if small[-1] > _GRAM_ROWS else None
+    order = torch.argsort(codes, stable=True)  # each group's rows together, in row order
+    sorted_sizes = sizes.index_select(0, order)
+    for size in small:
+        rows = order[sorted_sizes == size]
+        _block_smi(embeddings, size, dtype, rows=rows, out=smi, scales=scales)
+    return smi
+
+
+def _block_smi(
+    embeddings: torch.Tensor,
+    g: int,
+    dtype: torch.dtype,
+    rows: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    scales: tuple | None = None,
+) -> torch.Tensor:
+    """SMI of ``rows`` (default: all rows), consecutive groups of ``g`` rows each.
+
+    Args:
+        embeddings: ``[N, D]`` input.
+        g: the group size.
+        dtype: computation dtype.
+        rows: row indices, each group's ``g`` rows together (in row order).
+        out: ``[N]`` result, written at ``rows`` (required with ``rows``).
+        scales: :func:`_cpu_scales` of the input (groups of more than ``_GRAM_ROWS`` rows;
+            computed here when not given).
+
+    Returns:
+        ``out``, or a new ``[N]`` tensor when ``rows`` is None.
+    """
+    gram = g <= _GRAM_ROWS
+    if not gram and scales is None:
+        scales = _cpu_scales(embeddings, dtype)
+    scale, weight, patch_at, patch = (None, None, None, None) if gram else scales
+    m = embeddings.shape[0] if rows is None else rows.shape[0]
+    d = embeddings.shape[1]
+    # NOTE: the products read a contiguous input in place, all groups at once: chunks would only
+    # add ops. Anything else (gathered rows, another dtype, strides, patched rows) goes through a
+    # reused buffer of at most _BLOCK_CHUNK_ROWS rows.
+    in_place = (
+        rows is None
+        and embeddings.dtype == dtype
+        and embeddings.is_contiguous()
+        and patch_at is None
+    )
+    if in_place and gram:
+        return _gram_smi(embeddings.view(-1, g, d), dtype)
+    if in_place and weight is None:
+        return _skinny_dots(embeddings.view(-1, g, d), scale).mul_(scale).sub_(1.0)
+    if out is None:
+        out = torch.empty(m, dtype=dtype)
+    step = m if in_place else max(g, _BLOCK_CHUNK_ROWS // g * g)
+    buffer = None if in_place else torch.empty(min(step, m), d, dtype=dtype)
+    source = None
+    if rows is not None and embeddings.dtype != dtype:
+        source = torch.empty(min(step, m), d, dtype=embeddings.dtype)
+    for start in range(0, m, step):
+        stop = min(start + step, m)
+        index = slice(start, stop) if rows is None else rows[start:stop]
+        if rows is None:
+            x = embeddings[index]
+        else:
+            target = buffer if source is None else source
+            x = torch.index_select(embeddings, 0, index, out=target[: stop - start])
+        if not in_place and x.data_ptr() != buffer.data_ptr():
+            x = buffer[: stop - start].copy_(x)
+        blocks = x.view(-1, g, d)
+        if gram:
+            out[index] = _gram_smi(blocks, dtype)
+            continue
+        s = _pick(scale, index)
+        if patch_at is not None:
+            at = _pick(patch_at, index)
+            local = torch.nonzero(at >= 0).squeeze(1)
+            if local.numel():
+                x[local] = patch.index_select(0, at[local])
+        dots = _skinny_dots(blocks, s)
+        dots.mul_(s).sub_(1.0 if weight is None else _pick(weight, index))
+        out[index] = dots
+    return out
+
+
+def _pick(values: torch.Tensor, index: slice | torch.Tensor) -> torch.Tensor:
+    return values[index] if isinstance(index, slice) else values.index_select(0, index)
+
+
+def _batched(fn, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``fn(a, b)`` (a torch.bmm) as a batch of at least two."""
+    if a.shape[0] > 1:
+        return fn(a, b)
+    # NOTE: torch hands a batch of one to a plain (threaded) gemm, whose sums can round
+    # differently from the batched gemm of every other group of g rows: a batch of two copies
+    # keeps one code path, so a group's result never depends on the layout.
+    return fn(a.expand(2, *a.shape[1:]), b.expand(2, *b.shape[1:]))[:1]
+
+
+def _gram_smi(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """SMI of each row of ``[k, g, D]`` blocks from their Gram matrices: ``[k * g]``."""
+    d = blocks.shape[2]
+    gram = _batched(torch.bmm, blocks, blocks.transpose(1, 2))
+    squares = gram.diagonal(dim1=1, dim2=2)
+    low, high = _GRAM_SAFE_NORM[dtype]
+    lowest, highest = torch.aminmax(squares)  # NaN if any is NaN
+    if low * low <= lowest.item() and highest.item() <= high * high:
+        scale, weight = squares.rsqrt(), None
+    else:
+        bad = ~((squares >= low * low) & (squares <= high * high))
+        groups = torch.nonzero(bad.any(dim=1)).squeeze(1)
+        x = blocks.index_select(0, groups)
+        flat, patched = x.view(-1, d), torch.nonzero(bad.index_select(0, groups).view(-1))
+        flat[patched.squeeze(1)] = _exact_unit_rows(flat[patched.squeeze(1)], dtype)
+        gram[groups] = _batched(torch.bmm, x, x.transpose(1, 2))
+        squares = gram.diagonal(dim1=1, dim2=2)
+        scale = torch.where(squares > 0, squares.rsqrt(), 0.0)  # zero rows: no contribution
+        weight = (squares > 0).to(dtype).view(-1)
+    # NOTE: [g, g] x [g, 1] per group stays under torch's 400-element bmm threshold (its own
+    # loop, the same for any batch size).
+    dots = torch.bmm(gram, scale.unsqueeze(2)).view(-1)
+    return dots.mul_(scale.view(-1)).sub_(1.0 if weight is None else weight)
+
+
+def _skinny_dots(blocks: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``[k * g]``: ``x_j . S`` for each row of each ``[g, D]`` block ``x``, ``S = s^T x``."""
+    k, g, _ = blocks.shape
+    sums = _batched(torch.bmm, s.view(k, 1, g), blocks)
+    # NOTE: S x^T ([1, g] per group) runs 2-3 times faster than x S^T on MKL (measured).
+    return _batched(torch.bmm, sums, blocks.transpose(1, 2)).view(-1)
 
 
 def adjust_from_smi(
@@ -243,18 +511,25 @@ def adjust_from_smi(
     return rewards.to(smi.dtype) / denominator
 
 
-def smi_scores(embeddings: torch.Tensor, codes: torch.Tensor, num_groups: int) -> torch.Tensor:
+def smi_scores(
+    embeddings: torch.Tensor,
+    codes: torch.Tensor,
+    num_groups: int,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """SMI of every row against the rest of its group.
 
     Args:
         embeddings: ``[N, D]`` floating tensor.
         codes: ``[N]`` int64 group codes in ``[0, num_groups)``.
         num_groups: number of groups.
+        dtype: computation dtype (default: :func:`compute_dtype` of the embeddings); float64
+            gives the SMI that :func:`adjust_rewards` uses with float64 rewards.
 
     Returns:
-        ``[N]`` float32 tensor (float64 for float64 embeddings).
+        ``[N]`` tensor of ``dtype``: float32 (float64 for float64 embeddings) by default.
     """
-    return _smi(embeddings, codes, num_groups, compute_dtype(embeddings.dtype))
+    return _smi(embeddings, codes, num_groups, dtype or compute_dtype(embeddings.dtype))
 
 
 def adjust_rewards(
