@@ -40,7 +40,7 @@ from collections.abc import Hashable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -72,6 +72,8 @@ class Groups:
 
     codes: torch.Tensor
     num_groups: int
+    group_size: int | None = None
+    """When known: every group is ``group_size`` contiguous rows, codes in order (CPU only)."""
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -545,18 +547,25 @@ def _hinted_codes(ids: torch.Tensor, num_groups: int, check_range: bool = True) 
     # NOTE: reading the range back is free on CPU but a host sync on CUDA, and a graph break
     # under torch.compile: there the check is an asynchronous device assertion instead.
     if codes.device.type == "cpu" and not torch.compiler.is_compiling():
-        low, high = int(codes.min()), int(codes.max())
-        if low < 0 or high >= num_groups:
-            raise ValueError(
-                f"with num_groups={num_groups}, group_ids must lie in [0, {num_groups}); "
-                f"found values from {low} to {high}"
-            )
+        _check_code_range(codes, num_groups)
     elif check_range:
         torch._assert_async(
             ((codes >= 0) & (codes < num_groups)).all(),
             "group_ids out of range [0, num_groups)",
         )
     return Groups(codes, num_groups)
+
+
+def _check_code_range(codes: torch.Tensor, num_groups: int) -> None:
+    """Raises unless every code of a CPU tensor lies in ``[0, num_groups)``."""
+    if codes.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.aminmax(codes))
+    if low < 0 or high >= num_groups:
+        raise ValueError(
+            f"with num_groups={num_groups}, group_ids must lie in [0, {num_groups}); "
+            f"found values from {low} to {high}"
+        )
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -617,8 +626,7 @@ def _check_scale(scale: Any) -> str:
     return scale
 
 
-@dataclass(frozen=True)
-class _Prepared:
+class _Prepared(NamedTuple):
     rewards: torch.Tensor | None
     embeddings: torch.Tensor | None
     groups: Groups
@@ -631,40 +639,40 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _ID_DTYPES = (torch.int32, torch.int64)
 
 
-def _common_cuda_call(
+def _common_call(
     rewards: Any, embeddings: Any, group_ids: Any, backend: str, num_groups: Any
-) -> bool:
-    """Whether the call is the common CUDA one: tensors on one CUDA device that the checks of
-    :func:`_prepare` would pass unchanged, integer ids with ``num_groups``, the kernel available.
-    A few attribute reads; anything else takes the general checks (and their error messages)."""
+) -> str | None:
+    """The backend of a common call, or None: tensors on one CPU or CUDA device that the checks
+    of :func:`_prepare` would pass unchanged, integer ids with ``num_groups``, rewards that need
+    no gradient. A few attribute reads; anything else takes the general checks (and their error
+    messages)."""
     # NOTE: one call per training step or per small batch: at N <= 1024 the general checks cost
-    # as much as the kernel (issue 3, target 4).
+    # as much as the computation (issue 3, target 4; issue 14, item 7 on CPU).
     if (
-        backend == "torch"
-        or torch.compiler.is_compiling()  # the general path is the one proven under dynamo
-        or type(num_groups) is not int
+        type(num_groups) is not int
         or num_groups < 0
         or type(embeddings) is not torch.Tensor
         or type(group_ids) is not torch.Tensor
+        or torch.compiler.is_compiling()  # the general path is the one proven under dynamo
     ):
-        return False
+        return None
     device = embeddings.device
     if (
-        device.type != "cuda"
-        or embeddings.layout is not torch.strided
+        embeddings.layout is not torch.strided
         or embeddings.is_nested
         or embeddings.ndim != 2
         or embeddings.dtype not in _FLOAT_DTYPES
+        or embeddings.is_neg()
         or group_ids.layout is not torch.strided
         or group_ids.ndim != 1
         or group_ids.dtype not in _ID_DTYPES
         or group_ids.device != device
         or group_ids.is_neg()
     ):
-        return False
+        return None
     n, d = embeddings.shape
     if d == 0 or group_ids.shape[0] != n:
-        return False
+        return None
     if rewards is not None and (
         type(rewards) is not torch.Tensor
         or rewards.requires_grad
@@ -675,19 +683,38 @@ def _common_cuda_call(
         or rewards.device != device
         or rewards.shape[0] != n
     ):
-        return False
-    return d <= _triton.MAX_D and _triton.unavailable_reason(device) is None
+        return None
+    if device.type == "cpu":
+        return "torch" if backend in ("auto", "torch") else None
+    if (
+        device.type == "cuda"
+        and backend in ("auto", "triton")
+        and d <= _triton.MAX_D
+        and _triton.unavailable_reason(device) is None
+    ):
+        return "triton"
+    return None
 
 
 def _prepare(
     rewards: Any, embeddings: Any, group_ids: Any, backend: str, num_groups: int | None
 ) -> _Prepared:
     """Checked inputs, dense codes (int64) and the backend of one call."""
-    if _common_cuda_call(rewards, embeddings, group_ids, backend, num_groups):
-        r, e, device = rewards, embeddings.detach(), embeddings.device
-        chosen, grad = "triton", False
-        # NOTE: the kernel checks the codes itself (out-of-range rows come out NaN).
-        groups = Groups(group_ids.to(torch.int64), num_groups)
+    chosen = _common_call(rewards, embeddings, group_ids, backend, num_groups)
+    if chosen is not None:
+        r, e, grad = rewards, embeddings, False
+        if e.requires_grad:
+            e = e.detach()
+        codes = group_ids if group_ids.dtype is torch.int64 else group_ids.to(torch.int64)
+        size = None
+        if chosen == "torch":
+            # NOTE: codes 0, 0, 1, 1, ... (the usual batch) are in range; the layout found here
+            # is the one the CPU path starts from.
+            size = reference.contiguous_group_size(codes, num_groups)
+            if size is None:
+                _check_code_range(codes, num_groups)
+        # NOTE: on CUDA the kernel checks the codes itself (out-of-range rows come out NaN).
+        groups = Groups(codes, num_groups, size)
     else:
         r, e, device = _checked_data(rewards, embeddings)
         n = None if r is None else r.shape[0]
@@ -797,7 +824,9 @@ def smi_scores(
     elif p.backend == "triton":
         out = _triton_smi(p)
     else:
-        out = reference.smi_scores(p.embeddings, p.groups.codes, p.groups.num_groups)
+        out = reference.smi_scores(
+            p.embeddings, p.groups.codes, p.groups.num_groups, group_size=p.groups.group_size
+        )
     return _convert_out(out, embeddings)
 
 
@@ -865,7 +894,12 @@ def adjust_rewards(
         )
     else:
         out = reference.adjust_rewards(
-            p.rewards, p.embeddings, p.groups.codes, p.groups.num_groups, min_denominator
+            p.rewards,
+            p.embeddings,
+            p.groups.codes,
+            p.groups.num_groups,
+            min_denominator,
+            group_size=p.groups.group_size,
         )
     return _convert_out(out, rewards)
 
@@ -970,6 +1004,8 @@ def dra_advantages(
             out_dtype=p.out_dtype,
         )
     else:
-        adjusted = reference.adjust_rewards(p.rewards, p.embeddings, codes, k, min_denominator)
+        adjusted = reference.adjust_rewards(
+            p.rewards, p.embeddings, codes, k, min_denominator, group_size=p.groups.group_size
+        )
         out = reference.group_advantages(adjusted, codes, k, scale, eps)
     return _convert_out(out, rewards)

@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dra_kernels as dk
-from dra_kernels import distributed
+from dra_kernels import api, distributed
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -377,3 +377,46 @@ def test_invalid_ids_raise_type_or_value_errors_naming_group_ids(data):
         with pytest.raises((TypeError, ValueError), match=rf"group_ids\[{at}\]"):
             call()
         assert name
+
+
+# ----------------------------------------------------------------------------- the short checks
+# Tensors on CPU with integer ids and num_groups skip the general checks (dra_kernels.api
+# ._common_call): they must refuse what the general path refuses and agree with it.
+
+
+def test_the_short_checks_take_common_cpu_calls_for_the_torch_backend():
+    e, r, ids = torch.randn(4, 3), torch.randn(4), torch.tensor([0, 0, 1, 1])
+    assert api._common_call(r, e, ids, "auto", 2) == "torch"
+    assert api._common_call(r, e, ids, "torch", 2) == "torch"
+    assert api._common_call(None, e, ids, "auto", 2) == "torch"
+    # anything else takes the general checks (and their error messages)
+    assert api._common_call(r, e, ids, "auto", None) is None
+    assert api._common_call(r, e, ids, "triton", 2) is None
+    assert api._common_call(r.requires_grad_(), e, ids, "auto", 2) is None
+    assert api._common_call(r.detach(), e, ids.tolist(), "auto", 2) is None
+    neg = torch.randn(4, 3, dtype=torch.complex64).conj().imag
+    assert neg.is_neg() and api._common_call(r.detach(), neg, ids, "auto", 2) is None
+    prepared = api._prepare(r.detach(), e, ids.to(torch.int32), "torch", 2)
+    assert prepared.groups.codes.dtype == torch.int64  # one dtype of codes on every path
+    assert prepared.backend == "torch"
+
+
+@pytest.mark.parametrize("bad", [[0, 0, 1, 2], [0, -1, 1, 1]])
+def test_the_short_cpu_checks_refuse_codes_out_of_range(bad):
+    e, r = torch.randn(4, 3), torch.randn(4)
+    ids = torch.tensor(bad)
+    assert api._common_call(r, e, ids, "auto", 2) == "torch"
+    with pytest.raises(ValueError, match=r"group_ids must lie in \[0, 2\)"):
+        dk.adjust_rewards(r, e, ids, num_groups=2)
+    with pytest.raises(ValueError, match=r"group_ids must lie in \[0, 2\)"):
+        dk.smi_scores(e, ids, num_groups=2)
+
+
+def test_the_short_cpu_checks_agree_with_the_general_path():
+    gen = torch.Generator().manual_seed(0)
+    e, r = torch.randn(40, 8, generator=gen), torch.randn(40, generator=gen)
+    for dtype in (torch.int32, torch.int64):
+        ids = torch.randint(0, 5, (40,), generator=gen).to(dtype)
+        out = dk.adjust_rewards(r, e, ids, num_groups=5)
+        general = dk.adjust_rewards(r.numpy(), e.numpy(), ids.tolist())  # general checks
+        torch.testing.assert_close(out, torch.from_numpy(general))

@@ -1,5 +1,5 @@
 """How kernels are launched (dra_kernels._triton.launch) and the common CUDA call's short checks
-(dra_kernels.api._common_cuda_call)."""
+(dra_kernels.api._common_call; the CPU ones are in test_group_ids.py)."""
 
 from __future__ import annotations
 
@@ -39,14 +39,6 @@ def test_launch_binds_run_time_arguments_by_name():
         launch(Kernel(), (3,), (x,), {"C": 1}, num_warps=2, num_stages=1)
 
 
-def test_the_short_checks_only_take_cuda_calls():
-    e, r, ids = torch.randn(4, 3), torch.randn(4), torch.tensor([0, 0, 1, 1])
-    assert not api._common_cuda_call(r, e, ids, "auto", 2)  # CPU tensors: general checks
-    assert not api._common_cuda_call(r, e, ids, "auto", None)
-    prepared = api._prepare(r, e, ids.to(torch.int32), "torch", 2)
-    assert prepared.groups.codes.dtype == torch.int64  # one dtype of codes on every path
-
-
 @needs_cuda
 @pytest.mark.gpu
 def test_the_short_checks_agree_with_the_general_path():
@@ -54,7 +46,7 @@ def test_the_short_checks_agree_with_the_general_path():
     r = torch.randn(40, device="cuda")
     for dtype in (torch.int32, torch.int64):
         ids = torch.randint(0, 5, (40,), device="cuda", dtype=dtype)
-        assert api._common_cuda_call(r, e, ids, "auto", 5)
+        assert api._common_call(r, e, ids, "auto", 5) == "triton"
         prepared = api._prepare(r, e, ids, "auto", 5)
         assert prepared.backend == "triton" and prepared.groups.num_groups == 5
         assert prepared.groups.codes.dtype == torch.int64

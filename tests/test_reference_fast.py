@@ -188,8 +188,32 @@ def test_float16_rows_whose_squares_overflow_in_a_gram_group():
         ([0, 0, 1, 2], 3, None),
     ],
 )
-def test_sorted_blocks(codes, num_groups, want):
-    assert reference._sorted_blocks(torch.tensor(codes), num_groups) == want
+def test_contiguous_group_size(codes, num_groups, want):
+    assert reference.contiguous_group_size(torch.tensor(codes), num_groups) == want
+    assert reference.contiguous_group_size(torch.tensor(codes[:0]), num_groups) is None
+
+
+@pytest.mark.parametrize("n", [48, 3 * (reference._CACHED_LAYOUT_ROWS // 3 + 16)])  # both ways
+def test_contiguous_group_size_sees_one_wrong_code(n):
+    codes = torch.arange(n // 3).repeat_interleave(3)
+    assert reference.contiguous_group_size(codes, n // 3) == 3
+    for at in (0, n // 2, n - 1):
+        bad = codes.clone()
+        bad[at] += 1 if at < n - 1 else -1
+        assert reference.contiguous_group_size(bad, n // 3) is None
+    assert reference.contiguous_group_size(codes, n // 3) == 3  # the stored copy is unchanged
+
+
+def test_a_known_group_size_gives_the_same_result():
+    gen = torch.Generator().manual_seed(3)
+    for g in (2, 8, 16):
+        e, r = torch.randn(24 * g, 12, generator=gen), torch.randn(24 * g, generator=gen)
+        codes = torch.arange(24).repeat_interleave(g)
+        want = reference.adjust_rewards(r, e, codes, 24)
+        got = reference.adjust_rewards(r, e, codes, 24, group_size=g)
+        assert torch.equal(got, want)
+        smi = reference.smi_scores(e, codes, 24, group_size=g)
+        assert torch.equal(smi, reference.smi_scores(e, codes, 24))
 
 
 @pytest.mark.parametrize(
