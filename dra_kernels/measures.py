@@ -53,6 +53,8 @@ _CHUNK_ELEMENTS = 1 << 20
 
 
 def _check_number(name: str, value: Any) -> float:
+    if type(value) is float:
+        return value  # the common case (every call checks its defaults)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
     return float(value)
