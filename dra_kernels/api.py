@@ -760,21 +760,34 @@ def _triton_smi(p: _Prepared) -> torch.Tensor:
 
 
 def _check_measure(measure: Any, eta: Any, lam: Any, backend: Any) -> tuple[str, float, float]:
-    """``(measure, eta, lam)`` checked; measures other than graph-cut run on the torch backend."""
+    """``(measure, eta, lam)`` checked. Log-det runs on the torch backend only; facility location
+    has a Triton kernel, taken with ``backend="triton"`` (``"auto"`` computes both with torch on
+    the data's device: the kernel has not been timed on a GPU yet)."""
     measure, eta, lam = measures.check_measure(measure, eta, lam)
-    if measure != "graph_cut" and backend == "triton":
+    if measure == "log_det" and backend == "triton":
         raise ValueError(
-            f"measure={measure!r} has no Triton kernel yet: use backend='torch' or 'auto' "
-            "(which computes it with torch on the data's device)"
+            "measure='log_det' has no Triton kernel: use backend='torch' or 'auto' (batched "
+            "torch linear algebra on the data's device; docs/measures.md says why)"
         )
     return measure, eta, lam
 
 
-def _measure_smi(p: _Prepared, measure: str, eta: float, lam: float) -> torch.Tensor:
+def _measure_smi(p: _Prepared, measure: str, eta: float, lam: float, backend: str) -> torch.Tensor:
     assert p.embeddings is not None
-    smi = measures.smi_by_measure(
-        p.embeddings, p.groups.codes, p.groups.num_groups, measure, eta=eta, lam=lam
-    )
+    if measure == "facility_location" and backend == "triton":
+        e = p.embeddings
+        if e.dtype == torch.float64:
+            raise ValueError(
+                "the facility-location Triton kernel computes in float32 (Triton has no float64 "
+                "tensor-core product); float64 embeddings need backend='torch' or 'auto'"
+            )
+        from dra_kernels._triton.ops import facility_location_smi  # imports triton
+
+        smi = facility_location_smi(e, p.groups.codes, p.groups.num_groups, eta)
+    else:
+        smi = measures.smi_by_measure(
+            p.embeddings, p.groups.codes, p.groups.num_groups, measure, eta=eta, lam=lam
+        )
     return smi.to(p.out_dtype)
 
 
@@ -820,7 +833,7 @@ def smi_scores(
     p = _prepare(None, embeddings, group_ids, backend, num_groups)
     assert p.embeddings is not None
     if measure != "graph_cut":
-        out = _measure_smi(p, measure, eta, lam)
+        out = _measure_smi(p, measure, eta, lam, backend)
     elif p.backend == "triton":
         out = _triton_smi(p)
     else:
@@ -878,7 +891,7 @@ def adjust_rewards(
     p = _prepare(rewards, embeddings, group_ids, backend, num_groups)
     assert p.rewards is not None and p.embeddings is not None
     if measure != "graph_cut":
-        out = reference.adjust_from_smi(p.rewards, _measure_smi(p, measure, eta, lam),
+        out = reference.adjust_from_smi(p.rewards, _measure_smi(p, measure, eta, lam, backend),
                                         min_denominator)  # fmt: skip
     elif p.backend == "triton" and p.grad:
         out = reference.adjust_from_smi(p.rewards, _triton_smi(p), min_denominator)
@@ -988,7 +1001,11 @@ def dra_advantages(
     assert p.rewards is not None and p.embeddings is not None
     codes, k = p.groups.codes, p.groups.num_groups
     if measure != "graph_cut" or (p.backend == "triton" and p.grad):
-        smi = _measure_smi(p, measure, eta, lam) if measure != "graph_cut" else _triton_smi(p)
+        smi = (
+            _measure_smi(p, measure, eta, lam, backend)
+            if measure != "graph_cut"
+            else _triton_smi(p)
+        )
         adjusted = reference.adjust_from_smi(p.rewards, smi, min_denominator)
         out = reference.group_advantages(adjusted, codes, k, scale, eps)
     elif p.backend == "triton":

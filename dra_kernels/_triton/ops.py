@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from dra_kernels._triton import forward
+from dra_kernels._triton import facility, forward
 from dra_kernels._triton.forward import MODES
 
-__all__ = ["dra_forward"]
+__all__ = ["dra_forward", "facility_location_smi"]
 
 # NOTE: Triton's CPU interpreter (TRITON_INTERPRET=1) patches triton.language globally while it
 # runs a kernel, so two threads interpreting at once fail; CPU launches are serialised. CUDA
@@ -86,3 +86,12 @@ def dra_forward(
         options.get("eps", 1e-4),
         out_dtype == torch.float64,
     )
+
+
+def facility_location_smi(embeddings: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """:func:`dra_kernels._triton.facility.facility_location_smi`, serialised on the CPU
+    interpreter like the fused kernel. Eager only (no custom op yet)."""
+    if embeddings.device.type != "cpu":
+        return facility.facility_location_smi(embeddings, *args, **kwargs)
+    with _INTERPRETER_LOCK:
+        return facility.facility_location_smi(embeddings, *args, **kwargs)
