@@ -49,6 +49,9 @@ SWEEP_SHAPES = {(4096, 16, 384, "bfloat16"), (8192, 16, 768, "bfloat16"),
                 (8192, 16, 768, "float32"), (4096, 16, 1024, "float32"),
                 (2048, 64, 384, "bfloat16"), (256, 512, 768, "bfloat16")}  # fmt: skip
 
+MEASURE_SHAPES = ((1024, 16, 768, "bfloat16"), (256, 64, 768, "bfloat16"),
+                  (1024, 16, 768, "float32"), (64, 256, 384, "bfloat16"))  # fmt: skip
+"""(groups, rows per group, D, dtype) of the measures section."""
 SMALL_SHAPES = ((2, 4, 16, "bfloat16"), (8, 16, 40, "float32"), (2, 80, 24, "bfloat16"))
 SMALL_SWEEP_SHAPES = {(8, 16, 40, "float32"), (2, 80, 24, "bfloat16")}
 
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from dra_kernels._triton.buckets import group_buckets
     from dra_kernels._triton.config import choose_config
     from dra_kernels._triton.forward import dra_forward
-    from dra_kernels.api import _prepare, adjust_rewards
+    from dra_kernels.api import _prepare, adjust_rewards, smi_scores
 
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -157,6 +160,38 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         results["errors"].append(traceback.format_exc(limit=4))
     flush()
+
+    # other SMI measures (issue 15): the facility-location kernel against the torch path, which
+    # "auto" takes until these numbers decide; log-det on the torch path; graph-cut for scale
+    measure_shapes = [(8, 4, 16, "float32")] if args.small else MEASURE_SHAPES
+    results["measures"] = []
+    for groups, size, dim, dtype in measure_shapes:
+        row = {"B": groups, "G": size, "D": dim, "dtype": dtype}
+        try:
+            r, e = impls.make_case_data(groups, size, dim, dtype, device)
+            ids = impls.make_group_codes(groups, size, "shuffled", device)
+            calls = {
+                "graph_cut_triton": ("graph_cut", "triton"),
+                "facility_location_triton": ("facility_location", "triton"),
+                "facility_location_torch": ("facility_location", "torch"),
+                "log_det_torch": ("log_det", "torch"),
+            }
+            outs = {}
+            for name, (measure, backend) in calls.items():
+
+                def call(measure=measure, backend=backend):
+                    return smi_scores(e, ids, measure=measure, backend=backend, num_groups=groups)
+
+                outs[name] = call()
+                row[name] = timed(call, rep_ms=5.0)
+            row["fl_max_diff"] = float(
+                (outs["facility_location_triton"] - outs["facility_location_torch"]).abs().max()
+            )
+        except Exception:
+            row["error"] = traceback.format_exc(limit=4)
+        results["measures"].append(row)
+        flush()
+        print(f"[probe] measures {json.dumps(row, default=str)}", flush=True)
 
     shapes = SMALL_SHAPES if args.small else SHAPES
     sweep_shapes = SMALL_SWEEP_SHAPES if args.small else SWEEP_SHAPES

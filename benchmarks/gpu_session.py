@@ -5,8 +5,9 @@ order of value and a step that hangs or fails does not take the others with it:
 
 1. the test suite on the GPU: ``pytest -m gpu`` over ``tests/`` (CUDA-only checks: no host sync,
    CUDA graphs, ``torch.compile(fullgraph=True)``, determinism, large layouts), then the kernel's
-   tests (``tests/test_launch.py``, ``tests/test_triton.py``: every dtype, mode and per-group
-   path, scan and bucket mode bit for bit, the counting kernel's atomics) on the GPU's compiler;
+   tests (``tests/test_launch.py``, ``tests/test_triton.py``, ``tests/test_facility_kernel.py``:
+   every dtype, mode and per-group path, scan and bucket mode bit for bit, the counting kernel's
+   atomics, the facility-location kernel) on the GPU's compiler;
 2. the timing grid and the sections beside it (``python -m benchmarks.run``: copy bandwidth,
    grid, small-batch latency, custom-op overhead, eager / CUDA graph / compiled call);
 3. ``benchmarks.gpu_probe``: pieces of one call, host costs, and the sweep of every per-group
@@ -48,7 +49,8 @@ _PYTEST = ["pytest", "-v", "-rs", "--tb=short", "-p", "no:cacheprovider"]
 STEPS = (
     ("tests_gpu", 70, [*_PYTEST, "tests", "-m", "gpu"]),
     ("tests_kernel", 130, [*_PYTEST, "--durations=10", "tests/test_launch.py",
-                           "tests/test_triton.py", "-m", "not gpu"]),
+                           "tests/test_triton.py", "tests/test_facility_kernel.py", "-m",
+                           "not gpu"]),
     ("grid", 220, ["benchmarks.run", "--device", "cuda", "--out", "{out}/grid",
                    "--time-budget-s", "160"]),
     ("probe", 120, ["benchmarks.gpu_probe", "--out", "{out}/probe", "--budget-s", "100"]),

@@ -142,14 +142,27 @@ def smi_by_measure(
     # take the reference's unit rows (exact for extreme norms).
     raw = embeddings.dtype != torch.float64
     source = embeddings if raw else reference.unit_rows(embeddings, torch.float64)
-    counts = torch.bincount(codes, minlength=num_groups)
-    order = torch.argsort(codes, stable=True)  # each group's rows together, in row order
-    sorted_sizes = counts.index_select(0, codes).index_select(0, order)
-    for g in counts[counts > 1].unique().tolist():
-        rows = order[sorted_sizes == g]  # consecutive groups of g rows
-        groups = rows.numel() // g
-        # NOTE: contiguous groups (the usual GRPO batch) are read in place, others gathered.
-        contiguous = rows.numel() == n and bool((rows == torch.arange(n, device=rows.device)).all())
+    counts = reference._group_counts(codes, num_groups)
+    sizes = counts.index_select(0, codes)
+    # Rows by group size, then group, then row index: each size's groups form one slice.
+    by_code = torch.argsort(codes, stable=True)
+    order = by_code.index_select(0, torch.argsort(sizes.index_select(0, by_code), stable=True))
+    # NOTE: the host synchronisation of the call on CUDA: the histogram of group sizes is read
+    # back (torch.unique, then one copy); everything after it is launched without waiting.
+    found, groups_of = torch.unique(counts, return_counts=True)
+    sizes_found, groups_found = torch.stack([found, groups_of]).tolist()
+    histogram = [(g, c) for g, c in zip(sizes_found, groups_found, strict=True) if g > 1]
+    start = n - sum(g * groups for g, groups in histogram)  # groups of one come first: SMI 0
+    for g, groups in histogram:
+        rows = order[start : start + g * groups]  # consecutive groups of g rows
+        start += g * groups
+        # NOTE: on CPU contiguous groups (the usual GRPO batch) are read in place, others
+        # gathered (on CUDA the gather is cheap and the check would synchronise).
+        contiguous = (
+            rows.numel() == n
+            and rows.device.type == "cpu"
+            and bool((rows == torch.arange(n, device=rows.device)).all())
+        )
         step = max(1, _CHUNK_ELEMENTS // (g * max(g, d, 1)))
         buffer = None
         if raw:
@@ -193,14 +206,20 @@ def _cosines(x: torch.Tensor, raw: bool) -> tuple[torch.Tensor, torch.Tensor, to
         present = diagonal > 0.5
     weight = present.to(s.dtype)
     diagonal.copy_(weight)
-    if bool(nan_groups.any()):
-        s[nan_groups] = 0.0
+    _fill_groups(s, nan_groups, 0.0)
     return s, weight, nan_groups
 
 
 def _poison(values: torch.Tensor, nan_groups: torch.Tensor) -> torch.Tensor:
-    if bool(nan_groups.any()):
-        values[nan_groups] = math.nan
+    return _fill_groups(values, nan_groups, math.nan)
+
+
+def _fill_groups(values: torch.Tensor, groups: torch.Tensor, value: float) -> torch.Tensor:
+    """``values[groups] = value``; on CUDA a masked fill, which does not synchronise."""
+    if values.device.type != "cpu":
+        return values.masked_fill_(groups.view(-1, *[1] * (values.ndim - 1)), value)
+    if bool(groups.any()):
+        values[groups] = value
     return values
 
 
@@ -232,8 +251,13 @@ def _log_det(x: torch.Tensor, eta: float, lam: float, *, raw: bool) -> torch.Ten
     ridge = weight + lam  # s_ii + lam
     s.diagonal(dim1=1, dim2=2).copy_(ridge)
     factor, info = torch.linalg.cholesky_ex(s)
-    if bool((info != 0).any()):  # cannot happen for lam >= MIN_LAM and finite float64 cosines
-        raise RuntimeError("log_det: S + lam I is not numerically positive definite")
+    # NOTE: cannot happen for lam >= MIN_LAM and finite float64 cosines. On CUDA an asynchronous
+    # device assertion, so that the check does not synchronise.
+    message = "log_det: S + lam I is not numerically positive definite"
+    if s.device.type != "cpu":
+        torch._assert_async((info == 0).all(), message)
+    elif bool((info != 0).any()):
+        raise RuntimeError(message)
     inverse_diagonal = torch.cholesky_inverse(factor).diagonal(dim1=1, dim2=2)
     w = (ridge * inverse_diagonal).clamp_(min=1.0)
     w = torch.minimum(w, ridge / lam)

@@ -111,3 +111,53 @@ def test_compile_fullgraph_matches_eager(backend):
     want = step(r, e, codes)
     for name, a, b in zip(("adjusted x 2", "advantages"), got, want, strict=True):
         assert_close(a, b, torch.float32, f"compiled {name}, backend={backend}")
+
+
+# ----------------------------------------------------------------------------- other measures
+
+
+def _measure_step(r, e, codes, k, measure, backend):
+    kw = {"measure": measure, "backend": backend, "num_groups": k}
+    return (
+        dk.smi_scores(e, codes, **kw),
+        dk.adjust_rewards(r, e, codes, **kw),
+        dk.dra_advantages(r, e, codes, **kw),
+    )
+
+
+def test_facility_location_kernel_does_not_synchronise():
+    r, e, codes, k = _batch(21, [16, 3, 70, 1] * 64, 768, torch.bfloat16)
+    _measure_step(r, e, codes, k, "facility_location", "triton")  # warm up: compilation
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _measure_step(r, e, codes, k, "facility_location", "triton")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_facility_location_kernel_matches_the_torch_path_on_a_large_ragged_batch(dtype):
+    """2,048 unsorted groups of 1 to 100 rows (both kernel paths), D = 768; repeats bit for bit."""
+    gen = torch.Generator().manual_seed(22)
+    sizes = torch.randint(1, 101, (2048,), generator=gen).tolist()
+    _, e, codes, k = _batch(22, sizes, 768, dtype)
+    got = dk.smi_scores(e, codes, measure="facility_location", backend="triton", num_groups=k)
+    want = dk.smi_scores(e, codes, measure="facility_location", backend="torch", num_groups=k)
+    size = torch.bincount(codes)[codes].to(torch.float32)
+    err = (got - want).abs()
+    assert (err <= 4e-6 * (1 + size) + 4e-6 * want.abs()).all(), float(err.max())
+    again = dk.smi_scores(e, codes, measure="facility_location", backend="triton", num_groups=k)
+    assert torch.equal(got, again)
+
+
+@pytest.mark.parametrize("measure", ["facility_location", "log_det"])
+def test_the_torch_path_of_other_measures_matches_the_cpu(measure):
+    gen = torch.Generator().manual_seed(23)
+    sizes = torch.randint(1, 40, (300,), generator=gen).tolist()
+    r, e, codes, k = _batch(23, sizes, 384, torch.float32)
+    got = _measure_step(r, e, codes, k, measure, "torch")
+    want = _measure_step(r.cpu(), e.cpu(), codes.cpu(), k, measure, "torch")
+    for name, a, b in zip(("smi", "adjust", "advantages"), got, want, strict=True):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-5, msg=f"{measure} {name}")
