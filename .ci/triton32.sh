@@ -23,4 +23,4 @@ quietly "$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0 "
 "$PY" -c 'import torch, triton; print("torch", torch.__version__, "| triton", triton.__version__)'
 
 exec "$PY" -m pytest -p no:cacheprovider -q ${JUNIT_XML:+--junitxml="$JUNIT_XML"} \
-    tests/test_triton.py tests/test_launch.py tests/test_resources.py
+    tests/test_triton.py tests/test_launch.py tests/test_resources.py tests/test_facility_kernel.py

@@ -72,7 +72,7 @@ def _signature(fn, constexprs: dict[str, Any], emb_type: str) -> dict[str, str]:
             signature[name] = out_type
         elif name in _POINTERS:
             signature[name] = _POINTERS[name]
-        elif name.startswith(("min_den", "eps")) or name == "x":
+        elif name.startswith(("min_den", "eps")) or name in ("x", "eta"):
             signature[name] = "fp32"
         elif name.startswith("stride"):
             signature[name] = "i64"
@@ -219,7 +219,7 @@ def every_kernel() -> list[tuple[str, Any, dict[str, Any], str, int, int]]:
     fixed-point sums, float64, the advantages code), for a compile check."""
     import torch
 
-    from dra_kernels._triton import buckets, forward
+    from dra_kernels._triton import buckets, facility, forward
     from dra_kernels._triton.config import PATHS, choose_config
 
     out = []
@@ -247,6 +247,10 @@ def every_kernel() -> list[tuple[str, Any, dict[str, Any], str, int, int]]:
         constexprs = {**bucket, "ENDS": ends, "ENDS_BLOCK": buckets.ENDS_BLOCK}
         out.append((f"count ends={ends}", buckets._count_kernel, constexprs, "fp32", 4, 1))
     out.append(("place", buckets._place_kernel, bucket, "fp32", 4, 1))
+    for dtype in ("bf16", "fp16", "fp32"):
+        constexprs = {"BM": 64, "BK": 16, "FP32_DOT": dtype == "fp32", "UPCAST_DOT": False}
+        out.append((f"facility location {dtype}", facility._facility_kernel, constexprs, dtype, 8,
+                    1))  # fmt: skip
     return out
 
 
@@ -255,8 +259,8 @@ def compile_all(arch: int) -> int:
     failed = 0
     for label, fn, constexprs, emb_type, warps, stages in every_kernel():
         try:
-            compiled = compile_for(fn, constexprs, emb_type, warps, stages, arch)
-            print(f"[compile] ok   {label} ({len(compiled.asm['cubin'])} bytes)", flush=True)
+            usage = compile_usage(fn, constexprs, emb_type, warps, stages, arch)
+            print(f"[compile] ok   {label} ({json.dumps(usage)})", flush=True)
         except Exception as exc:
             failed += 1
             print(f"[compile] FAIL {label}: {type(exc).__name__}: {str(exc)[-400:]}", flush=True)

@@ -55,4 +55,7 @@ def test_every_kernel_compiles_for_sm90(tmp_path):
     cmd = [sys.executable, "-m", "benchmarks.resources", "--compile-all"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.count("[compile] ok") >= 19, done.stdout
+    assert done.stdout.count("[compile] ok") >= 22, done.stdout
+    # the facility-location kernel's default tiles spill no register (under Triton 3.2 too)
+    facility = [line for line in done.stdout.splitlines() if "facility location" in line]
+    assert len(facility) == 3 and all('"STACK": 0' in line for line in facility), facility

@@ -217,8 +217,8 @@ def facility_location_smi(
     eta: float,
     *,
     block_m: int = 64,
-    block_k: int = 32,
-    num_warps: int = 4,
+    block_k: int = 16,
+    num_warps: int = 8,
     buckets: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Facility-location SMI of every row against the rest of its group (float32 ``[N]``).
@@ -231,7 +231,10 @@ def facility_location_smi(
         block_m: rows per tile (a power of two, at least 16): groups of up to ``block_m`` rows
             are read once.
         block_k: columns per streamed slice (a power of two, at least 16).
-        num_warps: warps per program.
+        num_warps: warps per program. The defaults are the tiles that spill no register under
+            Triton 3.2 and 3.9 for sm_90 (``python -m benchmarks.resources --compile-all``:
+            118-212 registers; with ``block_k=32`` and 4 warps Triton 3.2 spills 280-336 bytes);
+            they have not been timed on a GPU.
         buckets: ``(order, counts, ends)`` from :func:`group_buckets` for these codes, to reuse.
     """
     n, d = embeddings.shape
