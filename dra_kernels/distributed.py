@@ -18,13 +18,14 @@ before any data moves. The first collective of every call is one ``all_gather`` 
 inputs were refused still takes part in it. If any rank failed, every rank raises at once: the
 failing ranks their own error, the others a RuntimeError naming the failing ranks and their
 errors. Ranks that disagree on the function, ``num_groups``, ``scale``, ``eps``,
-``min_denominator`` or the width ``D`` all raise the same ValueError. So an argument error on one
-rank never leaves the others waiting for the process group's timeout.
+``min_denominator``, ``measure``, ``eta``, ``lam`` or the width ``D`` all raise the same
+ValueError. So an argument error on one rank never leaves the others waiting for the process
+group's timeout.
 
 Communication, per call, with ``K`` groups, ``D`` embedding columns and ``W`` ranks:
 
-- the header: one ``all_gather`` of 12 int64 values (96 bytes) per rank (a host synchronisation on
-  CUDA).
+- the header: one ``all_gather`` of 16 int64 values (128 bytes) per rank (a host synchronisation
+  on CUDA).
 - adjust / SMI: one ``all_reduce`` of ``K * (D + 1)`` elements of the compute dtype (float32, or
   float64 when an input is float64): :func:`allreduce_payload_bytes`. A bandwidth-optimal
   all-reduce (NCCL's ring or tree, gloo's ring) sends about ``2 * (W - 1) / W`` times that payload
@@ -42,6 +43,37 @@ Communication, per call, with ``K`` groups, ``D`` embedding columns and ``W`` ra
 
 Group ids follow the core's rule (docs/semantics.md, "Group ids"), checked by the same code.
 
+Other measures (``measure="facility_location"`` / ``"log_det"``, with ``eta`` and ``lam``, checked
+by :func:`dra_kernels.measures.check_measure`; see docs/measures.md): they are not linear in the
+similarities, so no per-group sum suffices: each group is computed whole on one rank, its owner,
+with :func:`dra_kernels.measures.smi_by_measure`. The owner is the rank holding most of the
+group's rows (the lowest such rank on a tie): deterministic, computed identically by every rank
+from the same table, and it moves the fewest rows: a group whose rows all sit on one rank never
+leaves it (no embedding moves at all when no group spans ranks). Each rank sends an owner its rows
+of the owner's groups ordered by (group, row); the owner stacks the blocks in rank order, so each
+group's rows are in (source rank, row) order, the order of the concatenation, and its SMI is the
+single-process SMI bit for bit on CPU. Per call, after the header and the ids:
+
+- one ``all_gather`` of each rank's per-group row counts: ``K`` int64 (``8 K`` bytes) per rank;
+- one batch of point-to-point sends (``batch_isend_irecv``; gloo has no ``all_to_all``): each row
+  not on its owner travels once, ``D`` values of the embeddings' dtype (float16 / bfloat16 /
+  float32 / float64, the dtype ``torch.cat`` of all ranks' rows would have, so the conversion is
+  exact);
+- one batch of point-to-point sends back: one SMI value per moved row (float32, float64 for
+  float64 embeddings);
+- :func:`dra_advantages`: the same two all-reduces of ``K`` elements as Graph-Cut.
+
+So ``M * (D * s + 4)`` bytes in all, ``M`` the rows not on their group's owner (at most ``N``, 0
+when groups do not span ranks) and ``s`` the embedding itemsize, against Graph-Cut's all-reduce of
+``K * (D + 1)`` values. Example: ``K = 64`` groups of ``G = 6`` spread evenly over ``W = 4``
+ranks, ``D = 512``, float32: each owner holds 2 of a group's 6 rows (or 1 of them), so about 256
+of the 384 rows move: 525 KB in total (about 131 KB received per rank where the owners are
+spread evenly over the ranks), against a 131 KB payload per all-reduce, of which a ring sends
+about 197 KB per rank. An owner holds its groups' rows (``N * D / W`` values when groups are
+owned evenly, up to ``N * D`` when one rank holds most rows of every group) and their ``G x G``
+matrices, and computes them alone, so the computation is spread over the ranks as the groups are
+owned. The number of collectives does not depend on the number of groups.
+
 Gradients: as in the core, embeddings are used detached and gradients flow through rewards. No
 collective runs in the backward pass: each rank gets the derivatives of its own outputs with
 respect to its own rewards, the other ranks' rewards held constant (the diagonal block of the
@@ -56,13 +88,16 @@ depend on timing. Without an initialised process group (or with one rank) the fu
 locally, like the core API.
 
 The computation uses the torch reference ops on the embeddings' device (the fused Triton kernel
-does not expose its per-group sums).
+does not expose its per-group sums); the other measures use :mod:`dra_kernels.measures` there.
 
 Example (each rank, after ``torch.distributed.init_process_group``)::
 
     from dra_kernels import distributed
 
     adjusted = distributed.adjust_rewards(local_rewards, local_embeddings, local_prompt_ids)
+    adjusted = distributed.adjust_rewards(
+        local_rewards, local_embeddings, local_prompt_ids, measure="log_det", lam=0.5
+    )
 """
 
 from __future__ import annotations
@@ -76,8 +111,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dra_kernels import api, reference
-from dra_kernels.api import Groups, Scale
+from dra_kernels import api, measures, reference
+from dra_kernels.api import Groups, Measure, Scale
+from dra_kernels.measures import DEFAULT_ETA, DEFAULT_LAM, MEASURES
 from dra_kernels.reference import DEFAULT_EPS, DEFAULT_MIN_DENOMINATOR
 
 __all__ = [
@@ -94,9 +130,13 @@ _EMPTY, _INTEGER, _HASHABLE = 0, 1, 2
 # The functions, as numbered in the header.
 _OPS = ("global_group_codes", "smi_scores", "adjust_rewards", "dra_advantages")
 
+# Embedding dtypes, as numbered in the header (-1: no embeddings).
+_EMBEDDING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 # Header columns (after the status and the message length that _exchange puts first).
-_OP, _KIND, _UNIQUE, _ROWS, _DIM, _FLOAT64, _NUM_GROUPS, _SCALE, _MIN_DEN, _EPS = range(2, 12)
-_HEADER_WIDTH = 10
+(_OP, _KIND, _UNIQUE, _ROWS, _DIM, _FLOAT64, _NUM_GROUPS, _SCALE, _MIN_DEN, _EPS, _MEASURE, _ETA,
+ _LAM, _EMBEDDING_DTYPE) = range(2, 16)  # fmt: skip
+_HEADER_WIDTH = 14
 _MAX_MESSAGE_BYTES = 4096
 
 
@@ -199,32 +239,60 @@ def _agree(table: torch.Tensor, column: int, what: str, show: Callable[[int], st
         raise ValueError(f"{what} must be the same on every rank, found {found}")
 
 
-def _consensus(table: torch.Tensor) -> tuple[int, bool]:
-    """``(D, float64)`` agreed by the ranks that hold rows; raises on every rank where the ranks
-    disagree on the function, its options or D (every rank sees the same table)."""
+@dataclass(frozen=True)
+class _Agreed:
+    """What the ranks agreed on in the header."""
+
+    dim: int  # D
+    float64: bool  # the compute dtype is float64 (an input on some rank is float64)
+    embedding_dtype: torch.dtype  # the promoted dtype of every rank's embeddings
+
+
+def _consensus(table: torch.Tensor) -> _Agreed:
+    """``D``, the compute and the embedding dtype agreed by the ranks that hold rows; raises on
+    every rank where the ranks disagree on the function, its options or D (every rank sees the
+    same table)."""
     _agree(table, _OP, "the function called", lambda v: _OPS[v])
     _agree(table, _NUM_GROUPS, "num_groups", lambda v: "none" if v < 0 else str(v))
     _agree(table, _SCALE, "scale", lambda v: ("std", "none", "unused")[v])
     _agree(table, _MIN_DEN, "min_denominator", lambda v: repr(_bits_float(v)))
     _agree(table, _EPS, "eps", lambda v: repr(_bits_float(v)))
+    _agree(table, _MEASURE, "measure", lambda v: repr(MEASURES[v]))
+    _agree(table, _ETA, "eta", lambda v: repr(_bits_float(v)))
+    _agree(table, _LAM, "lam", lambda v: repr(_bits_float(v)))
     rows = table[table[:, _ROWS] > 0]
     if rows.shape[0] == 0:
-        return int(table[0, _DIM]), False
+        return _Agreed(int(table[0, _DIM]), False, torch.float32)
     dims = sorted(set(rows[:, _DIM].tolist()))
     if len(dims) > 1:
         found = ", ".join(
             f"rank {r}: D={int(d)}" for r, d in enumerate(table[:, _DIM]) if table[r, _ROWS]
         )
         raise ValueError(f"embeddings must have the same width D on every rank, found {found}")
-    # NOTE: as for the concatenation, float64 anywhere makes the whole computation float64.
-    return int(dims[0]), bool(rows[:, _FLOAT64].any())
+    # NOTE: as for the concatenation, float64 anywhere makes the whole computation float64, and
+    # the embeddings' dtype is the one torch.cat would give them (float32 for float16 and
+    # bfloat16 together).
+    embedding_dtype = torch.float32
+    kinds = sorted({int(v) for v in rows[:, _EMBEDDING_DTYPE].tolist() if v >= 0})
+    if kinds:
+        embedding_dtype = _EMBEDDING_DTYPES[kinds[0]]
+        for kind in kinds[1:]:
+            embedding_dtype = torch.promote_types(embedding_dtype, _EMBEDDING_DTYPES[kind])
+    return _Agreed(int(dims[0]), bool(rows[:, _FLOAT64].any()), embedding_dtype)
 
 
 # ----------------------------------------------------------------------------- local checks
 
-# (scale: 0 "std", 1 "none", 2 unused; min_denominator; eps) as checked by the core.
-_Options = tuple[int, float, float]
-_NO_OPTIONS: _Options = (2, 0.0, 0.0)
+# (scale: 0 "std", 1 "none", 2 unused; min_denominator; eps; measure: its index in MEASURES;
+# eta; lam) as checked by the core.
+_Options = tuple[int, float, float, int, float, float]
+_NO_OPTIONS: _Options = (2, 0.0, 0.0, 0, DEFAULT_ETA, DEFAULT_LAM)
+
+
+def _measure_options(measure: Any, eta: Any, lam: Any) -> tuple[int, float, float]:
+    """``(measure index, eta, lam)`` checked by the core's rule (:func:`measures.check_measure`)."""
+    checked, eta, lam = measures.check_measure(measure, eta, lam)
+    return MEASURES.index(checked), eta, lam
 
 
 @dataclass
@@ -366,14 +434,19 @@ def _union_hashable_codes(local: _Local, op: str, pg: Any) -> Groups:
 
 def _plan(
     op: str, num_groups: int | None, pg: Any, check: Callable[[bool], _Local]
-) -> tuple[_Local, Groups, int, torch.dtype, bool]:
-    """This rank's checked inputs, the global codes of its rows, the agreed ``D``, the compute
-    dtype, and whether collectives run."""
+) -> tuple[_Local, Groups, _Agreed, bool]:
+    """This rank's checked inputs, the global codes of its rows, what the ranks agreed on (``D``,
+    the dtypes), and whether collectives run."""
     active = _active(pg)
     if not active:
         local = check(False)
-        dim = 0 if local.embeddings is None else local.embeddings.shape[1]
-        return local, _local_groups(local), dim, _dtype(local.float64), False
+        e = local.embeddings
+        agreed = _Agreed(
+            0 if e is None else e.shape[1],
+            local.float64,
+            torch.float32 if e is None else e.dtype,
+        )
+        return local, _local_groups(local), agreed, False
     error = local = None
     try:
         local = check(True)
@@ -381,7 +454,8 @@ def _plan(
         error = exc
     row = [0] * _HEADER_WIDTH
     if local is not None:
-        scale, min_denominator, eps = local.options
+        scale, min_denominator, eps, measure, eta, lam = local.options
+        e = local.embeddings
         row = [
             _OPS.index(op),
             local.kind,
@@ -393,17 +467,21 @@ def _plan(
             scale,
             _float_bits(min_denominator),
             _float_bits(eps),
+            measure,
+            _float_bits(eta),
+            _float_bits(lam),
+            -1 if e is None else _EMBEDDING_DTYPES.index(e.dtype),
         ]
     table = _exchange(row, error, op, pg)
     assert local is not None
-    dim, float64 = _consensus(table)
+    agreed = _consensus(table)
     if local.hinted is not None:
         groups = local.hinted
     elif _HASHABLE in table[:, _KIND].tolist():
         groups = _union_hashable_codes(local, op, pg)
     else:
         groups = _union_integer_codes(local, table, pg)
-    return local, groups, dim, _dtype(float64), True
+    return local, groups, agreed, True
 
 
 def _dtype(float64: bool) -> torch.dtype:
@@ -460,6 +538,19 @@ class _GlobalSum(torch.autograd.Function):
         return grad, None
 
 
+@dataclass
+class _Call:
+    """One call's checked inputs and what the ranks agreed on."""
+
+    options: _Options
+    rewards: torch.Tensor | None
+    embeddings: torch.Tensor
+    groups: Groups
+    dtype: torch.dtype  # the compute dtype
+    embedding_dtype: torch.dtype  # the promoted dtype of every rank's embeddings
+    active: bool
+
+
 def _inputs(
     op: str,
     options: Callable[[], _Options],
@@ -468,22 +559,31 @@ def _inputs(
     group_ids: Any,
     num_groups: int | None,
     pg: Any,
-) -> tuple[_Options, torch.Tensor | None, torch.Tensor, Groups, torch.dtype, bool]:
+) -> _Call:
     def check(active: bool) -> _Local:
         return _check_local(options, rewards, embeddings, group_ids, num_groups, pg, active)
 
-    local, groups, dim, dtype, active = _plan(op, num_groups, pg, check)
+    local, groups, agreed, active = _plan(op, num_groups, pg, check)
     e = local.embeddings
     assert e is not None
     if e.shape[0] == 0:  # a rank without rows takes part with the agreed width
-        e = e.new_zeros(0, dim)
-    return local.options, local.rewards, e, groups, dtype, active
+        e = e.new_zeros(0, agreed.dim)
+    dtype = _dtype(agreed.float64)
+    return _Call(local.options, local.rewards, e, groups, dtype, agreed.embedding_dtype, active)
+
+
+def _scores(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local SMI by the call's measure, and the global per-group row counts (in the compute
+    dtype)."""
+    if MEASURES[call.options[3]] == "graph_cut":
+        return _smi(call.embeddings, call.groups, call.dtype, pg, call.active)
+    return _owner_smi(call, pg)
 
 
 def _smi(
     e: torch.Tensor, groups: Groups, dtype: torch.dtype, pg: Any, active: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Local SMI and the global per-group row counts (in ``dtype``)."""
+    """Local Graph-Cut SMI and the global per-group row counts (in ``dtype``)."""
     if not active:  # one process: the single-process reference itself, bit for bit
         counts = reference._group_counts(groups.codes, groups.num_groups)
         return reference.smi_scores(e, groups.codes, groups.num_groups, dtype), counts.to(dtype)
@@ -498,11 +598,90 @@ def _smi(
     return reference.smi_from_sums(units, groups.codes, sums, counts), counts.to(dtype)
 
 
+def _exchange_rows(
+    outgoing: list[torch.Tensor], incoming: list[torch.Tensor], me: int, pg: Any
+) -> None:
+    """Send ``outgoing[p]`` to rank ``p`` and receive ``incoming[p]`` from it, for every other rank
+    with something to send or receive (both sides know every size): one batch of point-to-point
+    operations (gloo has no all_to_all; NCCL needs them batched)."""
+    ops = []
+    for p in range(len(outgoing)):
+        if p == me:
+            continue
+        peer = p if pg is None else dist.get_global_rank(pg, p)
+        if outgoing[p].numel():
+            ops.append(dist.P2POp(dist.isend, outgoing[p], peer, pg))
+        if incoming[p].numel():
+            ops.append(dist.P2POp(dist.irecv, incoming[p], peer, pg))
+    if ops:
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+
+
+def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Facility-location / log-det SMI: each group computed whole on one rank, its owner.
+
+    1. ``all_gather`` of every rank's per-group row counts (``K`` int64 per rank): every rank
+       knows the ``[W, K]`` table, hence each group's owner (the rank holding most of its rows,
+       the lowest such rank on a tie: no row of a group held by one rank moves), how many rows
+       it sends to and receives from each rank, and in which order.
+    2. Each rank sends every owner the rows of the owner's groups, ordered by (group code, row);
+       the owner concatenates the blocks in rank order, so each group's rows are in (source
+       rank, row) order: the concatenation's order.
+    3. The owner computes :func:`dra_kernels.measures.smi_by_measure` on the rows it gathered
+       (a group's result depends on its own rows only) and sends each block's SMI back.
+    """
+    e, groups, dtype = call.embeddings, call.groups, call.dtype
+    measure, eta, lam = MEASURES[call.options[3]], call.options[4], call.options[5]
+    codes, k = groups.codes, groups.num_groups
+    if not call.active:  # one process: what the core computes, bit for bit
+        counts = reference._group_counts(codes, k)
+        smi = measures.smi_by_measure(e, codes, k, measure, eta=eta, lam=lam)
+        return smi.to(dtype), counts.to(dtype)
+    device = e.device
+    if k == 0:  # no rows on any rank
+        empty = torch.zeros(0, dtype=dtype, device=device)
+        return empty, empty
+    world, me = dist.get_world_size(pg), dist.get_rank(pg)
+    local_counts = reference._group_counts(codes, k)
+    parts = [torch.empty_like(local_counts) for _ in range(world)]
+    dist.all_gather(parts, local_counts, group=pg)
+    table = torch.stack(parts).cpu()  # [W, K]
+    owner = torch.from_numpy(table.numpy().argmax(axis=0))  # the first maximum: the lowest rank
+    owned = (owner == me).nonzero().flatten()  # this rank's groups, in code order
+    sends = torch.zeros(world, dtype=torch.int64).index_add_(0, owner, table[me]).tolist()
+    receives = table[:, owned].sum(dim=1).tolist()
+
+    # NOTE: the transfer dtype is the embeddings' promoted dtype, an exact conversion; the SMI
+    # comes back in the dtype smi_by_measure gives that dtype.
+    key = owner.to(device).index_select(0, codes) * k + codes
+    order = torch.argsort(key, stable=True)  # this rank's rows by (owner, code, row)
+    rows = e.detach().to(call.embedding_dtype).index_select(0, order)
+    outgoing = list(rows.split(sends))
+    incoming = [
+        outgoing[p] if p == me else rows.new_empty(receives[p], rows.shape[1]) for p in range(world)
+    ]
+    _exchange_rows(outgoing, incoming, me, pg)
+    owned_codes = torch.cat([owned.repeat_interleave(table[p, owned]) for p in range(world)])
+    values = measures.smi_by_measure(
+        torch.cat(incoming), owned_codes.to(device), k, measure, eta=eta, lam=lam
+    )
+    replies = list(values.split(receives))
+    answers = [replies[p] if p == me else values.new_empty(sends[p]) for p in range(world)]
+    _exchange_rows(replies, answers, me, pg)
+    smi = torch.empty(codes.shape[0], dtype=values.dtype, device=device)
+    smi[order] = torch.cat(answers)
+    return smi.to(dtype), table.sum(dim=0).to(device, dtype)
+
+
 def smi_scores(
     embeddings: Any,
     group_ids: Any,
     *,
     num_groups: int | None = None,
+    measure: Measure = "graph_cut",
+    eta: float = DEFAULT_ETA,
+    lam: float = DEFAULT_LAM,
     process_group: Any = None,
 ) -> Any:
     """:func:`dra_kernels.smi_scores` for this rank's rows, with groups spanning ranks.
@@ -511,15 +690,23 @@ def smi_scores(
         embeddings: this rank's ``[n, D]`` embeddings (``n`` may be 0; keep ``D``).
         group_ids: this rank's ``[n]`` group ids (integers or hashable labels).
         num_groups: optional hint: integer ids in ``[0, num_groups)``, the same on every rank.
+        measure: ``"graph_cut"`` (default: one all-reduce), ``"facility_location"`` or
+            ``"log_det"`` (each group's rows gathered on one rank; see the module's
+            "Other measures"); the same on every rank.
+        eta: query magnification of ``facility_location`` and ``log_det``
+            (:func:`dra_kernels.measures.check_measure`); the same on every rank.
+        lam: ridge of ``log_det``; the same on every rank.
         process_group: the ``torch.distributed`` group (default: the world).
 
     Returns:
         ``[n]`` SMI of this rank's rows, of the kind of ``embeddings`` (never requires grad).
     """
-    _, _, e, groups, dtype, active = _inputs(
-        "smi_scores", lambda: _NO_OPTIONS, None, embeddings, group_ids, num_groups, process_group
-    )
-    smi, _ = _smi(e, groups, dtype, process_group, active)
+
+    def options() -> _Options:
+        return 2, 0.0, 0.0, *_measure_options(measure, eta, lam)
+
+    call = _inputs("smi_scores", options, None, embeddings, group_ids, num_groups, process_group)
+    smi, _ = _scores(call, process_group)
     return api._convert_out(smi, embeddings)
 
 
@@ -530,6 +717,9 @@ def adjust_rewards(
     *,
     num_groups: int | None = None,
     min_denominator: float = DEFAULT_MIN_DENOMINATOR,
+    measure: Measure = "graph_cut",
+    eta: float = DEFAULT_ETA,
+    lam: float = DEFAULT_LAM,
     process_group: Any = None,
 ) -> Any:
     """:func:`dra_kernels.adjust_rewards` for this rank's rows, with groups spanning ranks.
@@ -544,6 +734,9 @@ def adjust_rewards(
         num_groups: optional hint: integer ids in ``[0, num_groups)``, the same on every rank;
             skips the id exchange.
         min_denominator: lower clamp of ``1 + SMI``, in (0, 1].
+        measure: which SMI, see :func:`smi_scores` (default the paper's graph-cut).
+        eta: query magnification of ``facility_location`` and ``log_det``.
+        lam: ridge of ``log_det``.
         process_group: the ``torch.distributed`` group (default: the world).
 
     Returns:
@@ -552,14 +745,16 @@ def adjust_rewards(
     """
 
     def options() -> _Options:
-        return 2, api._check_min_denominator(min_denominator), 0.0
+        md = api._check_min_denominator(min_denominator)  # the core's checks, in its order
+        return 2, md, 0.0, *_measure_options(measure, eta, lam)
 
-    (_, md, _), r, e, groups, dtype, active = _inputs(
+    call = _inputs(
         "adjust_rewards", options, rewards, embeddings, group_ids, num_groups, process_group
     )
-    assert r is not None
-    smi, _ = _smi(e, groups, dtype, process_group, active)
-    return api._convert_out(reference.adjust_from_smi(r, smi, md), rewards)
+    assert call.rewards is not None
+    smi, _ = _scores(call, process_group)
+    md = call.options[1]
+    return api._convert_out(reference.adjust_from_smi(call.rewards, smi, md), rewards)
 
 
 def dra_advantages(
@@ -571,6 +766,9 @@ def dra_advantages(
     eps: float = DEFAULT_EPS,
     num_groups: int | None = None,
     min_denominator: float = DEFAULT_MIN_DENOMINATOR,
+    measure: Measure = "graph_cut",
+    eta: float = DEFAULT_ETA,
+    lam: float = DEFAULT_LAM,
     process_group: Any = None,
 ) -> Any:
     """:func:`dra_kernels.dra_advantages` for this rank's rows, with groups spanning ranks.
@@ -587,6 +785,9 @@ def dra_advantages(
         eps: added to the group standard deviation (> 0 with ``scale="std"``).
         num_groups: optional hint: integer ids in ``[0, num_groups)``, the same on every rank.
         min_denominator: lower clamp of ``1 + SMI``, in (0, 1].
+        measure: which SMI, see :func:`smi_scores` (default the paper's graph-cut).
+        eta: query magnification of ``facility_location`` and ``log_det``.
+        lam: ridge of ``log_det``.
         process_group: the ``torch.distributed`` group (default: the world).
 
     Returns:
@@ -598,15 +799,17 @@ def dra_advantages(
         checked = api._check_scale(scale)  # the core's checks, in the core's order
         checked_eps = api._check_eps(eps, checked)
         md = api._check_min_denominator(min_denominator)
-        return ("std", "none").index(checked), md, checked_eps
+        return ("std", "none").index(checked), md, checked_eps, *_measure_options(measure, eta, lam)
 
-    (scale_id, md, checked_eps), r, e, groups, dtype, active = _inputs(
+    call = _inputs(
         "dra_advantages", options, rewards, embeddings, group_ids, num_groups, process_group
     )
+    r = call.rewards
     assert r is not None
-    smi, counts = _smi(e, groups, dtype, process_group, active)
+    scale_id, md, checked_eps = call.options[:3]
+    smi, counts = _scores(call, process_group)
     adjusted = reference.adjust_from_smi(r, smi, md)
-    codes, k = groups.codes, groups.num_groups
+    codes, k, dtype, active = call.groups.codes, call.groups.num_groups, call.dtype, call.active
 
     def group_sum(values: torch.Tensor) -> torch.Tensor:
         totals = torch.zeros(k, dtype=dtype, device=values.device).index_add(0, codes, values)

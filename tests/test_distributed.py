@@ -295,6 +295,25 @@ REFUSED = {
     "set group ids": ("smi_scores", (E2, {0, 1}), {}),
     "float tensor group ids": ("smi_scores", (E2, torch.zeros(2)), {}),
     "2-D group ids": ("smi_scores", (E2, np.zeros((2, 1), int)), {}),
+    # the measure options (tests/test_distributed_measures.py tests them across ranks)
+    "unknown measure": ("smi_scores", (E2, IDS2), {"measure": "cosine"}),
+    "measure not a string": ("adjust_rewards", (R2, E2, IDS2), {"measure": 1}),
+    "eta with graph_cut": ("dra_advantages", (R2, E2, IDS2), {"eta": 0.5}),
+    "lam with facility_location": (
+        "adjust_rewards",
+        (R2, E2, IDS2),
+        {"measure": "facility_location", "lam": 2.0},
+    ),
+    "eta above 1 with log_det": ("smi_scores", (E2, IDS2), {"measure": "log_det", "eta": 1.5}),
+    "lam too small": ("adjust_rewards", (R2, E2, IDS2), {"measure": "log_det", "lam": 0.0}),
+    "eta a string": ("smi_scores", (E2, IDS2), {"measure": "facility_location", "eta": "1"}),
+    "min_denominator before measure": (
+        "adjust_rewards",
+        (R2, E2, IDS2),
+        {"min_denominator": 2.0, "measure": "x"},
+    ),
+    "eps before measure": ("dra_advantages", (R2, E2, IDS2), {"eps": 0.0, "measure": "x"}),
+    "measure before the data": ("adjust_rewards", (R2, E2[:1], IDS2), {"measure": "x"}),
 }
 
 
