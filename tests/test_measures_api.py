@@ -85,3 +85,18 @@ def test_bad_measures_are_refused_by_every_function(fn):
         call(measure="facility_location", lam=0.5)  # not a parameter of facility location
     with pytest.raises(ValueError, match="no Triton kernel"):
         call(measure="log_det", backend="triton")
+
+
+def test_integrations_check_the_measure_as_the_core_does():
+    """The integrations' shared check names their own options and refuses log-det on the
+    triton backend, as the core does (facility location has a kernel there)."""
+    from dra_kernels.integrations._common import check_measure_options
+
+    names = ("dra.measure", "dra.eta", "dra.lam")
+    got = check_measure_options("facility_location", 2, 1.0, names, "triton", "dra.backend")
+    assert got == ("facility_location", 2.0, 1.0)
+    with pytest.raises(ValueError, match=r"^dra\.measure='log_det' has no Triton.*dra\.backend"):
+        check_measure_options("log_det", 1.0, 0.5, names, "triton", "dra.backend")
+    assert check_measure_options("log_det", 1.0, 0.5, names, "auto")[0] == "log_det"
+    with pytest.raises(ValueError, match=r"^dra\.eta is not used by measure='graph_cut'"):
+        check_measure_options("graph_cut", 0.5, 1.0, names)

@@ -14,6 +14,7 @@ __all__ = [
     "EmbedFn",
     "PatchOnImport",
     "as_embed_fn",
+    "check_measure_options",
     "embed_metrics",
     "env_flag",
     "import_object",
@@ -35,6 +36,41 @@ def env_flag(name: str) -> bool:
     if value in _FALSE:
         return False
     raise ValueError(f"{name} must be one of 1/true/yes/on or 0/false/no/off, got {value!r}")
+
+
+def check_measure_options(
+    measure: Any,
+    eta: Any,
+    lam: Any,
+    names: tuple[str, str, str],
+    backend: str | None = None,
+    backend_name: str = "backend",
+) -> tuple[str, float, float]:
+    """:func:`dra_kernels.measures.check_measure` (the core's rule, nothing loaded), its errors
+    naming the option as the integration spells it: ``names`` for ``(measure, eta, lam)``, e.g.
+    ``("dra_measure", "dra_eta", "dra_lam")``. With ``backend="triton"`` (the option named
+    ``backend_name``) log-det is refused, as the core refuses it: it has no Triton kernel.
+
+    Returns:
+        ``(measure, eta, lam)`` with float values.
+    """
+    from dra_kernels import measures
+
+    try:
+        checked = measures.check_measure(measure, eta, lam)
+    except (TypeError, ValueError) as exc:
+        text = str(exc)
+        for plain, name in zip(("measure", "eta", "lam"), names, strict=True):
+            if text.startswith(plain + " "):
+                text = name + text[len(plain) :]
+                break
+        raise type(exc)(text) from None
+    if checked[0] == "log_det" and backend == "triton":
+        raise ValueError(
+            f"{names[0]}='log_det' has no Triton kernel: use {backend_name}=auto or torch "
+            "(auto computes it with torch on the embeddings' device)"
+        )
+    return checked
 
 
 def import_object(spec: str, what: str) -> Any:

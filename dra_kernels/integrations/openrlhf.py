@@ -30,6 +30,12 @@ Environment variables (read by :func:`config_from_env`; the launcher's ``--dra.*
   ``{"model": "jinaai/jina-embeddings-v2-small-en", "trust_remote_code": true}``.
 - ``DRA_KERNELS_OPENRLHF_MIN_DENOMINATOR``: float > 0, default 0.1 (see ``adjust_rewards``).
 - ``DRA_KERNELS_OPENRLHF_BACKEND``: ``auto`` (default), ``torch`` or ``triton``.
+- ``DRA_KERNELS_OPENRLHF_MEASURE``: the SMI measure, ``graph_cut`` (default, the paper's),
+  ``facility_location`` or ``log_det`` (docs/measures.md; log-det runs on torch, so not with
+  ``triton``).
+- ``DRA_KERNELS_OPENRLHF_ETA``, ``DRA_KERNELS_OPENRLHF_LAM``: the measure's ``eta`` (facility
+  location, log-det) and ``lam`` (log-det), floats, default 1.0; checked by
+  :func:`dra_kernels.measures.check_measure`.
 
 The embedder is built when the experience maker is constructed (in the trainer actor, after
 OpenRLHF's driver has reserved every GPU and before the first rollout). The trainer actor holds no
@@ -54,6 +60,7 @@ from dra_kernels.api import adjust_rewards, smi_scores
 from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig
 from dra_kernels.integrations._common import (
     PatchOnImport,
+    check_measure_options,
     embed_metrics,
     env_flag,
     import_object,
@@ -64,12 +71,16 @@ from dra_kernels.integrations._placement import (
     build_embed_fn,
     check_device,
 )
+from dra_kernels.measures import DEFAULT_ETA, DEFAULT_LAM
 from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
 
 __all__ = [
     "ENV_BACKEND",
     "ENV_EMBEDDER",
     "ENV_ENABLE",
+    "ENV_ETA",
+    "ENV_LAM",
+    "ENV_MEASURE",
     "ENV_MIN_DENOMINATOR",
     "ENV_OPTIONS",
     "OPTIONS",
@@ -91,6 +102,9 @@ ENV_EMBEDDER = "DRA_KERNELS_OPENRLHF_EMBEDDER"
 ENV_MIN_DENOMINATOR = "DRA_KERNELS_OPENRLHF_MIN_DENOMINATOR"
 ENV_BACKEND = "DRA_KERNELS_OPENRLHF_BACKEND"
 ENV_OPTIONS = "DRA_KERNELS_OPENRLHF_OPTIONS"
+ENV_MEASURE = "DRA_KERNELS_OPENRLHF_MEASURE"
+ENV_ETA = "DRA_KERNELS_OPENRLHF_ETA"
+ENV_LAM = "DRA_KERNELS_OPENRLHF_LAM"
 
 PREFIX = "--dra."
 """How the launcher spells the options (``--dra.model``); used in every error message."""
@@ -129,6 +143,8 @@ class DRAConfig:
         min_denominator: lower clamp of ``1 + SMI``, as in :func:`dra_kernels.adjust_rewards`.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
         skip_special_tokens: passed to the tokenizer's ``batch_decode``.
+        measure, eta, lam: the SMI measure and its parameters, as in
+            :func:`dra_kernels.adjust_rewards`.
     """
 
     embedder: Embedder | None = None
@@ -139,6 +155,9 @@ class DRAConfig:
     min_denominator: float = DEFAULT_MIN_DENOMINATOR
     backend: str = "auto"
     skip_special_tokens: bool = True
+    measure: str = "graph_cut"
+    eta: float = DEFAULT_ETA
+    lam: float = DEFAULT_LAM
 
     def get_embedder(self) -> Embedder:
         """The embedding function, built on the first call (where the placement rules say)."""
@@ -184,7 +203,8 @@ def config_from_env() -> DRAConfig | None:
             f"unknown DRA option(s) {[PREFIX + str(k) for k in unknown]} (from {ENV_OPTIONS}); "
             "valid: "
             + ", ".join(PREFIX + key for key in ("enable", "embedder", *OPTIONS))
-            + f", {PREFIX}min_denominator, {PREFIX}backend"
+            + f", {PREFIX}min_denominator, {PREFIX}backend, {PREFIX}measure, {PREFIX}eta, "
+            f"{PREFIX}lam"
         )
     if factory is not None:
         given = sorted(k for k in EMBEDDER_OPTIONS if options.get(k) is not None)
@@ -210,6 +230,7 @@ def config_from_env() -> DRAConfig | None:
     backend = os.environ.get(ENV_BACKEND, "").strip() or "auto"
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"{ENV_BACKEND} must be auto, torch or triton, got {backend!r}")
+    measure, eta, lam = _measure_from_env(backend)
     return DRAConfig(
         embedder_factory=factory,
         embedder_config=embedder_config,
@@ -217,7 +238,36 @@ def config_from_env() -> DRAConfig | None:
         placement=placement,
         min_denominator=min_denominator,
         backend=backend,
+        measure=measure,
+        eta=eta,
+        lam=lam,
     )
+
+
+def _measure_from_env(backend: str) -> tuple[str, float, float]:
+    """``DRA_KERNELS_OPENRLHF_MEASURE`` / ``_ETA`` / ``_LAM`` (unset or empty: the default), by
+    the core's rule; errors name the flag and the variable."""
+    measure = os.environ.get(ENV_MEASURE, "").strip() or "graph_cut"
+    eta = _float_from_env(ENV_ETA, DEFAULT_ETA)
+    lam = _float_from_env(ENV_LAM, DEFAULT_LAM)
+    names = (
+        f"{PREFIX}measure ({ENV_MEASURE})",
+        f"{PREFIX}eta ({ENV_ETA})",
+        f"{PREFIX}lam ({ENV_LAM})",
+    )
+    return check_measure_options(measure, eta, lam, names, backend, ENV_BACKEND)
+
+
+def _float_from_env(name: str, default: float) -> Any:
+    """The float in ``name``, its default when unset or empty, or the text itself when it does
+    not read as a float (then refused by the check, which names it)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
 
 
 def options_from_env() -> dict[str, Any]:
@@ -353,6 +403,7 @@ def apply_dra_to_experiences(
     device = embeddings.device
     group_ids = (positions // n_samples_per_prompt).to(device)
     num_groups = positions.numel() // n_samples_per_prompt
+    measure = {"measure": config.measure, "eta": config.eta, "lam": config.lam}
     adjusted = adjust_rewards(
         rewards.to(device, torch.promote_types(rewards.dtype, torch.float32)),
         embeddings,
@@ -360,8 +411,11 @@ def apply_dra_to_experiences(
         backend=config.backend,
         num_groups=num_groups,
         min_denominator=config.min_denominator,
+        **measure,
     )
-    smi = smi_scores(embeddings, group_ids, backend=config.backend, num_groups=num_groups)
+    smi = smi_scores(
+        embeddings, group_ids, backend=config.backend, num_groups=num_groups, **measure
+    )
     for experience, new_rewards, row_smi in zip(
         experiences, adjusted.split(lengths), smi.split(lengths), strict=True
     ):
@@ -445,6 +499,9 @@ def install(
     config: DRAConfig | None = None,
     min_denominator: float = DEFAULT_MIN_DENOMINATOR,
     backend: str = "auto",
+    measure: str = "graph_cut",
+    eta: float = DEFAULT_ETA,
+    lam: float = DEFAULT_LAM,
 ) -> DRAConfig:
     """Turn DRA on in this process: wrap ``RemoteExperienceMaker.compute_advantages_and_returns``
     (DRA before the original) and ``RemoteExperienceMaker.__init__`` (the embedder is built when
@@ -457,13 +514,24 @@ def install(
         embedder: callable ``list[str] -> [N, D]``; ``None`` uses :mod:`dra_kernels.embed`'s
             default, built on first use.
         config: a full :class:`DRAConfig` (then ``embedder`` and the options must be left out).
-        min_denominator, backend: as in :func:`dra_kernels.adjust_rewards`.
+        min_denominator, backend, measure, eta, lam: as in :func:`dra_kernels.adjust_rewards`
+            (the measure options are checked here, by :func:`dra_kernels.measures.check_measure`).
 
     Returns:
         The configuration in force.
     """
     if config is None:
-        config = DRAConfig(embedder=embedder, min_denominator=min_denominator, backend=backend)
+        measure, eta, lam = check_measure_options(
+            measure, eta, lam, ("measure", "eta", "lam"), backend, "backend"
+        )
+        config = DRAConfig(
+            embedder=embedder,
+            min_denominator=min_denominator,
+            backend=backend,
+            measure=measure,
+            eta=eta,
+            lam=lam,
+        )
     elif embedder is not None:
         raise ValueError("pass either embedder= or config=, not both")
     _state["config"] = config

@@ -8,9 +8,11 @@ Usage (every OpenRLHF flag passes through unchanged)::
         [--dra.batch_size N] [--dra.device auto] [--dra.dtype float32] \\
         [--dra.placement auto] [--dra.num_gpus 0.1] [--dra.placement_timeout 120] \\
         [--dra.embedder package.module:factory] [--dra.min_denominator 0.1] \\
-        [--dra.backend auto] <train_ppo_ray flags>
+        [--dra.backend auto] [--dra.measure graph_cut] [--dra.eta 1.0] [--dra.lam 1.0] \\
+        <train_ppo_ray flags>
 
 The paper's embedder: ``--dra.model jinaai/jina-embeddings-v2-small-en --dra.trust_remote_code``.
+Another SMI measure (docs/measures.md): ``--dra.measure log_det --dra.lam 0.5``.
 
 What it does, in the driver process, before running ``train_ppo_ray`` as ``__main__``:
 
@@ -44,6 +46,9 @@ from dra_kernels.integrations.openrlhf import (
     ENV_BACKEND,
     ENV_EMBEDDER,
     ENV_ENABLE,
+    ENV_ETA,
+    ENV_LAM,
+    ENV_MEASURE,
     ENV_MIN_DENOMINATOR,
     ENV_OPTIONS,
     OPTIONS,
@@ -68,8 +73,20 @@ _VALUE_FLAGS = {
     f"{PREFIX}embedder": ENV_EMBEDDER,
     f"{PREFIX}min_denominator": ENV_MIN_DENOMINATOR,
     f"{PREFIX}backend": ENV_BACKEND,
+    f"{PREFIX}measure": ENV_MEASURE,
+    f"{PREFIX}eta": ENV_ETA,
+    f"{PREFIX}lam": ENV_LAM,
 }
-_ENV_NAMES = (ENV_ENABLE, ENV_EMBEDDER, ENV_MIN_DENOMINATOR, ENV_BACKEND, ENV_OPTIONS)
+_ENV_NAMES = (
+    ENV_ENABLE,
+    ENV_EMBEDDER,
+    ENV_MIN_DENOMINATOR,
+    ENV_BACKEND,
+    ENV_OPTIONS,
+    ENV_MEASURE,
+    ENV_ETA,
+    ENV_LAM,
+)
 _TYPES = {
     f.name: str(f.type)
     for cls in (EmbedderConfig, PlacementOptions)
@@ -83,6 +100,9 @@ FLAGS: tuple[str, ...] = (
     *(PREFIX + name for name in OPTIONS),
     f"{PREFIX}min_denominator",
     f"{PREFIX}backend",
+    f"{PREFIX}measure",
+    f"{PREFIX}eta",
+    f"{PREFIX}lam",
 )
 """Every ``--dra.*`` flag the launcher takes."""
 

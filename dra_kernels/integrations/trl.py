@@ -12,7 +12,9 @@ function sees a whole group. ``GRPOTrainer._calculate_rewards`` returns the gath
 3. computes their SMI with :func:`dra_kernels.distributed.smi_scores`, the groups being TRL's own
    (integer ids ``j // G`` with ``num_groups``, so no id exchange: one all-reduce of
    ``K x (D + 1)`` floats per batch), then gathers the ``[global batch]`` SMI vector (as TRL gathers
-   its rewards);
+   its rewards); ``dra_measure="facility_location"`` / ``"log_det"`` (with ``dra_eta``,
+   ``dra_lam``) computes those SMI measures instead, each group whole on one process (see
+   :mod:`dra_kernels.distributed`, "Other measures");
 4. divides every reward column by ``max(1 + SMI, min_denominator)``.
 
 ``multi_objective_aggregation``:
@@ -67,7 +69,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without trl
 
 from dra_kernels import distributed, reference
 from dra_kernels.embed import DEFAULT_MODEL, EmbedderConfig, pool_hidden_states
-from dra_kernels.integrations._common import EmbedFn, as_embed_fn, embed_metrics
+from dra_kernels.integrations._common import (
+    EmbedFn,
+    as_embed_fn,
+    check_measure_options,
+    embed_metrics,
+)
+from dra_kernels.measures import DEFAULT_ETA, DEFAULT_LAM
 from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
 
 __all__ = [
@@ -209,6 +217,12 @@ class DRARewardsMixin:
 
             Each process embeds only its own completions.
         dra_min_denominator: lower clamp of ``1 + SMI`` (see :func:`dra_kernels.adjust_rewards`).
+        dra_measure: the SMI measure: ``"graph_cut"`` (default, the paper's),
+            ``"facility_location"`` or ``"log_det"`` (docs/measures.md).
+        dra_eta: the measure's query magnification ``eta`` (facility location, log-det;
+            default 1.0).
+        dra_lam: log-det's ridge ``lam`` (default 1.0). The three are checked by
+            :func:`dra_kernels.measures.check_measure`, errors naming the keyword.
         dra_model, dra_trust_remote_code, dra_long_text, dra_window_tokens, dra_window_overlap,
             dra_max_tokens, dra_batch_size, dra_device, dra_dtype: the
             :class:`dra_kernels.embed.EmbedderConfig` fields of the same name without ``dra_``
@@ -230,6 +244,9 @@ class DRARewardsMixin:
         *args: Any,
         embedder: Any = None,
         dra_min_denominator: float = DEFAULT_MIN_DENOMINATOR,
+        dra_measure: str = "graph_cut",
+        dra_eta: float = DEFAULT_ETA,
+        dra_lam: float = DEFAULT_LAM,
         **kwargs: Any,
     ) -> None:
         if (
@@ -242,6 +259,9 @@ class DRARewardsMixin:
                 f"dra_min_denominator must be a number in (0, 1] (as for adjust_rewards), got "
                 f"{dra_min_denominator!r}"
             )
+        measure, eta, lam = check_measure_options(
+            dra_measure, dra_eta, dra_lam, ("dra_measure", "dra_eta", "dra_lam")
+        )
         options = {key: kwargs.pop(key) for key in list(kwargs) if key.startswith(OPTION_PREFIX)}
         checked = _check_embedder(embedder, options)
         super().__init__(*args, **kwargs)
@@ -252,6 +272,7 @@ class DRARewardsMixin:
                 "columns is not known to adjust the rewards that TRL normalises"
             )
         self.dra_min_denominator = float(dra_min_denominator)
+        self.dra_measure, self.dra_eta, self.dra_lam = measure, eta, lam
         self.dra_policy_embedder = checked is None
         self.dra_policy_batch_size: int | None = options.get(f"{OPTION_PREFIX}batch_size")
         self.dra_embedder_config: EmbedderConfig | None = None
@@ -410,7 +431,12 @@ class DRARewardsMixin:
         group_ids = torch.arange(start, start + local, device=embeddings.device) // group_size
         with profiling_context(self, "dra_smi"):
             smi_local = distributed.smi_scores(
-                embeddings, group_ids, num_groups=total // group_size
+                embeddings,
+                group_ids,
+                num_groups=total // group_size,
+                measure=self.dra_measure,
+                eta=self.dra_eta,
+                lam=self.dra_lam,
             )
             smi = gather(smi_local.to(device)).to(torch.float32)
         adjusted = reference.adjust_from_smi(
@@ -431,8 +457,9 @@ class DRARewardsMixin:
 class DRAGRPOTrainer(DRARewardsMixin, GRPOTrainer):
     """``trl.GRPOTrainer`` with Diversity-aware Reward Adjustment.
 
-    Takes every ``GRPOTrainer`` argument, plus ``embedder``, ``dra_min_denominator`` and the
-    ``dra_*`` embedder options (keyword only, see :class:`DRARewardsMixin`).
+    Takes every ``GRPOTrainer`` argument, plus ``embedder``, ``dra_min_denominator``, the measure
+    options ``dra_measure``, ``dra_eta``, ``dra_lam`` and the ``dra_*`` embedder options (keyword
+    only, see :class:`DRARewardsMixin`).
 
     Example::
 

@@ -39,6 +39,10 @@ Configuration keys (all under the top-level ``dra`` group; Hydra needs the ``+``
     dra.placement_timeout  120      seconds to wait for Ray to schedule that actor
     dra.min_denominator    0.1      lower clamp of 1 + SMI
     dra.backend            auto     auto | torch | triton
+    dra.measure            graph_cut  graph_cut | facility_location | log_det (docs/measures.md;
+                                    log_det runs on torch: not with backend=triton)
+    dra.eta                1.0      facility_location / log_det query magnification
+    dra.lam                1.0      log_det ridge
 
 The embedder options are :class:`dra_kernels.embed.EmbedderConfig`'s; placement is explained in
 :mod:`dra_kernels.integrations._placement` (verl's TaskRunner has no GPU: with ``placement=auto``
@@ -63,6 +67,7 @@ from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig
 from dra_kernels.integrations._common import (
     PatchOnImport,
     as_embed_fn,
+    check_measure_options,
     embed_metrics,
     env_flag,
     import_object,
@@ -73,6 +78,7 @@ from dra_kernels.integrations._placement import (
     build_embed_fn,
     check_device,
 )
+from dra_kernels.measures import DEFAULT_ETA, DEFAULT_LAM
 from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
 
 if TYPE_CHECKING:
@@ -114,7 +120,7 @@ Embed = Callable[[list[str]], Any]
 PREFIX = "dra."
 """How verl spells DRA's keys (``+dra.model=...`` on the command line)."""
 
-_OWN_KEYS = ("enable", "embedder", "min_denominator", "backend")
+_OWN_KEYS = ("enable", "embedder", "min_denominator", "backend", "measure", "eta", "lam")
 VALID_KEYS: tuple[str, ...] = (*_OWN_KEYS, *EMBEDDER_OPTIONS, *PLACEMENT_OPTIONS)
 """Every key of the ``dra`` group, without the ``dra.`` prefix."""
 
@@ -138,7 +144,8 @@ class DRASettings:
         device: the ``dra.device`` option (``None``: auto).
         placement: where the embedder runs (``dra.placement``, ``dra.num_gpus``,
             ``dra.placement_timeout``).
-        min_denominator, backend: as in :func:`dra_kernels.adjust_rewards`.
+        min_denominator, backend, measure, eta, lam: as in :func:`dra_kernels.adjust_rewards`
+            (``dra.measure``, ``dra.eta``, ``dra.lam``: the SMI measure and its parameters).
     """
 
     embedder: str | None = None
@@ -147,6 +154,9 @@ class DRASettings:
     placement: PlacementOptions = field(default_factory=PlacementOptions)
     min_denominator: float = DEFAULT_MIN_DENOMINATOR
     backend: str = "auto"
+    measure: str = "graph_cut"
+    eta: float = DEFAULT_ETA
+    lam: float = DEFAULT_LAM
 
     def build_embedder(self) -> Embed:
         """The embedding function these settings describe, built where the placement rules say
@@ -228,6 +238,7 @@ def settings_from_config(config: Any) -> DRASettings | None:
     backend = group.get("backend") or "auto"
     if backend not in _BACKENDS:
         raise ValueError(f"{PREFIX}backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
+    measure, eta, lam = _measure_settings(group, backend)
     return DRASettings(
         embedder=embedder,
         embedder_config=embedder_config,
@@ -235,7 +246,21 @@ def settings_from_config(config: Any) -> DRASettings | None:
         placement=placement,
         min_denominator=float(min_denominator),
         backend=backend,
+        measure=measure,
+        eta=eta,
+        lam=lam,
     )
+
+
+def _measure_settings(group: Mapping[str, Any], backend: str) -> tuple[str, float, float]:
+    """``dra.measure``, ``dra.eta``, ``dra.lam`` (null: the default) by the core's rule."""
+    values = [group.get("measure"), group.get("eta"), group.get("lam")]
+    measure, eta, lam = [
+        default if value is None else value
+        for value, default in zip(values, ("graph_cut", DEFAULT_ETA, DEFAULT_LAM), strict=True)
+    ]
+    names = (f"{PREFIX}measure", f"{PREFIX}eta", f"{PREFIX}lam")
+    return check_measure_options(measure, eta, lam, names, backend, f"{PREFIX}backend")
 
 
 def _config_group(config: Any) -> dict[str, Any]:
@@ -278,6 +303,9 @@ def apply_dra(
     min_denominator: float = DEFAULT_MIN_DENOMINATOR,
     backend: str = "auto",
     skip_special_tokens: bool = True,
+    measure: str = "graph_cut",
+    eta: float = DEFAULT_ETA,
+    lam: float = DEFAULT_LAM,
 ) -> dict[str, float]:
     """Diversity-aware reward adjustment of a verl batch.
 
@@ -309,6 +337,8 @@ def apply_dra(
         min_denominator, backend: as in :func:`dra_kernels.adjust_rewards`.
         skip_special_tokens: passed to the tokenizer's ``batch_decode`` (verl's reward managers
             use ``True``).
+        measure, eta, lam: the SMI measure and its parameters, as in
+            :func:`dra_kernels.adjust_rewards`.
 
     Returns:
         Metrics, verl-style: ``dra/rows``, ``dra/groups``, ``dra/incomplete_groups``,
@@ -375,10 +405,16 @@ def apply_dra(
     positions = torch.arange(1, width + 1, device=mask.device)
     last = (mask * positions).argmax(dim=1)[index]
     scores = (source * valid).sum(dim=1)[index]
+    measure_options = {"measure": measure, "eta": eta, "lam": lam}
     adjusted = adjust_rewards(
-        scores, embeddings, groups, backend=backend, min_denominator=min_denominator
+        scores,
+        embeddings,
+        groups,
+        backend=backend,
+        min_denominator=min_denominator,
+        **measure_options,
     )
-    smi = smi_scores(embeddings, groups, backend=backend)
+    smi = smi_scores(embeddings, groups, backend=backend, **measure_options)
 
     # NOTE: the new last-token value is adjusted - (score minus its last-token part), computed from
     # the source key so that a score held by the last token alone becomes `adjusted` exactly; other
@@ -549,6 +585,9 @@ def _apply_dra_v1(trainer: Any, batch: Any, settings: DRASettings, tq: Any) -> d
         expected_group_size=int(trainer.config.actor_rollout_ref.rollout.n),
         min_denominator=float(settings.min_denominator),
         backend=settings.backend,
+        measure=settings.measure,
+        eta=settings.eta,
+        lam=settings.lam,
     )
     new_scores = proto.batch["rm_scores"]
     nested = torch.nested.as_nested_tensor(

@@ -411,6 +411,70 @@ def test_env_hook_installs_with_embedder_factory(orl, tokenizer, monkeypatch):
     )
 
 
+@pytest.mark.parametrize(
+    "env", [{"MEASURE": "facility_location", "ETA": "0.5"}, {"MEASURE": "log_det", "LAM": "0.2"}]
+)
+def test_the_measure_variables_reach_the_adjustment(orl, tokenizer, monkeypatch, env):
+    """DRA_KERNELS_OPENRLHF_MEASURE / _ETA / _LAM: the core's result for that measure, which
+    differs from graph-cut's on these rollouts."""
+    monkeypatch.setenv(dra_openrlhf.ENV_ENABLE, "1")
+    monkeypatch.setenv(dra_openrlhf.ENV_EMBEDDER, "dra_test_embedder:factory")
+    for suffix, value in env.items():
+        monkeypatch.setenv(f"DRA_KERNELS_OPENRLHF_{suffix}", value)
+    dra_openrlhf.setup_hook()
+    options = {
+        key.lower(): value if key == "MEASURE" else float(value) for key, value in env.items()
+    }
+    config = dra_openrlhf._state["config"]
+    assert {key: getattr(config, key) for key in options} == options
+    samples, texts, raw = _rollout(orl, tokenizer, GROUPS)
+    experiences = _run(_maker(orl, tokenizer), samples)
+    embeddings, ids = orl.embedder.embed(texts), [i // 4 for i in range(12)]
+    expected = dra_kernels.adjust_rewards(raw, embeddings, ids, **options).float()
+    reached = _in_rollout_order(experiences, [e.rewards for e in experiences])
+    torch.testing.assert_close(reached, expected)
+    assert not torch.allclose(expected, dra_kernels.adjust_rewards(raw, embeddings, ids).float())
+    torch.testing.assert_close(
+        _in_rollout_order(experiences, [e.info["dra_smi"] for e in experiences]),
+        dra_kernels.smi_scores(embeddings, ids, **options).float(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--dra.measure", "cosine"], r"--dra\.measure \(DRA_KERNELS_OPENRLHF_MEASURE\) must be"),
+        (["--dra.eta", "0.5"], r"--dra\.eta \(DRA_KERNELS_OPENRLHF_ETA\) is not used by"),
+        (["--dra.measure=log_det", "--dra.eta=2"], r"--dra\.eta .* must be > 0 and <= 1"),
+        (["--dra.measure=log_det", "--dra.lam=0"], r"--dra\.lam .* must be a finite number"),
+        (["--dra.measure=log_det", "--dra.lam=small"], r"--dra\.lam .* must be a number"),
+        (["--dra.measure=facility_location", "--dra.lam=2"], r"--dra\.lam .* used only by"),
+        (["--dra.measure=log_det", "--dra.backend=triton"], r"--dra\.measure .* no Triton"),
+    ],
+)
+def test_the_launcher_checks_the_measure_flags_before_ray_starts(monkeypatch, flags, match):
+    import runpy
+
+    import ray
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("ray or train_ppo_ray started despite a bad --dra flag")
+
+    monkeypatch.setattr(ray, "init", must_not_run)
+    monkeypatch.setattr(runpy, "run_module", must_not_run)
+    with pytest.raises(SystemExit, match=match):
+        openrlhf_launch.main(["--dra.enable", *flags])
+    assert "sentence_transformers" not in sys.modules
+
+
+def test_install_checks_the_measure_options():
+    with pytest.raises(ValueError, match=r"^measure must be one of"):
+        dra_openrlhf.install(measure="cosine")
+    with pytest.raises(ValueError, match=r"^lam must be a finite number"):
+        dra_openrlhf.install(measure="log_det", lam=0.0)
+    assert not dra_openrlhf.is_installed()
+
+
 @pytest.mark.parametrize("value", ["2", "enable", "onn"])
 def test_env_flag_typos_are_refused(monkeypatch, value):
     monkeypatch.setenv(dra_openrlhf.ENV_ENABLE, value)
@@ -479,13 +543,28 @@ def test_launcher_parses_flags_and_wraps_ray_init(monkeypatch):
             "--dra.embedder",
             "m:f",
             "--dra.min_denominator=0.2",
+            "--dra.measure",
+            "log_det",
+            "--dra.eta=0.5",
+            "--dra.lam",
+            "0.25",
         ]
     )
     assert env == {
         dra_openrlhf.ENV_ENABLE: "1",
         dra_openrlhf.ENV_EMBEDDER: "m:f",
         dra_openrlhf.ENV_MIN_DENOMINATOR: "0.2",
+        dra_openrlhf.ENV_MEASURE: "log_det",
+        dra_openrlhf.ENV_ETA: "0.5",
+        dra_openrlhf.ENV_LAM: "0.25",
     }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(dra_openrlhf.ENV_EMBEDDER, "dra_test_embedder:factory")
+    config = dra_openrlhf.config_from_env()
+    assert (config.measure, config.eta, config.lam) == ("log_det", 0.5, 0.25)
+    for name in env:
+        monkeypatch.delenv(name)
     assert rest == ["--rollout.n_samples_per_prompt", "8"]
     with pytest.raises(SystemExit):
         openrlhf_launch.parse_dra_args(["--dra.enabled"])

