@@ -31,7 +31,15 @@ import torch
 
 from . import reference
 
-__all__ = ["DEFAULT_ETA", "DEFAULT_LAM", "MEASURES", "MIN_LAM", "check_measure", "smi_by_measure"]
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "DEFAULT_ETA",
+    "DEFAULT_LAM",
+    "MEASURES",
+    "MIN_LAM",
+    "check_measure",
+    "smi_by_measure",
+]
 
 MEASURES = ("graph_cut", "facility_location", "log_det")
 """The accepted values of ``measure``; the first is the default."""
@@ -47,9 +55,9 @@ MIN_LAM = 1e-6
 below this the log-det SMI of near-duplicate rows is set by rounding, not by the data (and at
 ``lam = 0`` submodlib returns inf, NaN or raises "Singular matrix")."""
 
-# Elements (of one [B, G, max(G, D)] operand) per batched product: a few MiB, so the G x G
-# matrices of a chunk of groups stay small whatever N.
-_CHUNK_ELEMENTS = 1 << 20
+CHUNK_ELEMENTS = 1 << 20
+"""Default elements (of one ``[B, G, max(G, D)]`` operand) per batched product: a few MiB, so the
+``G x G`` matrices of a chunk of groups stay small whatever N."""
 
 
 def _check_number(name: str, value: Any) -> float:
@@ -106,6 +114,7 @@ def smi_by_measure(
     *,
     eta: float = DEFAULT_ETA,
     lam: float = DEFAULT_LAM,
+    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> torch.Tensor:
     """SMI of every row against the rest of its group, for the given ``measure``.
 
@@ -117,6 +126,8 @@ def smi_by_measure(
             :func:`check_measure` for ``eta`` and ``lam``).
         eta: query magnification (facility location, log-det).
         lam: ridge added to the diagonal of the similarity matrix (log-det).
+        chunk_elements: elements of one ``[B, G, max(G, D)]`` operand per batched product (at
+            least one group per product): bounds the memory of a call, changes no result.
 
     Returns:
         ``[N]`` float32 tensor (float64 for float64 embeddings), computed in float64 for every
@@ -124,6 +135,8 @@ def smi_by_measure(
         unchanged; a row holding NaN or inf makes its whole group NaN.
     """
     measure, eta, lam = check_measure(measure, eta, lam)
+    if type(chunk_elements) is not int or chunk_elements < 1:
+        raise ValueError(f"chunk_elements must be an int >= 1, got {chunk_elements!r}")
     if measure == "graph_cut":
         return reference.smi_scores(embeddings, codes, num_groups)
     embeddings = embeddings.detach()
@@ -163,7 +176,7 @@ def smi_by_measure(
             and rows.device.type == "cpu"
             and bool((rows == torch.arange(n, device=rows.device)).all())
         )
-        step = max(1, _CHUNK_ELEMENTS // (g * max(g, d, 1)))
+        step = max(1, chunk_elements // (g * max(g, d, 1)))
         buffer = None
         if raw:
             buffer = torch.empty(min(step, groups) * g, d, dtype=torch.float64, device=smi.device)

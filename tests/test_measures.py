@@ -23,7 +23,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dra_kernels import measures, reference
+from dra_kernels import reference
 from dra_kernels.measures import check_measure, smi_by_measure
 
 OTHER = ["facility_location", "log_det"]
@@ -378,12 +378,14 @@ def test_graph_cut_is_the_reference_bit_for_bit() -> None:
 
 
 @pytest.mark.parametrize("measure", OTHER)
-def test_chunks_change_nothing(measure: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chunks_change_nothing(measure: str) -> None:
     e, codes, k = ragged_problem(8, [9, 9, 9, 9, 9, 4, 4, 1], 5, offset=1.0)
     whole = smi_by_measure(e, codes, k, measure, **kw(measure, 0.9, 0.7))
-    monkeypatch.setattr(measures, "_CHUNK_ELEMENTS", 1)  # one group per product
-    chunked = smi_by_measure(e, codes, k, measure, **kw(measure, 0.9, 0.7))
+    chunked = smi_by_measure(e, codes, k, measure, **kw(measure, 0.9, 0.7), chunk_elements=1)
     torch.testing.assert_close(chunked, whole, rtol=1e-13, atol=1e-13)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="chunk_elements"):
+            smi_by_measure(e, codes, k, measure, **kw(measure, 0.9, 0.7), chunk_elements=bad)
 
 
 @pytest.mark.parametrize("measure", OTHER)
