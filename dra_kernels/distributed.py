@@ -580,6 +580,19 @@ def _scores(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return _owner_smi(call, pg)
 
 
+def _adjusted(call: _Call, pg: Any, min_denominator: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local adjusted rewards, and the global per-group row counts (in the compute dtype)."""
+    if not call.active and MEASURES[call.options[3]] == "graph_cut":
+        # NOTE: one process: the core's own adjustment, bit for bit (on CPU it divides by
+        # 1 + SMI as its products give it, which may differ from 1 + smi_scores in the last bit)
+        codes, k = call.groups.codes, call.groups.num_groups
+        adjusted = reference.adjust_rewards(call.rewards, call.embeddings, codes, k,
+                                            min_denominator)  # fmt: skip
+        return adjusted, reference._group_counts(codes, k).to(call.dtype)
+    smi, counts = _scores(call, pg)
+    return reference.adjust_from_smi(call.rewards, smi, min_denominator), counts
+
+
 def _smi(
     e: torch.Tensor, groups: Groups, dtype: torch.dtype, pg: Any, active: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -752,9 +765,8 @@ def adjust_rewards(
         "adjust_rewards", options, rewards, embeddings, group_ids, num_groups, process_group
     )
     assert call.rewards is not None
-    smi, _ = _scores(call, process_group)
-    md = call.options[1]
-    return api._convert_out(reference.adjust_from_smi(call.rewards, smi, md), rewards)
+    adjusted, _ = _adjusted(call, process_group, call.options[1])
+    return api._convert_out(adjusted, rewards)
 
 
 def dra_advantages(
@@ -807,8 +819,7 @@ def dra_advantages(
     r = call.rewards
     assert r is not None
     scale_id, md, checked_eps = call.options[:3]
-    smi, counts = _scores(call, process_group)
-    adjusted = reference.adjust_from_smi(r, smi, md)
+    adjusted, counts = _adjusted(call, process_group, md)
     codes, k, dtype, active = call.groups.codes, call.groups.num_groups, call.dtype, call.active
 
     def group_sum(values: torch.Tensor) -> torch.Tensor:

@@ -388,17 +388,19 @@ def _smi_cpu(
     num_groups: int,
     dtype: torch.dtype,
     layout: tuple[int | None, torch.Tensor | None] | None = None,
+    plus_one: bool = False,
 ) -> torch.Tensor:
     """SMI on CPU: :func:`_block_smi` for groups of at most ``_BLOCK_ROWS`` rows, the chunked
     float64 path for larger ones, exactly 0 for groups of one row. ``layout``: the
-    :func:`_cpu_layout` of ``codes``, when already known."""
+    :func:`_cpu_layout` of ``codes``, when already known. ``plus_one``: ``1 + SMI`` instead, as
+    the products give it (the denominator of :func:`adjust_rewards`, two ops fewer)."""
     n = embeddings.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=dtype)
     g, counts = _cpu_layout(codes, num_groups) if layout is None else layout
     if g is not None and 1 < g <= _BLOCK_ROWS:
-        return _block_smi(embeddings, g, dtype)
-    smi = torch.zeros(n, dtype=dtype)
+        return _block_smi(embeddings, g, dtype, plus_one=plus_one)
+    smi = torch.full((n,), 1.0 if plus_one else 0.0, dtype=dtype)
     if g == 1:
         return smi
     if counts is None:
@@ -408,7 +410,8 @@ def _smi_cpu(
     if bool(big.any()):
         rows = torch.nonzero(big).squeeze(1)
         part = embeddings if rows.numel() == n else embeddings.index_select(0, rows)
-        smi[rows] = _smi_chunked(part, codes[rows], num_groups, dtype)
+        big_smi = _smi_chunked(part, codes[rows], num_groups, dtype)
+        smi[rows] = big_smi.add_(1.0) if plus_one else big_smi
     small = counts[(counts > 1) & (counts <= _BLOCK_ROWS)].unique().tolist()
     if not small:
         return smi
@@ -417,7 +420,7 @@ def _smi_cpu(
     sorted_sizes = sizes.index_select(0, order)
     for size in small:
         rows = order[sorted_sizes == size]
-        _block_smi(embeddings, size, dtype, rows=rows, out=smi, scales=scales)
+        _block_smi(embeddings, size, dtype, rows=rows, out=smi, scales=scales, plus_one=plus_one)
     return smi
 
 
@@ -428,6 +431,7 @@ def _block_smi(
     rows: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     scales: tuple | None = None,
+    plus_one: bool = False,
 ) -> torch.Tensor:
     """SMI of ``rows`` (default: all rows), consecutive groups of ``g`` rows each.
 
@@ -439,6 +443,7 @@ def _block_smi(
         out: ``[N]`` result, written at ``rows`` (required with ``rows``).
         scales: :func:`_cpu_scales` of the input (groups of more than ``_GRAM_ROWS`` rows;
             computed here when not given).
+        plus_one: ``1 + SMI`` instead (see :func:`_finish`).
 
     Returns:
         ``out``, or a new ``[N]`` tensor when ``rows`` is None.
@@ -459,9 +464,9 @@ def _block_smi(
         and patch_at is None
     )
     if in_place and gram:
-        return _gram_smi(embeddings.view(-1, g, d), dtype)
+        return _gram_smi(embeddings.view(-1, g, d), dtype, plus_one)
     if in_place and weight is None:
-        return _skinny_dots(embeddings.view(-1, g, d), scale).mul_(scale).sub_(1.0)
+        return _finish(_skinny_dots(embeddings.view(-1, g, d), scale).mul_(scale), None, plus_one)
     if out is None:
         out = torch.empty(m, dtype=dtype)
     step = m if in_place else max(g, _BLOCK_CHUNK_ROWS // g * g)
@@ -481,7 +486,7 @@ def _block_smi(
             x = buffer[: stop - start].copy_(x)
         blocks = x.view(-1, g, d)
         if gram:
-            out[index] = _gram_smi(blocks, dtype)
+            out[index] = _gram_smi(blocks, dtype, plus_one)
             continue
         s = _pick(scale, index)
         if patch_at is not None:
@@ -489,9 +494,8 @@ def _block_smi(
             local = torch.nonzero(at >= 0).squeeze(1)
             if local.numel():
                 x[local] = patch.index_select(0, at[local])
-        dots = _skinny_dots(blocks, s)
-        dots.mul_(s).sub_(1.0 if weight is None else _pick(weight, index))
-        out[index] = dots
+        dots = _skinny_dots(blocks, s).mul_(s)
+        out[index] = _finish(dots, None if weight is None else _pick(weight, index), plus_one)
     return out
 
 
@@ -509,8 +513,20 @@ def _batched(fn, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return fn(a.expand(2, *a.shape[1:]), b.expand(2, *b.shape[1:]))[:1]
 
 
-def _gram_smi(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """SMI of each row of ``[k, g, D]`` blocks from their Gram matrices: ``[k * g]``."""
+def _finish(cover: torch.Tensor, weight: torch.Tensor | None, plus_one: bool) -> torch.Tensor:
+    """SMI (or ``1 + SMI`` with ``plus_one``) from ``cover_j = s_j sum_i (x_j . x_i) s_i``, which
+    is ``1 + SMI_j`` for a row of safe nonzero norm; ``weight``: ``|u_j|^2`` (0 for a zero row),
+    None when every row is such a row. In place."""
+    if weight is None:
+        return cover if plus_one else cover.sub_(1.0)
+    # NOTE: rows of weight 1 get exactly what they get with weight None (x + 0 = x, x - 1), so a
+    # zero or extreme row elsewhere in the batch changes no other group's bits.
+    return cover.add_(1.0 - weight) if plus_one else cover.sub_(weight)
+
+
+def _gram_smi(blocks: torch.Tensor, dtype: torch.dtype, plus_one: bool = False) -> torch.Tensor:
+    """SMI (``1 + SMI`` with ``plus_one``) of each row of ``[k, g, D]`` blocks from their Gram
+    matrices: ``[k * g]``."""
     d = blocks.shape[2]
     gram = _batched(torch.bmm, blocks, blocks.transpose(1, 2))
     squares = gram.diagonal(dim1=1, dim2=2)
@@ -531,7 +547,7 @@ def _gram_smi(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # NOTE: [g, g] x [g, 1] per group stays under torch's 400-element bmm threshold (its own
     # loop, the same for any batch size).
     dots = torch.bmm(gram, scale.unsqueeze(2)).view(-1)
-    return dots.mul_(scale.view(-1)).sub_(1.0 if weight is None else weight)
+    return _finish(dots.mul_(scale.view(-1)), weight, plus_one)
 
 
 def _skinny_dots(blocks: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -603,10 +619,13 @@ def _adjust_cpu(
     min_denominator: float,
     layout: tuple[int | None, torch.Tensor | None],
 ) -> torch.Tensor:
-    """:func:`adjust_rewards` on CPU, dividing in the SMI's own buffer: at N = 256 each op and
-    temporary counts (a call takes about 50 us)."""
-    smi = _smi_cpu(embeddings, codes, num_groups, dtype, layout)
-    return rewards.to(dtype) / smi.add_(1.0).clamp_(min=min_denominator)
+    """:func:`adjust_rewards` on CPU, from ``1 + SMI`` as the products give it, clamped in place:
+    at N = 256 each op counts (a call takes about 50 us). A group's result depends only on its
+    own rows: each group size takes one path whatever the layout around it."""
+    cover = _smi_cpu(embeddings, codes, num_groups, dtype, layout, plus_one=True)
+    if rewards.dtype != dtype:
+        rewards = rewards.to(dtype)
+    return rewards / cover.clamp_(min=min_denominator)
 
 
 def group_advantages(
