@@ -259,15 +259,7 @@ def small_batch_latency(
         codes = make_group_codes(groups, group_size, "shuffled", device, seed)
         variants = _latency_variants(rewards, embeddings, codes, groups, impls)
         for name, fn in variants.items():
-            row: dict[str, Any] = {
-                "groups": groups,
-                "group_size": group_size,
-                "n": groups * group_size,
-                "dim": dim,
-                "dtype": dtype,
-                "ids": "shuffled",
-                "variant": name,
-            }
+            row = _shape_row(groups, group_size, dim, dtype, ids="shuffled", variant=name)
             try:
                 row.update(
                     {
@@ -279,6 +271,12 @@ def small_batch_latency(
                 row["error"] = describe(exc)
             rows.append(row)
     return rows
+
+
+def _shape_row(groups: int, group_size: int, dim: int, dtype: str, **more: Any) -> dict[str, Any]:
+    """The shape columns of a result row (and ``more``)."""
+    row = {"groups": groups, "group_size": group_size, "n": groups * group_size, "dim": dim}
+    return {**row, "dtype": dtype, **more}
 
 
 def _latency_variants(rewards, embeddings, codes, groups, impls) -> dict[str, Callable[[], Any]]:
@@ -331,13 +329,7 @@ def custom_op_overhead(
         rewards, embeddings = make_case_data(groups, group_size, dim, dtype, device, seed)
         codes = make_group_codes(groups, group_size, "shuffled", device, seed)
         variants = _custom_op_variants(rewards, embeddings, codes, groups)
-        row: dict[str, Any] = {
-            "groups": groups,
-            "group_size": group_size,
-            "n": groups * group_size,
-            "dim": dim,
-            "dtype": dtype,
-        }
+        row = _shape_row(groups, group_size, dim, dtype)
         try:
             for name, fn in variants.items():
                 timing = python_latency(fn, device, **latency)

@@ -13,6 +13,7 @@ import math
 import pathlib
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -419,32 +420,50 @@ def _rank_inputs(case: dict[str, Any], rank: int) -> dict[str, Any]:
     return {**_ok_inputs(rank), **case["common"], **case["overrides"].get(rank, {})}
 
 
-def _error_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def run_in_gloo_group(
+    rank: int, world: int, init_file: str, out_dir: str, work: Callable[[Any], dict]
+) -> None:
+    """One spawned rank: ``work(process_group)`` in a gloo group whose collectives time out in
+    :data:`COLLECTIVE_TIMEOUT_S` (a rank left waiting fails in seconds instead of blocking the
+    suite); its results go to ``rank{rank}.pt``, a traceback to ``rank{rank}.err``."""
     import datetime
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         pg = dist.new_group(timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-        results: dict[str, Any] = {}
-        for name, case in _error_cases(world).items():
-            start = time.monotonic()
-            try:
-                _call(case["function"], _rank_inputs(case, rank), pg)
-                outcome = ("no error", "")
-            except Exception as exc:
-                outcome = (type(exc).__name__, str(exc))
-            elapsed = time.monotonic() - start
-            # the process group is still in step: a valid call gives the right numbers
-            ok = _ok_inputs(rank)
-            after = distributed.adjust_rewards(**ok, process_group=pg)
-            results[name] = {"outcome": outcome, "elapsed": elapsed, "after": after.numpy()}
-        results["gradients"] = _gradients(rank, world, pg)
-        torch.save(results, pathlib.Path(out_dir) / f"rank{rank}.pt")
+        torch.save(work(pg), pathlib.Path(out_dir) / f"rank{rank}.pt")
     except BaseException:
         (pathlib.Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
         raise
     finally:
         dist.destroy_process_group()
+
+
+def timed_outcome(call: Callable[[], Any]) -> tuple[tuple[str, str], float]:
+    """``((exception type or "no error", message), seconds)`` of ``call()``."""
+    start = time.monotonic()
+    try:
+        call()
+        outcome = ("no error", "")
+    except Exception as exc:
+        outcome = (type(exc).__name__, str(exc))
+    return outcome, time.monotonic() - start
+
+
+def _error_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    def work(pg: Any) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        for name, case in _error_cases(world).items():
+            outcome, elapsed = timed_outcome(
+                lambda case=case: _call(case["function"], _rank_inputs(case, rank), pg)
+            )
+            # the process group is still in step: a valid call gives the right numbers
+            after = distributed.adjust_rewards(**_ok_inputs(rank), process_group=pg)
+            results[name] = {"outcome": outcome, "elapsed": elapsed, "after": after.numpy()}
+        results["gradients"] = _gradients(rank, world, pg)
+        return results
+
+    run_in_gloo_group(rank, world, init_file, out_dir, work)
 
 
 def _grad_batch(world: int):

@@ -11,21 +11,22 @@ Spawning, the row generator and the timeouts are those of tests/test_distributed
 
 from __future__ import annotations
 
-import datetime
 import pathlib
-import time
-import traceback
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import dra_kernels
 from dra_kernels import distributed
-from tests.test_distributed import COLLECTIVE_TIMEOUT_S, FAST_S, _batch
+from tests.test_distributed import (
+    FAST_S,
+    _batch,
+    run_in_gloo_group,
+    timed_outcome,
+)
 
 # (measure, eta, lam); eta != 1 for both, lam != 1 for log_det
 OPTIONS = [
@@ -148,10 +149,7 @@ def _mismatch_kw(case: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        # a short timeout: a rank left waiting fails in seconds instead of blocking the suite
-        pg = dist.new_group(timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    def work(pg: Any) -> dict[Any, Any]:
         results: dict[Any, Any] = {}
         for name, layout in _layouts(world).items():
             r, e, ids = _local(layout, rank)
@@ -163,21 +161,17 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             default = distributed.adjust_rewards(r, e, ids, **hint)
             explicit = distributed.adjust_rewards(r, e, ids, measure="graph_cut", **hint)
             results[name, "graph_cut"] = (default, explicit)
+        r, e, ids = _local(_layouts(world)["spread"], rank)
         for name, case in MISMATCHES.items():
-            r, e, ids = _local(_layouts(world)["spread"], rank)
-            start = time.monotonic()
-            try:
-                distributed.adjust_rewards(r, e, ids, process_group=pg,
-                                           **_mismatch_kw(case, rank, world))  # fmt: skip
-                outcome = ("no error", "")
-            except Exception as exc:
-                outcome = (type(exc).__name__, str(exc))
-            elapsed = time.monotonic() - start
+            outcome, elapsed = timed_outcome(
+                lambda case=case: distributed.adjust_rewards(
+                    r, e, ids, process_group=pg, **_mismatch_kw(case, rank, world)
+                )
+            )
             # the process group is still in step
             after = distributed.smi_scores(e, ids, process_group=pg, **_kw(OPTIONS[2]))
             results["mismatch", name] = (outcome, elapsed, after)
         # gradients flow through rewards: 1 / max(1 + SMI, min_denominator) per row
-        r, e, ids = _local(_layouts(world)["spread"], rank)
         r = r.clone().requires_grad_()
         for option in OPTIONS:
             adjusted = distributed.adjust_rewards(r, e, ids, min_denominator=0.5, process_group=pg,
@@ -185,12 +179,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             (grad,) = torch.autograd.grad(adjusted.sum(), r)
             smi = distributed.smi_scores(e, ids, process_group=pg, **_kw(option))
             results["grad", option] = (grad, smi)
-        torch.save(results, pathlib.Path(out_dir) / f"rank{rank}.pt")
-    except BaseException:
-        (pathlib.Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-    finally:
-        dist.destroy_process_group()
+        return results
+
+    run_in_gloo_group(rank, world, init_file, out_dir, work)
 
 
 @pytest.mark.parametrize("world", [2, 3])
