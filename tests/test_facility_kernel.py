@@ -38,9 +38,11 @@ def kernel(e, codes, k, eta, *, block_m=16, block_k=16, buckets=None):
 
 
 def tolerance(want: np.ndarray, codes: torch.Tensor) -> np.ndarray:
-    """float32 products (about 2^-23 relative per cosine): a row's SMI adds up to G terms."""
+    """float32 products (about 2^-23 relative per cosine): a row's SMI adds up to G terms. The
+    interpreter's largest error over these problems (4 seeds, every dtype, eta and block_m) was
+    9e-8 x (1 + G + |SMI|); the bound leaves 11 x for the GPU's tf32x3 products."""
     sizes = torch.bincount(codes)[codes].numpy()
-    return 4e-6 * (1.0 + sizes) + 4e-6 * np.abs(np.nan_to_num(want))
+    return 1e-6 * (1.0 + sizes + np.abs(np.nan_to_num(want)))
 
 
 def assert_matches(got: torch.Tensor, want: np.ndarray, codes: torch.Tensor, what: str) -> None:
@@ -60,6 +62,21 @@ def test_matches_the_float64_oracle(eta, offset):
     e, codes, k = ragged_problem(7, SIZES, 24, offset=offset, dtype=torch.float32)
     want = oracle(e, codes, "facility_location", eta)
     assert_matches(kernel(e, codes, k, eta), want, codes, f"eta={eta}")
+
+
+@pytest.mark.parametrize("eta", [1e39, 3e38, 1e-30, 1e-45])
+def test_extreme_eta_stays_finite_inside_the_kernel(eta):
+    """eta reaches the kernel as a float32 scalar: a value beyond float32's range must not turn
+    into inf there (inf x a zero cosine is NaN); tiny values may round to 0 (SMI 0 to rounding)."""
+    import warnings
+
+    e, codes, k = ragged_problem(3, [4, 6, 1, 3], 8, dtype=torch.float32)
+    e[0] = 0.0
+    e[codes == 3] = torch.eye(8)[:3]  # orthogonal rows: every cosine 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the interpreter's overflow warnings
+        got = kernel(e, codes, k, eta)
+    assert_matches(got, oracle(e, codes, "facility_location", eta), codes, f"eta={eta}")
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)

@@ -18,7 +18,7 @@ the power of two of their largest magnitude, exact for every finite value.
 
 Bitwise reproducible whatever order the buckets hold the rows in: the maximum does not depend on
 it, and the sums are accumulated in 2^-40 fixed point (int64; every term lies in ``[0, 1]`` to
-rounding, exact for groups of up to 2^23 rows). A NaN or inf row makes its whole group NaN; a
+rounding, exact for groups of fewer than 2^23 rows). A NaN or inf row makes its whole group NaN; a
 group of one has SMI 0; rows whose code is out of range come out NaN (nothing is raised, so
 nothing synchronises). float16 / bfloat16 / float32 inputs; results in float32.
 """
@@ -35,6 +35,11 @@ from dra_kernels._triton.launch import launch
 from dra_kernels._triton.rows import chunk_rows, small_group_rows
 
 __all__ = ["DTYPES", "facility_location_smi"]
+
+_FLT_MAX = 3.4028234663852886e38
+"""Largest finite float32: ``eta`` reaches the kernel as a float32 scalar, so larger values are
+passed as this one (not inf, whose product with a zero cosine would be NaN inside the kernel);
+the results are the same to float32 rounding, every cosine being at most 1."""
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 """Embedding dtypes the kernel takes (Triton has no float64 tensor-core product)."""
@@ -260,7 +265,7 @@ def facility_location_smi(
         "UPCAST_DOT": embeddings.device.type == "cpu" and embeddings.dtype == torch.bfloat16,
     }
     args = (embeddings, embeddings.stride(0), embeddings.stride(1), codes, order, counts, ends,
-            out, n, d, num_groups, float(eta))  # fmt: skip
+            out, n, d, num_groups, min(float(eta), _FLT_MAX))  # fmt: skip
     launch(_facility_kernel, (num_groups + 1,), args, constexprs, num_warps=num_warps,
            num_stages=1)  # fmt: skip
     return out
