@@ -18,8 +18,9 @@ numpy float32, then per row one ``FacilityLocationMutualInformationFunction`` /
 the library's first.
 
 ``--breakdown`` times the parts of one log-det call on the groups of a shape: the float64 cosine
-products (``measures._cosines``) and the batched Cholesky factorisation plus inverse of the same
-matrices, so that the share of the factorisation in a call is measured, not guessed.
+products (``measures._cosines``) and the batched Cholesky factorisation plus the diagonal of the
+inverse (``measures._inverse_diagonal``) of the same matrices, so that the share of the
+factorisation in a call is measured, not guessed.
 
     python -m benchmarks.measures_cpu                               # the grid, about a minute
     python -m benchmarks.measures_cpu --submodlib --breakdown --json out.json --markdown out.md
@@ -46,7 +47,7 @@ import torch
 from benchmarks.cpu_peers import Shape, make_inputs, timed_round
 from benchmarks.environment import environment
 from dra_kernels import smi_scores
-from dra_kernels.measures import CHUNK_ELEMENTS, MEASURES, _cosines
+from dra_kernels.measures import CHUNK_ELEMENTS, MEASURES, _cosines, _inverse_diagonal
 
 __all__ = [
     "GRID",
@@ -181,7 +182,7 @@ def breakdown(
         "call": library_calls(embeddings, codes, shape.groups)["log_det"],
         "cosines": lambda: [_cosines(x, raw=True) for x in chunks],
         "factorisation": lambda: [
-            torch.cholesky_inverse(torch.linalg.cholesky_ex(s)[0]) for s in ridges
+            _inverse_diagonal(torch.linalg.cholesky_ex(s)[0]) for s in ridges
         ],
     }
     samples: dict[str, list[float]] = {name: [] for name in calls}

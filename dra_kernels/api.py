@@ -786,7 +786,13 @@ def _measure_smi(p: _Prepared, measure: str, eta: float, lam: float, backend: st
         smi = facility_location_smi(e, p.groups.codes, p.groups.num_groups, eta)
     else:
         smi = measures.smi_by_measure(
-            p.embeddings, p.groups.codes, p.groups.num_groups, measure, eta=eta, lam=lam
+            p.embeddings,
+            p.groups.codes,
+            p.groups.num_groups,
+            measure,
+            eta=eta,
+            lam=lam,
+            dtype=p.out_dtype,
         )
     return smi.to(p.out_dtype)
 

@@ -649,8 +649,8 @@ def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     codes, k = groups.codes, groups.num_groups
     if not call.active:  # one process: what the core computes, bit for bit
         counts = reference._group_counts(codes, k)
-        smi = measures.smi_by_measure(e, codes, k, measure, eta=eta, lam=lam)
-        return smi.to(dtype), counts.to(dtype)
+        smi = measures.smi_by_measure(e, codes, k, measure, eta=eta, lam=lam, dtype=dtype)
+        return smi, counts.to(dtype)
     device = e.device
     if k == 0:  # no rows on any rank
         empty = torch.zeros(0, dtype=dtype, device=device)
@@ -666,7 +666,7 @@ def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     receives = table[:, owned].sum(dim=1).tolist()
 
     # NOTE: the transfer dtype is the embeddings' promoted dtype, an exact conversion; the SMI
-    # comes back in the dtype smi_by_measure gives that dtype.
+    # comes back in the call's agreed dtype (float64 where any rank has float64 data).
     key = owner.to(device).index_select(0, codes) * k + codes
     order = torch.argsort(key, stable=True)  # this rank's rows by (owner, code, row)
     rows = e.detach().to(call.embedding_dtype).index_select(0, order)
@@ -677,7 +677,7 @@ def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     _exchange_rows(outgoing, incoming, me, pg)
     owned_codes = torch.cat([owned.repeat_interleave(table[p, owned]) for p in range(world)])
     values = measures.smi_by_measure(
-        torch.cat(incoming), owned_codes.to(device), k, measure, eta=eta, lam=lam
+        torch.cat(incoming), owned_codes.to(device), k, measure, eta=eta, lam=lam, dtype=dtype
     )
     replies = list(values.split(receives))
     answers = [replies[p] if p == me else values.new_empty(sends[p]) for p in range(world)]

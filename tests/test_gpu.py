@@ -161,3 +161,46 @@ def test_the_torch_path_of_other_measures_matches_the_cpu(measure):
     want = _measure_step(r.cpu(), e.cpu(), codes.cpu(), k, measure, "torch")
     for name, a, b in zip(("smi", "adjust", "advantages"), got, want, strict=True):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-5, msg=f"{measure} {name}")
+
+
+@pytest.mark.parametrize("measure", ["facility_location", "log_det"])
+def test_the_torch_path_of_other_measures_synchronises_once_per_call(measure):
+    """``backend="auto"`` on CUDA: the one read-back of the group-size histogram (and the codes'
+    range) per call, whatever the number of sizes and chunks (docs/measures.md)."""
+    import warnings
+
+    gen = torch.Generator().manual_seed(24)
+    sizes = torch.randint(1, 70, (600,), generator=gen).tolist()
+    r, e, codes, k = _batch(24, sizes, 384, torch.float32)
+    calls = {
+        "smi_scores": lambda: dk.smi_scores(e, codes, measure=measure, num_groups=k),
+        "adjust_rewards": lambda: dk.adjust_rewards(r, e, codes, measure=measure, num_groups=k),
+        "dra_advantages": lambda: dk.dra_advantages(r, e, codes, measure=measure, num_groups=k),
+    }
+    for call in calls.values():
+        call()  # warm up
+    torch.cuda.synchronize()
+    for name, call in calls.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                call()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+        assert len(syncs) == 1, f"{name}: {len(syncs)} synchronisations: {syncs}"
+
+
+@pytest.mark.parametrize("measure", ["facility_location", "log_det"])
+def test_out_of_range_codes_with_other_measures_raise_on_cuda(measure):
+    """The graph-cut kernel turns such rows into NaN without checking; the torch path of the
+    other measures indexes by the codes, so it checks them (in its one read-back) and raises."""
+    r, e, codes, k = _batch(25, [4, 3, 5], 64, torch.float32)
+    bad = codes.clone()
+    bad[0] = -1
+    for fn in (dk.smi_scores, dk.adjust_rewards, dk.dra_advantages):
+        args = (e, bad) if fn is dk.smi_scores else (r, e, bad)
+        with pytest.raises(ValueError, match="group_ids must lie in"):
+            fn(*args, measure=measure, num_groups=k)
+    torch.cuda.synchronize()  # the device is still usable: nothing indexed out of bounds

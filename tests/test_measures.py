@@ -356,18 +356,79 @@ def test_non_finite_rows_poison_only_their_group(measure: str, bad: float) -> No
     assert torch.equal(got[codes != 1], clean[codes != 1])
 
 
-@pytest.mark.parametrize("measure", OTHER)
-def test_bounds(measure: str) -> None:
-    """FL_i in [0, G] (each term <= 1); log-det in [0, log((1 + lam) / lam)]."""
+@pytest.mark.parametrize(
+    ("measure", "eta", "lam"),
+    [("facility_location", 1.0, 1.0), ("facility_location", 0.2, 1.0),
+     ("facility_location", 3.0, 1.0), ("log_det", 1.0, 1.0), ("log_det", 1.0, 1e-6),
+     ("log_det", 0.2, 0.01)],
+)  # fmt: skip
+def test_bounds(measure: str, eta: float, lam: float) -> None:
+    """FL_i in [0, G min(1, eta)] (each term <= min(1, eta)), reached by copies; log-det in
+    [0, log((1 + lam) / lam)] (the code clamps there, so only the facility-location bound and the
+    copies' values can catch an error here; the oracle tests check log-det's values)."""
     e, codes, k = ragged_problem(9, [2, 7, 30, 64], 3, offset=3.0)  # many near-copies
     sizes = torch.bincount(codes)[codes].to(torch.float64)
-    for eta, lam in [(1.0, 1.0), (1.0, 1e-6), (0.2, 0.01)]:
-        if measure == "facility_location" and lam != 1.0:
-            continue
-        smi = smi_by_measure(e, codes, k, measure, eta=eta, lam=lam)
-        assert torch.all(smi >= 0)
-        top = sizes if measure == "facility_location" else math.log((1 + lam) / lam)
-        assert torch.all(smi <= top * (1 + 1e-12))
+    smi = smi_by_measure(e, codes, k, measure, **kw(measure, eta, lam))
+    assert torch.all(smi >= 0)
+    top = sizes * min(1.0, eta) if measure == "facility_location" else math.log((1 + lam) / lam)
+    assert torch.all(smi <= top * (1 + 1e-12))
+    copies = torch.ones(5, 3, dtype=torch.float64) * torch.arange(1.0, 6.0)[:, None]
+    at_copies = smi_by_measure(copies, torch.zeros(5, dtype=torch.int64), 1, measure,
+                               **kw(measure, eta, lam))  # fmt: skip
+    if measure == "facility_location":  # every term min(1, eta)
+        want = torch.full((5,), 5 * min(1.0, eta), dtype=torch.float64)
+    else:  # S = 1 1^T: P_ii = (1 - 1 / (G + lam)) / lam, w_i = (1 + lam) P_ii
+        w = (1 + lam) * (1 - 1 / (5 + lam)) / lam
+        want = torch.full((5,), -math.log(1 - eta**2 + eta**2 / w), dtype=torch.float64)
+    torch.testing.assert_close(at_copies, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("measure", OTHER)
+def test_out_of_range_codes_are_refused(measure: str) -> None:
+    e = torch.randn(4, 3)
+    for codes, k in [([0, 0, 1, -1], 2), ([0, 0, 1, 2], 2), ([0, 0, 0, 0], 0)]:
+        with pytest.raises(ValueError, match=f"num_groups={k}"):
+            smi_by_measure(e, torch.tensor(codes), k, measure)
+
+
+@pytest.mark.parametrize("measure", OTHER)
+def test_float64_result_from_float32_rows(measure: str) -> None:
+    """``dtype=torch.float64`` (what the API asks for with float64 rewards) returns the float64
+    computation itself, not its float32 rounding; float32 rows upcast exactly."""
+    e, codes, k = ragged_problem(12, [5, 3, 9, 1, 2], 6, offset=1.0, dtype=torch.float32)
+    got = smi_by_measure(e, codes, k, measure, dtype=torch.float64)
+    assert got.dtype == torch.float64
+    want = oracle(e, codes, measure)
+    assert_close(measure, got, want, tolerance(want, codes, 6, measure, 1.0, 1.0, torch.float64))
+    rounded = smi_by_measure(e, codes, k, measure)
+    assert rounded.dtype == torch.float32
+    assert torch.equal(rounded, got.to(torch.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        smi_by_measure(e, codes, k, measure, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("measure", OTHER)
+def test_a_group_of_one_scores_zero_whatever_its_row_holds(measure: str) -> None:
+    e = torch.randn(5, 3, dtype=torch.float64)
+    e[0, 1] = math.nan  # alone in group 0
+    e[3, 0] = math.inf  # in group 2, with row 4
+    smi = smi_by_measure(e, torch.tensor([0, 1, 1, 2, 2]), 3, measure)
+    assert smi[0] == 0.0 and torch.isfinite(smi[1:3]).all() and torch.isnan(smi[3:]).all()
+
+
+@pytest.mark.parametrize("measure", OTHER)
+def test_strided_and_expanded_rows_give_the_same_bits(measure: str) -> None:
+    e, codes, k = ragged_problem(14, [4, 7, 2, 1, 5], 6, offset=1.0, dtype=torch.float32)
+    base = smi_by_measure(e, codes, k, measure)
+    wide = torch.zeros(e.shape[0], 2 * e.shape[1])
+    wide[:, ::2] = e
+    assert torch.equal(smi_by_measure(wide[:, ::2], codes, k, measure), base)
+    transposed = e.t().contiguous().t()  # column-major
+    assert torch.equal(smi_by_measure(transposed, codes, k, measure), base)
+    row = e[:1].expand(6, -1)  # stride 0: six copies of one row in one group
+    copies = smi_by_measure(row, torch.zeros(6, dtype=torch.int64), 1, measure)
+    assert torch.equal(copies, smi_by_measure(row.contiguous(), torch.zeros(6, dtype=torch.int64),
+                                              1, measure))  # fmt: skip
 
 
 def test_graph_cut_is_the_reference_bit_for_bit() -> None:

@@ -46,6 +46,23 @@ def test_each_function_composes_the_measures_smi(measure, params):
     )
 
 
+@pytest.mark.parametrize("measure", ["graph_cut", "facility_location", "log_det"])
+def test_float64_rewards_get_the_float64_smi(measure):
+    """float64 rewards with float32 embeddings: the SMI behind the float64 result is the float64
+    computation (as graph-cut's is), not its float32 rounding."""
+    r, e, ids = _layout(6)
+    r = r.double()
+    groups = factorize_group_ids(ids, len(ids))
+    smi = measures.smi_by_measure(e, groups.codes, groups.num_groups, measure, dtype=torch.float64)
+    assert not torch.equal(smi, smi.float().double())  # the rounding would show
+    if measure != "graph_cut":  # (graph-cut computes float32 rows in float32)
+        assert torch.equal(dk.smi_scores(e, ids, measure=measure), smi.float())
+    got = dk.adjust_rewards(r, e, ids, measure=measure)
+    assert got.dtype == torch.float64
+    # graph-cut's CPU path divides by 1 + SMI as its products give it: the same to rounding
+    torch.testing.assert_close(got, reference.adjust_from_smi(r, smi, 0.1), rtol=4e-16, atol=0)
+
+
 def test_graph_cut_is_the_default_bit_for_bit():
     r, e, ids = _layout(4)
     assert torch.equal(dk.smi_scores(e, ids, measure="graph_cut"), dk.smi_scores(e, ids))
