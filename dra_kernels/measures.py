@@ -209,31 +209,49 @@ def _size_histogram(
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """``(rows per group [num_groups] on the codes' device, [(size, groups of that size), ...]
     by increasing size)`` for non-empty ``codes``; raises ValueError unless every code lies in
-    ``[0, num_groups)``.
-
-    The one host synchronisation of a call on CUDA: the range of the codes and the histogram of
-    group sizes come back in one copy (``torch.unique`` and ``bincount`` would each wait for the
-    device as well, their output sizes depending on the data). Out-of-range codes are clamped for
-    the counts, so that nothing indexes out of bounds before the check has raised.
+    ``[0, num_groups)``. On CPU with ``bincount``; elsewhere :func:`_size_histogram_in_one_copy`.
     """
-    n = codes.numel()
     if num_groups < 1:
-        raise ValueError(f"with num_groups={num_groups}, no group id is in range ({n} rows given)")
+        raise ValueError(
+            f"with num_groups={num_groups}, no group id is in range ({codes.numel()} rows given)"
+        )
+    if codes.device.type != "cpu":
+        return _size_histogram_in_one_copy(codes, num_groups)
+    _check_range(*(int(v) for v in torch.aminmax(codes)), num_groups)
+    counts = torch.bincount(codes, minlength=num_groups)
+    return counts, _histogram_list(torch.bincount(counts))
+
+
+def _size_histogram_in_one_copy(
+    codes: torch.Tensor, num_groups: int
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """:func:`_size_histogram` with one host synchronisation (the one of a call on CUDA): the
+    range of the codes and the histogram of group sizes come back in one copy of ``N + 3``
+    integers (``torch.unique`` and ``bincount`` would each wait for the device, their output
+    sizes depending on the data). Out-of-range codes are clamped for the counts, so that nothing
+    indexes out of bounds before the check has raised. Runs on any device (tested on CPU)."""
     bounds = torch.stack(torch.aminmax(codes))
     counts = reference._group_counts(codes.clamp(0, num_groups - 1), num_groups)
-    groups_of_size = torch.zeros(n + 1, dtype=torch.int64, device=codes.device)
+    groups_of_size = torch.zeros(codes.numel() + 1, dtype=torch.int64, device=codes.device)
     groups_of_size.index_add_(0, counts, torch.ones_like(counts))
     host = torch.cat([bounds, groups_of_size]).cpu()
-    low, high = int(host[0]), int(host[1])
+    _check_range(int(host[0]), int(host[1]), num_groups)
+    return counts, _histogram_list(host[2:])
+
+
+def _histogram_list(groups_of_size: torch.Tensor) -> list[tuple[int, int]]:
+    """``[(size, groups), ...]`` for the sizes present in a CPU histogram of group sizes."""
+    present = torch.nonzero(groups_of_size).view(-1)
+    sizes, groups = present.tolist(), groups_of_size.index_select(0, present).tolist()
+    return list(zip(sizes, groups, strict=True))
+
+
+def _check_range(low: int, high: int, num_groups: int) -> None:
     if low < 0 or high >= num_groups:
         raise ValueError(
             f"with num_groups={num_groups}, group_ids must lie in [0, {num_groups}); "
             f"found values from {low} to {high}"
         )
-    found = host[2:]
-    present = torch.nonzero(found).view(-1)
-    histogram = list(zip(present.tolist(), found.index_select(0, present).tolist(), strict=True))
-    return counts, histogram
 
 
 def _cosines(x: torch.Tensor, raw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

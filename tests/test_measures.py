@@ -391,6 +391,25 @@ def test_out_of_range_codes_are_refused(measure: str) -> None:
             smi_by_measure(e, torch.tensor(codes), k, measure)
 
 
+def test_the_one_copy_histogram_of_cuda_is_the_cpu_one() -> None:
+    """The CUDA branch (range and size histogram in one read-back) run on CPU tensors: the same
+    counts and histogram as the CPU branch, with empty groups too, and the same refusals."""
+    from dra_kernels import measures
+
+    gen = torch.Generator().manual_seed(3)
+    for n, k in [(1, 1), (7, 3), (50, 60), (300, 17)]:
+        codes = torch.randint(0, k, (n,), generator=gen)
+        cpu = measures._size_histogram(codes, k)
+        one_copy = measures._size_histogram_in_one_copy(codes, k)
+        assert torch.equal(cpu[0], one_copy[0]) and cpu[1] == one_copy[1]
+        assert sum(size * groups for size, groups in cpu[1]) == n
+        assert sum(groups for _, groups in cpu[1]) == k
+    for codes, k in [([0, 2, -3], 2), ([0, 5, 1], 2)]:
+        for fn in (measures._size_histogram, measures._size_histogram_in_one_copy):
+            with pytest.raises(ValueError, match=r"found values from -?\d+ to \d+"):
+                fn(torch.tensor(codes), k)
+
+
 @pytest.mark.parametrize("measure", OTHER)
 def test_float64_result_from_float32_rows(measure: str) -> None:
     """``dtype=torch.float64`` (what the API asks for with float64 rewards) returns the float64
