@@ -62,6 +62,7 @@ __all__ = [
     "measure",
     "normalize_pass",
     "rows_from_pytest_benchmark",
+    "run_rounds",
     "summary",
     "timed_round",
     "WARM_BELOW_S",
@@ -226,6 +227,17 @@ def measure(
     rewards, embeddings, codes = make_inputs(shape)
     calls = implementations(shape, rewards, embeddings, codes)
     max_diff = check_agreement(calls)
+    rounds, samples = run_rounds(
+        calls, budget_s=budget_s, min_rounds=min_rounds, max_rounds=max_rounds
+    )
+    return summary(shape, rounds, samples, max_diff)
+
+
+def run_rounds(
+    calls: dict[str, Callable[[], Any]], *, budget_s: float, min_rounds: int, max_rounds: int
+) -> tuple[int, dict[str, list[float]]]:
+    """:func:`timed_round` over ``calls`` until ``budget_s`` seconds have passed (at least
+    ``min_rounds``, at most ``max_rounds``): the number of rounds and each call's seconds."""
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
@@ -233,7 +245,7 @@ def measure(
     while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget_s):
         timed_round(calls, names, rounds, samples)
         rounds += 1
-    return summary(shape, rounds, samples, max_diff)
+    return rounds, samples
 
 
 def summary(

@@ -35,7 +35,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.cpu_peers import Shape, make_inputs, timed_round
+from benchmarks.cpu_peers import Shape, make_inputs, run_rounds
 from benchmarks.environment import environment
 from dra_kernels import smi_scores
 from dra_kernels.measures import CHUNK_ELEMENTS, MEASURES, _cosines, _inverse_diagonal
@@ -137,13 +136,9 @@ def measure_shape(
         for measure, peer in PEER.items():
             calls[peer] = lambda m=measure: submodlib_smi(embeddings, codes, m)
             max_diff[peer] = _check_peer(peer, calls[peer](), calls[measure](), shape.group_size)
-    names = list(calls)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget_s):
-        timed_round(calls, names, rounds, samples)
-        rounds += 1
+    rounds, samples = run_rounds(
+        calls, budget_s=budget_s, min_rounds=min_rounds, max_rounds=max_rounds
+    )
     medians = {name: statistics.median(v) * 1e3 for name, v in samples.items()}
     ratios = {f"{m}/graph_cut": medians[m] / medians["graph_cut"] for m in MEASURES[1:]}
     ratios.update(
@@ -185,12 +180,9 @@ def breakdown(
             _inverse_diagonal(torch.linalg.cholesky_ex(s)[0]) for s in ridges
         ],
     }
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget_s):
-        timed_round(calls, list(calls), rounds, samples)
-        rounds += 1
+    rounds, samples = run_rounds(
+        calls, budget_s=budget_s, min_rounds=min_rounds, max_rounds=max_rounds
+    )
     medians = {name: statistics.median(v) * 1e3 for name, v in samples.items()}
     return {
         "shape": asdict(shape),
