@@ -547,25 +547,13 @@ def _hinted_codes(ids: torch.Tensor, num_groups: int, check_range: bool = True) 
     # NOTE: reading the range back is free on CPU but a host sync on CUDA, and a graph break
     # under torch.compile: there the check is an asynchronous device assertion instead.
     if codes.device.type == "cpu" and not torch.compiler.is_compiling():
-        _check_code_range(codes, num_groups)
+        reference.check_code_range(codes, num_groups)
     elif check_range:
         torch._assert_async(
             ((codes >= 0) & (codes < num_groups)).all(),
             "group_ids out of range [0, num_groups)",
         )
     return Groups(codes, num_groups)
-
-
-def _check_code_range(codes: torch.Tensor, num_groups: int) -> None:
-    """Raises unless every code of a CPU tensor lies in ``[0, num_groups)``."""
-    if codes.numel() == 0:
-        return
-    low, high = (int(v) for v in torch.aminmax(codes))
-    if low < 0 or high >= num_groups:
-        raise ValueError(
-            f"with num_groups={num_groups}, group_ids must lie in [0, {num_groups}); "
-            f"found values from {low} to {high}"
-        )
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -712,7 +700,7 @@ def _prepare(
             # is the one the CPU path starts from.
             size = reference.contiguous_group_size(codes, num_groups)
             if size is None:
-                _check_code_range(codes, num_groups)
+                reference.check_code_range(codes, num_groups)
         # NOTE: on CUDA the kernel checks the codes itself (out-of-range rows come out NaN).
         groups = Groups(codes, num_groups, size)
     else:

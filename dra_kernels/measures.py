@@ -217,7 +217,7 @@ def _size_histogram(
         )
     if codes.device.type != "cpu":
         return _size_histogram_in_one_copy(codes, num_groups)
-    _check_range(*(int(v) for v in torch.aminmax(codes)), num_groups)
+    reference.check_code_range(codes, num_groups)
     counts = torch.bincount(codes, minlength=num_groups)
     return counts, _histogram_list(torch.bincount(counts))
 
@@ -235,7 +235,7 @@ def _size_histogram_in_one_copy(
     groups_of_size = torch.zeros(codes.numel() + 1, dtype=torch.int64, device=codes.device)
     groups_of_size.index_add_(0, counts, torch.ones_like(counts))
     host = torch.cat([bounds, groups_of_size]).cpu()
-    _check_range(int(host[0]), int(host[1]), num_groups)
+    reference.check_code_bounds(int(host[0]), int(host[1]), num_groups)
     return counts, _histogram_list(host[2:])
 
 
@@ -244,14 +244,6 @@ def _histogram_list(groups_of_size: torch.Tensor) -> list[tuple[int, int]]:
     present = torch.nonzero(groups_of_size).view(-1)
     sizes, groups = present.tolist(), groups_of_size.index_select(0, present).tolist()
     return list(zip(sizes, groups, strict=True))
-
-
-def _check_range(low: int, high: int, num_groups: int) -> None:
-    if low < 0 or high >= num_groups:
-        raise ValueError(
-            f"with num_groups={num_groups}, group_ids must lie in [0, {num_groups}); "
-            f"found values from {low} to {high}"
-        )
 
 
 def _cosines(x: torch.Tensor, raw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -26,6 +26,8 @@ __all__ = [
     "DEFAULT_EPS",
     "DEFAULT_MIN_DENOMINATOR",
     "adjust_from_smi",
+    "check_code_bounds",
+    "check_code_range",
     "compute_dtype",
     "contiguous_group_size",
     "group_advantages",
@@ -327,6 +329,22 @@ def _cpu_scales(
         patch_at = torch.full_like(scale, -1, dtype=torch.int64)
         patch_at[rows] = torch.arange(rows.numel())
     return scale, weight, patch_at, patch
+
+
+def check_code_range(codes: torch.Tensor, num_groups: int) -> None:
+    """Raises ValueError unless every code of a CPU tensor lies in ``[0, num_groups)``."""
+    if codes.numel() == 0:
+        return
+    check_code_bounds(*(int(v) for v in torch.aminmax(codes)), num_groups)
+
+
+def check_code_bounds(low: int, high: int, num_groups: int) -> None:
+    """Raises ValueError unless codes from ``low`` to ``high`` lie in ``[0, num_groups)``."""
+    if low < 0 or high >= num_groups:
+        raise ValueError(
+            f"with num_groups={num_groups}, group_ids must lie in [0, {num_groups}); "
+            f"found values from {low} to {high}"
+        )
 
 
 def contiguous_group_size(codes: torch.Tensor, num_groups: int) -> int | None:
