@@ -12,8 +12,10 @@ if TYPE_CHECKING:
         group_advantages,
         smi_scores,
     )
+    from dra_kernels.step import DRAStep
 
 __all__ = [
+    "DRAStep",
     "adjust_rewards",
     "dra_advantages",
     "factorize_group_ids",
@@ -28,9 +30,9 @@ def __getattr__(name: str) -> Any:
     # NOTE: the public functions are loaded on first use, so ``import dra_kernels`` (and the
     # command line's ``--help``) does not import torch, which takes seconds.
     if name in __all__:
-        from dra_kernels import api
+        from dra_kernels import api, step
 
-        value = getattr(api, name)
+        value = getattr(step if name == "DRAStep" else api, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'dra_kernels' has no attribute {name!r}")

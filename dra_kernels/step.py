@@ -132,10 +132,7 @@ class StepResult:
     def adjust(self, rewards: torch.Tensor) -> torch.Tensor:
         """Other rewards of the same rows (``[n]`` or ``[n, F]``, e.g. one column per reward
         function) divided by this step's ``max(1 + SMI, min_denominator)``, in their dtype."""
-        smi = self.smi.to(rewards.device)
-        if rewards.ndim == 2:
-            smi = smi.unsqueeze(1)
-        return reference.adjust_from_smi(rewards, smi, self.min_denominator).to(rewards.dtype)
+        return _adjust(rewards, self.smi, self.min_denominator)
 
 
 @dataclass(frozen=True)
@@ -226,7 +223,7 @@ class DRAStep:
         unknown = sorted(set(options) - set(STEP_OPTIONS) - set(EMBEDDER_OPTIONS))
         if unknown:
             raise ValueError(
-                f"unknown DRA option(s) {', '.join(speller(str(k)) for k in unknown)}; valid: "
+                f"unknown DRA option(s) {[speller(str(k)) for k in unknown]}; valid: "
                 + ", ".join(speller(k) for k in (*STEP_OPTIONS, *EMBEDDER_OPTIONS))
             )
         given = {k: v for k, v in options.items() if v is not None}
@@ -243,6 +240,12 @@ class DRAStep:
             return cls(**step_options, embedder=EmbedderConfig(**embed_options))
         except (TypeError, ValueError, RuntimeError) as exc:
             raise _renamed(exc, (*STEP_OPTIONS, *EMBEDDER_OPTIONS), speller) from None
+
+    def adjust(self, rewards: torch.Tensor, smi: torch.Tensor) -> torch.Tensor:
+        """``rewards`` (``[n]`` or ``[n, F]``, one column per reward function) divided by
+        ``max(1 + smi, min_denominator)``, in their dtype: e.g. a trainer's gathered rewards with
+        the gathered SMI of a step run on each process's rows."""
+        return _adjust(rewards, smi, self.min_denominator)
 
     def with_embedder(self, embedder: Any) -> DRAStep:
         """This step with another embedder (an embedding function or object, or a config), e.g.
@@ -371,6 +374,13 @@ class DRAStep:
             process_group,
         )
         return StepResult(adjusted, smi, advantages, metrics, self.min_denominator)
+
+
+def _adjust(rewards: torch.Tensor, smi: torch.Tensor, min_denominator: float) -> torch.Tensor:
+    smi = smi.to(rewards.device)
+    if rewards.ndim == 2:
+        smi = smi.unsqueeze(1)
+    return reference.adjust_from_smi(rewards, smi, min_denominator).to(rewards.dtype)
 
 
 def _metrics(

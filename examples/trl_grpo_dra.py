@@ -110,12 +110,13 @@ def main() -> None:
         trainer.train()
         if trainer.accelerator.is_main_process:
             for entry in trainer.state.log_history:
-                if "dra/smi_mean" in entry:
+                if "dra/smi/mean" in entry:
                     read = entry.get("dra/tokens_read_share")  # None for a plain function
                     print(
-                        f"step {entry['step']}: reward (adjusted) {entry['reward']:.3f}, "
-                        f"raw {entry['dra/reward_raw']:.3f}, mean SMI {entry['dra/smi_mean']:.3f}, "
-                        f"mean factor {entry['dra/factor_mean']:.3f}"
+                        f"step {entry['step']}: reward {entry['reward']:.3f} "
+                        f"(after DRA {entry['dra/reward_after/mean']:.3f}), "
+                        f"mean SMI {entry['dra/smi/mean']:.3f}, "
+                        f"mean factor {entry['dra/factor/mean']:.3f}"
                         + ("" if read is None else f", tokens read {read:.0%}")
                     )
 

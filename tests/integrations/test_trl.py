@@ -36,12 +36,10 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from trl import GRPOConfig, GRPOTrainer
 
 import dra_kernels
+from dra_kernels import api
 from dra_kernels.embed import EmbedStats
-from dra_kernels.integrations.trl import (
-    DRAGRPOTrainer,
-    _check_embedder,
-    completion_text,
-)
+from dra_kernels.integrations.trl import DRAGRPOTrainer, completion_text
+from dra_kernels.step import METRICS, DRAStep
 
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "iota", "kappa"]
 EMBED_DIM = 16
@@ -132,8 +130,8 @@ class RecordingTrainer(DRAGRPOTrainer):
             "prompts": gather_object([completion_text(p) for p in prompts]),
             "texts": gather_object([completion_text(c) for c in completions]),
             "rewards": rewards.cpu().tolist(),
-            "smi_mean": metrics["dra/smi_mean"][-1],
-            "factor_mean": metrics["dra/factor_mean"][-1],
+            "smi_mean": metrics["dra/smi/mean"][-1],
+            "factor_mean": metrics["dra/factor/mean"][-1],
             **{name: metrics[name][-1] for name in READ_METRICS if name in metrics},
             **self.pending,
         })  # fmt: skip
@@ -261,10 +259,10 @@ def check_run(result: dict[str, Any], *, world: int) -> None:
     assert result["global_step"] == steps, f"the {steps} training steps did not complete"
     modes = [record["mode"] for record in result["records"]]
     assert modes.count("train") == steps, modes
-    assert any("dra/smi_mean" in keys and "loss" in keys for keys in result["logged"])
+    assert any("dra/smi/mean" in keys and "loss" in keys for keys in result["logged"])
     if result["evaluate"]:
         assert "eval" in modes, modes
-        assert any("eval_dra/factor_mean" in keys for keys in result["logged"])
+        assert any("eval_dra/factor/mean" in keys for keys in result["logged"])
     funcs = [REWARD_FUNCS[name] for name in result["reward_funcs"]]
     weights = np.asarray(result["reward_weights"])
     measure = result.get("measure", {})
@@ -421,7 +419,7 @@ def test_default_embedder(workdir: pathlib.Path) -> None:
         trainer = build_trainer(workdir, dra_long_text="head", dra_max_tokens=2)
         trainer.train()
     assert any(w.category.__name__ == "TruncationWarning" for w in caught)
-    encoder = trainer.dra_embed.__self__
+    encoder = trainer.dra_step.embed_fn().__self__
     assert encoder.config.device == str(encoder.device) == str(trainer.accelerator.device)
     assert (encoder.config.long_text, encoder.config.max_tokens) == ("head", 2)
     record = trainer.records[0]
@@ -471,7 +469,7 @@ def test_options_checked_before_anything_loads(
     refused(ValueError, r"dra_dtype", dra_dtype="float8")
     # a typo lists the valid keywords
     refused(
-        ValueError, r"'dra_windows_tokens'.*valid: dra_model, .*dra_dtype", dra_windows_tokens=8
+        ValueError, r"'dra_windows_tokens'.*valid: .*dra_model, .*dra_dtype", dra_windows_tokens=8
     )
     # options with an embedder they cannot configure
     refused(ValueError, r"dra_long_text, dra_max_tokens configure the built-in", embedder=embed,
@@ -482,7 +480,7 @@ def test_options_checked_before_anything_loads(
     refused(TypeError, "embedder must be", embedder=3)
     # the measure options: the core's rule (dra_kernels.measures.check_measure), named as keywords
     refused(ValueError, r"^dra_measure must be one of 'graph_cut'", dra_measure="cosine")
-    refused(ValueError, r"^dra_eta is not used by measure='graph_cut'", dra_eta=0.5)
+    refused(ValueError, r"^dra_eta is not used by dra_measure='graph_cut'", dra_eta=0.5)
     refused(ValueError, r"^dra_lam is used only by", dra_measure="facility_location", dra_lam=2.0)
     refused(ValueError, r"^dra_eta must be > 0 and <= 1", dra_measure="log_det", dra_eta=1.5)
     refused(ValueError, r"^dra_lam must be a finite number", dra_measure="log_det", dra_lam=0.0)
@@ -525,6 +523,62 @@ def test_two_processes_torchrun(dra: dict[str, Any], workdir: pathlib.Path) -> N
     assert [r["texts"] for r in rank0] == [r["texts"] for r in rank1]
 
 
+def constant_reward_1(completions: list[Any], **kwargs: Any) -> list[float]:
+    return [1.0] * len(completions)
+
+
+def constant_reward_0(completions: list[Any], **kwargs: Any) -> list[float]:
+    return [0.0] * len(completions)
+
+
+@pytest.mark.parametrize("aggregation", ["sum_then_normalize", "normalize_then_sum"])
+def test_trl_reward_metrics_keep_their_meaning(
+    aggregation: str, workdir: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRL's own test_reward_metric_reflects_reward_weights under DRAGRPOTrainer: constant rewards
+    1 and 0 weighted 0.7 / 0.3 log reward = 0.7 and frac_reward_zero_std = 1 as without DRA; the
+    adjusted rewards appear under the dra/ names only. One SMI pass per batch."""
+    calls: list[int] = []
+    smi_scores = api.smi_scores
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return smi_scores(*args, **kwargs)
+
+    monkeypatch.setattr(api, "smi_scores", counting)
+    args = GRPOConfig(
+        output_dir=str(workdir / "out"), learning_rate=0.1, per_device_train_batch_size=3,
+        num_generations=3, max_completion_length=8, report_to="none", use_cpu=True, bf16=False,
+        reward_weights=[0.7, 0.3], multi_objective_aggregation=aggregation, max_steps=2,
+        logging_steps=1, save_strategy="no", seed=0,
+    )  # fmt: skip
+    # every completion embeds alike: SMI = 2, so DRA divides each reward by 3
+    trainer = RecordingTrainer(
+        str(workdir / "model"), [constant_reward_1, constant_reward_0], args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["alpha beta"] * 6}),
+        embedder=lambda texts: torch.ones(len(texts), 4),
+    )  # fmt: skip
+    trainer.train()
+    assert len(calls) == len(trainer.records) == 2  # one SMI pass per batch
+    log = [entry for entry in trainer.state.log_history if "reward" in entry]
+    assert len(log) == 2
+    for entry in log:
+        assert entry["reward"] == pytest.approx(0.7)
+        assert entry["reward_std"] == pytest.approx(0.0)
+        assert entry["frac_reward_zero_std"] == pytest.approx(1.0)
+        assert entry["rewards/constant_reward_1/mean"] == pytest.approx(1.0)
+        assert entry["rewards/constant_reward_0/mean"] == pytest.approx(0.0)
+        assert entry["dra/reward_before/mean"] == pytest.approx(0.7)
+        assert entry["dra/reward_after/mean"] == pytest.approx(0.7 / 3)
+        assert entry["dra/flat_groups_share"] == pytest.approx(1.0)
+        assert entry["dra/smi/mean"] == pytest.approx(2.0)
+        assert set(METRICS) - {READ_SHARE, TEXTS_CUT} <= set(entry)
+    assert list(trainer._logs["rewards"]["constant_reward_1"]) == [1.0] * 3
+    # the rewards TRL normalised were the adjusted ones
+    assert all(r == pytest.approx([1 / 3, 0.0]) for record in trainer.records
+               for r in record["rewards"])  # fmt: skip
+
+
 def test_refuses_what_it_cannot_adjust(workdir: pathlib.Path) -> None:
     model = str(workdir / "model")
     data = Dataset.from_dict({"prompt": ["alpha beta"] * 2})
@@ -534,9 +588,11 @@ def test_refuses_what_it_cannot_adjust(workdir: pathlib.Path) -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match="multi_objective_aggregation in"):
         DRAGRPOTrainer(model, distinct_words, args=args, train_dataset=data, embedder=embed)
-    for bad in (0.0, 1.5):
-        with pytest.raises(ValueError, match="dra_min_denominator must be"):
+    for bad in (0.0, 1.5, 2):
+        with pytest.raises(ValueError, match=r"^dra_min_denominator must be"):
             DRAGRPOTrainer(model, distinct_words, embedder=embed, dra_min_denominator=bad)
+    with pytest.raises(ValueError, match="dra_scale: TRL computes the advantages"):
+        DRAGRPOTrainer(model, distinct_words, embedder=embed, dra_scale="none")
     with pytest.raises(TypeError, match="embedder must be"):
         DRAGRPOTrainer(model, distinct_words, embedder=3)
 
@@ -554,7 +610,7 @@ def test_completion_text_and_embedder_kinds() -> None:
 
     for embedder in (embed, Encoder(), lambda texts: embed(texts).tolist()):
         np.testing.assert_array_equal(
-            torch.as_tensor(np.asarray(_check_embedder(embedder, {})(["a b", "c"]))),
+            DRAStep(embedder=embedder).embed(["a b", "c"])[0],
             embed(["a b", "c"]),
         )
 

@@ -145,5 +145,5 @@ def test_documented_example_runs_on_one_process(tmp_path: pathlib.Path) -> None:
     assert result["world"] == 1
     assert result["generation_batch_size"] % result["num_generations"] == 0
     assert result["global_step"] >= 1, result
-    assert "dra/smi_mean" in result["logged"], f"DRA logged nothing: {result['logged']}"
+    assert "dra/smi/mean" in result["logged"], f"DRA logged nothing: {result['logged']}"
     assert (tmp_path / "out").is_dir(), "the example's output_dir was not written"
