@@ -466,12 +466,25 @@ class Embedder:
 
     # ------------------------------------------------------------------------- tokens
 
-    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    def _tokenize(self, texts: Sequence[str], first: int = 0) -> list[list[int]]:
+        """Token ids of ``texts`` (``texts[0]`` is the caller's ``texts[first]``, for errors)."""
         if not texts:
             return []
-        encoded = self.tokenizer(
-            list(texts), add_special_tokens=False, truncation=False, verbose=False
-        )["input_ids"]
+        try:
+            encoded = self.tokenizer(
+                list(texts), add_special_tokens=False, truncation=False, verbose=False
+            )["input_ids"]
+        except Exception:
+            # NOTE: name the text the tokenizer refused: try them one by one.
+            for i, text in enumerate(texts):
+                try:
+                    self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)
+                except Exception as one:
+                    raise ValueError(
+                        f"texts[{first + i}]: the tokenizer cannot encode it "
+                        f"({type(one).__name__}: {one})"
+                    ) from one
+            raise
         return [list(ids) for ids in encoded]
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
@@ -534,7 +547,7 @@ class Embedder:
             # chunk (its token ids and windows), not by the whole input.
             for first in range(0, n, _TEXTS_PER_CHUNK):
                 chunk = texts[first : first + _TEXTS_PER_CHUNK]
-                windows = self._windows(self._tokenize(chunk), tally)
+                windows = self._windows(self._tokenize(chunk, first), tally)
                 vectors = self._encode_windows(windows, len(chunk), bar)
                 if vectors is None:
                     continue
@@ -635,11 +648,24 @@ class Embedder:
 
 
 def _check_texts(texts: Any) -> Sequence[str]:
+    """``texts`` if every item is a str that a tokenizer can take, checked before any model work:
+    TypeError / ValueError naming ``texts[i]`` otherwise."""
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise TypeError(f"texts must be a sequence of strings, got {type(texts).__name__}")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be a string, got {type(text).__name__}")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                # NOTE: a lone surrogate (e.g. "\ud800" from a bad decode, or a JSON escape)
+                # has no UTF-8 form; the Rust tokenizers refuse it with a TypeError that names
+                # neither the text nor the problem.
+                raise ValueError(
+                    f"texts[{i}] cannot be encoded as UTF-8: {exc.reason} "
+                    f"{text[exc.start : exc.end]!r} at character {exc.start} (a bad decode?)"
+                ) from None
     return texts
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -232,6 +233,28 @@ def test_encode_rejects_non_text(embedder: Embedder) -> None:
     with pytest.raises(TypeError, match=r"texts\[1\]"):
         embedder.encode(["a", None])  # type: ignore[list-item]
     assert embedder.encode([]).shape == (0, 384)
+    for bad, kind in ((b"bytes", TypeError), (3, TypeError)):
+        with pytest.raises(kind, match=r"^texts\[1\] must be a string"):
+            embedder.encode(["fine", bad])  # type: ignore[list-item]
+
+
+def test_encode_names_a_text_the_tokenizer_cannot_take(
+    embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone surrogate (a bad decode, a JSON escape) has no UTF-8 form: refused before any model
+    work, naming the text; any other tokenizer failure names the text it failed on."""
+    with pytest.raises(ValueError, match=r"^texts\[1\] cannot be encoded as UTF-8: .*'\\ud800'"):
+        embedder.encode(["fine", "bad \ud800 text"])
+    original = embedder.tokenizer
+
+    def picky(texts: Any, **kwargs: Any) -> Any:
+        if "poison" in (texts if isinstance(texts, str) else " ".join(texts)):
+            raise RuntimeError("cannot take it")
+        return original(texts, **kwargs)
+
+    monkeypatch.setattr(embedder, "tokenizer", picky)
+    with pytest.raises(ValueError, match=r"^texts\[2\]: the tokenizer cannot encode it"):
+        embedder.encode(["a", "b", "poison"])
 
 
 def test_bfloat16_weights_give_float32_embeddings() -> None:
