@@ -412,6 +412,9 @@ def _jsonl_records(path: Any, handle: IO[bytes]) -> Iterator[tuple[int, dict[str
             start += len(codecs.BOM_UTF8)
         if not raw.strip(_JSON_BLANK):
             continue
+        # NOTE: the separator ("\n" or "\r\n") is not part of the record: decoded with it, a
+        # record cut short ends on json's line 2, column 1, not at the column of the line at fault.
+        raw = raw.removesuffix(b"\n").removesuffix(b"\r")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -424,9 +427,9 @@ def _jsonl_records(path: Any, handle: IO[bytes]) -> Iterator[tuple[int, dict[str
 def _parse_json(path: Any, line: int, text: str) -> dict[str, Any]:
     try:
         row = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except json.JSONDecodeError as exc:  # text is one line: its column is the offset + 1
         raise RolloutError(
-            path, f"malformed JSON at column {exc.colno}: {exc.msg}", line=line
+            path, f"malformed JSON at column {exc.pos + 1}: {exc.msg}", line=line
         ) from None
     except RecursionError:
         raise RolloutError(

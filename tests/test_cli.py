@@ -397,6 +397,8 @@ BAD_VALUES = [  # (file name, content, line, field, start of the reason)
     ("in.jsonl", _line("1", completion="a\\ud800"), 1, "completion", "completion is not valid"),
     ("in.jsonl", _line("1") + _line("1e200"), 2, "reward", "reward 1e+200 is too large"),
     ("in.jsonl", _line("1") + "\udcff\n", 2, None, "not valid UTF-8"),  # the byte 0xff
+    # the line lacks its closing brace: json stops just past its 46 characters
+    ("in.jsonl", _line("1") + _line("1")[:-2] + "\n", 2, None, "malformed JSON at column 47: "),
 ]
 
 
