@@ -14,7 +14,7 @@ import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dra_kernels import __version__
 from dra_kernels.rollouts import (
@@ -104,6 +104,20 @@ completion text (completion) and a numeric reward (reward); other fields pass th
 
 class _UsageError(Exception):
     """An option value found invalid after parsing: exit code 2."""
+
+
+def _usage_error_text(prog: str, message: str) -> str:
+    """What a usage error prints on stderr: the error, then where the usage is (two lines)."""
+    return f"{prog}: error: {message}\nrun '{prog} --help' for usage\n"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors (exit 2) are one line and a pointer to ``--help``,
+    not the usage block first (a subcommand's runs to 17 lines, which hid the line that counts).
+    The package's other commands use it too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, _usage_error_text(self.prog, message))
 
 
 # ----------------------------------------------------------------------------- parser
@@ -315,7 +329,7 @@ def _add_analyze_options(parser: argparse.ArgumentParser, *, files: bool) -> Non
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=PROG,
         description="Diversity-aware Reward Adjustment (DRA) for GRPO rollouts: embed "
         "completions, adjust rewards, analyse whether rewards see reasoning diversity.",
@@ -323,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=CommandParser
+    )
 
     adjust = sub.add_parser(
         "adjust",
@@ -977,23 +993,22 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 bad input, 2 usage).
 
-    Every failure ends in one ``dra-kernels <command>: error: ...`` line on stderr, never a
-    traceback.
+    Every failure is reported in one ``dra-kernels <command>: error: ...`` line on stderr, never a
+    traceback; a usage error adds ``run 'dra-kernels <command> --help' for usage``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
         if extra and args.command != "bench":
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
         _check_options(args)
         return _COMMANDS[args.command](args)
     except _UsageError as exc:
-        _subparser(parser, args.command).print_usage(sys.stderr)
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        print(_usage_error_text(f"{PROG} {args.command}", str(exc)), end="", file=sys.stderr)
         return 2
     except (RolloutError, ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
         # NOTE: RuntimeError covers what torch raises while loading or running the model (a CUDA
