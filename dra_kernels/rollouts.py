@@ -61,6 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from dra_kernels._words import counted
+
 __all__ = [
     "CHUNK_CHARS",
     "CHUNK_ROWS",
@@ -466,7 +468,8 @@ def _csv_records(
             if len(record) != len(header):
                 raise RolloutError(
                     path,
-                    f"has {len(record)} values but the header names {len(header)} fields",
+                    f"has {counted(len(record), 'value')} but the header names "
+                    f"{counted(len(header), 'field')}",
                     line=line,
                 )
             yield line, dict(zip(header, record, strict=True))

@@ -532,6 +532,52 @@ def test_outputs_are_checked_before_any_work(
     assert work == []
 
 
+def test_counts_say_1_group_not_1_groups(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fake_embedder: type[FakeEmbedder],
+) -> None:
+    """Every count the command prints takes the singular for 1 and the plural otherwise."""
+    one = _write(tmp_path / "one.jsonl", _line("1"))  # 1 completion of 1 token, 1 group
+    out = tmp_path / "out.jsonl"
+    assert main(["adjust", str(one), "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("1 completion in 1 group\n"), captured.out
+    assert f"wrote 1 row to {out}" in captured.out
+    assert captured.err.startswith("embedded 1 completion (1 token, 1 window of up to 256 "), (
+        captured.err
+    )
+    assert main(["analyze", str(one), "-o", str(tmp_path / "table.csv")]) == 0
+    stdout = capsys.readouterr().out
+    assert "1 prompt not tested: 1 with fewer than 3 completions" in stdout, stdout
+    assert "wrote 1 prompt to" in stdout
+
+    many = "".join(
+        _line("1", completion=f"{g} {i}").replace('"q"', f'"q{g}"')
+        for g in range(21)
+        for i in range(2)
+    )
+    assert main(["adjust", str(_write(tmp_path / "many.jsonl", many)), "-o", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "42 completions in 21 groups" in stdout and "... 1 more group (all" in stdout, stdout
+
+    encode = FakeEmbedder.encode
+
+    def cut_one(self: FakeEmbedder, texts: list[str]) -> torch.Tensor:
+        vectors = encode(self, texts)
+        self.last_stats = EmbedStats(len(texts), 1, 2, 1, len(texts))
+        return vectors
+
+    monkeypatch.setattr(FakeEmbedder, "encode", cut_one)
+    assert main(["adjust", str(one), "-o", str(out)]) == 0
+    assert "; 1 completion cut (--long-text windows)" in capsys.readouterr().err
+
+    monkeypatch.setattr(FakeEmbedder, "encode", lambda self, texts: torch.full((1, 8), np.nan))
+    assert main(["adjust", str(one), "-o", str(out)]) == 1
+    assert "(NaN or inf; 1 completion in all)" in capsys.readouterr().err
+
+
 def test_an_unexpected_exception_is_an_error_line(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -145,6 +145,7 @@ def test_malformed_json_names_the_line_and_column_in_the_file(
 
 
 BAD_CSV = [
+    ("prompt,completion,reward\nq\n", 2, None, "has 1 value but the header names 3 fields"),
     ("prompt,completion\nq,a\n", 1, "reward", "missing from the CSV header"),
     ("prompt,completion,reward\nq,a,1\nq,b,abc\n", 3, "reward", "must be a number"),
     ("prompt,completion,reward\nq,a,\n", 2, "reward", "reward is empty"),
