@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dra_kernels._words import counted
+
 __all__ = [
     "DEFAULT_ALPHA",
     "DiversityReport",
@@ -99,9 +101,11 @@ class DiversityReport:
         tested = len(self.tested)
         skipped = len(self.groups) - tested
         if tested:
+            show = "shows" if self.not_significant == 1 else "show"
             head = (
-                f"{self.not_significant} of {tested} prompts ({self.share_not_significant:.0%}) "
-                f"show no significant rank correlation between reward differences and embedding "
+                f"{self.not_significant} of {counted(tested, 'prompt')} "
+                f"({self.share_not_significant:.0%}) {show} no significant rank correlation "
+                "between reward differences and embedding "
                 f"distances (Spearman p > {self.alpha:g})."
             )
         else:
@@ -111,7 +115,7 @@ class DiversityReport:
             if g.reason is not None:
                 reasons[g.reason] = reasons.get(g.reason, 0) + 1
         tail = (
-            f"{skipped} prompt(s) not tested: "
+            f"{counted(skipped, 'prompt')} not tested: "
             + "; ".join(f"{count} with {reason}" for reason, count in reasons.items())
             if skipped
             else "Every prompt was tested."
@@ -196,7 +200,7 @@ def diversity_quality(
     if r.ndim != 1 or e.ndim != 2 or e.shape[0] != r.shape[0] or len(group_ids) != r.shape[0]:
         raise ValueError(
             f"rewards [N], embeddings [N, D] and group_ids [N] must agree; got shapes "
-            f"{r.shape}, {e.shape} and {len(group_ids)} ids"
+            f"{r.shape}, {e.shape} and {counted(len(group_ids), 'id')}"
         )
     members: dict[Hashable, list[int]] = {}
     for index, key in enumerate(group_ids):
@@ -261,7 +265,7 @@ def plot_p_values(
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     share = report.share_not_significant
     default_title = (
-        f"{report.not_significant}/{len(p_values)} prompts with p > {report.alpha:g}"
+        f"{report.not_significant}/{counted(len(p_values), 'prompt')} with p > {report.alpha:g}"
         + ("" if math.isnan(share) else f" ({share:.0%})")
     )
     axes.set_title(title or default_title)

@@ -14,9 +14,10 @@ import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dra_kernels import __version__
+from dra_kernels._words import counted
 from dra_kernels.rollouts import (
     RolloutError,
     RolloutIndex,
@@ -104,6 +105,20 @@ completion text (completion) and a numeric reward (reward); other fields pass th
 
 class _UsageError(Exception):
     """An option value found invalid after parsing: exit code 2."""
+
+
+def _usage_error_text(prog: str, message: str) -> str:
+    """What a usage error prints on stderr: the error, then where the usage is (two lines)."""
+    return f"{prog}: error: {message}\nrun '{prog} --help' for usage\n"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors (exit 2) are one line and a pointer to ``--help``,
+    not the usage block first (a subcommand's runs to 17 lines, which hid the line that counts).
+    The package's other commands use it too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, _usage_error_text(self.prog, message))
 
 
 # ----------------------------------------------------------------------------- parser
@@ -315,7 +330,7 @@ def _add_analyze_options(parser: argparse.ArgumentParser, *, files: bool) -> Non
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=PROG,
         description="Diversity-aware Reward Adjustment (DRA) for GRPO rollouts: embed "
         "completions, adjust rewards, analyse whether rewards see reasoning diversity.",
@@ -323,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=CommandParser
+    )
 
     adjust = sub.add_parser(
         "adjust",
@@ -625,13 +642,14 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
         raise RolloutError(index.path, "no rollouts found: the file is empty")
     stats = EmbedStats(**totals)
     line = (
-        f"embedded {stats.texts} completions ({stats.tokens:,} tokens, {stats.windows:,} "
-        f"windows of up to {embedder.window_tokens} tokens, long text: {args.long_text}); "
+        f"embedded {counted(stats.texts, 'completion')} ({counted(stats.tokens, 'token', spec=',')}"
+        f", {counted(stats.windows, 'window', spec=',')} of up to "
+        f"{counted(embedder.window_tokens, 'token')}, long text: {args.long_text}); "
         f"{stats.share_read:.1%} of tokens read"
     )
     if stats.cut_texts:
         line += (
-            f"; {stats.cut_texts} completions cut (--long-text {args.long_text}"
+            f"; {counted(stats.cut_texts, 'completion')} cut (--long-text {args.long_text}"
             + (f", --max-tokens {args.max_tokens}" if args.max_tokens is not None else "")
             + "): use --long-text windows without --max-tokens to read every token"
         )
@@ -641,8 +659,8 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
         row = int(bad[0])
         raise RolloutError(
             index.path,
-            f"the model's embedding of this completion is not finite (NaN or inf; {bad.size} "
-            "completions in all); try --dtype float32",
+            "the model's embedding of this completion is not finite (NaN or inf; "
+            f"{counted(bad.size, 'completion')} in all); try --dtype float32",
             line=int(index.lines[row]),
             field=index.fields.completion,
         )
@@ -745,7 +763,7 @@ def _print_summary(index: RolloutIndex, smi: np.ndarray, adjusted: np.ndarray) -
     rewards = np.frombuffer(index.rewards, dtype=np.float64)
     codes = np.frombuffer(index.group_codes, dtype=np.int64)
     groups = index.num_groups
-    _say(f"{len(index)} completions in {groups} groups")
+    _say(f"{counted(len(index), 'completion')} in {counted(groups, 'group')}")
     group, n, reward, smi_range, mean_adjusted = SUMMARY_COLUMNS
     _say(f"{group:<34} {n:>3} {reward:>11} {smi_range:>13} {mean_adjusted:>13}")
     for code in range(min(groups, _SUMMARY_ROWS)):  # codes number groups by first appearance
@@ -757,7 +775,7 @@ def _print_summary(index: RolloutIndex, smi: np.ndarray, adjusted: np.ndarray) -
             f"{adjusted[rows].mean():>13.3f}"
         )
     if groups > _SUMMARY_ROWS:
-        _say(f"... {groups - _SUMMARY_ROWS} more groups (all rows are in the output)")
+        _say(f"... {counted(groups - _SUMMARY_ROWS, 'more group')} (all rows are in the output)")
     ratio = np.divide(adjusted, rewards, out=np.full_like(adjusted, np.nan), where=rewards != 0)
     if np.isfinite(ratio).any():
         _say(
@@ -801,7 +819,7 @@ def _cmd_adjust(args: argparse.Namespace) -> int:
         format=out_format,
         fieldnames=_fieldnames(index.fieldnames),
     )
-    _say(f"wrote {count} rows to {args.output}")
+    _say(f"wrote {counted(count, 'row')} to {args.output}")
     return 0
 
 
@@ -815,7 +833,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     report = _analyze(index, embeddings, args.alpha)
     if args.output is not None:
         write_rows(args.output, report.rows())
-        _say(f"wrote {len(report.groups)} prompts to {args.output}")
+        _say(f"wrote {counted(len(report.groups), 'prompt')} to {args.output}")
     if args.plot is not None:
         _plot(report, args.plot)
         _say(f"wrote the p-value histogram to {args.plot}")
@@ -856,7 +874,7 @@ def _print_one_prompt(index: RolloutIndex, values: dict, args: argparse.Namespac
     smi, adjusted = values["smi"][rows], values["reward_adjusted"][rows]
     grpo, dra = values["advantage"][rows], values["advantage_dra"][rows]
     key = index.group_keys[int(codes[rows[0]])]
-    _say_wrapped(f"One prompt ({len(rows)} completions): {_short(key, 200)}")
+    _say_wrapped(f"One prompt ({counted(len(rows), 'completion')}): {_short(key, 200)}")
     words, reward, smi_name, adjusted_name, grpo_name, dra_name = DEMO_COLUMNS
     _say(f"{words:<36} {reward:>6} {smi_name:>6} {adjusted_name:>8} {grpo_name:>8} {dra_name:>8}")
     for i, text in enumerate(texts):
@@ -920,8 +938,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out_dir = _demo_dir(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _say_wrapped(
-        f"sample: {source} (hand-written: {index.num_groups} math problems, {len(index)} "
-        "completions; reward 1 when the \\boxed{} answer is right, else 0)"
+        f"sample: {source} (hand-written: {counted(index.num_groups, 'math problem')}, "
+        f"{counted(len(index), 'completion')}; reward 1 when the \\boxed{{}} answer is right, "
+        "else 0)"
     )
     embeddings = _embed(index, args)
     values = _dra_values(index, embeddings, args)
@@ -977,23 +996,22 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 bad input, 2 usage).
 
-    Every failure ends in one ``dra-kernels <command>: error: ...`` line on stderr, never a
-    traceback.
+    Every failure is reported in one ``dra-kernels <command>: error: ...`` line on stderr, never a
+    traceback; a usage error adds ``run 'dra-kernels <command> --help' for usage``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
         if extra and args.command != "bench":
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
         _check_options(args)
         return _COMMANDS[args.command](args)
     except _UsageError as exc:
-        _subparser(parser, args.command).print_usage(sys.stderr)
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        print(_usage_error_text(f"{PROG} {args.command}", str(exc)), end="", file=sys.stderr)
         return 2
     except (RolloutError, ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
         # NOTE: RuntimeError covers what torch raises while loading or running the model (a CUDA

@@ -61,6 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from dra_kernels._words import counted
+
 __all__ = [
     "CHUNK_CHARS",
     "CHUNK_ROWS",
@@ -412,6 +414,9 @@ def _jsonl_records(path: Any, handle: IO[bytes]) -> Iterator[tuple[int, dict[str
             start += len(codecs.BOM_UTF8)
         if not raw.strip(_JSON_BLANK):
             continue
+        # NOTE: the separator ("\n" or "\r\n") is not part of the record: decoded with it, a
+        # record cut short ends on json's line 2, column 1, not at the column of the line at fault.
+        raw = raw.removesuffix(b"\n").removesuffix(b"\r")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -424,9 +429,9 @@ def _jsonl_records(path: Any, handle: IO[bytes]) -> Iterator[tuple[int, dict[str
 def _parse_json(path: Any, line: int, text: str) -> dict[str, Any]:
     try:
         row = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except json.JSONDecodeError as exc:  # text is one line: its column is the offset + 1
         raise RolloutError(
-            path, f"malformed JSON at column {exc.colno}: {exc.msg}", line=line
+            path, f"malformed JSON at column {exc.pos + 1}: {exc.msg}", line=line
         ) from None
     except RecursionError:
         raise RolloutError(
@@ -463,7 +468,8 @@ def _csv_records(
             if len(record) != len(header):
                 raise RolloutError(
                     path,
-                    f"has {len(record)} values but the header names {len(header)} fields",
+                    f"has {counted(len(record), 'value')} but the header names "
+                    f"{counted(len(header), 'field')}",
                     line=line,
                 )
             yield line, dict(zip(header, record, strict=True))

@@ -61,6 +61,24 @@ def test_correlated_and_independent_groups() -> None:
     assert report.not_significant == int(p > 0.05)
 
 
+def test_counts_say_1_prompt_not_1_prompts() -> None:
+    """A count of 1 takes the singular; the verb agrees with the count of prompts it says."""
+    rng = np.random.default_rng(3)
+    r, e = _correlated_group(rng, 8)
+    report = diversity_quality(
+        np.concatenate([r, [1.0, 1.0]]), np.concatenate([e, e[:2]]), [0] * 8 + [1] * 2
+    )
+    head, tail = report.summary().splitlines()
+    assert head.startswith("0 of 1 prompt (0%) show no significant rank correlation"), head
+    assert tail == "1 prompt not tested: 1 with fewer than 3 completions", tail
+    # reward differences ranked 2, 3, 1 and distances 1, 3, 2: rho 0.5, p 0.67
+    weak = diversity_quality([0.0, 2.0, 3.0], [[1.0, 0.0], [1.0, 0.3], [0.0, 1.0]], [0, 0, 0])
+    assert weak.not_significant == 1
+    assert weak.summary().startswith("1 of 1 prompt (100%) shows no significant"), weak.summary()
+    with pytest.raises(ValueError, match=r"\(3, 2\) and 1 id$"):
+        diversity_quality([0.0, 1.0, 2.0], np.ones((3, 2)), [0])
+
+
 def test_untestable_groups_are_counted_apart() -> None:
     rng = np.random.default_rng(2)
     emb = rng.normal(size=(9, 4))
@@ -70,7 +88,7 @@ def test_untestable_groups_are_counted_apart() -> None:
     reasons = {g.group: g.reason for g in report.groups}
     assert reasons == {"same": "equal rewards", "pair": "fewer than 3 completions", "ok": None}
     assert len(report.tested) == 1
-    assert "2 prompt(s) not tested" in report.summary()
+    assert "2 prompts not tested" in report.summary()
     rows = {row["group"]: row for row in report.rows()}
     assert rows["same"]["p_value"] is None and rows["same"]["not_significant"] is None
     same_emb = np.ones((3, 4))

@@ -207,8 +207,50 @@ def test_usage_errors_exit_2(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
-    assert "usage: dra-kernels" in capsys.readouterr().err
+    prog = "dra-kernels" if argv[:1] in ([], ["frobnicate"]) else f"dra-kernels {argv[0]}"
+    _assert_usage_error(capsys.readouterr().err, prog)
     assert list(tmp_path.iterdir()) == []
+
+
+def _assert_usage_error(err: str, prog: str, message: str = "") -> None:
+    """A usage error is two lines: the error, and where the usage is; no usage block."""
+    first, second = err.splitlines()
+    assert first.startswith(f"{prog}: error: ") and message in first, err
+    assert second == f"run '{prog} --help' for usage", err
+    assert err.endswith("\n")
+
+
+USAGE_ERRORS = [  # (argv, the command's prog, the error message)
+    ([], "dra-kernels", "the following arguments are required: COMMAND"),
+    (["frobnicate"], "dra-kernels", "invalid choice: 'frobnicate'"),
+    (["adjust", "in.jsonl"], "dra-kernels adjust", "the following arguments are required: -o"),
+    (["adjust", "in.jsonl", "-o", "o.jsonl", "--scale", "max"], "dra-kernels adjust", "'max'"),
+    (["analyze", "in.jsonl", "--alpha", "2"], "dra-kernels analyze", "expected a level in (0, 1)"),
+    (["demo", "--no-such-option"], "dra-kernels demo", "unrecognized arguments: --no-such-option"),
+    (["adjust", "in.jsonl", "-o", "out.parquet"], "dra-kernels adjust", "output format"),
+    (["demo", "--device", "meta"], "dra-kernels demo", "--device 'meta'"),
+    (["analyze", "in.jsonl", "--device", "cuda"], "dra-kernels analyze", "CUDA is not available"),
+]
+
+
+@pytest.mark.parametrize(("argv", "prog", "message"), USAGE_ERRORS)
+def test_a_usage_error_is_one_line_and_a_pointer_to_help(
+    argv: list[str],
+    prog: str,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """argparse's own errors and the command's checks alike: the line that says what is wrong
+    first, not after a usage block of 17 lines (``--device cuda`` on a machine without CUDA is
+    the first example of docs/cli.md's "Your own rollouts")."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a machine without CUDA
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    _assert_usage_error(captured.err, prog, message)
 
 
 def test_cut_completions_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -397,6 +439,8 @@ BAD_VALUES = [  # (file name, content, line, field, start of the reason)
     ("in.jsonl", _line("1", completion="a\\ud800"), 1, "completion", "completion is not valid"),
     ("in.jsonl", _line("1") + _line("1e200"), 2, "reward", "reward 1e+200 is too large"),
     ("in.jsonl", _line("1") + "\udcff\n", 2, None, "not valid UTF-8"),  # the byte 0xff
+    # the line lacks its closing brace: json stops just past its 46 characters
+    ("in.jsonl", _line("1") + _line("1")[:-2] + "\n", 2, None, "malformed JSON at column 47: "),
 ]
 
 
@@ -462,9 +506,7 @@ def test_every_option_is_checked_before_any_work(
     source = _ok_file(tmp_path)
     files = {"adjust": [str(source), "-o", "out.jsonl"], "analyze": [str(source)], "demo": []}
     assert main([command, *files[command], *options]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"usage: dra-kernels {command}") and message in err, err
-    assert err.splitlines()[-1].startswith(f"dra-kernels {command}: error: ")
+    _assert_usage_error(capsys.readouterr().err, f"dra-kernels {command}", message)
     assert work == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
@@ -488,6 +530,52 @@ def test_outputs_are_checked_before_any_work(
         err = capsys.readouterr().err
         assert err.startswith(f"dra-kernels {argv[0]}: error: ") and "cannot write" in err, err
     assert work == []
+
+
+def test_counts_say_1_group_not_1_groups(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fake_embedder: type[FakeEmbedder],
+) -> None:
+    """Every count the command prints takes the singular for 1 and the plural otherwise."""
+    one = _write(tmp_path / "one.jsonl", _line("1"))  # 1 completion of 1 token, 1 group
+    out = tmp_path / "out.jsonl"
+    assert main(["adjust", str(one), "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("1 completion in 1 group\n"), captured.out
+    assert f"wrote 1 row to {out}" in captured.out
+    assert captured.err.startswith("embedded 1 completion (1 token, 1 window of up to 256 "), (
+        captured.err
+    )
+    assert main(["analyze", str(one), "-o", str(tmp_path / "table.csv")]) == 0
+    stdout = capsys.readouterr().out
+    assert "1 prompt not tested: 1 with fewer than 3 completions" in stdout, stdout
+    assert "wrote 1 prompt to" in stdout
+
+    many = "".join(
+        _line("1", completion=f"{g} {i}").replace('"q"', f'"q{g}"')
+        for g in range(21)
+        for i in range(2)
+    )
+    assert main(["adjust", str(_write(tmp_path / "many.jsonl", many)), "-o", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "42 completions in 21 groups" in stdout and "... 1 more group (all" in stdout, stdout
+
+    encode = FakeEmbedder.encode
+
+    def cut_one(self: FakeEmbedder, texts: list[str]) -> torch.Tensor:
+        vectors = encode(self, texts)
+        self.last_stats = EmbedStats(len(texts), 1, 2, 1, len(texts))
+        return vectors
+
+    monkeypatch.setattr(FakeEmbedder, "encode", cut_one)
+    assert main(["adjust", str(one), "-o", str(out)]) == 0
+    assert "; 1 completion cut (--long-text windows)" in capsys.readouterr().err
+
+    monkeypatch.setattr(FakeEmbedder, "encode", lambda self, texts: torch.full((1, 8), np.nan))
+    assert main(["adjust", str(one), "-o", str(out)]) == 1
+    assert "(NaN or inf; 1 completion in all)" in capsys.readouterr().err
 
 
 def test_an_unexpected_exception_is_an_error_line(
@@ -543,8 +631,11 @@ def test_a_real_process_prints_an_error_line_never_a_traceback(tmp_path: Path) -
         )
         assert result.returncode == code, result.stderr
         assert "Traceback" not in result.stderr
-        last = result.stderr.splitlines()[-1]
-        assert last.startswith("dra-kernels adjust: error: ") and message in last, last
+        if code == 2:
+            _assert_usage_error(result.stderr, "dra-kernels adjust", message)
+        else:
+            (line,) = result.stderr.splitlines()
+            assert line.startswith("dra-kernels adjust: error: ") and message in line, line
         assert "embedded" not in result.stderr  # failed before any model loaded
     assert not (tmp_path / "out.jsonl").exists()
 

@@ -119,7 +119,33 @@ def test_bad_jsonl_names_file_line_field(
         assert f"field '{field}'" in message
 
 
+GOOD_LINE = '{"prompt": "q", "completion": "a", "reward": 1}'
+MALFORMED_LINES = [  # (the line's text, the 1-based column at fault, json's reason)
+    # the end of the text: just past its 61 characters
+    ('{"prompt": "q", "completion": "no closing brace", "reward": 1', 62, "Expecting ','"),
+    # the quote opening "reward", counted in characters (the é is two bytes)
+    ('{"prompt": "q", "completion": "é" "reward": 1}', 35, "Expecting ','"),
+    ('{"prompt": "q",, "completion": "a", "reward": 1}', 16, "Expecting property name"),
+]
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+@pytest.mark.parametrize(("text", "column", "reason"), MALFORMED_LINES)
+def test_malformed_json_names_the_line_and_column_in_the_file(
+    tmp_path: Path, text: str, column: int, reason: str, ending: str
+) -> None:
+    """The line and column of the file (characters within the line), whatever ends the line:
+    the record separator is not part of the text json reads."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(f"{GOOD_LINE}\n\n{text}{ending}".encode())
+    with pytest.raises(RolloutError) as info:
+        read_rollouts(path)
+    assert info.value.line == 3
+    assert f"line 3: malformed JSON at column {column}: {reason}" in str(info.value)
+
+
 BAD_CSV = [
+    ("prompt,completion,reward\nq\n", 2, None, "has 1 value but the header names 3 fields"),
     ("prompt,completion\nq,a\n", 1, "reward", "missing from the CSV header"),
     ("prompt,completion,reward\nq,a,1\nq,b,abc\n", 3, "reward", "must be a number"),
     ("prompt,completion,reward\nq,a,\n", 2, "reward", "reward is empty"),

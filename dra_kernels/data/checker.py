@@ -6,18 +6,41 @@ a trailing period, and numbers compared by value: ``0.5`` = ``1/2`` = ``\\frac{1
 otherwise, including when it has no ``\\boxed{}`` at all. It is deliberately small: a stand-in
 for the verifiers used in R1-Zero-style training, enough to score hand-written completions.
 
-Run ``python -m dra_kernels.data.checker FILE.jsonl`` to re-score a file with ``answer`` and
-``completion`` fields and report the rows whose stored ``reward`` disagrees.
+``python -m dra_kernels.data.checker [FILE]`` re-scores a rollout file (JSONL or CSV; default: the
+bundled sample) whose rows hold the reference answer (field ``answer``), the completion
+(``completion``) and a stored reward (``reward``), and lists the rows whose stored reward the
+checker disagrees with: exit 0 when none, 1 when some do or the file cannot be used, 2 for a usage
+error. ``--help`` says more; docs/cli.md, "Re-checking rewards".
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import re
 import sys
+from collections.abc import Sequence
 from fractions import Fraction
+from typing import Any
 
-__all__ = ["check", "extract_boxed", "normalize_answer"]
+from dra_kernels._words import counted
+from dra_kernels.cli import CommandParser
+from dra_kernels.data import sample_path
+
+# NOTE: the rollout reader's own checks, so that a bad row reads as it does in dra-kernels.
+from dra_kernels.rollouts import (
+    RolloutError,
+    _completion_value,
+    _json_kind,
+    _open,
+    _records,
+    _require,
+    _reward_value,
+    detect_format,
+)
+
+__all__ = ["check", "extract_boxed", "main", "normalize_answer"]
+
+PROG = "python -m dra_kernels.data.checker"
 
 _FRAC = re.compile(r"^\\frac\{(-?\d+)\}\{(-?\d+)\}$")
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?(/\d+)?$")
@@ -87,23 +110,86 @@ def check(completion: str, reference: str) -> float:
     return 1.0 if normalize_answer(boxed) == normalize_answer(reference) else 0.0
 
 
-def _main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m dra_kernels.data.checker FILE.jsonl", file=sys.stderr)
-        return 2
-    bad = 0
-    with open(argv[0], encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            score = check(row["completion"], row["answer"])
-            if score != row.get("reward"):
-                bad += 1
-                print(f"line {number}: stored reward {row.get('reward')!r}, checker says {score}")
-    print(f"{bad} disagreement(s)")
+_EPILOG = """\
+examples:
+  python -m dra_kernels.data.checker                      the bundled sample
+  python -m dra_kernels.data.checker rollouts.jsonl --answer-field solution
+
+A row's reward is 1.0 when the content of the completion's last \\boxed{...} equals the answer
+after light normalisation (numbers by value: 0.5 = 1/2 = \\frac{1}{2}), else 0.0. Each row whose
+stored reward differs is listed as FILE, line N. Blank lines are skipped.
+
+exit codes: 0 every stored reward agrees, 1 some disagree or the file cannot be used (one error
+line naming the file, line and field), 2 usage error.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Re-score a rollout file and list the rows whose stored reward disagrees; the exit code."""
+    parser = CommandParser(
+        prog=PROG,
+        description="Re-score a rollout file with the \\boxed{} answer checker that scored the "
+        "bundled sample,\nand list the rows whose stored reward disagrees.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "file",
+        nargs="?",
+        metavar="FILE",
+        help="rollout file, .jsonl or .csv, one completion per row (default: the bundled sample)",
+    )
+    parser.add_argument(
+        "--format", choices=("jsonl", "csv"), help="file format (default: from the suffix)"
+    )
+    for name, what in (
+        ("answer", "the reference answer, text or a number"),
+        ("completion", "the completion text"),
+        ("reward", "the stored reward"),
+    ):
+        parser.add_argument(
+            f"--{name}-field", default=name, metavar="NAME", help=f"{what} (default: {name})"
+        )
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    path = sample_path() if args.file is None else args.file
+    try:
+        fields = (args.answer_field, args.completion_field, args.reward_field)
+        rows, bad = _check_file(path, detect_format(path, args.format), *fields)
+    except RolloutError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"checked {counted(rows, 'row')} of {path}: {counted(bad, 'disagreement')}")
     return 1 if bad else 0
 
 
+def _check_file(path: Any, fmt: Any, answer: str, completion: str, reward: str) -> tuple[int, int]:
+    """(rows, disagreements), each disagreement printed; RolloutError for a file it cannot use."""
+    rows = bad = 0
+    handle, _ = _open(path)
+    with handle:
+        for line, row in _records(path, handle, fmt, [answer, completion, reward]):
+            reference = _require(path, line, answer, row)
+            if isinstance(reference, bool) or not isinstance(reference, (str, int, float)):
+                raise RolloutError(
+                    path,
+                    f"answer must be text or a number, found {_json_kind(reference)}",
+                    line=line,
+                    field=answer,
+                )
+            text = _completion_value(path, line, completion, row)
+            stored = _reward_value(path, line, reward, row)
+            rows += 1
+            score = check(text, str(reference))
+            if score != stored:
+                bad += 1
+                print(f"{path}, line {line}: stored reward {stored!r}, the checker says {score}")
+    if not rows:
+        raise RolloutError(path, "no rows found: the file is empty")
+    return rows, bad
+
+
 if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))
+    raise SystemExit(main())
