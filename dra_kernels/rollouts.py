@@ -73,8 +73,14 @@ __all__ = [
     "Rollouts",
     "atomic_path",
     "clean_stale_temporaries",
+    "completion_value",
     "detect_format",
+    "json_kind",
+    "open_rollouts",
+    "read_records",
     "read_rollouts",
+    "required_field",
+    "reward_value",
     "scan_rollouts",
     "write_rows",
 ]
@@ -217,9 +223,9 @@ def read_rollouts(
     names = _Fields(group_field, completion_field, reward_field)
     out = Rollouts(os.fspath(path), [], [], [], [])
     seen: dict[str, None] = {}
-    handle, _ = _open(path)
+    handle, _ = open_rollouts(path)
     with handle:
-        for line, row in _records(path, handle, fmt, names.required()):
+        for line, row in read_records(path, handle, fmt, names.required()):
             group, completion, reward = _extract(path, line, row, names)
             out.group_ids.append(group)
             out.completions.append(completion)
@@ -301,14 +307,14 @@ class RolloutIndex:
             yield row
 
     def _reread(self) -> Iterator[tuple[dict[str, Any], str]]:
-        handle, signature = _open(self.path)
+        handle, signature = open_rollouts(self.path)
         with handle:
             if signature != self.signature:
                 raise self._changed(None)
             count = len(self)
             index = -1
             for index, (line, row) in enumerate(
-                _records(self.path, handle, self.format, self.fields.required())
+                read_records(self.path, handle, self.format, self.fields.required())
             ):
                 if index >= count or line != self.lines[index]:
                     raise self._changed(line)
@@ -351,9 +357,9 @@ def scan_rollouts(
         os.fspath(path), fmt, names, [], array("q"), array("d"), array("q"), [], ()
     )
     seen: dict[str, None] = {}
-    handle, index.signature = _open(path)
+    handle, index.signature = open_rollouts(path)
     with handle:
-        for line, row in _records(path, handle, fmt, names.required()):
+        for line, row in read_records(path, handle, fmt, names.required()):
             group, _, reward = _extract(path, line, row, names)
             # NOTE: the key's type is part of it: 1 and "1" are two groups, as in the library.
             code = codes.setdefault((type(group), group), len(codes))
@@ -373,7 +379,7 @@ def _bits(value: float) -> int:
     return int.from_bytes(array("d", [value]).tobytes(), "little")
 
 
-def _open(path: str | os.PathLike[str]) -> tuple[IO[bytes], tuple[int, ...]]:
+def open_rollouts(path: str | os.PathLike[str]) -> tuple[IO[bytes], tuple[int, ...]]:
     """The file opened for binary reading, and what identifies its content (device, inode, size,
     modification time)."""
     try:
@@ -395,9 +401,11 @@ def _open(path: str | os.PathLike[str]) -> tuple[IO[bytes], tuple[int, ...]]:
     return handle, (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-def _records(
+def read_records(
     path: Any, handle: IO[bytes], fmt: Format, required: Sequence[str]
 ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` of each record of an opened rollout file (``required``: the CSV
+    columns that must be present); a malformed record raises :class:`RolloutError`."""
     if fmt == "jsonl":
         return _jsonl_records(path, handle)
     return _csv_records(path, handle, required)
@@ -441,7 +449,7 @@ def _parse_json(path: Any, line: int, text: str) -> dict[str, Any]:
         raise RolloutError(path, f"cannot read a number: {exc}", line=line) from None
     if not isinstance(row, dict):
         raise RolloutError(
-            path, f"expected a JSON object per line, found {_json_kind(row)}", line=line
+            path, f"expected a JSON object per line, found {json_kind(row)}", line=line
         )
     return row
 
@@ -515,7 +523,8 @@ def _first_bad_utf8(path: Any) -> tuple[int | None, int]:
     return None, offset
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """What a JSON value is, for messages: ``"null"``, ``"a number (3)"``, ``"an array"``..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -540,13 +549,14 @@ def _extract(
 ) -> tuple[Any, str, float]:
     """The group key, completion and reward of a row, every value of the row checked."""
     group = _group_value(path, line, names.group, row)
-    completion = _completion_value(path, line, names.completion, row)
-    reward = _reward_value(path, line, names.reward, row)
+    completion = completion_value(path, line, names.completion, row)
+    reward = reward_value(path, line, names.reward, row)
     _check_values(path, line, row, skip=names.reward)
     return group, completion, reward
 
 
-def _require(path: Any, line: int, name: str, row: Mapping[str, Any]) -> Any:
+def required_field(path: Any, line: int, name: str, row: Mapping[str, Any]) -> Any:
+    """``row[name]``; :class:`RolloutError` naming the file, line and field if absent or null."""
     if name not in row:
         raise RolloutError(
             path, f"missing (found: {', '.join(row) or 'no fields'})", line=line, field=name
@@ -558,11 +568,11 @@ def _require(path: Any, line: int, name: str, row: Mapping[str, Any]) -> Any:
 
 
 def _group_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> str | int:
-    value = _require(path, line, name, row)
+    value = required_field(path, line, name, row)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise RolloutError(
             path,
-            f"group key must be a string or an integer, found {_json_kind(value)}",
+            f"group key must be a string or an integer, found {json_kind(value)}",
             line=line,
             field=name,
         )
@@ -571,11 +581,12 @@ def _group_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> str
     return value
 
 
-def _completion_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> str:
-    value = _require(path, line, name, row)
+def completion_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> str:
+    """The completion text in ``row[name]``, checked as :func:`required_field` and as text."""
+    value = required_field(path, line, name, row)
     if not isinstance(value, str):
         raise RolloutError(
-            path, f"completion must be text, found {_json_kind(value)}", line=line, field=name
+            path, f"completion must be text, found {json_kind(value)}", line=line, field=name
         )
     if not value.isascii():
         try:
@@ -591,8 +602,9 @@ def _completion_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -
     return value
 
 
-def _reward_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> float:
-    value = _require(path, line, name, row)
+def reward_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> float:
+    """The reward in ``row[name]`` as a float (numbers, or numbers written as text)."""
+    value = required_field(path, line, name, row)
     if isinstance(value, str):  # CSV cells, or numbers quoted in JSON
         text = value.strip()
         if not text:
@@ -605,7 +617,7 @@ def _reward_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> fl
             )
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RolloutError(
-            path, f"reward must be a number, found {_json_kind(value)}", line=line, field=name
+            path, f"reward must be a number, found {json_kind(value)}", line=line, field=name
         )
     else:
         try:
@@ -613,7 +625,7 @@ def _reward_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> fl
         except OverflowError:  # an integer beyond float64's range
             number = math.inf if value > 0 else -math.inf
     if not math.isfinite(number):
-        shown = repr(number) if not isinstance(value, int) else _json_kind(value)
+        shown = repr(number) if not isinstance(value, int) else json_kind(value)
         raise RolloutError(
             path,
             f"reward must be finite, found {shown} (NaN, Infinity and numbers beyond float64's "

@@ -29,13 +29,13 @@ from dra_kernels.data import sample_path
 # NOTE: the rollout reader's own checks, so that a bad row reads as it does in dra-kernels.
 from dra_kernels.rollouts import (
     RolloutError,
-    _completion_value,
-    _json_kind,
-    _open,
-    _records,
-    _require,
-    _reward_value,
+    completion_value,
     detect_format,
+    json_kind,
+    open_rollouts,
+    read_records,
+    required_field,
+    reward_value,
 )
 
 __all__ = ["check", "extract_boxed", "main", "normalize_answer"]
@@ -168,19 +168,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_file(path: Any, fmt: Any, answer: str, completion: str, reward: str) -> tuple[int, int]:
     """(rows, disagreements), each disagreement printed; RolloutError for a file it cannot use."""
     rows = bad = 0
-    handle, _ = _open(path)
+    handle, _ = open_rollouts(path)
     with handle:
-        for line, row in _records(path, handle, fmt, [answer, completion, reward]):
-            reference = _require(path, line, answer, row)
+        for line, row in read_records(path, handle, fmt, [answer, completion, reward]):
+            reference = required_field(path, line, answer, row)
             if isinstance(reference, bool) or not isinstance(reference, (str, int, float)):
                 raise RolloutError(
                     path,
-                    f"answer must be text or a number, found {_json_kind(reference)}",
+                    f"answer must be text or a number, found {json_kind(reference)}",
                     line=line,
                     field=answer,
                 )
-            text = _completion_value(path, line, completion, row)
-            stored = _reward_value(path, line, reward, row)
+            text = completion_value(path, line, completion, row)
+            stored = reward_value(path, line, reward, row)
             rows += 1
             score = check(text, str(reference))
             if score != stored:
