@@ -470,10 +470,9 @@ def _check_options(args: argparse.Namespace) -> None:
     """Check every option of the command before any file is read or model loaded: exit 2."""
     if args.command == "bench":
         return  # it only says where the benchmarks are
-    _check_embed_options(args)
+    if hasattr(args, "long_text"):
+        args.dra_step = _dra_step(args)
     _check_device(args.device)
-    if hasattr(args, "min_denominator"):
-        _check_dra_options(args)
     for option in ("group_field", "completion_field", "reward_field"):
         name = getattr(args, option, None)
         if name is not None and not name.strip():
@@ -487,27 +486,29 @@ def _check_options(args: argparse.Namespace) -> None:
             raise _UsageError(f"--plot and --output name the same file, {args.plot!r}")
 
 
-def _check_embed_options(args: argparse.Namespace) -> None:
-    """Check the embedding options together, before any file is read or model loaded."""
-    if not hasattr(args, "long_text"):
-        return
-    from dra_kernels.embed import EmbedderConfig
+def _flag(name: str) -> str:
+    """How the command spells option ``name``: ``--min-denominator``."""
+    return "--" + name.replace("_", "-")
+
+
+def _dra_step(args: argparse.Namespace) -> Any:
+    """The :class:`~dra_kernels.step.DRAStep` of the command's options, checked by its rules (the
+    library's), every error naming the flag."""
+    from dra_kernels.embed import EMBEDDER_OPTIONS
+    from dra_kernels.step import STEP_OPTIONS, DRAStep
 
     options = {
-        "model": args.model,
-        "trust_remote_code": args.trust_remote_code,
-        "long_text": args.long_text,
-        "window_tokens": args.window_tokens,
-        "window_overlap": args.window_overlap,
-        "max_tokens": args.max_tokens,
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "dtype": args.dtype,
+        name: getattr(args, name)
+        for name in (*STEP_OPTIONS, *EMBEDDER_OPTIONS)
+        if getattr(args, name, None) is not None
     }
     try:
-        EmbedderConfig.from_options(options)
-    except (TypeError, ValueError) as exc:
-        raise _UsageError(f"--{str(exc).replace('_', '-', 1)}") from None
+        return DRAStep.from_options(options, spell=_flag, device="cpu")  # NOTE: numpy data
+    except (TypeError, ValueError, RuntimeError) as exc:
+        message = str(exc)
+        if message.startswith("--eps"):
+            message += f" (with --scale {args.scale})"
+        raise _UsageError(message) from None
 
 
 def _check_device(device: str | None) -> None:
@@ -536,37 +537,6 @@ def _check_device(device: str | None) -> None:
             f"--device {device!r}: the embedding model cannot run on {kind.type!r} devices; use "
             "cpu or cuda[:N]"
         )
-
-
-def _check_dra_options(args: argparse.Namespace) -> None:
-    """``--backend``, ``--min-denominator``, ``--scale`` and ``--eps`` as the library checks them:
-    one call on two rows with the same kinds of input as the real one."""
-    import numpy as np
-
-    from dra_kernels.api import adjust_rewards, group_advantages
-
-    rewards = np.zeros(2)
-    ids = np.zeros(2, dtype=np.int64)
-    try:
-        adjust_rewards(
-            rewards,
-            np.ones((2, 1)),
-            ids,
-            backend=args.backend,
-            min_denominator=args.min_denominator,
-            **_measure_options(args),
-        )
-        group_advantages(rewards, ids, scale=args.scale, eps=args.eps)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        name, _, rest = str(exc).partition(" ")
-        message = f"{name.replace('_', '-')} {rest}"  # the option's name, as typed
-        if message.startswith("eps"):
-            message += f" (with --scale {args.scale})"
-        raise _UsageError(f"--{message}") from None
-
-
-def _measure_options(args: argparse.Namespace) -> dict:
-    return {"measure": args.measure, "eta": args.eta, "lam": args.lam}
 
 
 def _same_path(a: str, b: str) -> bool:
@@ -607,18 +577,7 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
     from dra_kernels.embed import Embedder, EmbedStats, TruncationWarning
 
     progress = _progress_wanted(args)
-    embedder = Embedder(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        long_text=args.long_text,
-        window_tokens=args.window_tokens,
-        window_overlap=args.window_overlap,
-        max_tokens=args.max_tokens,
-        trust_remote_code=args.trust_remote_code,
-        progress=progress,
-    )
+    embedder = Embedder(**dataclasses.asdict(args.dra_step.embedder), progress=progress)
     embedder.progress = False  # NOTE: one bar over the whole file below, not one per chunk
     bar = _progress_bar(len(index), progress)
     out: np.ndarray | None = None
@@ -701,31 +660,18 @@ def _dra_values(
     """SMI, adjusted rewards and advantages of every row, as the library computes them."""
     import numpy as np
 
-    from dra_kernels.api import adjust_rewards, group_advantages, smi_scores
+    from dra_kernels.api import group_advantages
 
     rewards = np.frombuffer(index.rewards, dtype=np.float64)
     ids = np.frombuffer(index.group_codes, dtype=np.int64)
-    emb = embeddings.astype(np.float64)
-    measure = _measure_options(args)
-    smi = np.asarray(smi_scores(emb, ids, backend=args.backend, **measure))
-    adjusted = np.asarray(
-        adjust_rewards(
-            rewards,
-            emb,
-            ids,
-            backend=args.backend,
-            min_denominator=args.min_denominator,
-            **measure,
-        )
-    )
-    del emb
+    step = args.dra_step
+    # NOTE: float64 rewards: the step computes the SMI from the embeddings in float64.
+    result = step(rewards, ids, embeddings=embeddings, num_groups=index.num_groups)
     values = {
-        "smi": smi,
-        "reward_adjusted": adjusted,
-        "advantage": np.asarray(group_advantages(rewards, ids, scale=args.scale, eps=args.eps)),
-        "advantage_dra": np.asarray(
-            group_advantages(adjusted, ids, scale=args.scale, eps=args.eps)
-        ),
+        "smi": result.smi.numpy(),
+        "reward_adjusted": result.adjusted.numpy(),
+        "advantage": np.asarray(group_advantages(rewards, ids, scale=step.scale, eps=step.eps)),
+        "advantage_dra": result.advantages.numpy(),
     }
     for name, column in values.items():  # cannot happen with checked rewards and embeddings
         bad = np.flatnonzero(~np.isfinite(column))

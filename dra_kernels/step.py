@@ -203,6 +203,7 @@ class DRAStep:
         *,
         spell: str | Callable[[str], str] = "{}",
         embedder: Any = None,
+        device: torch.device | str | None = None,
     ) -> DRAStep:
         """A step from a front end's options, every error naming the option as it spells it.
 
@@ -214,6 +215,8 @@ class DRAStep:
                 ``"dra.{}"``, ``"--dra.{}"``) or a function (the CLI's ``--min-denominator``).
             embedder: the user's own embedding function or object instead of the built-in
                 embedder (then no embedder option may be given).
+            device: where the SMI will run, when the front end knows it at start-up: the backend
+                is then checked against it (``backend="triton"`` on a CPU is refused).
 
         Raises:
             ValueError: an unknown option (the message lists the valid ones), a bad value or a
@@ -236,8 +239,12 @@ class DRAStep:
                         f"the embedder options {', '.join(speller(k) for k in embed_options)} "
                         "configure the built-in embedder and do not apply to your own embedder"
                     )
-                return cls(**step_options, embedder=embedder)
-            return cls(**step_options, embedder=EmbedderConfig(**embed_options))
+                step = cls(**step_options, embedder=embedder)
+            else:
+                step = cls(**step_options, embedder=EmbedderConfig(**embed_options))
+            if device is not None:
+                api.resolve_backend(step.backend, torch.device(device))
+            return step
         except (TypeError, ValueError, RuntimeError) as exc:
             raise _renamed(exc, (*STEP_OPTIONS, *EMBEDDER_OPTIONS), speller) from None
 

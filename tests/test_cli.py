@@ -472,6 +472,41 @@ def _ok_file(tmp_path: Path) -> Path:
     return _write(tmp_path / "in.jsonl", '{"prompt": "q", "completion": "a", "reward": 1}\n')
 
 
+def test_one_smi_pass_per_run(
+    tmp_path: Path, fake_embedder: type[FakeEmbedder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """adjust goes through the one DRA step: one SMI pass over the file's rows (it used to call
+    adjust_rewards and smi_scores on the same embeddings), whatever the measure."""
+    from dra_kernels import measures, reference
+
+    calls = []
+    for module, name in SMI_PASSES:
+        module = {"measures": measures, "reference": reference}[module]
+        original = getattr(module, name)
+
+        def spy(*args, original=original, name=name, **kwargs):
+            calls.append(name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    rows = "".join(
+        f'{{"prompt": "q{i % 2}", "completion": "{"ab"[i % 2] * (i + 1)}", "reward": {i % 3}}}\n'
+        for i in range(6)
+    )
+    source = _write(tmp_path / "in.jsonl", rows)
+    for options in ([], ["--measure", "facility_location", "--eta", "0.5"]):
+        calls.clear()
+        assert main(["adjust", str(source), "-o", str(tmp_path / "o.jsonl"), *options]) == 0
+        assert len(calls) == 1, calls
+
+
+SMI_PASSES = [  # every function of the torch backend that computes SMI from embeddings
+    ("reference", "smi_scores"),
+    ("reference", "adjust_rewards"),
+    ("measures", "smi_by_measure"),
+]
+
+
 MIN_DENOMINATOR = "--min-denominator must be a finite number > 0 and <= 1"
 OPTION_ERRORS = [  # (argv after "IN -o OUT" or "IN", part of the message)
     (["adjust", "--eps", "0"], "--eps must be a finite number > 0, got 0.0 (with --scale std)"),
@@ -917,7 +952,7 @@ def test_measure_options_are_checked_before_any_work(
     source = _ok_file(tmp_path)
     for options, message in (
         (["--measure", "log_det", "--eta", "2"], "--eta must be > 0 and <= 1"),
-        (["--lam", "0.5"], "--lam is used only by measure='log_det'"),
+        (["--lam", "0.5"], "--lam is used only by --measure='log_det'"),
     ):
         assert main(["adjust", str(source), "-o", str(tmp_path / "o.jsonl"), *options]) == 2
         assert message in capsys.readouterr().err

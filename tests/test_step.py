@@ -67,6 +67,12 @@ def test_every_option_is_checked_at_construction(options, message):
         DRAStep.from_options(options, spell="dra.{}")
 
 
+def test_the_backend_is_checked_against_a_known_device():
+    DRAStep.from_options({"backend": "triton"})  # the device is not known yet
+    with pytest.raises(RuntimeError, match=r"^--backend='triton' cannot run here"):
+        DRAStep.from_options({"backend": "triton"}, spell="--{}", device="meta")
+
+
 def test_embedder_options_configure_the_built_in_embedder_only():
     step = DRAStep.from_options({"long_text": "head", "max_tokens": 64, "eta": None})
     assert step.embedder == EmbedderConfig(long_text="head", max_tokens=64)
