@@ -8,10 +8,13 @@ Needs the ``cli`` extra: ``pip install -e ".[cli]"`` in a clone of the repositor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -19,9 +22,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from dra_kernels import __version__
 from dra_kernels._words import counted
 from dra_kernels.rollouts import (
+    STDIN,
     RolloutError,
     RolloutIndex,
     clean_stale_temporaries,
+    readable_again,
     scan_rollouts,
     write_rows,
 )
@@ -172,7 +177,12 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("rollout file")
-    group.add_argument("input", metavar="IN", help="rollout file (.jsonl or .csv)")
+    group.add_argument(
+        "input",
+        metavar="IN",
+        help="rollout file (.jsonl or .csv); '-' reads standard input (with --format), as do "
+        "pipes and process substitutions, each read once",
+    )
     group.add_argument(
         "--format", choices=("jsonl", "csv"), help="file format (default: from the suffix)"
     )
@@ -433,11 +443,12 @@ def _progress_wanted(args: argparse.Namespace) -> bool:
 
 def _scan(args: argparse.Namespace) -> RolloutIndex:
     return scan_rollouts(
-        args.input,
+        "<stdin>" if args.input == STDIN else args.input,
         group_field=args.group_field,
         completion_field=args.completion_field,
         reward_field=args.reward_field,
         format=args.format,
+        data_path=args.input_data,
     )
 
 
@@ -954,8 +965,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        _check_options(args)
-        return _COMMANDS[args.command](args)
+        with contextlib.ExitStack() as stack:
+            _check_options(args)
+            stack.enter_context(_terminate_as_interrupt())
+            if getattr(args, "input", None) is not None:
+                args.input_data = stack.enter_context(readable_again(args.input))
+            return _COMMANDS[args.command](args)
     except _UsageError as exc:
         print(_usage_error_text(f"{PROG} {args.command}", str(exc)), end="", file=sys.stderr)
         return 2
@@ -967,6 +982,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print(f"{PROG} {args.command}: error: out of memory", file=sys.stderr)
         return 1
+    except _Terminated as exc:
+        print(f"{PROG}: terminated ({signal.Signals(exc.signum).name})", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -977,6 +995,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, so that everything cleans up as on
+    Ctrl-C (the output's temporary, the copy of a piped input)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_TERMINATING = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (``kill``, ``timeout``, Slurm, Kubernetes, a closed terminal) handled as
+    SIGINT while the command runs; the previous handlers come back after. Only the main thread
+    can set handlers: elsewhere (``main()`` called from a thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in _TERMINATING}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _describe(exc: BaseException) -> str:

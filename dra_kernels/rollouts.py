@@ -51,8 +51,10 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import stat
+import sys
 import tempfile
 import zlib
 from array import array
@@ -76,8 +78,10 @@ __all__ = [
     "completion_value",
     "detect_format",
     "json_kind",
+    "STDIN",
     "open_rollouts",
     "read_records",
+    "readable_again",
     "read_rollouts",
     "required_field",
     "reward_value",
@@ -255,6 +259,8 @@ class RolloutIndex:
         rewards: per row, the reward as a float64 (``array('d')``).
         lines: per row, the line it starts on (``array('q')``).
         fieldnames: field names in order of first appearance.
+        data_path: the file read (``path`` itself, or the copy :func:`readable_again` made of a
+            pipe); ``path`` is what messages name.
     """
 
     path: str
@@ -266,6 +272,7 @@ class RolloutIndex:
     lines: array
     fieldnames: list[str]
     signature: tuple[int, ...]
+    data_path: str = ""
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -307,7 +314,7 @@ class RolloutIndex:
             yield row
 
     def _reread(self) -> Iterator[tuple[dict[str, Any], str]]:
-        handle, signature = open_rollouts(self.path)
+        handle, signature = open_rollouts(self.data_path or self.path)
         with handle:
             if signature != self.signature:
                 raise self._changed(None)
@@ -342,10 +349,12 @@ def scan_rollouts(
     completion_field: str = "completion",
     reward_field: str = "reward",
     format: str | None = None,
+    data_path: str | os.PathLike[str] | None = None,
 ) -> RolloutIndex:
     """Check every row of a rollout file and keep only what DRA needs (see :class:`RolloutIndex`).
 
-    Takes the arguments of :func:`read_rollouts` and applies the same checks.
+    Takes the arguments of :func:`read_rollouts` and applies the same checks; ``data_path``, when
+    given, is the file to read (e.g. from :func:`readable_again`), ``path`` the name messages use.
 
     Raises:
         RolloutError: anything wrong with the file, naming the file, line and field.
@@ -353,11 +362,15 @@ def scan_rollouts(
     fmt = detect_format(path, format)
     names = _Fields(group_field, completion_field, reward_field)
     codes: dict[tuple[type, str | int], int] = {}
+    data = os.fspath(path if data_path is None else data_path)
     index = RolloutIndex(
-        os.fspath(path), fmt, names, [], array("q"), array("d"), array("q"), [], ()
+        os.fspath(path), fmt, names, [], array("q"), array("d"), array("q"), [], (), data
     )
     seen: dict[str, None] = {}
-    handle, index.signature = open_rollouts(path)
+    try:
+        handle, index.signature = open_rollouts(data)
+    except RolloutError as exc:
+        raise RolloutError(path, exc.reason) from None
     with handle:
         for line, row in read_records(path, handle, fmt, names.required()):
             group, _, reward = _extract(path, line, row, names)
@@ -377,6 +390,52 @@ def scan_rollouts(
 
 def _bits(value: float) -> int:
     return int.from_bytes(array("d", [value]).tobytes(), "little")
+
+
+STDIN = "-"
+"""The input name that reads standard input (:func:`readable_again`)."""
+
+
+@contextlib.contextmanager
+def readable_again(path: str | os.PathLike[str]) -> Iterator[str]:
+    """A name that can be opened more than once for what ``path`` holds, valid inside the block.
+
+    A regular file (or a name that does not open: its error comes when it is read) is itself.
+    Anything else that reads once: ``-`` (standard input), a pipe or FIFO, ``/dev/stdin``, a
+    process substitution (``<(zcat rollouts.jsonl.gz)``), a character device; is read once, to
+    its end, into a temporary file in the system's temporary directory, which is removed when the
+    block ends, however it ends. A command that reads its input twice (check, then embed and
+    write) never waits on a second open of a pipe.
+    """
+    name = os.fspath(path)
+    if name != STDIN:
+        try:
+            info = os.stat(name)
+        except OSError:
+            yield name
+            return
+        if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode):
+            yield name
+            return
+    fd, spool = tempfile.mkstemp(prefix="dra-kernels-input-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if name == STDIN:
+                shutil.copyfileobj(sys.stdin.buffer, out, _SPOOL_CHUNK)
+            else:
+                try:
+                    source = open(name, "rb")  # noqa: SIM115 - closed below
+                except OSError as exc:
+                    raise RolloutError(name, f"cannot read: {exc.strerror or exc}") from None
+                with source:
+                    shutil.copyfileobj(source, out, _SPOOL_CHUNK)
+        yield spool
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(spool)
+
+
+_SPOOL_CHUNK = 1 << 20
 
 
 def open_rollouts(path: str | os.PathLike[str]) -> tuple[IO[bytes], tuple[int, ...]]:

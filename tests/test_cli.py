@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import tracemalloc
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -841,6 +842,111 @@ def test_a_run_killed_mid_write_is_cleaned_up_by_the_next(
     assert f"note: removed {tmp_path / left}, a temporary file left by an interrupted run" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
     assert len(read_rollouts(out).rows) == 3
+
+
+_SIGNALLED_WRITER = _KILLED_WRITER.replace(
+    "cli.main(sys.argv[1:])", "sys.exit(cli.main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_signal_mid_write_cleans_up_as_ctrl_c(tmp_path: Path, signame: str) -> None:
+    """kill, timeout, Slurm and Kubernetes send SIGTERM, a closed terminal SIGHUP: each is handled
+    as SIGINT, the temporary removed, the old output intact, one line, a non-zero status."""
+    import signal
+
+    source = tmp_path / "in.jsonl"
+    write_rows(source, [{"prompt": "q", "completion": c, "reward": 1} for c in "abc"])
+    out = tmp_path / "out.jsonl"
+    out.write_text("old\n")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SIGNALLED_WRITER, "adjust", str(source), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    try:
+        assert child.stdout is not None
+        assert "writing\n" in iter(child.stdout.readline, "")
+        assert any(".dra-tmp-" in p.name for p in tmp_path.iterdir())  # mid-write
+        child.send_signal(getattr(signal, signame))
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+        child.wait()
+    number = getattr(signal, signame)
+    assert child.returncode == 128 + number, err
+    word = "interrupted" if signame == "SIGINT" else f"terminated ({signame})"
+    assert err.splitlines()[-1] == f"dra-kernels: {word}", err  # after the summary lines
+    assert "Traceback" not in err and err.count("dra-kernels") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+    assert out.read_text() == "old\n"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="FIFOs and /dev/stdin")
+@pytest.mark.parametrize("how", ["fifo", "stdin-dash", "dev-stdin"])
+def test_input_that_reads_once_is_read_once(tmp_path: Path, how: str) -> None:
+    """A FIFO, '-' and /dev/stdin (how pipes and process substitutions arrive) are read once into
+    a temporary copy, removed after: the command's second pass never waits on a second open."""
+    import threading
+
+    rows = [{"prompt": "q" + str(i % 2), "completion": "ab"[i % 2] * (i + 1), "reward": i % 3}
+            for i in range(6)]  # fmt: skip
+    source = tmp_path / "rows.jsonl"
+    write_rows(source, rows)
+    data = source.read_bytes()
+    out = tmp_path / "out.jsonl"
+    spools = set(Path(tempfile.gettempdir()).glob("dra-kernels-input-*"))
+    argv, stdin = ["adjust", "--format", "jsonl", "-o", str(out)], None
+    writer = None
+    if how == "fifo":
+        fifo = tmp_path / "fifo.jsonl"
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+        writer.start()
+        argv.append(str(fifo))
+    else:
+        argv.append("-" if how == "stdin-dash" else "/dev/stdin")
+        stdin = data
+    result = subprocess.run(
+        [sys.executable, "-c", _STUB_EMBEDDER_MAIN, *argv],
+        input=stdin,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+        check=False,
+    )
+    if writer is not None:
+        writer.join(timeout=10)
+    assert result.returncode == 0, result.stderr.decode()
+    got = read_rollouts(out).rows
+    assert [r["completion"] for r in got] == [r["completion"] for r in rows]
+    assert all("reward_adjusted" in r for r in got)
+    assert set(Path(tempfile.gettempdir()).glob("dra-kernels-input-*")) == spools  # removed
+    if how == "stdin-dash":  # messages name standard input
+        bad = subprocess.run(
+            [sys.executable, "-c", _STUB_EMBEDDER_MAIN, "adjust", "-", "-o", str(out)],
+            input=b'{"prompt": "q"}\n', capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert bad.returncode == 2 or b"<stdin>" in bad.stderr, bad.stderr
+
+
+_STUB_EMBEDDER_MAIN = """
+import sys, torch
+import dra_kernels.cli as cli
+import dra_kernels.embed as embed
+
+class Stub:
+    def __init__(self, *args, **kwargs):
+        self.window_tokens, self.progress, self.last_stats = 256, False, None
+    def encode(self, texts):
+        return torch.stack([torch.tensor([1.0, len(t) % 3, 0.5]) for t in texts])
+
+embed.Embedder = Stub
+sys.exit(cli.main(sys.argv[1:]))
+"""
 
 
 # ----------------------------------------------------------------------------- demo
