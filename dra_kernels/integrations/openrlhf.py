@@ -7,9 +7,10 @@ every completion of a prompt's group is at hand (its tokens, its reward, its rol
 ``openrlhf/trainer/ppo_utils/experience_maker.py``. :func:`install` wraps that method: before the
 original runs (length penalties, then the group estimator), the wrapper decodes each response with
 the maker's tokenizer and runs one DRA step over groups ``rollout_position //
-n_samples_per_prompt`` (one embedder call, one SMI pass): ``experience.rewards`` becomes the
-step's adjusted rewards, and the step's metrics are logged under
-:data:`dra_kernels.step.METRICS`. The original method then runs unchanged.
+n_samples_per_prompt`` (one embedder call, one SMI pass); ``experience.rewards`` becomes the
+step's adjusted rewards, which only the advantages use. After the original ran, OpenRLHF's own
+reward metrics (``info["reward"]``, ``info["group_reward_std"]``) are put back to what they are
+without DRA; the step's metrics are logged under :data:`dra_kernels.step.METRICS`.
 
 The maker lives in OpenRLHF's trainer actor, a Ray worker process, so the patch must be installed
 there: :func:`setup_hook` is a Ray ``worker_process_setup_hook`` that installs it when the
@@ -47,6 +48,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -371,6 +373,38 @@ def apply_dra_to_experiences(
     return result
 
 
+def _raw_reward_metrics(
+    experiences: Sequence[Any], raw: Sequence[torch.Tensor], n_samples: int, args: Any
+) -> None:
+    """Put OpenRLHF's own reward metrics back to what they are without DRA, after the original
+    method ran on the adjusted rewards: ``info["reward"]`` (``rollout/reward_mean``...) is the
+    raw reward after OpenRLHF's length penalties (its ``apply_length_penalties``, run on copies
+    holding the raw rewards), ``info["group_reward_std"]`` the spread of those within each group.
+    """
+    copies = [
+        SimpleNamespace(
+            rewards=r.to(torch.promote_types(r.dtype, torch.float32), copy=True),
+            response_length=e.response_length,
+            truncated=e.truncated,
+            info={},
+        )
+        for e, r in zip(experiences, raw, strict=True)
+    ]
+    sys.modules[TARGET_MODULE].apply_length_penalties(copies, args)
+    for experience, copy in zip(experiences, copies, strict=True):
+        if "reward" in experience.info:
+            experience.info["reward"] = copy.rewards
+    # NOTE: as OpenRLHF computes it (compute_advantages_and_returns), from the raw rewards.
+    rewards = torch.cat([c.rewards for c in copies])
+    positions = torch.tensor([i for e in experiences for i in e.index], device=rewards.device)
+    in_order = torch.empty_like(rewards).index_copy_(0, positions, rewards)
+    std = in_order.reshape(-1, n_samples).std(-1).repeat_interleave(n_samples)[positions]
+    stds = std.split([len(e.index) for e in experiences])
+    for experience, group_std in zip(experiences, stds, strict=True):
+        if "group_reward_std" in experience.info:
+            experience.info["group_reward_std"] = group_std
+
+
 # ----------------------------------------------------------------------------- patching
 
 _state: dict[str, Any] = {"config": None}
@@ -396,8 +430,11 @@ def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
                     n_samples,
                 )
             return original(self, experiences, *args, **kwargs)
+        raw = [e.rewards for e in experiences]  # NOTE: DRA puts new tensors in their place
         apply_dra_to_experiences(experiences, self.tokenizer, n_samples, config)
-        return original(self, experiences, *args, **kwargs)
+        out = original(self, experiences, *args, **kwargs)
+        _raw_reward_metrics(experiences, raw, n_samples, self.strategy.args)
+        return out
 
     compute_advantages_and_returns.__dra_original__ = original  # type: ignore[attr-defined]
     return compute_advantages_and_returns

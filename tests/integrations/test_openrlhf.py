@@ -36,9 +36,16 @@ if importlib.util.find_spec("openrlhf") is None:
         allow_module_level=True,
     )
 
-# Stand-ins for the GPU-only packages that openrlhf modules import at top level. None of their
-# functions is called by the code under test; they only let the real modules import.
+# Stand-ins for the GPU-only packages that openrlhf modules import at top level, and for
+# `datasets`, which the trainer module imports and this environment does not install. None of
+# their functions is called by the code under test; they only let the real modules import.
 STAND_INS = {
+    "datasets/__init__.py": """
+        def _absent(*args, **kwargs):
+            raise RuntimeError("datasets stand-in: not installed in this environment")
+
+        Dataset = interleave_datasets = load_dataset = load_from_disk = _absent
+    """,
     "flash_attn/__init__.py": "",
     "flash_attn/bert_padding.py": """
         def _absent(*args, **kwargs):
@@ -239,7 +246,7 @@ GROUPS = [
 ]
 
 
-def _rollout(orl, tokenizer, groups, *, extra_ids=None, max_len=64):
+def _rollout(orl, tokenizer, groups, *, extra_ids=None, max_len=64, truncated=()):
     """Per-sample Experiences made by the real SamplesGenerator from vLLM-shaped responses."""
     generator = orl.SamplesGenerator(SimpleNamespace(args=None), None, None, tokenizer, [])
     samples, texts, rewards = [], [], []
@@ -259,7 +266,7 @@ def _rollout(orl, tokenizer, groups, *, extra_ids=None, max_len=64):
                 "rollout_log_probs": None,
                 "prompt": prompt,
                 "label": "",
-                "truncated": False,
+                "truncated": (prompt, j) in truncated,
             }
             samples.append(generator._process_response_into_experience(response, max_len=max_len))
             texts.append(words)
@@ -267,7 +274,16 @@ def _rollout(orl, tokenizer, groups, *, extra_ids=None, max_len=64):
     return samples, texts, torch.tensor(rewards)
 
 
-def _maker(orl, tokenizer, *, estimator="group_norm", n=4, dynamic_batch=True, overlong=None):
+def _maker(
+    orl,
+    tokenizer,
+    *,
+    estimator="group_norm",
+    n=4,
+    dynamic_batch=True,
+    overlong=None,
+    stop_properly=None,
+):
     args = SimpleNamespace(
         algo=SimpleNamespace(
             advantage=SimpleNamespace(estimator=estimator, gamma=1.0, lambd=1.0, no_std_norm=False),
@@ -280,7 +296,10 @@ def _maker(orl, tokenizer, *, estimator="group_norm", n=4, dynamic_batch=True, o
         actor=SimpleNamespace(num_nodes=1, num_gpus_per_node=2),
         ds=SimpleNamespace(ring_attn_size=1, tensor_parallel_size=1),
         reward=SimpleNamespace(
-            clip_range=None, overlong_buffer_len=overlong, overlong_penalty_factor=1.0
+            clip_range=None,
+            overlong_buffer_len=overlong,
+            overlong_penalty_factor=1.0,
+            stop_properly_penalty_coef=stop_properly,
         ),
         data=SimpleNamespace(max_len=64),
     )
@@ -355,9 +374,9 @@ def test_dra_rewards_reach_the_estimator(orl, tokenizer, estimator, dynamic_batc
     reached = _in_rollout_order(experiences, [e.rewards for e in experiences])
     torch.testing.assert_close(reached, expected)
     assert not torch.allclose(expected, raw.float()), "the fixture should make DRA change rewards"
-    # OpenRLHF itself syncs info["reward"] to the rewards; the step's metrics are logged per sample.
+    # OpenRLHF's own reward metric stays the raw reward; the step's metrics are logged per sample.
     torch.testing.assert_close(
-        _in_rollout_order(experiences, [e.info["reward"] for e in experiences]), expected
+        _in_rollout_order(experiences, [e.info["reward"] for e in experiences]), raw.float()
     )
     smi = dra_kernels.smi_scores(orl.embedder.embed(texts), [i // n for i in range(len(texts))])
     logged = {name: _info_values(experiences, name) for name in METRICS[:-2]}
@@ -372,6 +391,38 @@ def test_dra_rewards_reach_the_estimator(orl, tokenizer, estimator, dynamic_batc
     torch.testing.assert_close(
         _advantages(experiences), _expected_group_advantages(expected, n, estimator)
     )
+
+
+@pytest.mark.parametrize(
+    "penalty", [{}, {"overlong": 4}, {"stop_properly": 0.5}, {"stop_properly": -0.5}]
+)
+def test_openrlhf_reward_metrics_stay_raw(orl, tokenizer, penalty):
+    """With DRA on, OpenRLHF's own reward metrics are those of the same run without DRA, length
+    penalties included: info["reward"] (rollout/reward_mean, read by the trainer's real
+    _compute_rollout_stats), info["group_reward_std"], info["score"]. Only the advantages take
+    the adjusted rewards, whose mean is logged as dra/reward_after/mean."""
+    from openrlhf.trainer.ppo_trainer import BasePPOTrainer
+
+    truncated = {(GROUPS[0][0], 0), (GROUPS[1][0], 3)}
+
+    def run():
+        samples, _, _ = _rollout(orl, tokenizer, GROUPS, truncated=truncated)
+        return _run(_maker(orl, tokenizer, **penalty), samples)
+
+    without = run()
+    dra_openrlhf.install(orl.embedder.embed)
+    with_dra = run()
+    for key in ("reward", "group_reward_std", "score"):
+        torch.testing.assert_close(
+            _in_rollout_order(with_dra, [e.info[key] for e in with_dra]),
+            _in_rollout_order(without, [e.info[key] for e in without]),
+            msg=key,
+        )
+    stats = BasePPOTrainer._compute_rollout_stats(None, with_dra)
+    assert stats == pytest.approx(BasePPOTrainer._compute_rollout_stats(None, without))
+    assert not torch.allclose(_advantages(with_dra), _advantages(without))
+    after = float(_info_values(with_dra, "dra/reward_after/mean")[0])
+    assert after != pytest.approx(float(_info_values(with_dra, "dra/reward_before/mean")[0]))
 
 
 def test_one_step_is_one_smi_pass(orl, tokenizer, monkeypatch):
