@@ -1,13 +1,16 @@
-"""DRA for OpenRLHF (0.11.x): adjust rewards at the experience maker's advantage step.
+"""DRA for OpenRLHF (0.11.x): a thin adapter over :class:`dra_kernels.step.DRAStep`, at the
+experience maker's advantage step.
 
 OpenRLHF calls its reward function once per sample, so DRA cannot live there. The one place where
 every completion of a prompt's group is at hand (its tokens, its reward, its rollout position) is
 ``RemoteExperienceMaker.compute_advantages_and_returns`` in
 ``openrlhf/trainer/ppo_utils/experience_maker.py``. :func:`install` wraps that method: before the
 original runs (length penalties, then the group estimator), the wrapper decodes each response with
-the maker's tokenizer, embeds the texts, and replaces ``experience.rewards`` by
-:func:`dra_kernels.adjust_rewards` over groups ``rollout_position // n_samples_per_prompt``. The
-original method then runs unchanged.
+the maker's tokenizer and runs one DRA step over groups ``rollout_position //
+n_samples_per_prompt`` (one embedder call, one SMI pass); ``experience.rewards`` becomes the
+step's adjusted rewards, which only the advantages use. After the original ran, OpenRLHF's own
+reward metrics (``info["reward"]``, ``info["group_reward_std"]``) are put back to what they are
+without DRA; the step's metrics are logged under :data:`dra_kernels.step.METRICS`.
 
 The maker lives in OpenRLHF's trainer actor, a Ray worker process, so the patch must be installed
 there: :func:`setup_hook` is a Ray ``worker_process_setup_hook`` that installs it when the
@@ -23,20 +26,14 @@ Environment variables (read by :func:`config_from_env`; the launcher's ``--dra.*
   counts) returning the embedder, a callable ``list[str] -> [N, D]`` array or tensor (or an object
   with ``encode``). Unset: :class:`dra_kernels.embed.Embedder`, configured by the options below.
 - ``DRA_KERNELS_OPENRLHF_OPTIONS``: a JSON object of the embedder's options (the fields of
-  :class:`dra_kernels.embed.EmbedderConfig`: ``model``, ``trust_remote_code``, ``long_text``,
-  ``window_tokens``, ``window_overlap``, ``max_tokens``, ``batch_size``, ``device``, ``dtype``) and
-  of where it runs (``placement``, ``num_gpus``, ``placement_timeout``; see
-  :mod:`dra_kernels.integrations._placement`), e.g.
+  :class:`dra_kernels.embed.EmbedderConfig`) and of where it runs (``placement``, ``num_gpus``,
+  ``placement_timeout``; see :mod:`dra_kernels.integrations._placement`), e.g.
   ``{"model": "jinaai/jina-embeddings-v2-small-en", "trust_remote_code": true}``.
-- ``DRA_KERNELS_OPENRLHF_MIN_DENOMINATOR``: float > 0, default 0.1 (see ``adjust_rewards``).
-- ``DRA_KERNELS_OPENRLHF_BACKEND``: ``auto`` (default), ``torch`` or ``triton``.
-- ``DRA_KERNELS_OPENRLHF_MEASURE``: the SMI measure, ``graph_cut`` (default, the paper's),
-  ``facility_location`` or ``log_det`` (docs/measures.md; log-det runs on torch, so not with
-  ``triton``).
-- ``DRA_KERNELS_OPENRLHF_ETA``, ``DRA_KERNELS_OPENRLHF_LAM``: the measure's ``eta`` (facility
-  location, log-det) and ``lam`` (log-det), floats, default 1.0; checked by
-  :func:`dra_kernels.measures.check_measure`.
+- :data:`STEP_VARIABLES`: the step's options ``min_denominator``, ``backend``, ``measure``,
+  ``eta``, ``lam``, one variable each (``DRA_KERNELS_OPENRLHF_MIN_DENOMINATOR``...).
 
+Every value is checked by the core's rules when the configuration is read (:class:`DRAStep`),
+errors naming the launcher's flag and, for the step's options, the variable it came from.
 The embedder is built when the experience maker is constructed (in the trainer actor, after
 OpenRLHF's driver has reserved every GPU and before the first rollout). The trainer actor holds no
 GPU, so with ``placement=auto`` it goes to a Ray actor holding ``num_gpus`` of a cluster GPU.
@@ -51,28 +48,20 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import torch
 
-from dra_kernels.api import adjust_rewards, smi_scores
 from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig
-from dra_kernels.integrations._common import (
-    PatchOnImport,
-    check_measure_options,
-    embed_metrics,
-    env_flag,
-    import_object,
-)
+from dra_kernels.integrations._common import PatchOnImport, env_flag, import_object
 from dra_kernels.integrations._placement import (
     PLACEMENT_OPTIONS,
     PlacementOptions,
     build_embed_fn,
     check_device,
 )
-from dra_kernels.measures import DEFAULT_ETA, DEFAULT_LAM
-from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
+from dra_kernels.step import DRAStep, StepResult
 
 __all__ = [
     "ENV_BACKEND",
@@ -85,6 +74,7 @@ __all__ = [
     "ENV_OPTIONS",
     "OPTIONS",
     "PREFIX",
+    "STEP_VARIABLES",
     "TARGET_MODULE",
     "DRAConfig",
     "apply_dra_to_experiences",
@@ -110,6 +100,14 @@ PREFIX = "--dra."
 """How the launcher spells the options (``--dra.model``); used in every error message."""
 OPTIONS: tuple[str, ...] = (*EMBEDDER_OPTIONS, *PLACEMENT_OPTIONS)
 """Keys of ``DRA_KERNELS_OPENRLHF_OPTIONS`` (each also a ``--dra.<key>`` flag of the launcher)."""
+STEP_VARIABLES: dict[str, str] = {
+    "min_denominator": ENV_MIN_DENOMINATOR,
+    "backend": ENV_BACKEND,
+    "measure": ENV_MEASURE,
+    "eta": ENV_ETA,
+    "lam": ENV_LAM,
+}
+"""The step's options OpenRLHF takes, each from its own variable (set by ``--dra.<name>``)."""
 _PLACEMENT_HINT = (
     "OpenRLHF's colocated runs (--train.colocate_all, --train.colocate_actor_ref) keep room in "
     "each GPU's placement-group bundle (its actors hold 0.2 each); without colocation every "
@@ -121,7 +119,17 @@ TARGET_CLASS = "RemoteExperienceMaker"
 TARGET_METHOD = "compute_advantages_and_returns"
 
 
-Embedder = Callable[[list[str]], Any]
+def _spell(name: str) -> str:
+    """An option as the user typed it: the launcher's flag, with the variable that carried a step
+    option (the embedder's and placement options travel in ``DRA_KERNELS_OPENRLHF_OPTIONS``)."""
+    variable = STEP_VARIABLES.get(name)
+    return f"{PREFIX}{name} ({variable})" if variable else PREFIX + name
+
+
+def _built_with_the_maker(texts: list[str]) -> Any:
+    """Stands for the user's embedder (``DRA_KERNELS_OPENRLHF_EMBEDDER``) in the step until the
+    experience maker builds it where the placement says (:meth:`DRAConfig.placed_step`)."""
+    raise RuntimeError("the DRA embedder is built when OpenRLHF's experience maker is")
 
 
 @dataclass
@@ -129,48 +137,44 @@ class DRAConfig:
     """What the patched advantage step does.
 
     Args:
-        embedder: callable ``list[str] -> [N, D]`` (numpy array or torch tensor), or ``None`` for
-            one built on first use (by ``embedder_factory``, else from ``embedder_config``).
-        embedder_factory: zero-argument callable building the embedder (a callable, or an object
-            with ``encode`` such as :class:`dra_kernels.embed.Embedder`) on first use, when
-            ``embedder`` is ``None``; lets a Ray worker load its model only when it needs it.
-        embedder_config: options of the default :class:`dra_kernels.embed.Embedder` (used when
-            neither ``embedder`` nor ``embedder_factory`` is given; its ``device`` is ignored:
-            ``device`` is placed).
+        step: the DRA step (options checked by the core's rules at construction). Its embedder is
+            the built-in embedder's :class:`~dra_kernels.embed.EmbedderConfig` (or ``None``, the
+            default one), placed and built with the experience maker, or the user's embedding
+            function or object, used as it is.
+        embedder_factory: zero-argument callable building the user's own embedder (a callable,
+            or an object with ``encode``) where the placement says, instead of the step's.
         device: the device option (``None``: auto), placed by
             :mod:`dra_kernels.integrations._placement`.
         placement: where the embedder runs (this process, or a Ray actor on a GPU share).
-        min_denominator: lower clamp of ``1 + SMI``, as in :func:`dra_kernels.adjust_rewards`.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
         skip_special_tokens: passed to the tokenizer's ``batch_decode``.
-        measure, eta, lam: the SMI measure and its parameters, as in
-            :func:`dra_kernels.adjust_rewards`.
     """
 
-    embedder: Embedder | None = None
-    embedder_factory: Callable[[], Embedder] | None = None
-    embedder_config: EmbedderConfig = field(default_factory=EmbedderConfig)
+    step: DRAStep = field(default_factory=lambda: DRAStep(embedder=EmbedderConfig()))
+    embedder_factory: Callable[[], Any] | None = None
     device: str | None = None
     placement: PlacementOptions = field(default_factory=PlacementOptions)
-    min_denominator: float = DEFAULT_MIN_DENOMINATOR
-    backend: str = "auto"
     skip_special_tokens: bool = True
-    measure: str = "graph_cut"
-    eta: float = DEFAULT_ETA
-    lam: float = DEFAULT_LAM
+    _placed: list[DRAStep] = field(default_factory=list, init=False, repr=False, compare=False)
 
-    def get_embedder(self) -> Embedder:
-        """The embedding function, built on the first call (where the placement rules say)."""
-        if self.embedder is None:
-            self.embedder = build_embed_fn(
-                config=self.embedder_config,
-                factory=self.embedder_factory,
-                device=self.device,
-                options=self.placement,
-                prefix=PREFIX,
-                hint=_PLACEMENT_HINT,
-            )
-        return self.embedder
+    def placed_step(self) -> DRAStep:
+        """The step with its embedder built where the placement rules say (on the first call)."""
+        if not self._placed:
+            step, embedder = self.step, self.step.embedder
+            if self.embedder_factory is not None or embedder is None:
+                embedder = EmbedderConfig()
+            if isinstance(embedder, EmbedderConfig):
+                step = step.with_embedder(
+                    build_embed_fn(
+                        config=embedder,
+                        factory=self.embedder_factory,
+                        device=self.device,
+                        options=self.placement,
+                        prefix=PREFIX,
+                        hint=_PLACEMENT_HINT,
+                    )
+                )
+            self._placed.append(step)
+        return self._placed[0]
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -179,12 +183,13 @@ class DRAConfig:
 def config_from_env() -> DRAConfig | None:
     """The configuration the environment asks for, or ``None`` when DRA is off (the default).
 
-    Every value is checked here, without loading a model or starting anything: the launcher calls
-    this in OpenRLHF's driver before ``ray.init``.
+    Every value is checked here, by the core's rules, without loading a model or starting
+    anything: the launcher calls this in OpenRLHF's driver before ``ray.init``.
 
     Raises:
         ValueError, TypeError: a bad value, or an unknown option in ``DRA_KERNELS_OPENRLHF_OPTIONS``
-            (the message lists the valid ones, spelled ``--dra.x`` as the launcher's flags).
+            (the message lists the valid ones), each named as the launcher's flag ``--dra.x``
+            (with its variable for the step's options).
     """
     if not env_flag(ENV_ENABLE):
         return None
@@ -202,68 +207,34 @@ def config_from_env() -> DRAConfig | None:
         raise ValueError(
             f"unknown DRA option(s) {[PREFIX + str(k) for k in unknown]} (from {ENV_OPTIONS}); "
             "valid: "
-            + ", ".join(PREFIX + key for key in ("enable", "embedder", *OPTIONS))
-            + f", {PREFIX}min_denominator, {PREFIX}backend, {PREFIX}measure, {PREFIX}eta, "
-            f"{PREFIX}lam"
+            + ", ".join(PREFIX + key for key in ("enable", "embedder", *OPTIONS, *STEP_VARIABLES))
         )
-    if factory is not None:
-        given = sorted(k for k in EMBEDDER_OPTIONS if options.get(k) is not None)
-        if given:
-            raise ValueError(
-                f"{[PREFIX + k for k in given]} configure the default embedder and do not apply "
-                f"to {PREFIX}embedder={spec!r} (your embedder picks its own model and device)"
-            )
-    device = check_device(options.get("device"), prefix=PREFIX)
-    embedder_config = EmbedderConfig.from_options(
-        {k: options.get(k) for k in EMBEDDER_OPTIONS if k != "device"}, prefix=PREFIX
-    )
     placement = PlacementOptions.from_options(
-        {k: options.get(k) for k in PLACEMENT_OPTIONS}, prefix=PREFIX
+        {k: options.pop(k, None) for k in PLACEMENT_OPTIONS}, prefix=PREFIX
     )
-    raw = os.environ.get(ENV_MIN_DENOMINATOR, "").strip()
-    try:
-        min_denominator = float(raw) if raw else DEFAULT_MIN_DENOMINATOR
-    except ValueError:
-        raise ValueError(f"{ENV_MIN_DENOMINATOR} must be a float > 0, got {raw!r}") from None
-    if not min_denominator > 0:
-        raise ValueError(f"{ENV_MIN_DENOMINATOR} must be a float > 0, got {raw!r}")
-    backend = os.environ.get(ENV_BACKEND, "").strip() or "auto"
-    if backend not in ("auto", "torch", "triton"):
-        raise ValueError(f"{ENV_BACKEND} must be auto, torch or triton, got {backend!r}")
-    measure, eta, lam = _measure_from_env(backend)
-    return DRAConfig(
-        embedder_factory=factory,
-        embedder_config=embedder_config,
-        device=device,
-        placement=placement,
-        min_denominator=min_denominator,
-        backend=backend,
-        measure=measure,
-        eta=eta,
-        lam=lam,
+    device = None
+    if factory is None:
+        # NOTE: the device is placed (the trainer actor holds no GPU), not checked as the built-in
+        # embedder's own device; with a factory it stays an embedder option, which the step
+        # refuses for the user's own embedder.
+        device = check_device(options.pop("device", None), prefix=PREFIX)
+    for name, variable in STEP_VARIABLES.items():
+        options[name] = _read_variable(variable)
+    # NOTE: workaround: DRAStep.from_options takes an embedder object, not a factory (it would
+    # build a class at once, here in OpenRLHF's driver); a stand-in says "the user's own" so that
+    # the step refuses the built-in embedder's options, and the maker builds the real one.
+    step = DRAStep.from_options(
+        options, spell=_spell, embedder=None if factory is None else _built_with_the_maker
     )
+    return DRAConfig(step=step, embedder_factory=factory, device=device, placement=placement)
 
 
-def _measure_from_env(backend: str) -> tuple[str, float, float]:
-    """``DRA_KERNELS_OPENRLHF_MEASURE`` / ``_ETA`` / ``_LAM`` (unset or empty: the default), by
-    the core's rule; errors name the flag and the variable."""
-    measure = os.environ.get(ENV_MEASURE, "").strip() or "graph_cut"
-    eta = _float_from_env(ENV_ETA, DEFAULT_ETA)
-    lam = _float_from_env(ENV_LAM, DEFAULT_LAM)
-    names = (
-        f"{PREFIX}measure ({ENV_MEASURE})",
-        f"{PREFIX}eta ({ENV_ETA})",
-        f"{PREFIX}lam ({ENV_LAM})",
-    )
-    return check_measure_options(measure, eta, lam, names, backend, ENV_BACKEND)
-
-
-def _float_from_env(name: str, default: float) -> Any:
-    """The float in ``name``, its default when unset or empty, or the text itself when it does
-    not read as a float (then refused by the check, which names it)."""
+def _read_variable(name: str) -> Any:
+    """The value in variable ``name``: ``None`` when unset or empty, a float when the text reads
+    as one, else the text itself (refused, if it must be a number, by the step, which names it)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
-        return default
+        return None
     try:
         return float(raw)
     except ValueError:
@@ -329,16 +300,6 @@ def _decode_responses(experiences: Sequence[Any], tokenizer: Any, skip_special: 
     return list(tokenizer.batch_decode(ids, skip_special_tokens=skip_special))
 
 
-def _as_embeddings(value: Any, n: int) -> torch.Tensor:
-    out = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
-    if out.ndim != 2 or out.size(0) != n:
-        raise ValueError(
-            f"the embedder must return [N, D] = [{n}, D] for {n} texts, "
-            f"got shape {tuple(out.shape)}"
-        )
-    return out
-
-
 def _check_groups(experiences: Sequence[Any], positions: torch.Tensor, n_samples: int) -> None:
     n = positions.numel()
     if n % n_samples:
@@ -368,65 +329,80 @@ def _check_groups(experiences: Sequence[Any], positions: torch.Tensor, n_samples
 
 def apply_dra_to_experiences(
     experiences: Sequence[Any], tokenizer: Any, n_samples_per_prompt: int, config: DRAConfig
-) -> None:
-    """Replace each ``experience.rewards`` by its DRA-adjusted value, in place.
+) -> StepResult | None:
+    """Replace each ``experience.rewards`` by its DRA-adjusted value, in place: one step of
+    ``config``'s :class:`~dra_kernels.step.DRAStep` (one embedder call, one SMI pass).
 
     Groups are rollout positions ``experience.index[i] // n_samples_per_prompt``, as OpenRLHF's
-    own ``rewards.reshape(-1, n_samples_per_prompt)`` after restoring rollout order. Adds, per
-    sample, ``info["dra_smi"]`` and ``info["dra_raw_reward"]`` (the reward before DRA) for logging,
-    and, for an embedder that counts what it reads (:class:`dra_kernels.embed.Embedder`, also
-    behind a Ray actor), the step's ``info["dra/tokens_read_share"]`` and ``info["dra/texts_cut"]``
-    (repeated per sample).
-    (OpenRLHF's length-penalty step then copies ``experience.rewards`` into ``info["reward"]``, so
-    ``rollout/reward_mean`` shows the adjusted reward.)
+    own ``rewards.reshape(-1, n_samples_per_prompt)`` after restoring rollout order. Each of the
+    step's metrics (:data:`dra_kernels.step.METRICS`) goes into ``experience.info`` under its name,
+    repeated per sample: OpenRLHF averages ``info`` entries over samples, so it logs the step's
+    value.
 
     Args:
         experiences: OpenRLHF ``Experience`` batches (``sequences``, ``action_mask``, ``rewards``,
             ``index``, optionally ``prompts``).
         tokenizer: a Hugging Face tokenizer (``batch_decode``, ``len``).
         n_samples_per_prompt: the group size.
-        config: embedder and DRA options.
+        config: the step, its embedder and where it runs.
+
+    Returns:
+        The step's result (over the whole batch, in the experiences' order), or ``None`` for
+        groups of one (SMI = 0: DRA is the identity) or no experiences.
     """
     if n_samples_per_prompt <= 1 or not experiences:
-        return  # groups of one: SMI = 0, DRA is the identity
+        return None
     lengths = [len(e.index) for e in experiences]
     positions = torch.tensor([i for e in experiences for i in e.index], dtype=torch.int64)
     _check_groups(experiences, positions, n_samples_per_prompt)
     rewards = torch.cat([e.rewards.reshape(-1) for e in experiences])
     if rewards.numel() != positions.numel():
         raise ValueError(f"DRA: {rewards.numel()} rewards for {positions.numel()} samples")
-
-    texts = _decode_responses(experiences, tokenizer, config.skip_special_tokens)
-    embed = config.get_embedder()
-    embeddings = _as_embeddings(embed(texts), len(texts))
-    coverage = embed_metrics(embed)
-    device = embeddings.device
-    group_ids = (positions // n_samples_per_prompt).to(device)
-    num_groups = positions.numel() // n_samples_per_prompt
-    measure = {"measure": config.measure, "eta": config.eta, "lam": config.lam}
-    adjusted = adjust_rewards(
-        rewards.to(device, torch.promote_types(rewards.dtype, torch.float32)),
-        embeddings,
-        group_ids,
-        backend=config.backend,
-        num_groups=num_groups,
-        min_denominator=config.min_denominator,
-        **measure,
+    result = config.placed_step()(
+        rewards.to(torch.promote_types(rewards.dtype, torch.float32)),
+        positions // n_samples_per_prompt,
+        texts=_decode_responses(experiences, tokenizer, config.skip_special_tokens),
+        num_groups=positions.numel() // n_samples_per_prompt,
+        expected_group_size=n_samples_per_prompt,
     )
-    smi = smi_scores(
-        embeddings, group_ids, backend=config.backend, num_groups=num_groups, **measure
-    )
-    for experience, new_rewards, row_smi in zip(
-        experiences, adjusted.split(lengths), smi.split(lengths), strict=True
-    ):
+    for experience, adjusted in zip(experiences, result.adjusted.split(lengths), strict=True):
         dtype = torch.promote_types(experience.rewards.dtype, torch.float32)
-        experience.info["dra_raw_reward"] = experience.rewards.to("cpu", dtype).clone()
-        experience.rewards = new_rewards.to(experience.rewards.device, dtype)
-        experience.info["dra_smi"] = row_smi.to("cpu", torch.float32)
-        for name, value in coverage.items():
-            # NOTE: per-step values, repeated per sample: OpenRLHF averages info entries over
-            # samples, so the logged value is the step's.
-            experience.info[name] = torch.full((len(row_smi),), value, dtype=torch.float32)
+        experience.rewards = adjusted.to(experience.rewards.device, dtype)
+        for name, value in result.metrics.items():
+            experience.info[name] = torch.full((len(adjusted),), value, dtype=torch.float32)
+    return result
+
+
+def _raw_reward_metrics(
+    experiences: Sequence[Any], raw: Sequence[torch.Tensor], n_samples: int, args: Any
+) -> None:
+    """Put OpenRLHF's own reward metrics back to what they are without DRA, after the original
+    method ran on the adjusted rewards: ``info["reward"]`` (``rollout/reward_mean``...) is the
+    raw reward after OpenRLHF's length penalties (its ``apply_length_penalties``, run on copies
+    holding the raw rewards), ``info["group_reward_std"]`` the spread of those within each group.
+    """
+    copies = [
+        SimpleNamespace(
+            rewards=r.to(torch.promote_types(r.dtype, torch.float32), copy=True),
+            response_length=e.response_length,
+            truncated=e.truncated,
+            info={},
+        )
+        for e, r in zip(experiences, raw, strict=True)
+    ]
+    sys.modules[TARGET_MODULE].apply_length_penalties(copies, args)
+    for experience, copy in zip(experiences, copies, strict=True):
+        if "reward" in experience.info:
+            experience.info["reward"] = copy.rewards
+    # NOTE: as OpenRLHF computes it (compute_advantages_and_returns), from the raw rewards.
+    rewards = torch.cat([c.rewards for c in copies])
+    positions = torch.tensor([i for e in experiences for i in e.index], device=rewards.device)
+    in_order = torch.empty_like(rewards).index_copy_(0, positions, rewards)
+    std = in_order.reshape(-1, n_samples).std(-1).repeat_interleave(n_samples)[positions]
+    stds = std.split([len(e.index) for e in experiences])
+    for experience, group_std in zip(experiences, stds, strict=True):
+        if "group_reward_std" in experience.info:
+            experience.info["group_reward_std"] = group_std
 
 
 # ----------------------------------------------------------------------------- patching
@@ -442,18 +418,23 @@ def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
     ):
         global _warned_single
         config = _state["config"]
-        if config is not None:
-            n_samples = int(self.strategy.args.rollout.n_samples_per_prompt)
-            if n_samples > 1:
-                apply_dra_to_experiences(experiences, self.tokenizer, n_samples, config)
-            elif not _warned_single:
+        if config is None or not experiences:
+            return original(self, experiences, *args, **kwargs)
+        n_samples = int(self.strategy.args.rollout.n_samples_per_prompt)
+        if n_samples <= 1:
+            if not _warned_single:
                 _warned_single = True
                 logger.warning(
                     "DRA is on but n_samples_per_prompt=%d: every group has one completion, "
                     "SMI = 0 and rewards are unchanged",
                     n_samples,
                 )
-        return original(self, experiences, *args, **kwargs)
+            return original(self, experiences, *args, **kwargs)
+        raw = [e.rewards for e in experiences]  # NOTE: DRA puts new tensors in their place
+        apply_dra_to_experiences(experiences, self.tokenizer, n_samples, config)
+        out = original(self, experiences, *args, **kwargs)
+        _raw_reward_metrics(experiences, raw, n_samples, self.strategy.args)
+        return out
 
     compute_advantages_and_returns.__dra_original__ = original  # type: ignore[attr-defined]
     return compute_advantages_and_returns
@@ -468,7 +449,7 @@ def _wrap_init(original: Callable[..., Any]) -> Callable[..., Any]:
             # NOTE: built here, in the trainer actor once OpenRLHF's driver has reserved every GPU
             # (its actor groups and vLLM engines exist) and before the first rollout, so a model
             # or placement error stops the run at start-up.
-            config.get_embedder()
+            config.placed_step().embed_fn()
 
     __init__.__dra_original__ = original  # type: ignore[attr-defined]
     return __init__
@@ -494,14 +475,14 @@ NOTE: importing it eagerly would pull deepspeed into every Ray worker, vLLM's in
 
 
 def install(
-    embedder: Embedder | None = None,
+    embedder: Any = None,
     *,
     config: DRAConfig | None = None,
-    min_denominator: float = DEFAULT_MIN_DENOMINATOR,
-    backend: str = "auto",
-    measure: str = "graph_cut",
-    eta: float = DEFAULT_ETA,
-    lam: float = DEFAULT_LAM,
+    min_denominator: float | None = None,
+    backend: str | None = None,
+    measure: str | None = None,
+    eta: float | None = None,
+    lam: float | None = None,
 ) -> DRAConfig:
     """Turn DRA on in this process: wrap ``RemoteExperienceMaker.compute_advantages_and_returns``
     (DRA before the original) and ``RemoteExperienceMaker.__init__`` (the embedder is built when
@@ -511,27 +492,24 @@ def install(
     replaces the configuration; the methods are wrapped once.
 
     Args:
-        embedder: callable ``list[str] -> [N, D]``; ``None`` uses :mod:`dra_kernels.embed`'s
-            default, built on first use.
-        config: a full :class:`DRAConfig` (then ``embedder`` and the options must be left out).
-        min_denominator, backend, measure, eta, lam: as in :func:`dra_kernels.adjust_rewards`
-            (the measure options are checked here, by :func:`dra_kernels.measures.check_measure`).
+        embedder: callable ``list[str] -> [N, D]`` or object with ``encode``; ``None`` uses
+            :mod:`dra_kernels.embed`'s default, placed and built with the experience maker.
+        config: a full :class:`DRAConfig` (then ``embedder`` must be left out).
+        min_denominator, backend, measure, eta, lam: the step's options (``None``: the default),
+            checked here by the core's rules (:class:`dra_kernels.step.DRAStep`).
 
     Returns:
         The configuration in force.
     """
     if config is None:
-        measure, eta, lam = check_measure_options(
-            measure, eta, lam, ("measure", "eta", "lam"), backend, "backend"
-        )
-        config = DRAConfig(
-            embedder=embedder,
-            min_denominator=min_denominator,
-            backend=backend,
-            measure=measure,
-            eta=eta,
-            lam=lam,
-        )
+        options = {
+            "min_denominator": min_denominator,
+            "backend": backend,
+            "measure": measure,
+            "eta": eta,
+            "lam": lam,
+        }
+        config = DRAConfig(step=DRAStep.from_options(options, embedder=embedder))
     elif embedder is not None:
         raise ValueError("pass either embedder= or config=, not both")
     _state["config"] = config

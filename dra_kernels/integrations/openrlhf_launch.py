@@ -20,8 +20,9 @@ What it does, in the driver process, before running ``train_ppo_ray`` as ``__mai
    (``--dra.enable`` sets ``DRA_KERNELS_OPENRLHF=1``; without it the variable decides, off when
    unset; the embedder and placement options go, typed, into the JSON object
    ``DRA_KERNELS_OPENRLHF_OPTIONS``);
-2. checks every value (:func:`dra_kernels.integrations.openrlhf.config_from_env`): a typo or a bad
-   value exits here, in seconds, listing the valid flags, before Ray starts or a model loads;
+2. checks every value (:func:`dra_kernels.integrations.openrlhf.config_from_env`, the core's rules
+   through :class:`dra_kernels.step.DRAStep`): a typo or a bad value exits here, in seconds,
+   naming the flag (and listing the valid ones), before Ray starts or a model loads;
 3. wraps ``ray.init`` so that the ``runtime_env`` passed by ``train_ppo_ray`` (or by the user)
    gains ``worker_process_setup_hook="dra_kernels.integrations.openrlhf.setup_hook"`` and the
    ``DRA_KERNELS_OPENRLHF*`` variables in ``env_vars``. Each Ray worker then runs the hook, which
@@ -43,16 +44,12 @@ from typing import Any
 from dra_kernels.embed import EmbedderConfig
 from dra_kernels.integrations._placement import PlacementOptions
 from dra_kernels.integrations.openrlhf import (
-    ENV_BACKEND,
     ENV_EMBEDDER,
     ENV_ENABLE,
-    ENV_ETA,
-    ENV_LAM,
-    ENV_MEASURE,
-    ENV_MIN_DENOMINATOR,
     ENV_OPTIONS,
     OPTIONS,
     PREFIX,
+    STEP_VARIABLES,
     config_from_env,
 )
 
@@ -71,22 +68,9 @@ TRAIN_MODULE = "openrlhf.cli.train_ppo_ray"
 
 _VALUE_FLAGS = {
     f"{PREFIX}embedder": ENV_EMBEDDER,
-    f"{PREFIX}min_denominator": ENV_MIN_DENOMINATOR,
-    f"{PREFIX}backend": ENV_BACKEND,
-    f"{PREFIX}measure": ENV_MEASURE,
-    f"{PREFIX}eta": ENV_ETA,
-    f"{PREFIX}lam": ENV_LAM,
+    **{PREFIX + name: variable for name, variable in STEP_VARIABLES.items()},
 }
-_ENV_NAMES = (
-    ENV_ENABLE,
-    ENV_EMBEDDER,
-    ENV_MIN_DENOMINATOR,
-    ENV_BACKEND,
-    ENV_OPTIONS,
-    ENV_MEASURE,
-    ENV_ETA,
-    ENV_LAM,
-)
+_ENV_NAMES = (ENV_ENABLE, ENV_OPTIONS, *_VALUE_FLAGS.values())
 _TYPES = {
     f.name: str(f.type)
     for cls in (EmbedderConfig, PlacementOptions)
@@ -97,12 +81,7 @@ _TYPES = {
 FLAGS: tuple[str, ...] = (
     f"{PREFIX}enable",
     f"{PREFIX}embedder",
-    *(PREFIX + name for name in OPTIONS),
-    f"{PREFIX}min_denominator",
-    f"{PREFIX}backend",
-    f"{PREFIX}measure",
-    f"{PREFIX}eta",
-    f"{PREFIX}lam",
+    *(PREFIX + name for name in (*OPTIONS, *STEP_VARIABLES)),
 )
 """Every ``--dra.*`` flag the launcher takes."""
 

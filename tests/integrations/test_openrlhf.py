@@ -28,6 +28,7 @@ from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig
 from dra_kernels.integrations import openrlhf as dra_openrlhf
 from dra_kernels.integrations import openrlhf_launch
 from dra_kernels.integrations._placement import Placement, PlacementOptions, RayEmbedder
+from dra_kernels.step import METRICS
 
 if importlib.util.find_spec("openrlhf") is None:
     pytest.skip(
@@ -35,9 +36,16 @@ if importlib.util.find_spec("openrlhf") is None:
         allow_module_level=True,
     )
 
-# Stand-ins for the GPU-only packages that openrlhf modules import at top level. None of their
-# functions is called by the code under test; they only let the real modules import.
+# Stand-ins for the GPU-only packages that openrlhf modules import at top level, and for
+# `datasets`, which the trainer module imports and this environment does not install. None of
+# their functions is called by the code under test; they only let the real modules import.
 STAND_INS = {
+    "datasets/__init__.py": """
+        def _absent(*args, **kwargs):
+            raise RuntimeError("datasets stand-in: not installed in this environment")
+
+        Dataset = interleave_datasets = load_dataset = load_from_disk = _absent
+    """,
     "flash_attn/__init__.py": "",
     "flash_attn/bert_padding.py": """
         def _absent(*args, **kwargs):
@@ -238,7 +246,7 @@ GROUPS = [
 ]
 
 
-def _rollout(orl, tokenizer, groups, *, extra_ids=None, max_len=64):
+def _rollout(orl, tokenizer, groups, *, extra_ids=None, max_len=64, truncated=()):
     """Per-sample Experiences made by the real SamplesGenerator from vLLM-shaped responses."""
     generator = orl.SamplesGenerator(SimpleNamespace(args=None), None, None, tokenizer, [])
     samples, texts, rewards = [], [], []
@@ -258,7 +266,7 @@ def _rollout(orl, tokenizer, groups, *, extra_ids=None, max_len=64):
                 "rollout_log_probs": None,
                 "prompt": prompt,
                 "label": "",
-                "truncated": False,
+                "truncated": (prompt, j) in truncated,
             }
             samples.append(generator._process_response_into_experience(response, max_len=max_len))
             texts.append(words)
@@ -266,7 +274,16 @@ def _rollout(orl, tokenizer, groups, *, extra_ids=None, max_len=64):
     return samples, texts, torch.tensor(rewards)
 
 
-def _maker(orl, tokenizer, *, estimator="group_norm", n=4, dynamic_batch=True, overlong=None):
+def _maker(
+    orl,
+    tokenizer,
+    *,
+    estimator="group_norm",
+    n=4,
+    dynamic_batch=True,
+    overlong=None,
+    stop_properly=None,
+):
     args = SimpleNamespace(
         algo=SimpleNamespace(
             advantage=SimpleNamespace(estimator=estimator, gamma=1.0, lambd=1.0, no_std_norm=False),
@@ -279,7 +296,10 @@ def _maker(orl, tokenizer, *, estimator="group_norm", n=4, dynamic_batch=True, o
         actor=SimpleNamespace(num_nodes=1, num_gpus_per_node=2),
         ds=SimpleNamespace(ring_attn_size=1, tensor_parallel_size=1),
         reward=SimpleNamespace(
-            clip_range=None, overlong_buffer_len=overlong, overlong_penalty_factor=1.0
+            clip_range=None,
+            overlong_buffer_len=overlong,
+            overlong_penalty_factor=1.0,
+            stop_properly_penalty_coef=stop_properly,
         ),
         data=SimpleNamespace(max_len=64),
     )
@@ -319,6 +339,10 @@ def _advantages(experiences):
     return _in_rollout_order(experiences, per_sample)
 
 
+def _info_values(experiences, key):
+    return torch.cat([e.info[key] for e in experiences])
+
+
 def _expected_group_advantages(rewards, n, estimator):
     g = rewards.reshape(-1, n)
     if estimator == "group_norm":
@@ -350,22 +374,80 @@ def test_dra_rewards_reach_the_estimator(orl, tokenizer, estimator, dynamic_batc
     reached = _in_rollout_order(experiences, [e.rewards for e in experiences])
     torch.testing.assert_close(reached, expected)
     assert not torch.allclose(expected, raw.float()), "the fixture should make DRA change rewards"
-    # The raw reward is kept for logging; OpenRLHF itself syncs info["reward"] to the rewards.
+    # OpenRLHF's own reward metric stays the raw reward; the step's metrics are logged per sample.
     torch.testing.assert_close(
-        _in_rollout_order(experiences, [e.info["dra_raw_reward"] for e in experiences]), raw.float()
+        _in_rollout_order(experiences, [e.info["reward"] for e in experiences]), raw.float()
     )
-    torch.testing.assert_close(
-        _in_rollout_order(experiences, [e.info["reward"] for e in experiences]), expected
-    )
-    expected_smi = dra_kernels.smi_scores(
-        orl.embedder.embed(texts), [i // n for i in range(len(texts))]
-    ).float()
-    torch.testing.assert_close(
-        _in_rollout_order(experiences, [e.info["dra_smi"] for e in experiences]), expected_smi
-    )
+    smi = dra_kernels.smi_scores(orl.embedder.embed(texts), [i // n for i in range(len(texts))])
+    logged = {name: _info_values(experiences, name) for name in METRICS[:-2]}
+    for name, values in logged.items():
+        assert values.shape == (len(texts),) and values.eq(values[0]).all(), name
+    step = {name: float(values[0]) for name, values in logged.items()}
+    assert step["dra/rows"] == 12.0 and step["dra/groups"] == 3.0
+    assert step["dra/smi/mean"] == pytest.approx(float(smi.mean()), rel=1e-6)
+    assert step["dra/smi/max"] == pytest.approx(float(smi.max()), rel=1e-6)
+    assert step["dra/reward_before/mean"] == pytest.approx(float(raw.mean()), rel=1e-6)
+    assert step["dra/reward_after/mean"] == pytest.approx(float(expected.mean()), rel=1e-6)
     torch.testing.assert_close(
         _advantages(experiences), _expected_group_advantages(expected, n, estimator)
     )
+
+
+@pytest.mark.parametrize(
+    "penalty", [{}, {"overlong": 4}, {"stop_properly": 0.5}, {"stop_properly": -0.5}]
+)
+def test_openrlhf_reward_metrics_stay_raw(orl, tokenizer, penalty):
+    """With DRA on, OpenRLHF's own reward metrics are those of the same run without DRA, length
+    penalties included: info["reward"] (rollout/reward_mean, read by the trainer's real
+    _compute_rollout_stats), info["group_reward_std"], info["score"]. Only the advantages take
+    the adjusted rewards, whose mean is logged as dra/reward_after/mean."""
+    from openrlhf.trainer.ppo_trainer import BasePPOTrainer
+
+    truncated = {(GROUPS[0][0], 0), (GROUPS[1][0], 3)}
+
+    def run():
+        samples, _, _ = _rollout(orl, tokenizer, GROUPS, truncated=truncated)
+        return _run(_maker(orl, tokenizer, **penalty), samples)
+
+    without = run()
+    dra_openrlhf.install(orl.embedder.embed)
+    with_dra = run()
+    for key in ("reward", "group_reward_std", "score"):
+        torch.testing.assert_close(
+            _in_rollout_order(with_dra, [e.info[key] for e in with_dra]),
+            _in_rollout_order(without, [e.info[key] for e in without]),
+            msg=key,
+        )
+    stats = BasePPOTrainer._compute_rollout_stats(None, with_dra)
+    assert stats == pytest.approx(BasePPOTrainer._compute_rollout_stats(None, without))
+    assert not torch.allclose(_advantages(with_dra), _advantages(without))
+    after = float(_info_values(with_dra, "dra/reward_after/mean")[0])
+    assert after != pytest.approx(float(_info_values(with_dra, "dra/reward_before/mean")[0]))
+
+
+def test_one_step_is_one_smi_pass(orl, tokenizer, monkeypatch):
+    """The patched advantage step embeds once and computes the SMI once (the step's own), counted
+    at the public entry and where every SMI of a measure other than graph-cut is computed."""
+    from dra_kernels import api, measures
+
+    calls = {"smi_scores": 0, "smi_by_measure": 0}
+
+    def count(module, name):
+        original = getattr(module, name)
+
+        def counting(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+
+    count(api, "smi_scores")
+    count(measures, "smi_by_measure")
+    dra_openrlhf.install(orl.embedder.embed, measure="facility_location", eta=0.5)
+    samples, _, _ = _rollout(orl, tokenizer, GROUPS)
+    _run(_maker(orl, tokenizer), samples)
+    assert calls == {"smi_scores": 1, "smi_by_measure": 1}
+    assert len(orl.embedder.CALLS) == 1
 
 
 @pytest.mark.parametrize("how", ["never_installed", "uninstalled", "env_unset", "env_off"])
@@ -391,7 +473,7 @@ def test_dra_off_changes_nothing(orl, tokenizer, monkeypatch, how):
     assert orl.embedder.CALLS == []
     torch.testing.assert_close(_in_rollout_order(again, [e.rewards for e in again]), raw.float())
     torch.testing.assert_close(_advantages(again), _advantages(baseline))
-    assert all("dra_smi" not in e.info and "dra_raw_reward" not in e.info for e in again)
+    assert not any(name.startswith("dra/") for e in again for name in e.info)
 
 
 def test_env_hook_installs_with_embedder_factory(orl, tokenizer, monkeypatch):
@@ -425,8 +507,8 @@ def test_the_measure_variables_reach_the_adjustment(orl, tokenizer, monkeypatch,
     options = {
         key.lower(): value if key == "MEASURE" else float(value) for key, value in env.items()
     }
-    config = dra_openrlhf._state["config"]
-    assert {key: getattr(config, key) for key in options} == options
+    step = dra_openrlhf._state["config"].step
+    assert {key: getattr(step, key) for key in options} == options
     samples, texts, raw = _rollout(orl, tokenizer, GROUPS)
     experiences = _run(_maker(orl, tokenizer), samples)
     embeddings, ids = orl.embedder.embed(texts), [i // 4 for i in range(12)]
@@ -434,9 +516,9 @@ def test_the_measure_variables_reach_the_adjustment(orl, tokenizer, monkeypatch,
     reached = _in_rollout_order(experiences, [e.rewards for e in experiences])
     torch.testing.assert_close(reached, expected)
     assert not torch.allclose(expected, dra_kernels.adjust_rewards(raw, embeddings, ids).float())
+    smi = dra_kernels.smi_scores(embeddings, ids, **options)
     torch.testing.assert_close(
-        _in_rollout_order(experiences, [e.info["dra_smi"] for e in experiences]),
-        dra_kernels.smi_scores(embeddings, ids, **options).float(),
+        _info_values(experiences, "dra/smi/max"), torch.full((12,), float(smi.max()))
     )
 
 
@@ -472,6 +554,34 @@ def test_install_checks_the_measure_options():
         dra_openrlhf.install(measure="cosine")
     with pytest.raises(ValueError, match=r"^lam must be a finite number"):
         dra_openrlhf.install(measure="log_det", lam=0.0)
+    assert not dra_openrlhf.is_installed()
+
+
+def test_min_denominator_above_one_is_refused_at_start_up(monkeypatch):
+    """The core refuses min_denominator > 1; OpenRLHF refuses it when it reads its options, in
+    the driver before Ray starts (launcher flag) or in the worker's setup hook (variable), not at
+    the first training step."""
+    import runpy
+
+    import ray
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("ray or train_ppo_ray started despite --dra.min_denominator 2")
+
+    message = (
+        r"^(\[dra-kernels\] )?--dra\.min_denominator \(DRA_KERNELS_OPENRLHF_MIN_DENOMINATOR\) "
+        r"must be a finite number > 0 and <= 1, got 2"
+    )
+    monkeypatch.setattr(ray, "init", must_not_run)
+    monkeypatch.setattr(runpy, "run_module", must_not_run)
+    with pytest.raises(SystemExit, match=message):
+        openrlhf_launch.main(["--dra.enable", "--dra.min_denominator", "2"])
+    monkeypatch.setenv(dra_openrlhf.ENV_ENABLE, "1")
+    monkeypatch.setenv(dra_openrlhf.ENV_MIN_DENOMINATOR, "2")
+    with pytest.raises(ValueError, match=message):
+        dra_openrlhf.setup_hook()
+    with pytest.raises(ValueError, match=r"^min_denominator must be a finite number > 0 and <= 1"):
+        dra_openrlhf.install(min_denominator=2)
     assert not dra_openrlhf.is_installed()
 
 
@@ -562,7 +672,8 @@ def test_launcher_parses_flags_and_wraps_ray_init(monkeypatch):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv(dra_openrlhf.ENV_EMBEDDER, "dra_test_embedder:factory")
     config = dra_openrlhf.config_from_env()
-    assert (config.measure, config.eta, config.lam) == ("log_det", 0.5, 0.25)
+    assert (config.step.measure, config.step.eta, config.step.lam) == ("log_det", 0.5, 0.25)
+    assert config.step.min_denominator == 0.2
     for name in env:
         monkeypatch.delenv(name)
     assert rest == ["--rollout.n_samples_per_prompt", "8"]
@@ -638,7 +749,7 @@ def test_every_embedder_option_is_a_launcher_flag(monkeypatch):
     for name, value in {**env, dra_openrlhf.ENV_OPTIONS: json.dumps(options)}.items():
         monkeypatch.setenv(name, value)
     config = dra_openrlhf.config_from_env()
-    assert config.embedder_config == EmbedderConfig(
+    assert config.step.embedder == EmbedderConfig(
         model="jinaai/jina-embeddings-v2-small-en",
         trust_remote_code=True,
         long_text="head_tail",
@@ -649,7 +760,6 @@ def test_every_embedder_option_is_a_launcher_flag(monkeypatch):
     )
     assert config.device == "cpu"
     assert config.placement == PlacementOptions("local", 0.25, 30.0)
-    assert config.embedder is None  # checked, nothing built
     # a boolean flag also takes a value; null resets an optional option
     env, _ = openrlhf_launch.parse_dra_args(
         ["--dra.trust_remote_code", "false", "--dra.window_tokens=null"]
@@ -717,7 +827,7 @@ def test_options_set_without_the_launcher_are_checked_too(monkeypatch):
         dra_openrlhf.config_from_env()
     monkeypatch.setenv(dra_openrlhf.ENV_OPTIONS, '{"max_tokens": 64}')
     monkeypatch.setenv(dra_openrlhf.ENV_EMBEDDER, "dra_test_embedder:factory")
-    with pytest.raises(ValueError, match="configure the default embedder"):
+    with pytest.raises(ValueError, match="configure the built-in embedder"):
         dra_openrlhf.config_from_env()
 
 
@@ -741,15 +851,9 @@ def test_the_embedder_is_built_with_the_experience_maker(orl, tokenizer, monkeyp
 # ----------------------------------------------------------------------------- metrics
 
 
-def _info_values(experiences, key):
-    return torch.cat([e.info[key] for e in experiences])
-
-
 def test_coverage_metrics_are_logged_per_step(orl, tokenizer):
     samples, texts, _ = _rollout(orl, tokenizer, GROUPS)
-    dra_openrlhf.install(
-        config=dra_openrlhf.DRAConfig(embedder=orl.embedder.StatsEmbedder().encode)
-    )
+    dra_openrlhf.install(orl.embedder.StatsEmbedder().encode)
     experiences = _run(_maker(orl, tokenizer), samples)
     words = [len(t.split()) for t in texts]
     share = sum(min(w, 2) for w in words) / sum(words)
@@ -788,7 +892,7 @@ def test_the_embedder_runs_in_a_ray_actor_on_a_gpu_share(orl, tokenizer, stand_i
         )
         dra_openrlhf.install(config=config)
         maker = _maker(orl, tokenizer)  # builds the embedder: starts the actor
-        server = config.embedder.__self__
+        server = config.placed_step().embed_fn().__self__
         assert isinstance(server, RayEmbedder)
         assert server.placement == Placement("ray", None, 0.2, False)
         assert server.info["gpu_ids"] == [0]
