@@ -585,10 +585,16 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
 
     import numpy as np
 
-    from dra_kernels.embed import Embedder, EmbedStats, TruncationWarning
+    from dra_kernels.embed import Embedder, EmbedStats, TruncationWarning, WindowError
+    from dra_kernels.step import spelled
 
     progress = _progress_wanted(args)
-    embedder = Embedder(**dataclasses.asdict(args.dra_step.embedder), progress=progress)
+    try:
+        embedder = Embedder(**dataclasses.asdict(args.dra_step.embedder), progress=progress)
+    except WindowError as exc:
+        # NOTE: the limits readable from the model's files were checked with the options; the
+        # special tokens per window are known only once its tokenizer has loaded.
+        raise _UsageError(f"{spelled(exc, _flag)} (found when the model loaded)") from None
     embedder.progress = False  # NOTE: one bar over the whole file below, not one per chunk
     bar = _progress_bar(len(index), progress)
     out: np.ndarray | None = None

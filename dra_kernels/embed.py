@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from dra_kernels._words import counted
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -36,6 +40,7 @@ __all__ = [
     "EmbedStats",
     "Embedder",
     "EmbedderConfig",
+    "WindowError",
     "TruncationWarning",
     "default_model_path",
     "pool_hidden_states",
@@ -65,6 +70,55 @@ _TEXTS_PER_CHUNK = 512
 
 _POOL_SLICE_ELEMENTS = 1 << 22
 """Elements of a half-precision ``hidden`` widened to float32 at a time by pool_hidden_states."""
+
+
+class WindowError(ValueError):
+    """Window options that do not fit the model: a window beyond its position limit, or no room
+    left for text once its special tokens and the overlap are taken."""
+
+
+def _check_window(
+    name: str, window: int, given: bool, limit: int | None, specials: int | None, overlap: int
+) -> None:
+    """:class:`WindowError` for a ``window``-token window (``given``: set by ``window_tokens``,
+    else the model's ``max_seq_length``) of model ``name`` with position ``limit`` and
+    ``specials`` special tokens per window (``None``: not known yet)."""
+    what = f"window_tokens={window}" if given else f"{name}'s {window}-token window"
+    if limit is not None and window > limit:
+        raise WindowError(f"{what} exceeds the {limit}-token position limit of {name}")
+    if window - (specials or 0) - overlap < 1:
+        blame = what if given or not overlap else f"window_overlap={overlap}"
+        taken = [f"window_overlap={overlap}"]
+        if specials is not None:
+            taken.insert(0, counted(specials, "special token"))
+        raise WindowError(
+            f"{blame} leaves no room for text: {name} reads {window} tokens per window, taken "
+            f"by {' and '.join(taken)}"
+        )
+
+
+def _model_file(model: str | None, filename: str) -> dict[str, Any] | None:
+    """A JSON file of a sentence-transformers model, without loading it: from the bundled model,
+    a local directory or the Hugging Face cache; ``None`` where it is not at hand."""
+    bundled = model is None or model in _DEFAULT_ALIASES
+    try:
+        root = default_model_path() if bundled else model
+    except ImportError:
+        return None
+    path: str | None = os.path.join(root, filename)
+    if not os.path.isdir(root):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return None
+        found = try_to_load_from_cache(root, filename)
+        path = found if isinstance(found, str) else None
+    try:
+        with open(path) as handle:  # type: ignore[arg-type]
+            data = json.load(handle)
+    except (OSError, TypeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 class TruncationWarning(UserWarning):
@@ -188,6 +242,29 @@ class EmbedderConfig:
             if not prefix:
                 raise
             raise type(exc)(f"{prefix}{exc}") from None
+
+    def check_model(self) -> None:
+        """The window options against the model's limits read from its files, without loading
+        it: its ``max_seq_length`` (the default window) and position limit, where the files are
+        at hand (the bundled model, a local directory, the Hugging Face cache). Loading checks
+        the rest (the special tokens the tokenizer adds).
+
+        Raises:
+            WindowError: a window beyond the position limit, or an overlap that fills it.
+        """
+        limits = _model_file(self.model, "config.json") or {}
+        limit = limits.get("max_position_embeddings")
+        window = self.window_tokens
+        if window is None:
+            window = (_model_file(self.model, "sentence_bert_config.json") or {}).get(
+                "max_seq_length"
+            )
+        if isinstance(window, int):
+            name = DEFAULT_MODEL if self.model is None else self.model
+            limit = limit if isinstance(limit, int) else None
+            _check_window(
+                name, window, self.window_tokens is not None, limit, None, self.window_overlap
+            )
 
     def build(self, *, progress: bool = False) -> Embedder:
         """The :class:`Embedder` these options describe (loads the model)."""
@@ -397,19 +474,15 @@ class Embedder:
         self._prefix, self._suffix = _special_tokens(self.tokenizer)
         self._pad_id = _pad_id(self.tokenizer, self._suffix)
         self._token_types = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
-        limit = self._position_limit()
         self.window_tokens = window_tokens if window_tokens is not None else self.model_max_length
-        if limit is not None and self.window_tokens > limit:
-            raise ValueError(
-                f"window_tokens={self.window_tokens} exceeds the {limit}-token position limit of "
-                f"{self.model_name}"
-            )
-        specials = len(self._prefix) + len(self._suffix)
-        if self.window_tokens - specials - window_overlap < 1:
-            raise ValueError(
-                f"window_tokens={self.window_tokens} leaves no room for text: {self.model_name} "
-                f"adds {specials} special token(s) per window and window_overlap={window_overlap}"
-            )
+        _check_window(
+            self.model_name,
+            self.window_tokens,
+            window_tokens is not None,
+            self._position_limit(),
+            len(self._prefix) + len(self._suffix),
+            window_overlap,
+        )
         self.max_tokens = max_tokens
         self.window_overlap = window_overlap
         # NOTE: the final Normalize module (if any) runs after the windows are combined, so that

@@ -37,6 +37,7 @@ __all__ = [
     "StepResult",
     "as_embed_fn",
     "embed_metrics",
+    "spelled",
 ]
 
 EmbedFn = Callable[[list[str]], Any]
@@ -101,9 +102,14 @@ def _speller(spell: str | Callable[[str], str]) -> Callable[[str], str]:
     return spell.format if isinstance(spell, str) else spell
 
 
+def spelled(exc: Exception, spell: str | Callable[[str], str]) -> Exception:
+    """``exc`` (of the same type) with each option of the step or the embedder that leads its
+    message, or stands before ``=``, named as a front end spells it (see
+    :meth:`DRAStep.from_options`): for errors raised later, e.g. while the embedder loads."""
+    return _renamed(exc, (*STEP_OPTIONS, *EMBEDDER_OPTIONS), _speller(spell))
+
+
 def _renamed(exc: Exception, names: tuple[str, ...], spell: Callable[[str], str]) -> Exception:
-    """``exc`` with each option name of ``names`` that leads the message, or stands before
-    ``=``, spelled as the front end spells it."""
     text = str(exc)
     pattern = "|".join(sorted(names, key=len, reverse=True))
     text = re.sub(rf"^({pattern})\b", lambda m: spell(m.group(1)), text)
@@ -241,7 +247,9 @@ class DRAStep:
                     )
                 step = cls(**step_options, embedder=embedder)
             else:
-                step = cls(**step_options, embedder=EmbedderConfig(**embed_options))
+                config = EmbedderConfig(**embed_options)
+                config.check_model()
+                step = cls(**step_options, embedder=config)
             if device is not None:
                 api.resolve_backend(step.backend, torch.device(device))
             return step

@@ -525,6 +525,10 @@ OPTION_ERRORS = [  # (argv after "IN -o OUT" or "IN", part of the message)
     (["analyze", "--device", "meta"], "--device 'meta'"),
     (["demo", "--min-denominator", "1.5"], MIN_DENOMINATOR),
     (["demo", "--device", "meta"], "--device 'meta'"),
+    # invalid only together, or against the model's limits read from its files (issue 24)
+    (["adjust", "--window-overlap", "300"], "--window-overlap=300 leaves no room for text"),
+    (["adjust", "--window-tokens", "100000"], "--window-tokens=100000 exceeds the 512-token"),
+    (["analyze", "--long-text", "head", "--window-overlap", "8"], "--window-overlap=8 only"),
 ]
 
 

@@ -19,9 +19,11 @@ from dra_kernels.embed import (
     Embedder,
     EmbedderConfig,
     TruncationWarning,
+    WindowError,
     default_model_path,
     pool_hidden_states,
 )
+from dra_kernels.step import DRAStep
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +176,28 @@ def test_window_settings(embedder: Embedder) -> None:
     assert small.last_stats is not None
     assert small.last_stats.windows == math.ceil((count - 64) / 48) + 1
     assert small.last_stats.tokens_read == count and small.last_stats.cut_texts == 0
+
+
+def test_window_options_are_checked_against_the_model_files_before_it_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bundled model's max_seq_length (256) and position limit (512) are read from its files:
+    a window beyond the limit, or an overlap that fills the default window, fails before any
+    model loads; a model whose files are not at hand is left to the load."""
+    import sentence_transformers
+
+    def no_load(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", no_load)
+    with pytest.raises(WindowError, match=r"^window_tokens=100000 exceeds the 512-token position"):
+        EmbedderConfig(window_tokens=100_000).check_model()
+    with pytest.raises(WindowError, match=r"^window_overlap=300 leaves no room for text: .* 256 "):
+        EmbedderConfig(window_overlap=300).check_model()
+    EmbedderConfig(window_tokens=512, window_overlap=300).check_model()  # fits until loaded
+    EmbedderConfig(model="no-such-org/no-such-model", window_tokens=10**6).check_model()
+    with pytest.raises(WindowError, match=r"^dra\.window_overlap=300 leaves no room"):
+        DRAStep.from_options({"window_overlap": 300}, spell="dra.{}")
 
 
 def test_bad_options() -> None:
