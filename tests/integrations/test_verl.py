@@ -35,7 +35,6 @@ from dra_kernels import adjust_rewards, smi_scores  # noqa: E402
 from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig, EmbedStats  # noqa: E402
 from dra_kernels.integrations import _placement  # noqa: E402
 from dra_kernels.integrations import verl as dra_verl  # noqa: E402
-from dra_kernels.integrations._common import embed_metrics  # noqa: E402
 from dra_kernels.integrations._placement import (  # noqa: E402
     ClusterView,
     Placement,
@@ -43,6 +42,7 @@ from dra_kernels.integrations._placement import (  # noqa: E402
     decide_placement,
     find_gpu_slot,
 )
+from dra_kernels.step import DRAStep, embed_metrics  # noqa: E402
 
 WORDS = [
     *("x", "equals", "two", "so", "the", "answer", "is", "2", "we", "factor", "square", "root"),
@@ -260,7 +260,8 @@ def test_apply_dra_matches_adjust_rewards_on_decoded_texts(tokenizer):
     assert metrics["dra/groups"] == 3
     assert metrics["dra/incomplete_groups"] == 1  # the group of 3
     assert metrics["dra/smi/mean"] == pytest.approx(float(smi.double().mean()))
-    assert metrics["dra/score_after/mean"] == pytest.approx(float(expected.double().mean()))
+    assert metrics["dra/reward_before/mean"] == pytest.approx(float(rewards.double().mean()))
+    assert metrics["dra/reward_after/mean"] == pytest.approx(float(expected.double().mean()))
 
 
 @pytest.mark.parametrize(
@@ -351,7 +352,7 @@ def test_a_split_group_warns_and_is_adjusted_within_the_rows_present(tokenizer):
 
 def test_an_embedder_returning_the_wrong_rows_is_refused(tokenizer):
     data, _, _ = make_batch(tokenizer)
-    with pytest.raises(ValueError, match="must return"):
+    with pytest.raises(ValueError, match="one row per text"):
         dra_verl.apply_dra(data, tokenizer, lambda texts: np.ones((len(texts) - 1, 4)))
 
 
@@ -376,11 +377,13 @@ def test_settings_from_the_real_verl_config(monkeypatch):
     settings = dra_verl.settings_from_config(
         _compose("+dra.enable=true", "+dra.min_denominator=0.2", f"+dra.embedder={EMBEDDER_PATH}")
     )
-    assert settings == dra_verl.DRASettings(embedder=EMBEDDER_PATH, min_denominator=0.2)
-    assert isinstance(settings.build_embedder(), HashEmbedder)  # a class is instantiated
+    assert settings.embedder == EMBEDDER_PATH
+    assert settings.step.min_denominator == 0.2
+    assert isinstance(settings.build_step().embed_fn(), HashEmbedder)  # a class is instantiated
 
     monkeypatch.setenv(dra_verl.ENV_VAR, "1")
     assert dra_verl.settings_from_config(_compose()) == dra_verl.DRASettings()
+    assert dra_verl.DRASettings().step == DRAStep(embedder=EmbedderConfig())
     monkeypatch.setenv(dra_verl.ENV_VAR, "maybe")
     with pytest.raises(ValueError, match=dra_verl.ENV_VAR):
         dra_verl.settings_from_config(None)
@@ -391,7 +394,7 @@ def test_settings_from_the_real_verl_config(monkeypatch):
     settings = dra_verl.settings_from_config(
         _compose("+dra.enable=true", "+dra.measure=log_det", "+dra.eta=0.5", "+dra.lam=0.25")
     )
-    assert settings == dra_verl.DRASettings(measure="log_det", eta=0.5, lam=0.25)
+    assert settings.step == DRAStep.from_options({"measure": "log_det", "eta": 0.5, "lam": 0.25})
     assert {"measure", "eta", "lam"} <= set(dra_verl.VALID_KEYS)
 
 
@@ -571,7 +574,7 @@ def test_v1_trainer_with_dra_on_adjusts_rm_scores_before_the_advantages(
     torch.testing.assert_close(advantages[:n], _grpo(expected, uids))
     assert metrics["dra/rows"] == n  # not the padding row
     assert metrics["dra/incomplete_groups"] == 1
-    assert trainer._dra_kernels_state[1].calls == [texts]  # embedder built once, reused
+    assert trainer._dra_kernels_state[1].embed_fn().calls == [texts]  # built once, reused
 
 
 def test_the_legacy_trainer_refuses_dra_and_is_unchanged_without_it(monkeypatch):
@@ -611,7 +614,7 @@ def test_v1_trainer_logs_the_coverage_of_an_embedder_served_by_a_ray_actor(
 
     trainer._compute_advantage(meta, metrics)
 
-    embed = trainer._dra_kernels_state[1]
+    embed = trainer._dra_kernels_state[1].embed_fn()
     server = embed.__self__
     assert isinstance(server, _placement.RayEmbedder)
     assert server.placement == Placement("ray", None, 0.25, False)
@@ -653,7 +656,7 @@ def test_every_embedder_option_is_a_dra_key(monkeypatch):
     overrides = [_override(k, v) for k, v in ALL_OPTIONS.items()]
     placement = ["+dra.placement=local", "+dra.num_gpus=0.25", "+dra.placement_timeout=30"]
     settings = dra_verl.settings_from_config(_compose("+dra.enable=true", *overrides, *placement))
-    assert settings.embedder_config == EmbedderConfig(**{**ALL_OPTIONS, "device": None})
+    assert settings.step.embedder == EmbedderConfig(**{**ALL_OPTIONS, "device": None})
     assert settings.device == "cpu"
     assert settings.placement == PlacementOptions("local", 0.25, 30.0)
     assert "sentence_transformers" not in sys.modules  # checked, nothing loaded
@@ -666,7 +669,7 @@ def test_every_embedder_option_is_a_dra_key(monkeypatch):
             "+dra.trust_remote_code=true",
         )
     )
-    assert paper.embedder_config == EmbedderConfig(
+    assert paper.step.embedder == EmbedderConfig(
         model="jinaai/jina-embeddings-v2-small-en", trust_remote_code=True
     )
 
@@ -732,7 +735,7 @@ def test_measure_keys_are_checked_by_the_core_rule(monkeypatch, overrides, match
 
 def test_embedder_options_do_not_apply_to_a_user_embedder(monkeypatch):
     monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
-    with pytest.raises(ValueError, match=r"\['dra.max_tokens'\] configure the default embedder"):
+    with pytest.raises(ValueError, match=r"dra\.max_tokens configure the built-in embedder"):
         dra_verl.settings_from_config(
             _compose("+dra.enable=true", f"+dra.embedder={EMBEDDER_PATH}", "+dra.max_tokens=64")
         )
@@ -796,7 +799,7 @@ def test_fit_builds_the_embedder_before_verl_starts_training(tokenizer, monkeypa
     with pytest.raises(_Stop):
         trainer.fit(None)
     assert CountingFactory.built == 1
-    assert isinstance(trainer._dra_kernels_state[1], CountingFactory)
+    assert isinstance(trainer._dra_kernels_state[1].embed_fn(), CountingFactory)
     # without DRA, fit goes straight to verl's
     trainer = _trainer(_compose(), tokenizer)
     with pytest.raises(_Stop):
