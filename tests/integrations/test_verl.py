@@ -629,6 +629,59 @@ def test_v1_trainer_logs_the_coverage_of_an_embedder_served_by_a_ray_actor(
     server.close()
 
 
+def _count_smi_passes(monkeypatch) -> dict[str, int]:
+    """Counts the core's SMI passes on CPU (graph-cut: reference.smi_scores, or the fused
+    reference.adjust_rewards; other measures: measures.smi_by_measure) and its factorisations of
+    group ids (api.factorize_group_ids)."""
+    from dra_kernels import api, measures, reference
+
+    counts = {"smi": 0, "factorize": 0}
+
+    def counting(module, name, kind):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            counts[kind] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    for module, name in (
+        (reference, "smi_scores"),
+        (reference, "adjust_rewards"),
+        (measures, "smi_by_measure"),
+    ):
+        counting(module, name, "smi")
+    counting(api, "factorize_group_ids", "factorize")
+    return counts
+
+
+@pytest.mark.parametrize(
+    "measure", [{}, {"measure": "facility_location", "eta": 0.5}], ids=["graph_cut", "fl"]
+)
+def test_one_step_runs_one_smi_pass(transfer_queue, tokenizer, monkeypatch, measure):
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    data, _, _ = make_batch(tokenizer, seed=19)
+    meta, _, _ = _put_rollouts(transfer_queue, data)
+    config = _compose(
+        "algorithm.adv_estimator=grpo",
+        f"actor_rollout_ref.rollout.n={GROUP_SIZE}",
+        "+dra.enable=true",
+        f"+dra.embedder={EMBEDDER_PATH}",
+        *(f"+dra.{key}={value}" for key, value in measure.items()),
+    )
+    trainer = _trainer(config, tokenizer)
+    counts = _count_smi_passes(monkeypatch)
+
+    with pytest.warns(RuntimeWarning, match="do not have 4 completions"):
+        trainer._compute_advantage(meta, {})
+    assert counts == {"smi": 1, "factorize": 1}
+
+    counts.update(smi=0, factorize=0)
+    dra_verl.apply_dra(make_batch(tokenizer, seed=19)[0], tokenizer, HashEmbedder(), **measure)
+    assert counts == {"smi": 1, "factorize": 1}
+
+
 # ----------------------------------------------------------------------------- options, at start-up
 
 
@@ -741,12 +794,20 @@ def test_embedder_options_do_not_apply_to_a_user_embedder(monkeypatch):
         )
 
 
-def test_the_driver_refuses_a_typo_before_ray_starts(tmp_path):
+STARTUP_REFUSALS = [
+    ("+dra.modle=x", ["unknown key(s) ['dra.modle']", "dra.model, dra.trust_remote_code"]),
+    # the core's rule (above 1 the clamp would shrink rewards with SMI = 0), not only > 0
+    ("+dra.min_denominator=2", ["dra.min_denominator must be a finite number > 0 and <= 1, got 2"]),
+]
+
+
+@pytest.mark.parametrize(("override", "messages"), STARTUP_REFUSALS, ids=["typo", "min_den"])
+def test_the_driver_refuses_a_bad_key_before_ray_starts(tmp_path, override, messages):
     """verl's own entry point: main_ppo's driver checks the keys in validate_config, before
     ray.init (which it prints as 'ray init kwargs')."""
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "verl.trainer.main_ppo", "+dra.enable=true", "+dra.modle=x"],
+        [sys.executable, "-m", "verl.trainer.main_ppo", "+dra.enable=true", override],
         capture_output=True,
         text=True,
         timeout=120,
@@ -755,18 +816,19 @@ def test_the_driver_refuses_a_typo_before_ray_starts(tmp_path):
     )
     elapsed = time.monotonic() - started
     assert result.returncode != 0
-    assert "unknown key(s) ['dra.modle']" in result.stderr
-    assert "dra.model, dra.trust_remote_code" in result.stderr
+    for message in messages:
+        assert message in result.stderr
     assert "ray init kwargs" not in result.stdout
     assert elapsed < 60
 
 
-def test_the_trainer_checks_the_keys_when_constructed(monkeypatch):
+@pytest.mark.parametrize(("override", "messages"), STARTUP_REFUSALS, ids=["typo", "min_den"])
+def test_the_trainer_checks_the_keys_when_constructed(monkeypatch, override, messages):
     from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
     monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
-    with pytest.raises(ValueError, match=r"dra\.modle"):
-        PPOTrainerSync(_compose("+dra.enable=true", "+dra.modle=x"))
+    with pytest.raises(ValueError, match=re.escape(messages[0])):
+        PPOTrainerSync(_compose("+dra.enable=true", override))
 
 
 class _Stop(Exception):
