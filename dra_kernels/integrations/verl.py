@@ -14,11 +14,13 @@ completion of a prompt's group at once. Two ways in:
   checked before ``ray.init``) and, of verl's v1 trainer ``PPOTrainer``
   (``verl/trainer/ppo/v1/trainer_base.py``, all ``trainer.v1.trainer_mode`` values),
   ``__init__`` (the keys checked again), ``fit`` (the embedder built, before the first rollout)
-  and ``_compute_advantage`` (``rm_scores`` rewritten in TransferQueue before verl computes the
-  advantages; ``dra/*`` metrics logged). Each wrapper calls the original unchanged unless the run
-  asked for DRA: ``+dra.enable=true`` in the Hydra configuration, or ``DRA_KERNELS_VERL=1`` in the
-  environment of the trainer process. The legacy trainer (``trainer.use_v1=false``) is not
-  wrapped: a run that asks for DRA there fails at start-up instead of silently training without it.
+  and ``_compute_advantage`` (verl computes the advantages from DRA's scores, then the raw
+  ``rm_scores`` are put back in TransferQueue, so verl's own ``critic/score/*`` and
+  ``critic/rewards/*`` report the raw scores; ``dra/*`` metrics logged). Each wrapper calls the
+  original unchanged unless the run asked for DRA: ``+dra.enable=true`` in the Hydra
+  configuration, or ``DRA_KERNELS_VERL=1`` in the environment of the trainer process. The legacy
+  trainer (``trainer.use_v1=false``) is not wrapped: a run that asks for DRA there fails at
+  start-up instead of silently training without it.
 
 Configuration keys (all under the top-level ``dra`` group; Hydra needs the ``+`` to add them)::
 
@@ -491,8 +493,16 @@ def _check_vocabulary(token_ids: torch.Tensor, tokenizer: Any) -> None:
 def _compute_advantage_with_dra(
     trainer: Any, batch: Any, metrics: dict, step: DRAStep, tq: Any, original: Callable
 ) -> Any:
-    """Rewrites ``rm_scores`` of a v1 trainer's batch in TransferQueue with the step (padding
-    rows left out, :func:`apply_dra`), then runs verl's own ``_compute_advantage``."""
+    """verl's advantage step on DRA's scores; verl's own score metrics stay raw.
+
+    Reads ``uid``, ``responses`` and ``rm_scores`` from TransferQueue, runs the step
+    (:func:`apply_dra`, padding rows left out), writes the adjusted ``rm_scores``, runs verl's
+    ``_compute_advantage`` (which reads them: advantages and returns come from the adjusted
+    scores), then puts the raw ``rm_scores`` back, and, with ``algorithm.use_kl_in_reward``, the
+    ``token_level_rewards`` verl wrote as ``raw - KL``. verl's ``_compute_metrics`` and rollout
+    dumps read those two after this step (``critic/score/*``, ``critic/rewards/*``), so they
+    report what they report without DRA; the adjusted values are logged as ``dra/*``.
+    """
     from tensordict import TensorDict
     from verl import DataProto
 
@@ -509,8 +519,9 @@ def _compute_advantage_with_dra(
             f"DRA: the trainer's batch has no {missing} in TransferQueue; DRA needs the group ids, "
             "the responses and the reward scores (rm_scores) at the advantage step"
         )
+    raw_scores = data["rm_scores"]
     responses, lengths = _padded(data["responses"], 0)
-    scores, score_lengths = _padded(data["rm_scores"], 0.0)
+    scores, score_lengths = _padded(raw_scores, 0.0)
     if not torch.equal(lengths, score_lengths):
         raise ValueError(
             "DRA: rm_scores and responses have different lengths per row in TransferQueue; "
@@ -535,15 +546,28 @@ def _compute_advantage_with_dra(
             expected_group_size=int(trainer.config.actor_rollout_ref.rollout.n),
         )
     )
-    nested = torch.nested.as_nested_tensor(
-        [proto.batch["rm_scores"][i, : int(lengths[i])] for i in range(n)], layout=torch.jagged
-    )
-    tq.kv_batch_put(
-        keys=batch.keys,
-        partition_id=batch.partition_id,
-        fields=TensorDict({"rm_scores": nested}, batch_size=n),
-    )
-    return original(trainer, batch, metrics)
+    change = proto.batch["rm_scores"].double() - scores.double()
+
+    def put(name: str, value: torch.Tensor) -> None:
+        if not value.is_nested:
+            rows = [value[i, : int(lengths[i])] for i in range(n)]
+            value = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+        fields = TensorDict({name: value}, batch_size=n)
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+
+    put("rm_scores", proto.batch["rm_scores"])
+    out = original(trainer, batch, metrics)
+    # NOTE: verl's _compute_advantage (verl/trainer/ppo/v1/trainer_base.py) writes back only
+    # advantages and returns, and token_level_rewards (= rm_scores - KL) with use_kl_in_reward;
+    # _compute_metrics reads rm_scores and token_level_rewards after it.
+    put("rm_scores", raw_scores)
+    if trainer.config.algorithm.use_kl_in_reward:
+        written = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["token_level_rewards"]
+        )
+        rewards, _ = _padded(written["token_level_rewards"], 0.0)
+        put("token_level_rewards", (rewards.double() - change).to(rewards.dtype))
+    return out
 
 
 def _step_of(trainer: Any, settings: DRASettings) -> DRAStep:
@@ -574,7 +598,8 @@ def _patch_v1(module: Any) -> None:
       ``validate_config``);
     - ``fit``: builds the embedder where the placement rules say (a Ray actor on a GPU share when
       the cluster has GPUs), once verl's workers hold their GPUs and before the first rollout;
-    - ``_compute_advantage``: rewrites ``rm_scores`` with DRA, then runs verl's own step.
+    - ``_compute_advantage``: runs verl's own step on DRA's scores, then puts the raw scores
+      back for verl's metrics (:func:`_compute_advantage_with_dra`).
     """
     trainer_cls = module.PPOTrainer
     if getattr(trainer_cls._compute_advantage, _WRAPPED, False):

@@ -438,8 +438,10 @@ def transfer_queue(ray_cluster):
     tq.close()
 
 
-def _put_rollouts(tq, data: DataProto, padding_rows: int = 1):
-    """Store ``data`` in TransferQueue as the v1 trainer does (nested tensors, uid strings)."""
+def _put_rollouts(tq, data: DataProto, padding_rows: int = 1, for_metrics: bool = False):
+    """Store ``data`` in TransferQueue as the v1 trainer does (nested tensors, uid strings);
+    ``for_metrics``: also what verl's KL-in-reward and ``_compute_metrics`` read (prompts, turns,
+    old and reference log-probs)."""
     from tensordict import TensorDict
     from transfer_queue import KVBatchMeta
 
@@ -453,12 +455,17 @@ def _put_rollouts(tq, data: DataProto, padding_rows: int = 1):
 
     responses = [data.batch["responses"][i] for i in range(len(uids))]
     scores = [data.batch["token_level_scores"][i] for i in range(len(uids))]
+    log_probs = [data.batch["old_log_probs"][i] for i in range(len(uids))]
+    prompt_mask = data.batch["attention_mask"][:, :-width].bool()
+    prompts = [data.batch["prompts"][i][prompt_mask[i]] for i in range(len(uids))]
     tags = [{} for _ in uids]
     # verl's synthetic padding rows: one EOS token, a uid of their own, tagged is_padding
     pad_uid = f"pad{uuid.uuid4().hex}"
     for _ in range(padding_rows):
         responses.append(torch.full((width,), 2, dtype=torch.int64))
         scores.append(torch.zeros(width))
+        log_probs.append(torch.zeros(width))
+        prompts.append(torch.full((1,), 7, dtype=torch.int64))
         lengths.append(1)
         uids.append(pad_uid)
         tags.append({"is_padding": True})
@@ -479,6 +486,14 @@ def _put_rollouts(tq, data: DataProto, padding_rows: int = 1):
         },
         batch_size=len(uids),
     )
+    if for_metrics:
+        stacked_log_probs = torch.stack(log_probs)
+        fields["old_log_probs"] = nested(stacked_log_probs, lengths)
+        fields["ref_log_prob"] = nested(0.9 * stacked_log_probs - 0.05, lengths)
+        fields["prompts"] = torch.nested.as_nested_tensor(prompts, layout=torch.jagged)
+        fields["num_turns"] = torch.ones(len(uids), dtype=torch.int64)
+        for tag in tags:
+            tag.update(min_global_steps=0, max_global_steps=0)
     partition = f"train{uuid.uuid4().hex[:8]}"
     tq.kv_batch_put(keys=keys, partition_id=partition, fields=fields)
     return KVBatchMeta(keys=keys, tags=tags, partition_id=partition), stacked_scores, lengths
@@ -539,7 +554,7 @@ def test_v1_trainer_with_dra_off_is_unchanged(transfer_queue, tokenizer, monkeyp
 @pytest.mark.parametrize(
     "measure", [{}, {"measure": "log_det", "eta": 0.9, "lam": 0.5}], ids=["graph_cut", "log_det"]
 )
-def test_v1_trainer_with_dra_on_adjusts_rm_scores_before_the_advantages(
+def test_v1_trainer_with_dra_on_takes_the_advantages_from_the_adjusted_scores(
     transfer_queue, tokenizer, monkeypatch, measure
 ):
     monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
@@ -564,14 +579,12 @@ def test_v1_trainer_with_dra_on_adjusts_rm_scores_before_the_advantages(
     expected = adjust_rewards(rewards, embeddings, uids, **measure)
     if measure:  # the keys reached the computation: graph-cut differs here
         assert not torch.allclose(expected, adjust_rewards(rewards, embeddings, uids))
-    scores, last_scores, advantages = _scores_and_advantages(transfer_queue, meta, lengths)
-    stored = stored[:, : scores.shape[1]]
-    assert torch.equal(last_scores[:n], expected)
-    assert torch.equal(scores[n:], stored[n:])  # the padding row is left alone
-    untouched = torch.ones_like(scores, dtype=torch.bool)
-    untouched[torch.arange(n), torch.tensor(lengths[:n]) - 1] = False
-    assert torch.equal(scores[untouched], stored[untouched])
+    scores, _, advantages = _scores_and_advantages(transfer_queue, meta, lengths)
+    # rm_scores in TransferQueue are the raw ones again (verl's metrics read them)
+    assert torch.equal(scores, stored[:, : scores.shape[1]])
     torch.testing.assert_close(advantages[:n], _grpo(expected, uids))
+    assert not torch.allclose(advantages[:n], _grpo(rewards, uids))
+    assert metrics["dra/reward_after/mean"] == pytest.approx(float(expected.double().mean()))
     assert metrics["dra/rows"] == n  # not the padding row
     assert metrics["dra/incomplete_groups"] == 1
     assert trainer._dra_kernels_state[1].embed_fn().calls == [texts]  # built once, reused
@@ -624,9 +637,63 @@ def test_v1_trainer_logs_the_coverage_of_an_embedder_served_by_a_ray_actor(
     assert metrics["dra/texts_cut"] == expected["dra/texts_cut"] > 0
     uids = list(data.non_tensor_batch["uid"])
     adjusted = adjust_rewards(rewards, torch.from_numpy(HashEmbedder.embed(texts)), uids)
-    _, last_scores, _ = _scores_and_advantages(transfer_queue, meta, lengths)
-    torch.testing.assert_close(last_scores[: len(texts)], adjusted)
+    _, _, advantages = _scores_and_advantages(transfer_queue, meta, lengths)
+    torch.testing.assert_close(advantages[: len(texts)], _grpo(adjusted, uids))
     server.close()
+
+
+@pytest.mark.parametrize("use_kl_in_reward", [False, True], ids=["no_kl", "kl_in_reward"])
+def test_verl_own_score_metrics_stay_raw_with_dra_on(
+    transfer_queue, tokenizer, monkeypatch, use_kl_in_reward
+):
+    """verl's own _compute_metrics after the wrapped _compute_advantage: critic/score/* and
+    critic/rewards/* (read from rm_scores and token_level_rewards in TransferQueue) are those of
+    the same batch without DRA; only the advantages come from the adjusted scores, whose mean is
+    logged as dra/reward_after/mean."""
+    from verl.trainer.ppo import core_algos
+
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    data, texts, rewards = make_batch(tokenizer, sizes=(GROUP_SIZE, GROUP_SIZE), seed=17)
+    overrides = [
+        "algorithm.adv_estimator=grpo",
+        f"actor_rollout_ref.rollout.n={GROUP_SIZE}",
+        f"algorithm.use_kl_in_reward={str(use_kl_in_reward).lower()}",
+    ]
+    logged, advantages = {}, {}
+    for dra in (False, True):
+        meta, _, lengths = _put_rollouts(transfer_queue, data, for_metrics=True)
+        dra_keys = ["+dra.enable=true", f"+dra.embedder={EMBEDDER_PATH}"] if dra else []
+        config = _compose(*overrides, *dra_keys)
+        trainer = _trainer(config, tokenizer)
+        trainer.use_critic = False
+        trainer._rollout_moe_lb_metrics_accumulator = None
+        trainer._get_n_gpus_for_throughput = lambda: 1
+        if use_kl_in_reward:
+            trainer.kl_ctrl_in_reward = core_algos.get_kl_controller(config.algorithm.kl_ctrl)
+        metrics: dict = {}
+        trainer._compute_advantage(meta, metrics)
+        trainer._compute_metrics(meta, metrics, {"step": 1.0}, global_steps=1, epoch=0)
+        logged[dra] = metrics
+        advantages[dra] = _scores_and_advantages(transfer_queue, meta, lengths)[2]
+
+    off, on = logged[False], logged[True]
+    n = len(texts)
+    assert on["critic/score/mean"] == pytest.approx(float(rewards.double().mean()))
+    for stat in ("mean", "max", "min"):
+        assert on[f"critic/score/{stat}"] == off[f"critic/score/{stat}"]
+        assert on[f"critic/rewards/{stat}"] == pytest.approx(
+            off[f"critic/rewards/{stat}"], abs=1e-6
+        )
+    if use_kl_in_reward:  # the KL penalty is there, on the raw scores
+        assert on["critic/rewards/mean"] < on["critic/score/mean"]
+    assert on["dra/reward_before/mean"] == pytest.approx(on["critic/score/mean"])
+    uids = list(data.non_tensor_batch["uid"])
+    adjusted = DRAStep()(rewards, uids, embeddings=HashEmbedder.embed(texts)).adjusted
+    assert on["dra/reward_after/mean"] == pytest.approx(float(adjusted.double().mean()))
+    assert on["dra/reward_after/mean"] != pytest.approx(on["critic/score/mean"])
+    if not use_kl_in_reward:  # GRPO on the adjusted scores
+        torch.testing.assert_close(advantages[True][:n], _grpo(adjusted, uids))
+    assert not torch.allclose(advantages[True][:n], advantages[False][:n])
 
 
 def _count_smi_passes(monkeypatch) -> dict[str, int]:
