@@ -508,6 +508,16 @@ def _trainer(config, tokenizer):
     return trainer
 
 
+def _grpo_config(*overrides: str, dra: bool = True, **options):
+    """verl's configuration of a GRPO step over groups of GROUP_SIZE; with ``dra``, DRA on with
+    HashEmbedder and ``options`` as ``dra.*`` keys."""
+    keys = [f"+dra.{key}={value}" for key, value in options.items()]
+    if dra:
+        keys = ["+dra.enable=true", f"+dra.embedder={EMBEDDER_PATH}", *keys]
+    grpo = ["algorithm.adv_estimator=grpo", f"actor_rollout_ref.rollout.n={GROUP_SIZE}"]
+    return _compose(*grpo, *keys, *overrides)
+
+
 def _scores_and_advantages(tq, meta, lengths):
     got = tq.kv_batch_get(
         keys=meta.keys, partition_id=meta.partition_id, select_fields=["rm_scores", "advantages"]
@@ -538,7 +548,7 @@ def test_v1_trainer_with_dra_off_is_unchanged(transfer_queue, tokenizer, monkeyp
     monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
     data, _, rewards = make_batch(tokenizer, seed=11)
     meta, stored, lengths = _put_rollouts(transfer_queue, data)
-    config = _compose("algorithm.adv_estimator=grpo", f"actor_rollout_ref.rollout.n={GROUP_SIZE}")
+    config = _grpo_config(dra=False)
     metrics: dict = {}
 
     _trainer(config, tokenizer)._compute_advantage(meta, metrics)
@@ -560,14 +570,7 @@ def test_v1_trainer_with_dra_on_takes_the_advantages_from_the_adjusted_scores(
     monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
     data, texts, rewards = make_batch(tokenizer, seed=12)
     meta, stored, lengths = _put_rollouts(transfer_queue, data)
-    config = _compose(
-        "algorithm.adv_estimator=grpo",
-        f"actor_rollout_ref.rollout.n={GROUP_SIZE}",
-        "+dra.enable=true",
-        f"+dra.embedder={EMBEDDER_PATH}",
-        *(f"+dra.{key}={value}" for key, value in measure.items()),
-    )
-    trainer = _trainer(config, tokenizer)
+    trainer = _trainer(_grpo_config(**measure), tokenizer)
     metrics: dict = {}
 
     with pytest.warns(RuntimeWarning, match="do not have 4 completions"):
@@ -654,16 +657,11 @@ def test_verl_own_score_metrics_stay_raw_with_dra_on(
 
     monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
     data, texts, rewards = make_batch(tokenizer, sizes=(GROUP_SIZE, GROUP_SIZE), seed=17)
-    overrides = [
-        "algorithm.adv_estimator=grpo",
-        f"actor_rollout_ref.rollout.n={GROUP_SIZE}",
-        f"algorithm.use_kl_in_reward={str(use_kl_in_reward).lower()}",
-    ]
+    kl = f"algorithm.use_kl_in_reward={str(use_kl_in_reward).lower()}"
     logged, advantages = {}, {}
     for dra in (False, True):
         meta, _, lengths = _put_rollouts(transfer_queue, data, for_metrics=True)
-        dra_keys = ["+dra.enable=true", f"+dra.embedder={EMBEDDER_PATH}"] if dra else []
-        config = _compose(*overrides, *dra_keys)
+        config = _grpo_config(kl, dra=dra)
         trainer = _trainer(config, tokenizer)
         trainer.use_critic = False
         trainer._rollout_moe_lb_metrics_accumulator = None
@@ -730,14 +728,7 @@ def test_one_step_runs_one_smi_pass(transfer_queue, tokenizer, monkeypatch, meas
     monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
     data, _, _ = make_batch(tokenizer, seed=19)
     meta, _, _ = _put_rollouts(transfer_queue, data)
-    config = _compose(
-        "algorithm.adv_estimator=grpo",
-        f"actor_rollout_ref.rollout.n={GROUP_SIZE}",
-        "+dra.enable=true",
-        f"+dra.embedder={EMBEDDER_PATH}",
-        *(f"+dra.{key}={value}" for key, value in measure.items()),
-    )
-    trainer = _trainer(config, tokenizer)
+    trainer = _trainer(_grpo_config(**measure), tokenizer)
     counts = _count_smi_passes(monkeypatch)
 
     with pytest.warns(RuntimeWarning, match="do not have 4 completions"):
