@@ -282,6 +282,20 @@ def test_apply_dra_with_another_measure(tokenizer, options):
     assert metrics["dra/smi/mean"] == pytest.approx(float(smi.double().mean()))
 
 
+def test_apply_dra_takes_a_step_or_the_option_keywords(tokenizer):
+    options = {"measure": "facility_location", "eta": 0.5, "min_denominator": 0.5}
+    by_keywords, by_step = make_batch(tokenizer, seed=2)[0], make_batch(tokenizer, seed=2)[0]
+    dra_verl.apply_dra(by_keywords, tokenizer, HashEmbedder(), **options)
+    step = DRAStep.from_options(options, embedder=HashEmbedder())
+    dra_verl.apply_dra(by_step, tokenizer, step=step)
+    scores = "token_level_scores"
+    assert torch.equal(by_step.batch[scores], by_keywords.batch[scores])
+    with pytest.raises(ValueError, match="either in step= or as keywords, not both"):
+        dra_verl.apply_dra(by_step, tokenizer, step=step, eta=0.5)
+    with pytest.raises(ValueError, match=r"^min_denominator must be a finite number > 0 and <= 1"):
+        dra_verl.apply_dra(by_step, tokenizer, HashEmbedder(), min_denominator=2)
+
+
 def test_apply_dra_is_independent_of_row_order(tokenizer):
     data, texts, _ = make_batch(tokenizer, seed=3)
     perm = np.random.default_rng(0).permutation(len(texts))
