@@ -5,19 +5,22 @@ completion of a prompt's group at once. Two ways in:
 
 - :func:`apply_dra`: adjusts the scores of a :class:`verl.DataProto` in place of its score tensors
   (``token_level_scores`` / ``rm_scores`` / ``token_level_rewards``): decodes each valid response
-  with the tokenizer, embeds the texts, groups rows by ``non_tensor_batch["uid"]`` and writes
-  ``r / max(1 + SMI, min_denominator)`` at the last valid response token. For custom trainers.
+  with the tokenizer, runs one :class:`~dra_kernels.step.DRAStep` over the texts grouped by
+  ``non_tensor_batch["uid"]`` (one SMI pass) and writes ``r / max(1 + SMI, min_denominator)`` at
+  the last valid response token; returns the step's metrics. For custom trainers.
 - The plugin: installing dra-kernels registers this module under the ``verl.plugins`` entry-point
   group, which ``import verl`` imports in every verl process. It wraps, when their modules are
   imported, ``verl.utils.config.validate_config`` (``main_ppo``'s driver: every ``dra.*`` key is
   checked before ``ray.init``) and, of verl's v1 trainer ``PPOTrainer``
   (``verl/trainer/ppo/v1/trainer_base.py``, all ``trainer.v1.trainer_mode`` values),
   ``__init__`` (the keys checked again), ``fit`` (the embedder built, before the first rollout)
-  and ``_compute_advantage`` (``rm_scores`` rewritten in TransferQueue before verl computes the
-  advantages; ``dra/*`` metrics logged). Each wrapper calls the original unchanged unless the run
-  asked for DRA: ``+dra.enable=true`` in the Hydra configuration, or ``DRA_KERNELS_VERL=1`` in the
-  environment of the trainer process. The legacy trainer (``trainer.use_v1=false``) is not
-  wrapped: a run that asks for DRA there fails at start-up instead of silently training without it.
+  and ``_compute_advantage`` (verl computes the advantages from DRA's scores, then the raw
+  ``rm_scores`` are put back in TransferQueue, so verl's own ``critic/score/*`` and
+  ``critic/rewards/*`` report the raw scores; ``dra/*`` metrics logged). Each wrapper calls the
+  original unchanged unless the run asked for DRA: ``+dra.enable=true`` in the Hydra
+  configuration, or ``DRA_KERNELS_VERL=1`` in the environment of the trainer process. The legacy
+  trainer (``trainer.use_v1=false``) is not wrapped: a run that asks for DRA there fails at
+  start-up instead of silently training without it.
 
 Configuration keys (all under the top-level ``dra`` group; Hydra needs the ``+`` to add them)::
 
@@ -44,7 +47,9 @@ Configuration keys (all under the top-level ``dra`` group; Hydra needs the ``+``
     dra.eta                1.0      facility_location / log_det query magnification
     dra.lam                1.0      log_det ridge
 
-The embedder options are :class:`dra_kernels.embed.EmbedderConfig`'s; placement is explained in
+``enable``, ``embedder``, ``device`` and the placement keys are this adapter's; the others are
+:class:`~dra_kernels.step.DRAStep`'s options (:meth:`~dra_kernels.step.DRAStep.from_options`, the
+core's rules), checked at start-up. Placement is explained in
 :mod:`dra_kernels.integrations._placement` (verl's TaskRunner has no GPU: with ``placement=auto``
 the embedder goes to a Ray actor on a share of a cluster GPU).
 """
@@ -62,24 +67,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dra_kernels.api import adjust_rewards, factorize_group_ids, smi_scores
 from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig
-from dra_kernels.integrations._common import (
-    PatchOnImport,
-    as_embed_fn,
-    check_measure_options,
-    embed_metrics,
-    env_flag,
-    import_object,
-)
+from dra_kernels.integrations._common import PatchOnImport, env_flag, import_object
 from dra_kernels.integrations._placement import (
     PLACEMENT_OPTIONS,
     PlacementOptions,
     build_embed_fn,
     check_device,
 )
-from dra_kernels.measures import DEFAULT_ETA, DEFAULT_LAM
-from dra_kernels.reference import DEFAULT_MIN_DENOMINATOR
+from dra_kernels.step import DRAStep
 
 if TYPE_CHECKING:
     from verl import DataProto
@@ -112,19 +108,22 @@ _CONFIG_MODULE = "verl.utils.config"
 _WRAPPED = "__dra_kernels_wrapped__"
 _STATE = "_dra_kernels_state"
 
-Embed = Callable[[list[str]], Any]
-
 
 # ----------------------------------------------------------------------------- settings
 
 PREFIX = "dra."
 """How verl spells DRA's keys (``+dra.model=...`` on the command line)."""
 
-_OWN_KEYS = ("enable", "embedder", "min_denominator", "backend", "measure", "eta", "lam")
-VALID_KEYS: tuple[str, ...] = (*_OWN_KEYS, *EMBEDDER_OPTIONS, *PLACEMENT_OPTIONS)
+_STEP_KEYS = ("min_denominator", "backend", "measure", "eta", "lam")
+VALID_KEYS: tuple[str, ...] = (
+    "enable",
+    "embedder",
+    *_STEP_KEYS,
+    *EMBEDDER_OPTIONS,
+    *PLACEMENT_OPTIONS,
+)
 """Every key of the ``dra`` group, without the ``dra.`` prefix."""
 
-_BACKENDS = ("auto", "torch", "triton")
 _PLACEMENT_HINT = (
     "verl reserves each GPU in a placement group bundle of which its colocated workers hold "
     "1/max_colocate_count (1/3 by default); the embedder's actor takes a share of the bundle "
@@ -133,45 +132,62 @@ _PLACEMENT_HINT = (
 
 
 @dataclass(frozen=True)
+class _Named:
+    """The user's embedder as ``dra.embedder`` names it (``"package.module:attribute"``), not
+    imported: :meth:`DRASettings.build_step` imports and places it."""
+
+    # NOTE: a stand-in, so that DRAStep.from_options applies the core's rule (embedder options do
+    # not apply to the user's own embedder) at start-up without importing the user's module or
+    # building its class in verl's driver. from_options takes only a built embedder.
+    spec: str
+
+    def __call__(self, texts: list[str]) -> Any:
+        raise RuntimeError(
+            f"{PREFIX}embedder={self.spec!r} is built where {PREFIX}placement says: use the step "
+            "that DRASettings.build_step() returns"
+        )
+
+
+@dataclass(frozen=True)
 class DRASettings:
     """DRA options of a verl run, read from the ``dra`` configuration group.
 
     Attributes:
-        embedder: ``"module:attr"`` of the user's own embedder, or ``None`` for the default
-            :class:`dra_kernels.embed.Embedder` configured by ``embedder_config``.
-        embedder_config: the default embedder's options (its ``device`` is left ``None`` here:
-            ``device`` is placed by :mod:`dra_kernels.integrations._placement`).
-        device: the ``dra.device`` option (``None``: auto).
+        step: the :class:`~dra_kernels.step.DRAStep` (``dra.min_denominator``, ``dra.backend``,
+            ``dra.measure``, ``dra.eta``, ``dra.lam`` and the built-in embedder's options, checked
+            by the core's rules); its embedder is built by :meth:`build_step`.
+        device: the ``dra.device`` option (``None``: auto), placed by
+            :mod:`dra_kernels.integrations._placement` rather than given to the embedder's config.
         placement: where the embedder runs (``dra.placement``, ``dra.num_gpus``,
             ``dra.placement_timeout``).
-        min_denominator, backend, measure, eta, lam: as in :func:`dra_kernels.adjust_rewards`
-            (``dra.measure``, ``dra.eta``, ``dra.lam``: the SMI measure and its parameters).
     """
 
-    embedder: str | None = None
-    embedder_config: EmbedderConfig = field(default_factory=EmbedderConfig)
+    step: DRAStep = field(default_factory=lambda: DRAStep.from_options({}))
     device: str | None = None
     placement: PlacementOptions = field(default_factory=PlacementOptions)
-    min_denominator: float = DEFAULT_MIN_DENOMINATOR
-    backend: str = "auto"
-    measure: str = "graph_cut"
-    eta: float = DEFAULT_ETA
-    lam: float = DEFAULT_LAM
 
-    def build_embedder(self) -> Embed:
-        """The embedding function these settings describe, built where the placement rules say
-        (this process, or a Ray actor on a GPU share); loads a model: call once per run."""
-        factory = None
-        if self.embedder is not None:
-            factory = _factory(import_object(self.embedder, f"{PREFIX}embedder"))
-        return build_embed_fn(
-            config=self.embedder_config,
+    @property
+    def embedder(self) -> str | None:
+        """``dra.embedder``: ``"module:attr"`` of the user's own embedder, or ``None`` (the
+        built-in :class:`dra_kernels.embed.Embedder`)."""
+        named = self.step.embedder
+        return named.spec if isinstance(named, _Named) else None
+
+    def build_step(self) -> DRAStep:
+        """The step with its embedder built where the placement rules say (this process, or a
+        Ray actor on a GPU share); loads a model: call once per run."""
+        config, factory = self.step.embedder, None
+        if isinstance(config, _Named):
+            config, factory = None, _factory(import_object(config.spec, f"{PREFIX}embedder"))
+        embed = build_embed_fn(
+            config=config,
             factory=factory,
             device=self.device,
             options=self.placement,
             prefix=PREFIX,
             hint=_PLACEMENT_HINT,
         )
+        return self.step.with_embedder(embed)
 
 
 def _factory(obj: Any) -> Callable[[], Any]:
@@ -190,8 +206,10 @@ def settings_from_config(config: Any) -> DRASettings | None:
     """DRA settings of a run, or ``None`` when the run did not ask for DRA.
 
     DRA is on when ``config.dra.enable`` is true or the environment variable ``DRA_KERNELS_VERL``
-    is ``1``/``true``/``yes``/``on``. Other keys of ``config.dra`` set the options; every value is
-    checked here, without loading or starting anything.
+    is ``1``/``true``/``yes``/``on``. Other keys of ``config.dra`` set the options: the step's go
+    to :meth:`DRAStep.from_options <dra_kernels.step.DRAStep.from_options>` (the core's rules,
+    errors spelled ``dra.x``), the placement keys to
+    :mod:`~dra_kernels.integrations._placement`. Nothing is loaded or started.
 
     Args:
         config: the trainer's configuration (an OmegaConf ``DictConfig``, a mapping, or ``None``).
@@ -213,54 +231,22 @@ def settings_from_config(config: Any) -> DRASettings | None:
             f"unknown key(s) {[PREFIX + str(k) for k in unknown]} in the verl configuration; "
             "valid keys: " + ", ".join(PREFIX + key for key in VALID_KEYS)
         )
-    embedder = group.get("embedder")
-    if embedder is not None and (not isinstance(embedder, str) or not embedder.strip()):
-        raise ValueError(f"{PREFIX}embedder must be 'package.module:attribute', got {embedder!r}")
-    device = check_device(group.get("device"), prefix=PREFIX)
-    options = {k: group.get(k) for k in EMBEDDER_OPTIONS if k != "device"}
-    if embedder is not None:
-        given = sorted(k for k in EMBEDDER_OPTIONS if group.get(k) is not None)
-        if given:
-            raise ValueError(
-                f"{[PREFIX + k for k in given]} configure the default embedder and do not apply "
-                f"to {PREFIX}embedder={embedder!r} (your embedder picks its own model and device)"
-            )
-    embedder_config = EmbedderConfig.from_options(options, prefix=PREFIX)
+    spec = group.pop("embedder", None)
+    if spec is not None and (not isinstance(spec, str) or not spec.strip()):
+        raise ValueError(f"{PREFIX}embedder must be 'package.module:attribute', got {spec!r}")
     placement = PlacementOptions.from_options(
-        {k: group.get(k) for k in PLACEMENT_OPTIONS}, prefix=PREFIX
+        {k: group.pop(k, None) for k in PLACEMENT_OPTIONS}, prefix=PREFIX
     )
-    min_denominator = group.get("min_denominator")
-    min_denominator = DEFAULT_MIN_DENOMINATOR if min_denominator is None else min_denominator
-    if isinstance(min_denominator, bool) or not isinstance(min_denominator, (int, float)):
-        raise ValueError(f"{PREFIX}min_denominator must be a number > 0, got {min_denominator!r}")
-    if not min_denominator > 0:
-        raise ValueError(f"{PREFIX}min_denominator must be a number > 0, got {min_denominator!r}")
-    backend = group.get("backend") or "auto"
-    if backend not in _BACKENDS:
-        raise ValueError(f"{PREFIX}backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
-    measure, eta, lam = _measure_settings(group, backend)
-    return DRASettings(
-        embedder=embedder,
-        embedder_config=embedder_config,
-        device=device,
-        placement=placement,
-        min_denominator=float(min_denominator),
-        backend=backend,
-        measure=measure,
-        eta=eta,
-        lam=lam,
+    device = check_device(group.get("device"), prefix=PREFIX)
+    if spec is None:
+        # NOTE: dra.device is placed, not given to the embedder's config, which would check it
+        # against this process (verl's driver sees no GPU). With dra.embedder it stays, and the
+        # step refuses it as any embedder option.
+        group.pop("device", None)
+    step = DRAStep.from_options(
+        group, spell=PREFIX + "{}", embedder=None if spec is None else _Named(spec)
     )
-
-
-def _measure_settings(group: Mapping[str, Any], backend: str) -> tuple[str, float, float]:
-    """``dra.measure``, ``dra.eta``, ``dra.lam`` (null: the default) by the core's rule."""
-    values = [group.get("measure"), group.get("eta"), group.get("lam")]
-    measure, eta, lam = [
-        default if value is None else value
-        for value, default in zip(values, ("graph_cut", DEFAULT_ETA, DEFAULT_LAM), strict=True)
-    ]
-    names = (f"{PREFIX}measure", f"{PREFIX}eta", f"{PREFIX}lam")
-    return check_measure_options(measure, eta, lam, names, backend, f"{PREFIX}backend")
+    return DRASettings(step=step, device=device, placement=placement)
 
 
 def _config_group(config: Any) -> dict[str, Any]:
@@ -282,10 +268,8 @@ def _config_group(config: Any) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=1)
-def _default_embed_fn() -> Embed:
-    from dra_kernels.embed import Embedder
-
-    return Embedder().encode
+def _default_embed_fn() -> Callable[[list[str]], Any]:
+    return EmbedderConfig().build().encode
 
 
 # ----------------------------------------------------------------------------- the batch function
@@ -296,24 +280,25 @@ def apply_dra(
     tokenizer: Any,
     embedder: Any = None,
     *,
+    step: DRAStep | None = None,
     score_keys: Sequence[str] | None = None,
     uid_key: str = "uid",
     rows: Any = None,
     expected_group_size: int | None = None,
-    min_denominator: float = DEFAULT_MIN_DENOMINATOR,
-    backend: str = "auto",
     skip_special_tokens: bool = True,
-    measure: str = "graph_cut",
-    eta: float = DEFAULT_ETA,
-    lam: float = DEFAULT_LAM,
+    min_denominator: float | None = None,
+    backend: str | None = None,
+    measure: str | None = None,
+    eta: float | None = None,
+    lam: float | None = None,
 ) -> dict[str, float]:
-    """Diversity-aware reward adjustment of a verl batch.
+    """Diversity-aware reward adjustment of a verl batch, one :class:`~dra_kernels.step.DRAStep`.
 
     For each row with a non-empty response: decodes the valid response tokens (as verl's reward
     managers do), embeds the texts, reads the scalar score (the row sum of the score tensor over
-    the valid response tokens), computes ``adjust_rewards(scores, embeddings, uid)`` and writes the
-    change at the last valid response token. A score that sits at the last token only (verl's
-    layout) becomes exactly the adjusted score; other tokens are never touched.
+    the valid response tokens), runs the step over the rows grouped by ``uid`` (one SMI pass) and
+    writes the change at the last valid response token. A score that sits at the last token only
+    (verl's layout) becomes exactly the step's adjusted score; other tokens are never touched.
 
     Nothing else in ``data`` changes: each rewritten score key gets a new tensor (the old tensor is
     not modified), other keys and ``non_tensor_batch`` stay as they are.
@@ -325,7 +310,10 @@ def apply_dra(
             ``[N, R]`` and ``non_tensor_batch[uid_key]`` (group ids, e.g. verl's uid strings).
         tokenizer: the policy's tokenizer (anything with ``batch_decode`` and ``len``).
         embedder: a callable ``list[str] -> [N, D]`` (tensor or array), or an object with
-            ``.encode``; ``None``: :class:`dra_kernels.embed.Embedder` with the bundled model.
+            ``.encode``; ``None``: the step's embedder, else :class:`dra_kernels.embed.Embedder`
+            with the bundled model.
+        step: the DRA step to run, built once (e.g. ``DRAStep.from_options(...)``); ``None``: one
+            from the option keywords below. Not both.
         score_keys: tensors to rewrite; the score is read from the first. Default: those of
             :data:`SCORE_KEYS` present, read from ``token_level_scores`` or else ``rm_scores``.
         uid_key: key of the group ids in ``non_tensor_batch``.
@@ -334,24 +322,39 @@ def apply_dra(
         expected_group_size: when given, groups of another size (a group split by filtering or
             batching) raise a ``RuntimeWarning`` and are counted in ``dra/incomplete_groups``;
             they are still adjusted within the rows present.
-        min_denominator, backend: as in :func:`dra_kernels.adjust_rewards`.
         skip_special_tokens: passed to the tokenizer's ``batch_decode`` (verl's reward managers
             use ``True``).
-        measure, eta, lam: the SMI measure and its parameters, as in
-            :func:`dra_kernels.adjust_rewards`.
+        min_denominator, backend, measure, eta, lam: the step's options (``None``: its default),
+            checked by the core's rules as in :func:`dra_kernels.adjust_rewards`.
 
     Returns:
-        Metrics, verl-style: ``dra/rows``, ``dra/groups``, ``dra/incomplete_groups``,
-        ``dra/smi/mean``, ``dra/smi/max``, ``dra/factor/mean``, ``dra/factor/min`` (the factor
-        ``1 / max(1 + SMI, min_denominator)``), ``dra/score_before/mean``, ``dra/score_after/mean``,
-        and, for an embedder that counts what it reads (:class:`dra_kernels.embed.Embedder`, also
-        behind a Ray actor), ``dra/tokens_read_share`` and ``dra/texts_cut``.
+        The step's metrics (:data:`dra_kernels.step.METRICS`): ``dra/rows``, ``dra/groups``,
+        ``dra/incomplete_groups``, ``dra/flat_groups_share``, ``dra/smi/mean``, ``dra/smi/max``,
+        ``dra/factor/mean``, ``dra/factor/min`` (the factor ``1 / max(1 + SMI,
+        min_denominator)``), ``dra/reward_before/mean``, ``dra/reward_after/mean``, and, for an
+        embedder that counts what it reads (:class:`dra_kernels.embed.Embedder`, also behind a
+        Ray actor), ``dra/tokens_read_share`` and ``dra/texts_cut``.
 
     Raises:
         KeyError: no ``responses``, no score tensor, or no group ids under ``uid_key``.
         ValueError: shapes that disagree, token ids outside the tokenizer's vocabulary (a
-            tokenizer that is not the policy's), an embedder returning the wrong number of rows.
+            tokenizer that is not the policy's), an embedder returning the wrong number of rows,
+            a bad option, or options given both in ``step`` and as keywords.
     """
+    options = {
+        "min_denominator": min_denominator,
+        "backend": backend,
+        "measure": measure,
+        "eta": eta,
+        "lam": lam,
+    }
+    if step is None:
+        step = DRAStep.from_options(options)
+        embedder = _default_embed_fn() if embedder is None else embedder
+    elif any(value is not None for value in options.values()):
+        raise ValueError("apply_dra takes the DRA options either in step= or as keywords, not both")
+    if embedder is not None:
+        step = step.with_embedder(embedder)
     batch = data.batch
     keys = set(batch.keys())
     if "responses" not in keys:
@@ -387,34 +390,28 @@ def apply_dra(
             raise ValueError(f"rows must be a boolean mask of {n} entries, got {tuple(rows.shape)}")
         active &= rows
     index = torch.nonzero(active).flatten()
-    if index.numel() == 0:
-        return _metrics(None, None, None, None, 0, 0, min_denominator)
-
-    token_ids = responses[index]
-    token_mask = mask[index]
-    _check_vocabulary(token_ids[token_mask], tokenizer)
-    sequences = [ids[m].tolist() for ids, m in zip(token_ids.cpu(), token_mask.cpu(), strict=True)]
-    texts = list(tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens))
-
-    embed = _default_embed_fn() if embedder is None else as_embed_fn(embedder, "embedder")
     source = batch[source_key]
-    embeddings = _embeddings(embed(texts), len(texts), source.device)
-    coverage = embed_metrics(embed)
-    groups = uids[index.cpu().numpy()]
     valid = mask.to(source.dtype)
     positions = torch.arange(1, width + 1, device=mask.device)
     last = (mask * positions).argmax(dim=1)[index]
     scores = (source * valid).sum(dim=1)[index]
-    measure_options = {"measure": measure, "eta": eta, "lam": lam}
-    adjusted = adjust_rewards(
+    embeddings, coverage = torch.zeros(0, 1), {}
+    if index.numel():
+        token_ids = responses[index]
+        token_mask = mask[index]
+        _check_vocabulary(token_ids[token_mask], tokenizer)
+        pairs = zip(token_ids.cpu(), token_mask.cpu(), strict=True)
+        sequences = [ids[m].tolist() for ids, m in pairs]
+        texts = list(tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens))
+        embeddings, coverage = step.embed(texts)
+    result = step(
         scores,
-        embeddings,
-        groups,
-        backend=backend,
-        min_denominator=min_denominator,
-        **measure_options,
+        uids[index.cpu().numpy()],
+        embeddings=embeddings.to(source.device),
+        expected_group_size=expected_group_size,
+        coverage=coverage,
     )
-    smi = smi_scores(embeddings, groups, backend=backend, **measure_options)
+    adjusted = result.adjusted.to(source.device).double()
 
     # NOTE: the new last-token value is adjusted - (score minus its last-token part), computed from
     # the source key so that a score held by the last token alone becomes `adjusted` exactly; other
@@ -424,28 +421,20 @@ def apply_dra(
         old = batch[key]
         new = old.clone()
         offset = old[index, last].double() - source[index, last].double()
-        new[index, last] = (adjusted.double() - rest + offset).to(old.dtype)
+        new[index, last] = (adjusted - rest + offset).to(old.dtype)
         batch[key] = new
 
-    group_sizes = _group_sizes(groups)
-    incomplete = 0
-    if expected_group_size is not None:
-        incomplete = int(np.count_nonzero(group_sizes != expected_group_size))
-        if incomplete:
-            warnings.warn(
-                f"DRA: {incomplete} of {len(group_sizes)} groups do not have "
-                f"{expected_group_size} completions (sizes found: "
-                f"{sorted(set(group_sizes.tolist()))}); their SMI covers only the rows present. "
-                "A group split by filtering or batching gets a different adjustment than whole.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    return {
-        **_metrics(
-            scores, adjusted, smi, group_sizes, incomplete, int(index.numel()), min_denominator
-        ),
-        **coverage,
-    }
+    metrics = result.metrics
+    if metrics["dra/incomplete_groups"]:
+        warnings.warn(
+            f"DRA: {metrics['dra/incomplete_groups']:.0f} of {metrics['dra/groups']:.0f} groups "
+            f"do not have {expected_group_size} completions; their SMI covers only the rows "
+            "present. A group split by filtering or batching gets a different adjustment than "
+            "whole.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return metrics
 
 
 def _valid_response_mask(batch: Any, keys: set[str], n: int, width: int) -> torch.Tensor:
@@ -498,52 +487,22 @@ def _check_vocabulary(token_ids: torch.Tensor, tokenizer: Any) -> None:
         )
 
 
-def _embeddings(value: Any, n: int, device: torch.device) -> torch.Tensor:
-    out = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
-    if out.ndim != 2 or out.shape[0] != n:
-        raise ValueError(
-            f"the embedder must return [N, D] for N={n} texts, got shape {tuple(out.shape)}"
-        )
-    if not out.is_floating_point():
-        out = out.float()
-    return out.to(device)
-
-
-def _group_sizes(groups: np.ndarray) -> np.ndarray:
-    codes = factorize_group_ids(groups, len(groups)).codes
-    return torch.bincount(codes).numpy()
-
-
-def _metrics(
-    scores: torch.Tensor | None,
-    adjusted: torch.Tensor | None,
-    smi: torch.Tensor | None,
-    group_sizes: np.ndarray | None,
-    incomplete: int,
-    count: int,
-    min_denominator: float,
-) -> dict[str, float]:
-    out = {"dra/rows": float(count), "dra/incomplete_groups": float(incomplete)}
-    if scores is None or adjusted is None or smi is None or group_sizes is None:
-        return {**out, "dra/groups": 0.0}
-    factor = 1.0 / torch.clamp(1.0 + smi.double(), min=min_denominator)
-    return {
-        **out,
-        "dra/groups": float(len(group_sizes)),
-        "dra/smi/mean": float(smi.double().mean()),
-        "dra/smi/max": float(smi.max()),
-        "dra/factor/mean": float(factor.mean()),
-        "dra/factor/min": float(factor.min()),
-        "dra/score_before/mean": float(scores.double().mean()),
-        "dra/score_after/mean": float(adjusted.double().mean()),
-    }
-
-
 # ----------------------------------------------------------------------------- the v1 trainer hook
 
 
-def _apply_dra_v1(trainer: Any, batch: Any, settings: DRASettings, tq: Any) -> dict[str, float]:
-    """Rewrites ``rm_scores`` of a v1 trainer's batch in TransferQueue; returns the metrics."""
+def _compute_advantage_with_dra(
+    trainer: Any, batch: Any, metrics: dict, step: DRAStep, tq: Any, original: Callable
+) -> Any:
+    """verl's advantage step on DRA's scores; verl's own score metrics stay raw.
+
+    Reads ``uid``, ``responses`` and ``rm_scores`` from TransferQueue, runs the step
+    (:func:`apply_dra`, padding rows left out), writes the adjusted ``rm_scores``, runs verl's
+    ``_compute_advantage`` (which reads them: advantages and returns come from the adjusted
+    scores), then puts the raw ``rm_scores`` back, and, with ``algorithm.use_kl_in_reward``, the
+    ``token_level_rewards`` verl wrote as ``raw - KL``. verl's ``_compute_metrics`` and rollout
+    dumps read those two after this step (``critic/score/*``, ``critic/rewards/*``), so they
+    report what they report without DRA; the adjusted values are logged as ``dra/*``.
+    """
     from tensordict import TensorDict
     from verl import DataProto
 
@@ -560,8 +519,9 @@ def _apply_dra_v1(trainer: Any, batch: Any, settings: DRASettings, tq: Any) -> d
             f"DRA: the trainer's batch has no {missing} in TransferQueue; DRA needs the group ids, "
             "the responses and the reward scores (rm_scores) at the advantage step"
         )
+    raw_scores = data["rm_scores"]
     responses, lengths = _padded(data["responses"], 0)
-    scores, score_lengths = _padded(data["rm_scores"], 0.0)
+    scores, score_lengths = _padded(raw_scores, 0.0)
     if not torch.equal(lengths, score_lengths):
         raise ValueError(
             "DRA: rm_scores and responses have different lengths per row in TransferQueue; "
@@ -576,37 +536,46 @@ def _apply_dra_v1(trainer: Any, batch: Any, settings: DRASettings, tq: Any) -> d
         ),
         non_tensor_batch={"uid": np.array(list(data["uid"]), dtype=object)},
     )
-    metrics = apply_dra(
-        proto,
-        trainer.tokenizer,
-        _embedder_of(trainer, settings),
-        score_keys=["rm_scores"],
-        rows=np.array(real, dtype=bool),
-        expected_group_size=int(trainer.config.actor_rollout_ref.rollout.n),
-        min_denominator=float(settings.min_denominator),
-        backend=settings.backend,
-        measure=settings.measure,
-        eta=settings.eta,
-        lam=settings.lam,
+    metrics.update(
+        apply_dra(
+            proto,
+            trainer.tokenizer,
+            step=step,
+            score_keys=["rm_scores"],
+            rows=np.array(real, dtype=bool),
+            expected_group_size=int(trainer.config.actor_rollout_ref.rollout.n),
+        )
     )
-    new_scores = proto.batch["rm_scores"]
-    nested = torch.nested.as_nested_tensor(
-        [new_scores[i, : int(lengths[i])] for i in range(n)], layout=torch.jagged
-    )
-    tq.kv_batch_put(
-        keys=batch.keys,
-        partition_id=batch.partition_id,
-        fields=TensorDict({"rm_scores": nested}, batch_size=n),
-    )
-    return metrics
+    change = proto.batch["rm_scores"].double() - scores.double()
+
+    def put(name: str, value: torch.Tensor) -> None:
+        if not value.is_nested:
+            rows = [value[i, : int(lengths[i])] for i in range(n)]
+            value = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+        fields = TensorDict({name: value}, batch_size=n)
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+
+    put("rm_scores", proto.batch["rm_scores"])
+    out = original(trainer, batch, metrics)
+    # NOTE: verl's _compute_advantage (verl/trainer/ppo/v1/trainer_base.py) writes back only
+    # advantages and returns, and token_level_rewards (= rm_scores - KL) with use_kl_in_reward;
+    # _compute_metrics reads rm_scores and token_level_rewards after it.
+    put("rm_scores", raw_scores)
+    if trainer.config.algorithm.use_kl_in_reward:
+        written = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["token_level_rewards"]
+        )
+        rewards, _ = _padded(written["token_level_rewards"], 0.0)
+        put("token_level_rewards", (rewards.double() - change).to(rewards.dtype))
+    return out
 
 
-def _embedder_of(trainer: Any, settings: DRASettings) -> Embed:
-    """The trainer's embedding function, built once per run (at ``fit``, else on first use)."""
+def _step_of(trainer: Any, settings: DRASettings) -> DRAStep:
+    """The trainer's DRA step, its embedder built once per run (at ``fit``, else on first use)."""
     state = trainer.__dict__.get(_STATE)
     if state is None or state[0] != settings:
         logger.info("DRA is on for this verl run: %s", settings)
-        state = (settings, settings.build_embedder())
+        state = (settings, settings.build_step())
         trainer.__dict__[_STATE] = state
     return state[1]
 
@@ -629,7 +598,8 @@ def _patch_v1(module: Any) -> None:
       ``validate_config``);
     - ``fit``: builds the embedder where the placement rules say (a Ray actor on a GPU share when
       the cluster has GPUs), once verl's workers hold their GPUs and before the first rollout;
-    - ``_compute_advantage``: rewrites ``rm_scores`` with DRA, then runs verl's own step.
+    - ``_compute_advantage``: runs verl's own step on DRA's scores, then puts the raw scores
+      back for verl's metrics (:func:`_compute_advantage_with_dra`).
     """
     trainer_cls = module.PPOTrainer
     if getattr(trainer_cls._compute_advantage, _WRAPPED, False):
@@ -647,15 +617,18 @@ def _patch_v1(module: Any) -> None:
     def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
         settings = settings_from_config(getattr(self, "config", None))
         if settings is not None:
-            _embedder_of(self, settings)
+            _step_of(self, settings)
         return original_fit(self, *args, **kwargs)
 
     @functools.wraps(original_advantage)
     def _compute_advantage(self: Any, batch: Any, metrics: dict) -> Any:
         settings = settings_from_config(getattr(self, "config", None))
-        if settings is not None:
-            metrics.update(_apply_dra_v1(self, batch, settings, module.tq))
-        return original_advantage(self, batch, metrics)
+        if settings is None:
+            return original_advantage(self, batch, metrics)
+        step = _step_of(self, settings)
+        return _compute_advantage_with_dra(
+            self, batch, metrics, step, module.tq, original_advantage
+        )
 
     for name, wrapper in (
         ("__init__", __init__),

@@ -35,7 +35,6 @@ from dra_kernels import adjust_rewards, smi_scores  # noqa: E402
 from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig, EmbedStats  # noqa: E402
 from dra_kernels.integrations import _placement  # noqa: E402
 from dra_kernels.integrations import verl as dra_verl  # noqa: E402
-from dra_kernels.integrations._common import embed_metrics  # noqa: E402
 from dra_kernels.integrations._placement import (  # noqa: E402
     ClusterView,
     Placement,
@@ -43,6 +42,7 @@ from dra_kernels.integrations._placement import (  # noqa: E402
     decide_placement,
     find_gpu_slot,
 )
+from dra_kernels.step import DRAStep, embed_metrics  # noqa: E402
 
 WORDS = [
     *("x", "equals", "two", "so", "the", "answer", "is", "2", "we", "factor", "square", "root"),
@@ -260,7 +260,8 @@ def test_apply_dra_matches_adjust_rewards_on_decoded_texts(tokenizer):
     assert metrics["dra/groups"] == 3
     assert metrics["dra/incomplete_groups"] == 1  # the group of 3
     assert metrics["dra/smi/mean"] == pytest.approx(float(smi.double().mean()))
-    assert metrics["dra/score_after/mean"] == pytest.approx(float(expected.double().mean()))
+    assert metrics["dra/reward_before/mean"] == pytest.approx(float(rewards.double().mean()))
+    assert metrics["dra/reward_after/mean"] == pytest.approx(float(expected.double().mean()))
 
 
 @pytest.mark.parametrize(
@@ -279,6 +280,20 @@ def test_apply_dra_with_another_measure(tokenizer, options):
     assert not torch.allclose(expected, adjust_rewards(rewards, embeddings, uids))
     smi = smi_scores(embeddings, uids, **options)
     assert metrics["dra/smi/mean"] == pytest.approx(float(smi.double().mean()))
+
+
+def test_apply_dra_takes_a_step_or_the_option_keywords(tokenizer):
+    options = {"measure": "facility_location", "eta": 0.5, "min_denominator": 0.5}
+    by_keywords, by_step = make_batch(tokenizer, seed=2)[0], make_batch(tokenizer, seed=2)[0]
+    dra_verl.apply_dra(by_keywords, tokenizer, HashEmbedder(), **options)
+    step = DRAStep.from_options(options, embedder=HashEmbedder())
+    dra_verl.apply_dra(by_step, tokenizer, step=step)
+    scores = "token_level_scores"
+    assert torch.equal(by_step.batch[scores], by_keywords.batch[scores])
+    with pytest.raises(ValueError, match="either in step= or as keywords, not both"):
+        dra_verl.apply_dra(by_step, tokenizer, step=step, eta=0.5)
+    with pytest.raises(ValueError, match=r"^min_denominator must be a finite number > 0 and <= 1"):
+        dra_verl.apply_dra(by_step, tokenizer, HashEmbedder(), min_denominator=2)
 
 
 def test_apply_dra_is_independent_of_row_order(tokenizer):
@@ -351,7 +366,7 @@ def test_a_split_group_warns_and_is_adjusted_within_the_rows_present(tokenizer):
 
 def test_an_embedder_returning_the_wrong_rows_is_refused(tokenizer):
     data, _, _ = make_batch(tokenizer)
-    with pytest.raises(ValueError, match="must return"):
+    with pytest.raises(ValueError, match="one row per text"):
         dra_verl.apply_dra(data, tokenizer, lambda texts: np.ones((len(texts) - 1, 4)))
 
 
@@ -376,11 +391,13 @@ def test_settings_from_the_real_verl_config(monkeypatch):
     settings = dra_verl.settings_from_config(
         _compose("+dra.enable=true", "+dra.min_denominator=0.2", f"+dra.embedder={EMBEDDER_PATH}")
     )
-    assert settings == dra_verl.DRASettings(embedder=EMBEDDER_PATH, min_denominator=0.2)
-    assert isinstance(settings.build_embedder(), HashEmbedder)  # a class is instantiated
+    assert settings.embedder == EMBEDDER_PATH
+    assert settings.step.min_denominator == 0.2
+    assert isinstance(settings.build_step().embed_fn(), HashEmbedder)  # a class is instantiated
 
     monkeypatch.setenv(dra_verl.ENV_VAR, "1")
     assert dra_verl.settings_from_config(_compose()) == dra_verl.DRASettings()
+    assert dra_verl.DRASettings().step == DRAStep(embedder=EmbedderConfig())
     monkeypatch.setenv(dra_verl.ENV_VAR, "maybe")
     with pytest.raises(ValueError, match=dra_verl.ENV_VAR):
         dra_verl.settings_from_config(None)
@@ -391,7 +408,7 @@ def test_settings_from_the_real_verl_config(monkeypatch):
     settings = dra_verl.settings_from_config(
         _compose("+dra.enable=true", "+dra.measure=log_det", "+dra.eta=0.5", "+dra.lam=0.25")
     )
-    assert settings == dra_verl.DRASettings(measure="log_det", eta=0.5, lam=0.25)
+    assert settings.step == DRAStep.from_options({"measure": "log_det", "eta": 0.5, "lam": 0.25})
     assert {"measure", "eta", "lam"} <= set(dra_verl.VALID_KEYS)
 
 
@@ -435,8 +452,10 @@ def transfer_queue(ray_cluster):
     tq.close()
 
 
-def _put_rollouts(tq, data: DataProto, padding_rows: int = 1):
-    """Store ``data`` in TransferQueue as the v1 trainer does (nested tensors, uid strings)."""
+def _put_rollouts(tq, data: DataProto, padding_rows: int = 1, for_metrics: bool = False):
+    """Store ``data`` in TransferQueue as the v1 trainer does (nested tensors, uid strings);
+    ``for_metrics``: also what verl's KL-in-reward and ``_compute_metrics`` read (prompts, turns,
+    old and reference log-probs)."""
     from tensordict import TensorDict
     from transfer_queue import KVBatchMeta
 
@@ -450,12 +469,17 @@ def _put_rollouts(tq, data: DataProto, padding_rows: int = 1):
 
     responses = [data.batch["responses"][i] for i in range(len(uids))]
     scores = [data.batch["token_level_scores"][i] for i in range(len(uids))]
+    log_probs = [data.batch["old_log_probs"][i] for i in range(len(uids))]
+    prompt_mask = data.batch["attention_mask"][:, :-width].bool()
+    prompts = [data.batch["prompts"][i][prompt_mask[i]] for i in range(len(uids))]
     tags = [{} for _ in uids]
     # verl's synthetic padding rows: one EOS token, a uid of their own, tagged is_padding
     pad_uid = f"pad{uuid.uuid4().hex}"
     for _ in range(padding_rows):
         responses.append(torch.full((width,), 2, dtype=torch.int64))
         scores.append(torch.zeros(width))
+        log_probs.append(torch.zeros(width))
+        prompts.append(torch.full((1,), 7, dtype=torch.int64))
         lengths.append(1)
         uids.append(pad_uid)
         tags.append({"is_padding": True})
@@ -476,6 +500,14 @@ def _put_rollouts(tq, data: DataProto, padding_rows: int = 1):
         },
         batch_size=len(uids),
     )
+    if for_metrics:
+        stacked_log_probs = torch.stack(log_probs)
+        fields["old_log_probs"] = nested(stacked_log_probs, lengths)
+        fields["ref_log_prob"] = nested(0.9 * stacked_log_probs - 0.05, lengths)
+        fields["prompts"] = torch.nested.as_nested_tensor(prompts, layout=torch.jagged)
+        fields["num_turns"] = torch.ones(len(uids), dtype=torch.int64)
+        for tag in tags:
+            tag.update(min_global_steps=0, max_global_steps=0)
     partition = f"train{uuid.uuid4().hex[:8]}"
     tq.kv_batch_put(keys=keys, partition_id=partition, fields=fields)
     return KVBatchMeta(keys=keys, tags=tags, partition_id=partition), stacked_scores, lengths
@@ -488,6 +520,16 @@ def _trainer(config, tokenizer):
     trainer.config = config
     trainer.tokenizer = tokenizer
     return trainer
+
+
+def _grpo_config(*overrides: str, dra: bool = True, **options):
+    """verl's configuration of a GRPO step over groups of GROUP_SIZE; with ``dra``, DRA on with
+    HashEmbedder and ``options`` as ``dra.*`` keys."""
+    keys = [f"+dra.{key}={value}" for key, value in options.items()]
+    if dra:
+        keys = ["+dra.enable=true", f"+dra.embedder={EMBEDDER_PATH}", *keys]
+    grpo = ["algorithm.adv_estimator=grpo", f"actor_rollout_ref.rollout.n={GROUP_SIZE}"]
+    return _compose(*grpo, *keys, *overrides)
 
 
 def _scores_and_advantages(tq, meta, lengths):
@@ -520,7 +562,7 @@ def test_v1_trainer_with_dra_off_is_unchanged(transfer_queue, tokenizer, monkeyp
     monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
     data, _, rewards = make_batch(tokenizer, seed=11)
     meta, stored, lengths = _put_rollouts(transfer_queue, data)
-    config = _compose("algorithm.adv_estimator=grpo", f"actor_rollout_ref.rollout.n={GROUP_SIZE}")
+    config = _grpo_config(dra=False)
     metrics: dict = {}
 
     _trainer(config, tokenizer)._compute_advantage(meta, metrics)
@@ -536,20 +578,13 @@ def test_v1_trainer_with_dra_off_is_unchanged(transfer_queue, tokenizer, monkeyp
 @pytest.mark.parametrize(
     "measure", [{}, {"measure": "log_det", "eta": 0.9, "lam": 0.5}], ids=["graph_cut", "log_det"]
 )
-def test_v1_trainer_with_dra_on_adjusts_rm_scores_before_the_advantages(
+def test_v1_trainer_with_dra_on_takes_the_advantages_from_the_adjusted_scores(
     transfer_queue, tokenizer, monkeypatch, measure
 ):
     monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
     data, texts, rewards = make_batch(tokenizer, seed=12)
     meta, stored, lengths = _put_rollouts(transfer_queue, data)
-    config = _compose(
-        "algorithm.adv_estimator=grpo",
-        f"actor_rollout_ref.rollout.n={GROUP_SIZE}",
-        "+dra.enable=true",
-        f"+dra.embedder={EMBEDDER_PATH}",
-        *(f"+dra.{key}={value}" for key, value in measure.items()),
-    )
-    trainer = _trainer(config, tokenizer)
+    trainer = _trainer(_grpo_config(**measure), tokenizer)
     metrics: dict = {}
 
     with pytest.warns(RuntimeWarning, match="do not have 4 completions"):
@@ -561,17 +596,15 @@ def test_v1_trainer_with_dra_on_adjusts_rm_scores_before_the_advantages(
     expected = adjust_rewards(rewards, embeddings, uids, **measure)
     if measure:  # the keys reached the computation: graph-cut differs here
         assert not torch.allclose(expected, adjust_rewards(rewards, embeddings, uids))
-    scores, last_scores, advantages = _scores_and_advantages(transfer_queue, meta, lengths)
-    stored = stored[:, : scores.shape[1]]
-    assert torch.equal(last_scores[:n], expected)
-    assert torch.equal(scores[n:], stored[n:])  # the padding row is left alone
-    untouched = torch.ones_like(scores, dtype=torch.bool)
-    untouched[torch.arange(n), torch.tensor(lengths[:n]) - 1] = False
-    assert torch.equal(scores[untouched], stored[untouched])
+    scores, _, advantages = _scores_and_advantages(transfer_queue, meta, lengths)
+    # rm_scores in TransferQueue are the raw ones again (verl's metrics read them)
+    assert torch.equal(scores, stored[:, : scores.shape[1]])
     torch.testing.assert_close(advantages[:n], _grpo(expected, uids))
+    assert not torch.allclose(advantages[:n], _grpo(rewards, uids))
+    assert metrics["dra/reward_after/mean"] == pytest.approx(float(expected.double().mean()))
     assert metrics["dra/rows"] == n  # not the padding row
     assert metrics["dra/incomplete_groups"] == 1
-    assert trainer._dra_kernels_state[1].calls == [texts]  # embedder built once, reused
+    assert trainer._dra_kernels_state[1].embed_fn().calls == [texts]  # built once, reused
 
 
 def test_the_legacy_trainer_refuses_dra_and_is_unchanged_without_it(monkeypatch):
@@ -611,7 +644,7 @@ def test_v1_trainer_logs_the_coverage_of_an_embedder_served_by_a_ray_actor(
 
     trainer._compute_advantage(meta, metrics)
 
-    embed = trainer._dra_kernels_state[1]
+    embed = trainer._dra_kernels_state[1].embed_fn()
     server = embed.__self__
     assert isinstance(server, _placement.RayEmbedder)
     assert server.placement == Placement("ray", None, 0.25, False)
@@ -621,9 +654,104 @@ def test_v1_trainer_logs_the_coverage_of_an_embedder_served_by_a_ray_actor(
     assert metrics["dra/texts_cut"] == expected["dra/texts_cut"] > 0
     uids = list(data.non_tensor_batch["uid"])
     adjusted = adjust_rewards(rewards, torch.from_numpy(HashEmbedder.embed(texts)), uids)
-    _, last_scores, _ = _scores_and_advantages(transfer_queue, meta, lengths)
-    torch.testing.assert_close(last_scores[: len(texts)], adjusted)
+    _, _, advantages = _scores_and_advantages(transfer_queue, meta, lengths)
+    torch.testing.assert_close(advantages[: len(texts)], _grpo(adjusted, uids))
     server.close()
+
+
+@pytest.mark.parametrize("use_kl_in_reward", [False, True], ids=["no_kl", "kl_in_reward"])
+def test_verl_own_score_metrics_stay_raw_with_dra_on(
+    transfer_queue, tokenizer, monkeypatch, use_kl_in_reward
+):
+    """verl's own _compute_metrics after the wrapped _compute_advantage: critic/score/* and
+    critic/rewards/* (read from rm_scores and token_level_rewards in TransferQueue) are those of
+    the same batch without DRA; only the advantages come from the adjusted scores, whose mean is
+    logged as dra/reward_after/mean."""
+    from verl.trainer.ppo import core_algos
+
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    data, texts, rewards = make_batch(tokenizer, sizes=(GROUP_SIZE, GROUP_SIZE), seed=17)
+    kl = f"algorithm.use_kl_in_reward={str(use_kl_in_reward).lower()}"
+    logged, advantages = {}, {}
+    for dra in (False, True):
+        meta, _, lengths = _put_rollouts(transfer_queue, data, for_metrics=True)
+        config = _grpo_config(kl, dra=dra)
+        trainer = _trainer(config, tokenizer)
+        trainer.use_critic = False
+        trainer._rollout_moe_lb_metrics_accumulator = None
+        trainer._get_n_gpus_for_throughput = lambda: 1
+        if use_kl_in_reward:
+            trainer.kl_ctrl_in_reward = core_algos.get_kl_controller(config.algorithm.kl_ctrl)
+        metrics: dict = {}
+        trainer._compute_advantage(meta, metrics)
+        trainer._compute_metrics(meta, metrics, {"step": 1.0}, global_steps=1, epoch=0)
+        logged[dra] = metrics
+        advantages[dra] = _scores_and_advantages(transfer_queue, meta, lengths)[2]
+
+    off, on = logged[False], logged[True]
+    n = len(texts)
+    assert on["critic/score/mean"] == pytest.approx(float(rewards.double().mean()))
+    for stat in ("mean", "max", "min"):
+        assert on[f"critic/score/{stat}"] == off[f"critic/score/{stat}"]
+        assert on[f"critic/rewards/{stat}"] == pytest.approx(
+            off[f"critic/rewards/{stat}"], abs=1e-6
+        )
+    if use_kl_in_reward:  # the KL penalty is there, on the raw scores
+        assert on["critic/rewards/mean"] < on["critic/score/mean"]
+    assert on["dra/reward_before/mean"] == pytest.approx(on["critic/score/mean"])
+    uids = list(data.non_tensor_batch["uid"])
+    adjusted = DRAStep()(rewards, uids, embeddings=HashEmbedder.embed(texts)).adjusted
+    assert on["dra/reward_after/mean"] == pytest.approx(float(adjusted.double().mean()))
+    assert on["dra/reward_after/mean"] != pytest.approx(on["critic/score/mean"])
+    if not use_kl_in_reward:  # GRPO on the adjusted scores
+        torch.testing.assert_close(advantages[True][:n], _grpo(adjusted, uids))
+    assert not torch.allclose(advantages[True][:n], advantages[False][:n])
+
+
+def _count_smi_passes(monkeypatch) -> dict[str, int]:
+    """Counts the core's SMI passes on CPU (graph-cut: reference.smi_scores, or the fused
+    reference.adjust_rewards; other measures: measures.smi_by_measure) and its factorisations of
+    group ids (api.factorize_group_ids)."""
+    from dra_kernels import api, measures, reference
+
+    counts = {"smi": 0, "factorize": 0}
+
+    def counting(module, name, kind):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            counts[kind] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    for module, name in (
+        (reference, "smi_scores"),
+        (reference, "adjust_rewards"),
+        (measures, "smi_by_measure"),
+    ):
+        counting(module, name, "smi")
+    counting(api, "factorize_group_ids", "factorize")
+    return counts
+
+
+@pytest.mark.parametrize(
+    "measure", [{}, {"measure": "facility_location", "eta": 0.5}], ids=["graph_cut", "fl"]
+)
+def test_one_step_runs_one_smi_pass(transfer_queue, tokenizer, monkeypatch, measure):
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    data, _, _ = make_batch(tokenizer, seed=19)
+    meta, _, _ = _put_rollouts(transfer_queue, data)
+    trainer = _trainer(_grpo_config(**measure), tokenizer)
+    counts = _count_smi_passes(monkeypatch)
+
+    with pytest.warns(RuntimeWarning, match="do not have 4 completions"):
+        trainer._compute_advantage(meta, {})
+    assert counts == {"smi": 1, "factorize": 1}
+
+    counts.update(smi=0, factorize=0)
+    dra_verl.apply_dra(make_batch(tokenizer, seed=19)[0], tokenizer, HashEmbedder(), **measure)
+    assert counts == {"smi": 1, "factorize": 1}
 
 
 # ----------------------------------------------------------------------------- options, at start-up
@@ -653,7 +781,7 @@ def test_every_embedder_option_is_a_dra_key(monkeypatch):
     overrides = [_override(k, v) for k, v in ALL_OPTIONS.items()]
     placement = ["+dra.placement=local", "+dra.num_gpus=0.25", "+dra.placement_timeout=30"]
     settings = dra_verl.settings_from_config(_compose("+dra.enable=true", *overrides, *placement))
-    assert settings.embedder_config == EmbedderConfig(**{**ALL_OPTIONS, "device": None})
+    assert settings.step.embedder == EmbedderConfig(**{**ALL_OPTIONS, "device": None})
     assert settings.device == "cpu"
     assert settings.placement == PlacementOptions("local", 0.25, 30.0)
     assert "sentence_transformers" not in sys.modules  # checked, nothing loaded
@@ -666,7 +794,7 @@ def test_every_embedder_option_is_a_dra_key(monkeypatch):
             "+dra.trust_remote_code=true",
         )
     )
-    assert paper.embedder_config == EmbedderConfig(
+    assert paper.step.embedder == EmbedderConfig(
         model="jinaai/jina-embeddings-v2-small-en", trust_remote_code=True
     )
 
@@ -732,18 +860,26 @@ def test_measure_keys_are_checked_by_the_core_rule(monkeypatch, overrides, match
 
 def test_embedder_options_do_not_apply_to_a_user_embedder(monkeypatch):
     monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
-    with pytest.raises(ValueError, match=r"\['dra.max_tokens'\] configure the default embedder"):
+    with pytest.raises(ValueError, match=r"dra\.max_tokens configure the built-in embedder"):
         dra_verl.settings_from_config(
             _compose("+dra.enable=true", f"+dra.embedder={EMBEDDER_PATH}", "+dra.max_tokens=64")
         )
 
 
-def test_the_driver_refuses_a_typo_before_ray_starts(tmp_path):
+STARTUP_REFUSALS = [
+    ("+dra.modle=x", ["unknown key(s) ['dra.modle']", "dra.model, dra.trust_remote_code"]),
+    # the core's rule (above 1 the clamp would shrink rewards with SMI = 0), not only > 0
+    ("+dra.min_denominator=2", ["dra.min_denominator must be a finite number > 0 and <= 1, got 2"]),
+]
+
+
+@pytest.mark.parametrize(("override", "messages"), STARTUP_REFUSALS, ids=["typo", "min_den"])
+def test_the_driver_refuses_a_bad_key_before_ray_starts(tmp_path, override, messages):
     """verl's own entry point: main_ppo's driver checks the keys in validate_config, before
     ray.init (which it prints as 'ray init kwargs')."""
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "verl.trainer.main_ppo", "+dra.enable=true", "+dra.modle=x"],
+        [sys.executable, "-m", "verl.trainer.main_ppo", "+dra.enable=true", override],
         capture_output=True,
         text=True,
         timeout=120,
@@ -752,18 +888,19 @@ def test_the_driver_refuses_a_typo_before_ray_starts(tmp_path):
     )
     elapsed = time.monotonic() - started
     assert result.returncode != 0
-    assert "unknown key(s) ['dra.modle']" in result.stderr
-    assert "dra.model, dra.trust_remote_code" in result.stderr
+    for message in messages:
+        assert message in result.stderr
     assert "ray init kwargs" not in result.stdout
     assert elapsed < 60
 
 
-def test_the_trainer_checks_the_keys_when_constructed(monkeypatch):
+@pytest.mark.parametrize(("override", "messages"), STARTUP_REFUSALS, ids=["typo", "min_den"])
+def test_the_trainer_checks_the_keys_when_constructed(monkeypatch, override, messages):
     from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
     monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
-    with pytest.raises(ValueError, match=r"dra\.modle"):
-        PPOTrainerSync(_compose("+dra.enable=true", "+dra.modle=x"))
+    with pytest.raises(ValueError, match=re.escape(messages[0])):
+        PPOTrainerSync(_compose("+dra.enable=true", override))
 
 
 class _Stop(Exception):
@@ -796,7 +933,7 @@ def test_fit_builds_the_embedder_before_verl_starts_training(tokenizer, monkeypa
     with pytest.raises(_Stop):
         trainer.fit(None)
     assert CountingFactory.built == 1
-    assert isinstance(trainer._dra_kernels_state[1], CountingFactory)
+    assert isinstance(trainer._dra_kernels_state[1].embed_fn(), CountingFactory)
     # without DRA, fit goes straight to verl's
     trainer = _trainer(_compose(), tokenizer)
     with pytest.raises(_Stop):
