@@ -243,7 +243,7 @@ def test_config_checks_without_loading(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_embed_metrics_reads_the_last_call(embedder: Embedder) -> None:
-    from dra_kernels.integrations._common import embed_metrics
+    from dra_kernels.step import embed_metrics
 
     assert embed_metrics(lambda texts: torch.zeros(len(texts), 2)) == {}
     embedder.encode(["a b c"])

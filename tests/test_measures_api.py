@@ -105,15 +105,18 @@ def test_bad_measures_are_refused_by_every_function(fn):
 
 
 def test_integrations_check_the_measure_as_the_core_does():
-    """The integrations' shared check names their own options and refuses log-det on the
+    """The integrations' one step (DRAStep) names their own options and refuses log-det on the
     triton backend, as the core does (facility location has a kernel there)."""
-    from dra_kernels.integrations._common import check_measure_options
+    from dra_kernels.step import DRAStep
 
-    names = ("dra.measure", "dra.eta", "dra.lam")
-    got = check_measure_options("facility_location", 2, 1.0, names, "triton", "dra.backend")
+    def check(**options):
+        step = DRAStep.from_options(options, spell="dra.{}")
+        return step.measure, step.eta, step.lam
+
+    got = check(measure="facility_location", eta=2, backend="triton")
     assert got == ("facility_location", 2.0, 1.0)
     with pytest.raises(ValueError, match=r"^dra\.measure='log_det' has no Triton.*dra\.backend"):
-        check_measure_options("log_det", 1.0, 0.5, names, "triton", "dra.backend")
-    assert check_measure_options("log_det", 1.0, 0.5, names, "auto")[0] == "log_det"
-    with pytest.raises(ValueError, match=r"^dra\.eta is not used by measure='graph_cut'"):
-        check_measure_options("graph_cut", 0.5, 1.0, names)
+        check(measure="log_det", lam=0.5, backend="triton")
+    assert check(measure="log_det", lam=0.5, backend="auto")[0] == "log_det"
+    with pytest.raises(ValueError, match=r"^dra\.eta is not used by dra\.measure='graph_cut'"):
+        check(measure="graph_cut", eta=0.5)

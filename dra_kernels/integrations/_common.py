@@ -1,5 +1,5 @@
-"""Small pieces every trainer integration needs: on/off environment switches, ``module:attr``
-imports from configuration, and turning what a user passes as "the embedder" into a function."""
+"""Small pieces the trainer integrations share: on/off environment switches, ``module:attr``
+imports from configuration, and patching a trainer module when it is imported."""
 
 from __future__ import annotations
 
@@ -10,18 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = [
-    "EmbedFn",
-    "PatchOnImport",
-    "as_embed_fn",
-    "check_measure_options",
-    "embed_metrics",
-    "env_flag",
-    "import_object",
-]
-
-EmbedFn = Callable[[list[str]], Any]
-"""``texts -> [N, D]`` embeddings (torch tensor, numpy array or nested list)."""
+__all__ = ["PatchOnImport", "env_flag", "import_object"]
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
@@ -38,41 +27,6 @@ def env_flag(name: str) -> bool:
     raise ValueError(f"{name} must be one of 1/true/yes/on or 0/false/no/off, got {value!r}")
 
 
-def check_measure_options(
-    measure: Any,
-    eta: Any,
-    lam: Any,
-    names: tuple[str, str, str],
-    backend: str | None = None,
-    backend_name: str = "backend",
-) -> tuple[str, float, float]:
-    """:func:`dra_kernels.measures.check_measure` (the core's rule, nothing loaded), its errors
-    naming the option as the integration spells it: ``names`` for ``(measure, eta, lam)``, e.g.
-    ``("dra_measure", "dra_eta", "dra_lam")``. With ``backend="triton"`` (the option named
-    ``backend_name``) log-det is refused, as the core refuses it: it has no Triton kernel.
-
-    Returns:
-        ``(measure, eta, lam)`` with float values.
-    """
-    from dra_kernels import measures
-
-    try:
-        checked = measures.check_measure(measure, eta, lam)
-    except (TypeError, ValueError) as exc:
-        text = str(exc)
-        for plain, name in zip(("measure", "eta", "lam"), names, strict=True):
-            if text.startswith(plain + " "):
-                text = name + text[len(plain) :]
-                break
-        raise type(exc)(text) from None
-    if checked[0] == "log_det" and backend == "triton":
-        raise ValueError(
-            f"{names[0]}='log_det' has no Triton kernel: use {backend_name}=auto or torch "
-            "(auto computes it with torch on the embeddings' device)"
-        )
-    return checked
-
-
 def import_object(spec: str, what: str) -> Any:
     """The object named by ``"package.module:attribute"`` (or ``"package.module.attribute"``)."""
     module_name, sep, attr = spec.partition(":")
@@ -84,38 +38,6 @@ def import_object(spec: str, what: str) -> Any:
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def as_embed_fn(obj: Any, what: str) -> EmbedFn:
-    """An embedding function from a callable, an object with ``encode(texts)`` (preferred: a
-    ``SentenceTransformer`` is callable too, but its ``__call__`` takes token features), or a
-    class of either (instantiated with no arguments)."""
-    if isinstance(obj, type):
-        obj = obj()
-    encode = getattr(obj, "encode", None)
-    if callable(encode):
-        return encode
-    if callable(obj):
-        return obj
-    raise TypeError(
-        f"{what} must be a function list[str] -> [N, D] embeddings or an object with an "
-        f"encode(texts) method (dra_kernels.embed.Embedder, a SentenceTransformer); "
-        f"got {type(obj).__name__}"
-    )
-
-
-def embed_metrics(embed_fn: Any) -> dict[str, float]:
-    """The per-step coverage metrics of an embedder's last call (``dra/tokens_read_share``,
-    ``dra/texts_cut``), read from ``last_stats`` of the function's owner (a bound
-    ``Embedder.encode``) or of the object itself; ``{}`` for an embedder that keeps no statistics
-    (a user function, whose coverage is unknown)."""
-    from dra_kernels.embed import EmbedStats
-
-    for owner in (getattr(embed_fn, "__self__", None), embed_fn):
-        stats = getattr(owner, "last_stats", None)
-        if isinstance(stats, EmbedStats):
-            return stats.metrics()
-    return {}
 
 
 class PatchOnImport(importlib.abc.MetaPathFinder):

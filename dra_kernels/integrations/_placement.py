@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dra_kernels.integrations._common import EmbedFn, as_embed_fn
+from dra_kernels.step import EmbedFn, as_embed_fn
 
 __all__ = [
     "DEFAULT_NUM_GPUS",
