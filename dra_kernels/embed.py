@@ -25,7 +25,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,10 +170,10 @@ class EmbedderConfig:
     Example:
         >>> EmbedderConfig(long_text="head").long_text
         'head'
-        >>> EmbedderConfig.from_options({"long_txt": "head"}, prefix="dra.")
+        >>> EmbedderConfig(long_text="middle")
         Traceback (most recent call last):
         ...
-        ValueError: unknown embedder option(s) ['dra.long_txt']; valid: dra.model, ...
+        ValueError: long_text must be one of windows, head, head_tail, got 'middle'
     """
 
     model: str | None = None
@@ -214,34 +214,6 @@ class EmbedderConfig:
         _check_device(self.device)
         if self.dtype is not None and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any], *, prefix: str = "") -> EmbedderConfig:
-        """A config from a mapping of option names (without ``prefix``) to values.
-
-        Args:
-            options: option name -> value; ``None`` values mean the default.
-            prefix: how the caller spells the options (``"dra."``, ``"--dra."``, ``"dra_"``), used
-                in error messages only.
-
-        Raises:
-            ValueError: an unknown name (the message lists the valid ones), or a bad value (the
-                message names the option as the caller spells it).
-            TypeError: a value of the wrong kind.
-        """
-        unknown = sorted(set(options) - set(EMBEDDER_OPTIONS))
-        if unknown:
-            raise ValueError(
-                f"unknown embedder option(s) {[prefix + str(k) for k in unknown]}; valid: "
-                + ", ".join(prefix + name for name in EMBEDDER_OPTIONS)
-            )
-        values = {k: v for k, v in options.items() if v is not None}
-        try:
-            return cls(**values)
-        except (TypeError, ValueError) as exc:
-            if not prefix:
-                raise
-            raise type(exc)(f"{prefix}{exc}") from None
 
     def check_model(self) -> None:
         """The window options against the model's limits read from its files, without loading

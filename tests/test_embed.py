@@ -222,20 +222,21 @@ def test_bad_options() -> None:
 def test_config_checks_without_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     # A model load would import sentence_transformers: make any import of it fail.
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    # the embedder's options as a front end passes them: through the one DRA step
     with pytest.raises(
-        ValueError, match=r"unknown embedder option\(s\) \['dra.long_txt'\]; valid: dra.model"
+        ValueError, match=r"unknown DRA option\(s\) \['dra.long_txt'\]; valid: dra.measure"
     ):
-        EmbedderConfig.from_options({"long_txt": "head"}, prefix="dra.")
+        DRAStep.from_options({"long_txt": "head"}, spell="dra.{}")
     with pytest.raises(ValueError, match=r"^--dra.batch_size must be a positive int, got -1"):
-        EmbedderConfig.from_options({"batch_size": -1}, prefix="--dra.")
+        DRAStep.from_options({"batch_size": -1}, spell="--dra.{}")
     with pytest.raises(TypeError, match="dra_trust_remote_code must be True or False"):
-        EmbedderConfig.from_options({"trust_remote_code": "yes"}, prefix="dra_")
+        DRAStep.from_options({"trust_remote_code": "yes"}, spell="dra_{}")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             EmbedderConfig(device="cuda")
     with pytest.raises(ValueError, match="device must be"):
         EmbedderConfig(device="gpu0")
-    config = EmbedderConfig.from_options({"model": None, "long_text": "head_tail"})
+    config = DRAStep.from_options({"model": None, "long_text": "head_tail"}).embedder
     assert config == EmbedderConfig(long_text="head_tail")
     assert EMBEDDER_OPTIONS[0] == "model" and "window_overlap" in EMBEDDER_OPTIONS
     with pytest.raises(ImportError):
