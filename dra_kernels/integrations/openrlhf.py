@@ -478,11 +478,7 @@ def install(
     embedder: Any = None,
     *,
     config: DRAConfig | None = None,
-    min_denominator: float | None = None,
-    backend: str | None = None,
-    measure: str | None = None,
-    eta: float | None = None,
-    lam: float | None = None,
+    **options: Any,
 ) -> DRAConfig:
     """Turn DRA on in this process: wrap ``RemoteExperienceMaker.compute_advantages_and_returns``
     (DRA before the original) and ``RemoteExperienceMaker.__init__`` (the embedder is built when
@@ -495,23 +491,17 @@ def install(
         embedder: callable ``list[str] -> [N, D]`` or object with ``encode``; ``None`` uses
             :mod:`dra_kernels.embed`'s default, placed and built with the experience maker.
         config: a full :class:`DRAConfig` (then ``embedder`` must be left out).
-        min_denominator, backend, measure, eta, lam: the step's options (``None``: the default),
-            checked here by the core's rules (:class:`dra_kernels.step.DRAStep`).
+        **options: the step's options by name (``min_denominator``, ``backend``, ``measure``,
+            ``eta``, ``lam``; ``None``: the default), checked here by the core's rules
+            (:class:`dra_kernels.step.DRAStep`).
 
     Returns:
         The configuration in force.
     """
     if config is None:
-        options = {
-            "min_denominator": min_denominator,
-            "backend": backend,
-            "measure": measure,
-            "eta": eta,
-            "lam": lam,
-        }
         config = DRAConfig(step=DRAStep.from_options(options, embedder=embedder))
-    elif embedder is not None:
-        raise ValueError("pass either embedder= or config=, not both")
+    elif embedder is not None or options:
+        raise ValueError("pass either embedder= and the options, or config=, not both")
     _state["config"] = config
     module = sys.modules.get(TARGET_MODULE)
     if module is not None:

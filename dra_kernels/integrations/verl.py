@@ -286,11 +286,7 @@ def apply_dra(
     rows: Any = None,
     expected_group_size: int | None = None,
     skip_special_tokens: bool = True,
-    min_denominator: float | None = None,
-    backend: str | None = None,
-    measure: str | None = None,
-    eta: float | None = None,
-    lam: float | None = None,
+    **options: Any,
 ) -> dict[str, float]:
     """Diversity-aware reward adjustment of a verl batch, one :class:`~dra_kernels.step.DRAStep`.
 
@@ -324,7 +320,8 @@ def apply_dra(
             they are still adjusted within the rows present.
         skip_special_tokens: passed to the tokenizer's ``batch_decode`` (verl's reward managers
             use ``True``).
-        min_denominator, backend, measure, eta, lam: the step's options (``None``: its default),
+        **options: the step's options by name (``min_denominator``, ``backend``, ``measure``,
+            ``eta``, ``lam``; ``None``: the default),
             checked by the core's rules as in :func:`dra_kernels.adjust_rewards`.
 
     Returns:
@@ -341,17 +338,10 @@ def apply_dra(
             tokenizer that is not the policy's), an embedder returning the wrong number of rows,
             a bad option, or options given both in ``step`` and as keywords.
     """
-    options = {
-        "min_denominator": min_denominator,
-        "backend": backend,
-        "measure": measure,
-        "eta": eta,
-        "lam": lam,
-    }
     if step is None:
         step = DRAStep.from_options(options)
         embedder = _default_embed_fn() if embedder is None else embedder
-    elif any(value is not None for value in options.values()):
+    elif options:
         raise ValueError("apply_dra takes the DRA options either in step= or as keywords, not both")
     if embedder is not None:
         step = step.with_embedder(embedder)
