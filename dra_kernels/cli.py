@@ -424,10 +424,17 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 
 def _say(message: str = "") -> None:
     try:
-        print(message, flush=True)
-    except UnicodeEncodeError:  # a terminal that cannot show some character of a group key
-        encoding = sys.stdout.encoding or "ascii"
-        print(message.encode(encoding, "backslashreplace").decode(encoding), flush=True)
+        try:
+            print(message, flush=True)
+        except UnicodeEncodeError:  # a terminal that cannot show some character of a group key
+            encoding = sys.stdout.encoding or "ascii"
+            print(message.encode(encoding, "backslashreplace").decode(encoding), flush=True)
+    except BrokenPipeError:
+        # NOTE: the reader of the summary left (`| head`): the summary ends, the work goes on and
+        # the output file is written in full. Later writes to stdout go to /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _say_wrapped(message: str) -> None:

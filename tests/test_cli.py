@@ -937,6 +937,30 @@ def test_input_that_reads_once_is_read_once(tmp_path: Path, how: str) -> None:
         assert bad.returncode == 2 or b"<stdin>" in bad.stderr, bad.stderr
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX pipes")
+def test_a_reader_that_leaves_stdout_does_not_stop_the_command(tmp_path: Path) -> None:
+    """`dra-kernels adjust ... | head -1`: the summary's reader leaves after one line; the command
+    still writes its output in full and exits 0, with no error about the pipe."""
+    rows = [
+        {"prompt": f"q{i % 40}", "completion": "x" * (i + 1), "reward": i % 2} for i in range(200)
+    ]
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_rows(source, rows)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STUB_EMBEDDER_MAIN, "adjust", str(source), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.readline()
+    child.stdout.close()  # the reader leaves
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 0, err
+    assert "error" not in err and "Broken pipe" not in err, err
+    assert len(read_rollouts(out).rows) == 200
+
+
 _STUB_EMBEDDER_MAIN = """
 import sys, torch
 import dra_kernels.cli as cli
