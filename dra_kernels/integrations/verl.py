@@ -88,6 +88,7 @@ __all__ = [
     "DRASettings",
     "apply_dra",
     "install",
+    "session_finals",
     "settings_from_config",
 ]
 
@@ -480,6 +481,28 @@ def _check_vocabulary(token_ids: torch.Tensor, tokenizer: Any) -> None:
 # ----------------------------------------------------------------------------- the v1 trainer hook
 
 
+def session_finals(keys: Sequence[str]) -> np.ndarray:
+    """Which rows of a v1 batch are the final output of their session, verl's rule for GRPO.
+
+    Multi-output agent loops write several rows per trajectory, keyed
+    ``{uid}_{session_id}_{index}``; verl's GRPO (``compute_advantage_for_multi_trajectories``,
+    ``verl/trainer/ppo/v1/utils.py``) groups only each session's last output (the highest
+    ``index``) by ``uid`` and gives the other outputs of the session its advantage. DRA groups the
+    same rows. A key of another form is a session of its own.
+    """
+    final: dict[str, tuple[int, int]] = {}
+    for row, key in enumerate(keys):
+        parts = str(key).rsplit("_", 2)
+        session, index = str(key), 0
+        if len(parts) == 3 and parts[2].isdigit():
+            session, index = f"{parts[0]}_{parts[1]}", int(parts[2])
+        if session not in final or final[session][0] < index:
+            final[session] = (index, row)
+    out = np.zeros(len(keys), dtype=bool)
+    out[[row for _, row in final.values()]] = True
+    return out
+
+
 def _compute_advantage_with_dra(
     trainer: Any, batch: Any, metrics: dict, step: DRAStep, tq: Any, original: Callable
 ) -> Any:
@@ -518,7 +541,9 @@ def _compute_advantage_with_dra(
             "cannot locate the last response token"
         )
     mask = torch.arange(responses.shape[1]) < lengths.unsqueeze(1)
-    real = [not tag.get("is_padding", False) for tag in batch.tags]
+    real = np.array([not tag.get("is_padding", False) for tag in batch.tags], dtype=bool)
+    if trainer.config.algorithm.adv_estimator == "grpo":  # NOTE: verl's own condition
+        real &= session_finals(batch.keys)
     proto = DataProto(
         batch=TensorDict(
             {"responses": responses, "attention_mask": mask.long(), "rm_scores": scores},
@@ -532,7 +557,7 @@ def _compute_advantage_with_dra(
             trainer.tokenizer,
             step=step,
             score_keys=["rm_scores"],
-            rows=np.array(real, dtype=bool),
+            rows=real,
             expected_group_size=int(trainer.config.actor_rollout_ref.rollout.n),
         )
     )

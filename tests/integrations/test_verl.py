@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 import zlib
 from pathlib import Path
 
@@ -452,10 +453,11 @@ def transfer_queue(ray_cluster):
     tq.close()
 
 
-def _put_rollouts(tq, data: DataProto, padding_rows: int = 1, for_metrics: bool = False):
+def _put_rollouts(tq, data: DataProto, padding_rows: int = 1, for_metrics: bool = False, keys=None):
     """Store ``data`` in TransferQueue as the v1 trainer does (nested tensors, uid strings);
     ``for_metrics``: also what verl's KL-in-reward and ``_compute_metrics`` read (prompts, turns,
-    old and reference log-probs)."""
+    old and reference log-probs); ``keys``: the rows' ``{uid}_{session}_{index}`` keys (default:
+    one output per session)."""
     from tensordict import TensorDict
     from transfer_queue import KVBatchMeta
 
@@ -484,8 +486,8 @@ def _put_rollouts(tq, data: DataProto, padding_rows: int = 1, for_metrics: bool 
         uids.append(pad_uid)
         tags.append({"is_padding": True})
     counters: dict[str, int] = {}
-    keys = []
-    for uid in uids:
+    keys = list(keys or [])
+    for uid in uids[len(keys) :]:
         counters[uid] = counters.get(uid, -1) + 1
         keys.append(f"{uid}_{counters[uid]}_0")
     stacked_responses = torch.stack(responses)
@@ -605,6 +607,38 @@ def test_v1_trainer_with_dra_on_takes_the_advantages_from_the_adjusted_scores(
     assert metrics["dra/rows"] == n  # not the padding row
     assert metrics["dra/incomplete_groups"] == 1
     assert trainer._dra_kernels_state[1].embed_fn().calls == [texts]  # built once, reused
+
+
+def test_multi_output_agent_loops_group_each_sessions_final_output(
+    transfer_queue, tokenizer, monkeypatch
+):
+    """verl 0.9.1's multi-output agent loops write several rows per session, keyed
+    ``{uid}_{session}_{index}``; its GRPO groups each session's last output by uid and gives the
+    session's other outputs that advantage. DRA groups the same rows: the final outputs, 4
+    sessions of each prompt, so no group is incomplete."""
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    data, texts, rewards = make_batch(tokenizer, sizes=(6, 6), seed=14)
+    uids = list(data.non_tensor_batch["uid"])
+    sessions, indices = [0, 0, 1, 2, 2, 3] * 2, [0, 1, 0, 0, 1, 0] * 2
+    keys = [f"{u}_{s}_{i}" for u, s, i in zip(uids, sessions, indices, strict=True)]
+    final = np.array([False, True, True, False, True, True] * 2)
+    assert dra_verl.session_finals([*keys, "pad_0_0"]).tolist() == [*final.tolist(), True]
+    meta, stored, lengths = _put_rollouts(transfer_queue, data, keys=keys)
+    metrics: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no group is reported incomplete
+        _trainer(_grpo_config(), tokenizer)._compute_advantage(meta, metrics)
+
+    embeddings = torch.from_numpy(HashEmbedder.embed(texts))
+    finals = [u for u, f in zip(uids, final, strict=True) if f]
+    expected = adjust_rewards(rewards[final], embeddings[final], finals)
+    scores, _, advantages = _scores_and_advantages(transfer_queue, meta, lengths)
+    assert torch.equal(scores, stored[:, : scores.shape[1]])
+    want = _grpo(expected, finals)
+    torch.testing.assert_close(advantages[: len(uids)][final], want)
+    # an intermediate output takes its session's advantage (verl's broadcast)
+    torch.testing.assert_close(advantages[[0, 3, 6, 9]], want[[0, 2, 4, 6]])
+    assert metrics["dra/rows"] == 8 and metrics["dra/incomplete_groups"] == 0
 
 
 def test_the_legacy_trainer_refuses_dra_and_is_unchanged_without_it(monkeypatch):
