@@ -12,7 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/lib.sh
 
-PYTHON="${PYTHON:-python3}"
 VENV=".venv-openrlhf"
 OPENRLHF_VERSION="0.11.2"
 # What openrlhf 0.11.2 pins (transformers, ray) or needs at import time (the rest).
@@ -32,20 +31,16 @@ REQUIREMENTS=(
 STAMP="$VENV/.dra-openrlhf-setup"
 STAMP_TEXT="openrlhf==$OPENRLHF_VERSION ${REQUIREMENTS[*]}"
 
-if [[ ! -x "$VENV/bin/python" ]]; then
-    "$PYTHON" -m venv "$VENV"
-fi
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$STAMP_TEXT" ]]; then
     start=$SECONDS
-    quietly "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    quietly "$VENV/bin/python" -m pip install --quiet "${REQUIREMENTS[@]}" -e ".[test]"
-    quietly "$VENV/bin/python" -m pip install --quiet --no-deps "openrlhf==$OPENRLHF_VERSION"
+    venv_install "$VENV" "${REQUIREMENTS[@]}" -e ".[test]"
+    venv_install "$VENV" --no-deps "openrlhf==$OPENRLHF_VERSION"
     echo "$STAMP_TEXT" >"$STAMP"
     echo "openrlhf venv set up in $((SECONDS - start)) s"
 else
     # The editable install of this package is kept; refresh it only if its metadata is gone.
     "$VENV/bin/python" -c "import dra_kernels" 2>/dev/null ||
-        quietly "$VENV/bin/python" -m pip install --quiet --no-deps -e .
+        venv_install "$VENV" --no-deps -e .
 fi
 
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/integrations/test_openrlhf.py ${JUNIT_XML:+--junitxml="$JUNIT_XML"}

@@ -15,10 +15,7 @@ source .ci/lib.sh
 VENV=.venv-triton32
 PY="$VENV/bin/python"
 
-if [ ! -x "$PY" ]; then
-    python3 -m venv "$VENV"
-fi
-quietly "$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0 "triton==3.2.0" \
+venv_install "$VENV" torch==2.13.0 "triton==3.2.0" \
     "numpy<2.3" -e '.[test]'
 "$PY" -c 'import torch, triton; print("torch", torch.__version__, "| triton", triton.__version__)'
 

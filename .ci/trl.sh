@@ -18,12 +18,9 @@ source .ci/lib.sh
 VENV=.venv-trl
 PY="$VENV/bin/python"
 
-if [ ! -x "$PY" ]; then
-    python3 -m venv "$VENV"
-fi
-# NOTE: torch==2.13.0 on the same command line so pip never resolves another torch; pip skips
-# everything already satisfied, so a second run is quick.
-quietly "$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[trl,embed,test]'
+# NOTE: torch==2.13.0 on the same command line so the resolver never picks another torch; what is
+# already satisfied is skipped, so a second run is quick.
+venv_install "$VENV" torch==2.13.0 -e '.[trl,embed,test]'
 "$PY" -c 'import torch, transformers, trl; print("torch", torch.__version__, "| transformers", transformers.__version__, "| trl", trl.__version__)'
 
 # The one-process runs and the torchrun run (2 gloo processes) are all in tests/integrations/

@@ -10,16 +10,12 @@ cd "$(dirname "$0")/.."
 source .ci/lib.sh
 VENV=.venv-verl
 
-if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
-fi
-
 # NOTE: torch is pinned on the same command line as verl so that the resolver keeps 2.13.0
 # (verl's base requirements do not pin torch, but accelerate / peft / tensordict need one);
 # a newer torch would be a multi-GB CUDA build. The verl-core extra brings what the v1 trainer
 # imports (TransferQueue, cachetools...), without the GPU-only extras (vllm, sglang, fsdp).
 start=$(date +%s)
-quietly "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+venv_install "$VENV" \
     "torch==2.13.0" "verl[verl-core]>=0.9.0,<0.10" -e ".[test]"
 echo "verl.sh: install step took $(($(date +%s) - start)) s"
 

@@ -10,7 +10,8 @@
 #   .venv-SUITE through .ci/SUITE.sh. Example: `bash scripts/test.sh trl` runs the TRL suite alone.
 #
 # A full run on a fresh clone takes 14 to 19 minutes on a 2-core machine and leaves about 9.6 GB of
-# virtual environments (README.md, "Try it"). pip's output is shown only when an install fails.
+# virtual environments, built by uv from one cache of hard-linked packages (.ci/lib.sh; README.md,
+# "Try it" has the measured figures). Installer output is shown only when an install fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source .ci/lib.sh
@@ -46,10 +47,8 @@ step() {  # step NAME COMMAND...: run, remember failures, keep going
 }
 
 setup_main() {
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv || return 1
-  quietly .venv/bin/python -m pip install -q --upgrade pip || return 1
-  # torch is pinned on the same command line so pip never resolves another build.
-  quietly .venv/bin/python -m pip install -q torch==2.13.0 -e ".[triton,cli,test,docs,submodlib]"
+  # torch is pinned on the same command line so the resolver never picks another build.
+  venv_install .venv torch==2.13.0 -e ".[triton,cli,test,docs,submodlib]"
 }
 
 lint() {
