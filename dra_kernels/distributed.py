@@ -52,7 +52,10 @@ from the same table, and it moves the fewest rows: a group whose rows all sit on
 leaves it (no embedding moves at all when no group spans ranks). Each rank sends an owner its rows
 of the owner's groups ordered by (group, row); the owner stacks the blocks in rank order, so each
 group's rows are in (source rank, row) order, the order of the concatenation, and its SMI is the
-single-process SMI bit for bit on CPU. Per call, after the header and the ids:
+single-process computation on the same rows: bit for bit on CPU where its batched products have
+the shapes they have in one process (e.g. each group size once), to the rounding of those products
+otherwise (a BLAS may round one matrix of a batch differently with the batch size). Per call,
+after the header and the ids:
 
 - one ``all_gather`` of each rank's per-group row counts: ``K`` int64 (``8 K`` bytes) per rank;
 - one batch of point-to-point sends (``batch_isend_irecv``; gloo has no ``all_to_all``): each row
@@ -642,7 +645,7 @@ def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
        the owner concatenates the blocks in rank order, so each group's rows are in (source
        rank, row) order: the concatenation's order.
     3. The owner computes :func:`dra_kernels.measures.smi_by_measure` on the rows it gathered
-       (a group's result depends on its own rows only) and sends each block's SMI back.
+       (a group's result is computed from its own rows only) and sends each block's SMI back.
     """
     e, groups, dtype = call.embeddings, call.groups, call.dtype
     measure, eta, lam = MEASURES[call.options[3]], call.options[4], call.options[5]

@@ -16,8 +16,10 @@ The closed forms, their derivation and the edge-case rules are in ``docs/semanti
 Unlike Graph-Cut these are not linear in ``s``, so each group's ``G x G`` cosine matrix is built:
 memory ``O(sum of G_g^2)`` over the groups, never ``N x N``, and no group is padded. Groups are
 bucketed by exact size (one batched product, and for log-det one batched Cholesky factorisation,
-per size and chunk), so a group's result depends only on its own rows. Both measures are computed
-in float64 whatever the input dtype (see :func:`smi_by_measure`).
+per size and chunk), so a group's result is computed from its own rows only (its bits may still
+depend on the batch it shares: a BLAS may round one matrix of a batched product differently with
+the batch size). Both measures are computed in float64 whatever the input dtype (see
+:func:`smi_by_measure`).
 """
 
 from __future__ import annotations

@@ -282,9 +282,13 @@ def _smi_chunked(
 # the cores each parallel op can wait for a descheduled thread: the number of ops matters as much
 # as the bytes. Equal-sized contiguous groups (the usual GRPO batch) are
 # views of the input; any other layout gathers its rows group by group size, through a reused
-# buffer. A group's result depends only on its own rows, whatever the layout: every group of g
-# rows goes through the same products. Float32 sums of up to 1,024 terms stay within the test
-# tolerances; larger groups keep the float64 sums of the chunked path.
+# buffer. A group's result is computed from its own rows only, whatever the layout: every group
+# of g rows goes through the same products, though not in the same batch; a BLAS may round one
+# matrix of a batched product differently with the batch size, the thread count or the processor
+# (MKL does for a batch of one, see _batched), so across layouts the values agree to rounding and
+# the bits where the products are exact (tests/test_reference_fast.py). Float32 sums of up to
+# 1,024 terms stay within the test tolerances; larger groups keep the float64 sums of the chunked
+# path.
 _BLOCK_ROWS = 1024
 _BLOCK_CHUNK_ROWS = 8192  # rows per product (a multiple of the group size; views excepted)
 _GRAM_ROWS = 8  # up to here one g x g product per group beats two skinny ones (measured)
@@ -638,8 +642,8 @@ def _adjust_cpu(
     layout: tuple[int | None, torch.Tensor | None],
 ) -> torch.Tensor:
     """:func:`adjust_rewards` on CPU, from ``1 + SMI`` as the products give it, clamped in place:
-    at N = 256 each op counts (a call takes about 50 us). A group's result depends only on its
-    own rows: each group size takes one path whatever the layout around it."""
+    at N = 256 each op counts (a call takes about 50 us). A group's result is computed from
+    its own rows only: each group size takes one path whatever the layout around it."""
     cover = _smi_cpu(embeddings, codes, num_groups, dtype, layout, plus_one=True)
     if rewards.dtype != dtype:
         rewards = rewards.to(dtype)

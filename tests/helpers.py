@@ -44,6 +44,44 @@ def realistic_embeddings(
     return (e * scales).to(dtype)
 
 
+def exact_rows(
+    gen: torch.Generator,
+    n: int,
+    d: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    unit_norms: bool = True,
+    spread: int = 3,
+) -> torch.Tensor:
+    """Rows whose products with each other are exact in float32 whatever the order of their
+    partial sums (also as float16 / bfloat16 inputs), so that a product computed by different
+    BLAS kernels, batch shapes, thread counts or tiles of the Triton interpreter is the same
+    bits on any machine; each row stays distinct, so a row taken into the wrong group still
+    changes the result.
+
+    Each row is ``2^k`` (``|k| <= spread``) times a vector of +-1 at some positions: its largest
+    magnitude is a power of two and a product of two rows is a small integer times a power of
+    two. With ``unit_norms`` a row has 1, 4 or 16 nonzero entries (at most ``d``), so its norm
+    and the reciprocal are powers of two too: unit rows, cosines (multiples of 1/16) and their
+    sums (fewer than 2^19 terms) are exact as well. Without it the count is anything from 1 to
+    16, and the cosines are correctly rounded quotients, not exact.
+
+    Signs follow one shared pattern, each flipped with probability 1/5, and positions come from
+    the first 16 columns (the others stay zero), so cosines are mostly positive and varied, as
+    with real embeddings.
+    """
+    pattern = torch.where(torch.rand(d, generator=gen) < 0.5, -1.0, 1.0).double()
+    pool = min(d, 16)
+    counts = torch.tensor([c for c in (1, 4, 16) if c <= d] if unit_norms else range(1, pool + 1))
+    nnz = counts[torch.randint(0, counts.numel(), (n, 1), generator=gen)]
+    rank = torch.rand(n, pool, generator=gen).argsort(dim=1).argsort(dim=1)  # a random order
+    flip = torch.where(torch.rand(n, pool, generator=gen) < 0.2, -1.0, 1.0).double()
+    power = 2.0 ** torch.randint(-spread, spread + 1, (n, 1), generator=gen).double()
+    e = torch.zeros(n, d, dtype=torch.float64)
+    e[:, :pool] = torch.where(rank < nnz, pattern[:pool] * flip * power, 0.0)
+    return e.to(dtype)
+
+
 def float64_reference(
     kind: str,
     rewards: torch.Tensor,

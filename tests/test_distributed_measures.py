@@ -3,8 +3,11 @@
 Real multi-process runs (gloo on CPU, 2 and 3 ranks, one spawn per world size): each rank computes
 its rows of every layout with every measure, and the test process compares them with the
 single-process API on the concatenation of all ranks' rows. SMI and adjusted rewards are compared
-bit for bit (each group is computed whole on one rank, its rows in the concatenation's order),
-advantages to float tolerance (their group sums are added over ranks). The same spawn checks
+bit for bit (each group is computed whole on one rank, its rows in the concatenation's order, and
+each group size occurs once in a layout, so every batched product has the shape it has in one
+process: a BLAS may round one matrix of a batch differently with the batch size, so several
+groups of one size on an owner would agree to rounding only), advantages to float tolerance
+(their group sums are added over ranks). The same spawn checks
 that ranks disagreeing on ``measure`` / ``eta`` / ``lam`` all raise at once, and gradients.
 Spawning, the row generator and the timeouts are those of tests/test_distributed.py.
 """

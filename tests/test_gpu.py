@@ -152,6 +152,27 @@ def test_facility_location_kernel_matches_the_torch_path_on_a_large_ragged_batch
     assert torch.equal(got, again)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_facility_location_kernel_gives_the_same_bits_whatever_the_bucket_order(dtype):
+    """On a GPU each cosine's arithmetic does not depend on which rows share its tile, so any
+    order of a group's rows in its bucket gives the same bits on arbitrary rows (groups of more
+    than ``block_m`` rows are tiled in bucket order; the CPU test of the same property,
+    tests/test_facility_kernel.py, needs rows whose products are exact, the interpreter's block
+    products being the CPU's BLAS)."""
+    from dra_kernels._triton.facility import facility_location_smi
+    from tests.test_measures import ragged_problem
+    from tests.test_triton import _reversed_buckets
+
+    sizes = [1, 2, 3, 5, 8, 16, 17, 33, 4, 1, 40, 64, 65, 130]
+    e, codes, k = ragged_problem(13, sizes, 200, offset=1.0, dtype=dtype)
+    e, codes = e.cuda(), codes.cuda()
+    for block_m in (16, 64):
+        got = facility_location_smi(e, codes, k, 0.8, block_m=block_m)
+        flipped = facility_location_smi(e, codes, k, 0.8, block_m=block_m,
+                                        buckets=_reversed_buckets(codes, k))  # fmt: skip
+        assert torch.equal(got, flipped), f"block_m={block_m}: {int((got != flipped).sum())} rows"
+
+
 @pytest.mark.parametrize("measure", ["facility_location", "log_det"])
 def test_the_torch_path_of_other_measures_matches_the_cpu(measure):
     gen = torch.Generator().manual_seed(23)

@@ -59,8 +59,13 @@ def test_float64_rewards_get_the_float64_smi(measure):
         assert torch.equal(dk.smi_scores(e, ids, measure=measure), smi.float())
     got = dk.adjust_rewards(r, e, ids, measure=measure)
     assert got.dtype == torch.float64
-    # graph-cut's CPU path divides by 1 + SMI as its products give it: the same to rounding
-    torch.testing.assert_close(got, reference.adjust_from_smi(r, smi, 0.1), rtol=4e-16, atol=0)
+    # graph-cut's CPU path divides by c = 1 + SMI as its products give it, adjust_from_smi by
+    # fl(fl(c - 1) + 1), within u (2 |c| + 1) (1 + u) of c (u = 2^-53; more than 1 ulp of c where
+    # c < 1/2, depending on c's last bits, so on how the products rounded). Clamped at m = 0.1
+    # and each quotient correctly rounded, the two differ by at most u (2 + 1 / m) + 2 u relative,
+    # plus O(u^2): 16 u bounds it (a float32 SMI would be 10^7 times further off)
+    rtol = 16 * 2.0**-53
+    torch.testing.assert_close(got, reference.adjust_from_smi(r, smi, 0.1), rtol=rtol, atol=0)
 
 
 def test_graph_cut_is_the_default_bit_for_bit():

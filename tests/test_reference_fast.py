@@ -16,7 +16,7 @@ import torch
 
 import dra_kernels as dk
 from dra_kernels import reference
-from tests.helpers import assert_close
+from tests.helpers import assert_close, exact_rows
 
 CPU = torch.device("cpu")
 GRAM_SIZES = [2, 3, 8, reference._GRAM_ROWS]
@@ -266,21 +266,28 @@ def test_blocked_layouts_never_gather_and_big_groups_take_the_chunked_path(monke
     assert calls == [("chunked", big), ("block", 2, True)]
 
 
-# ----------------------------------------------------------------------------- a group's bits
-# depend only on its own rows: the same products whatever the layout, batch size and offset
+# ----------------------------------------------------------------------------- a group's result
+# depends only on its own rows: the same products whatever the layout, batch size and offset
+#
+# The products are batched matrix products (torch.bmm, BLAS above 400 elements): what a BLAS
+# computes for one matrix of a batch may round differently with the batch size, the thread count
+# and the processor (no BLAS promises otherwise; torch 2.13 with MKL hands a batch of one to a
+# threaded gemm that rounds differently, hence reference._batched). So the layouts give the same
+# values to rounding on arbitrary rows, and the same bits on rows whose products are exact.
+
+LAYOUT_SHAPES = [(2, 100), (5, 100), (reference._GRAM_ROWS, 1024), (12, 4096), (256, 100)]
+"""(group size, D): both products of the Gram path and of the skinny path, below and above the
+400-element size at which torch.bmm hands over to BLAS. (12, 4096) and (256, 100) are shapes where
+a batch of one product rounds differently from a batch of several in torch 2.13 with MKL."""
 
 
-# NOTE: (12, 4096) and (256, 100) are shapes where a batch of one product rounds differently
-# from a batch of several in torch 2.13 with MKL (the dots, the sums): a lone group must still
-# get the bits it gets beside others.
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
-@pytest.mark.parametrize(
-    ("size", "d"),
-    [(2, 100), (5, 100), (reference._GRAM_ROWS, 1024), (12, 4096), (256, 100)],
-)
-def test_a_group_gets_the_same_bits_in_every_layout(dtype, size, d):
+def _layout_variants(make, dtype: torch.dtype, size: int, d: int) -> dict[str, tuple]:
+    """``name -> (got, want)``: the SMI of 40 contiguous groups of ``size`` rows in ``full``,
+    and the same rows' SMI computed in another layout (a subset at an offset, one group alone,
+    interleaved, beside ragged groups, beside a big group, strided, another group changed, on
+    one thread). ``make(n, seed)``: ``[n, d]`` rows of ``dtype``."""
     groups = 40
-    e = embeddings(groups * size, d, dtype, seed=size)
+    e = make(groups * size, size)
     codes = blocked(groups, size)
     full = reference.smi_scores(e, codes, groups)
     variants = {}
@@ -295,12 +302,12 @@ def test_a_group_gets_the_same_bits_in_every_layout(dtype, size, d):
     )
     perm = torch.arange(groups * size).view(groups, size).t().reshape(-1)  # see interleaved()
     variants["interleaved"] = (reference.smi_scores(e[perm], codes[perm], groups), full[perm])
-    other = embeddings(37, d, dtype, seed=99)
+    other = make(37, 99)
     beside = reference.smi_scores(
         torch.cat([other, e]), torch.cat([torch.arange(37) % 5 + groups, codes]), groups + 5
     )
     variants["beside ragged groups"] = (beside[37:], full)
-    big = embeddings(reference._BLOCK_ROWS + 1, d, dtype, seed=98)
+    big = make(reference._BLOCK_ROWS + 1, 98)
     with_big = reference.smi_scores(
         torch.cat([e, big]),
         torch.cat([codes, torch.full((big.shape[0],), groups)]),
@@ -311,7 +318,7 @@ def test_a_group_gets_the_same_bits_in_every_layout(dtype, size, d):
     wide[:, 1 : d + 1] = e
     variants["strided input"] = (reference.smi_scores(wide[:, 1 : d + 1], codes, groups), full)
     changed = e.clone()
-    changed[:size] = embeddings(size, d, dtype, seed=7)
+    changed[:size] = make(size, 7)
     variants["another group changed"] = (
         reference.smi_scores(changed, codes, groups)[size:],
         full[size:],
@@ -322,8 +329,48 @@ def test_a_group_gets_the_same_bits_in_every_layout(dtype, size, d):
         variants["one thread"] = (reference.smi_scores(e, codes, groups), full)
     finally:
         torch.set_num_threads(threads)
-    for name, (got, want) in variants.items():
+    return variants
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize(("size", "d"), LAYOUT_SHAPES)
+def test_a_group_gets_the_same_bits_in_every_layout_on_exact_rows(dtype, size, d):
+    """Rows whose products, norms and sums are all exact (tests/helpers.py, ``exact_rows``):
+    every layout gives the same bits on any machine, and a row taken into the wrong group, or a
+    group's result written to other rows, would still change them."""
+
+    def make(n: int, seed: int) -> torch.Tensor:
+        return exact_rows(torch.Generator().manual_seed(seed), n, d, dtype)
+
+    for name, (got, want) in _layout_variants(make, dtype, size, d).items():
         assert torch.equal(got, want), f"{name}: {int((got != want).sum())} rows differ"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize(("size", "d"), LAYOUT_SHAPES)
+def test_a_group_gets_the_same_values_in_every_layout(dtype, size, d):
+    """Arbitrary rows: every layout within the rounding of the products.
+
+    Each layout computes ``1 + SMI_j = s_j sum_i (x_j . x_i) s_i`` (``s_i = 1 / |x_i|``), the Gram
+    path from ``x x^T``, the skinny path from ``S = s^T x``, and only the order of the sums
+    inside the products may differ. With ``u`` the unit roundoff of the computation (float32 for
+    float16 inputs) and ``gamma_m = m u / (1 - m u)``, a ``D``-term dot is within
+    ``gamma_D |x_j| |x_i|``; ``s_i`` (a ``D``-term sum of squares, a square root, a reciprocal)
+    within ``gamma_(D + 2)`` relative; the ``g``-term sum and the last product add
+    ``gamma_(g + 2)``: each of the ``g`` terms, at most 1 in size, is within
+    ``gamma_m``, ``m = 3 D + g + 8``, of its cosine in any order, and SMI = (1 + SMI) - 1 adds
+    ``u |SMI|``. Two layouts differ by at most twice that."""
+    u = 2.0**-53 if dtype == torch.float64 else 2.0**-24
+    m = 3 * d + size + 8
+    gamma = m * u / (1 - m * u)
+
+    def make(n: int, seed: int) -> torch.Tensor:
+        return embeddings(n, d, dtype, seed=seed)
+
+    for name, (got, want) in _layout_variants(make, dtype, size, d).items():
+        tol = 2 * size * gamma + 2 * u * want.abs()
+        err = (got - want).abs()
+        assert (err <= tol).all(), f"{name}: off by {float((err - tol).max()):.3g} beyond tol"
 
 
 def test_the_public_api_gives_the_same_bits_for_any_id_kind_layout_and_hint():

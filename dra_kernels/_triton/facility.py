@@ -16,9 +16,13 @@ products, no ``G x G`` matrix in memory). Where a squared row norm lies outside
 ``[2^-60, 2^60]`` (zero, tiny, huge, NaN or inf rows) the group is recomputed from rows scaled by
 the power of two of their largest magnitude, exact for every finite value.
 
-Bitwise reproducible whatever order the buckets hold the rows in: the maximum does not depend on
-it, and the sums are accumulated in 2^-40 fixed point (int64; every term lies in ``[0, 1]`` to
-rounding, exact for groups of fewer than 2^23 rows). A NaN or inf row makes its whole group NaN; a
+Bitwise reproducible whatever order the buckets hold the rows in: on a GPU a cosine's arithmetic
+does not depend on which rows share its tile, the maximum does not depend on the order, and the
+sums are accumulated in 2^-40 fixed point (int64; every term lies in ``[0, 1]`` to rounding, exact
+for groups of fewer than 2^23 rows). Under Triton's CPU interpreter a tile's products are one numpy
+matmul (the CPU's BLAS), which may round an element differently with the processor and the other
+rows of the tile: there a group tiled in another order agrees to float32 rounding of its cosines
+(bit for bit where the products are exact). A NaN or inf row makes its whole group NaN; a
 group of one has SMI 0; rows whose code is out of range come out NaN (nothing is raised, so
 nothing synchronises). float16 / bfloat16 / float32 inputs; results in float32.
 """
