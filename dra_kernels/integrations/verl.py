@@ -10,8 +10,9 @@ completion of a prompt's group at once. Two ways in:
   the last valid response token; returns the step's metrics. For custom trainers.
 - The plugin: installing dra-kernels registers this module under the ``verl.plugins`` entry-point
   group, which ``import verl`` imports in every verl process. It wraps, when their modules are
-  imported, ``verl.utils.config.validate_config`` (``main_ppo``'s driver: every ``dra.*`` key is
-  checked before ``ray.init``) and, of verl's v1 trainer ``PPOTrainer``
+  imported, ``verl.utils.config.validate_config`` and ``verl.trainer.main_ppo.run_ppo`` (the drivers
+  of ``main_ppo`` and of the async recipes: every ``dra.*`` key is checked before ``ray.init``)
+  and, of verl's v1 trainer ``PPOTrainer``
   (``verl/trainer/ppo/v1/trainer_base.py``, all ``trainer.v1.trainer_mode`` values),
   ``__init__`` (the keys checked again), ``fit`` (the embedder built, before the first rollout)
   and ``_compute_advantage`` (verl computes the advantages from DRA's scores, then the raw
@@ -106,6 +107,7 @@ KL`` stays consistent."""
 _V1_MODULE = "verl.trainer.ppo.v1.trainer_base"
 _LEGACY_MODULE = "verl.trainer.ppo.ray_trainer"
 _CONFIG_MODULE = "verl.utils.config"
+_DRIVER_MODULE = "verl.trainer.main_ppo"
 _WRAPPED = "__dra_kernels_wrapped__"
 _STATE = "_dra_kernels_state"
 
@@ -654,23 +656,27 @@ def _patch_v1(module: Any) -> None:
         setattr(trainer_cls, name, wrapper)
 
 
-def _patch_config_check(module: Any) -> None:
-    """Wraps ``verl.utils.config.validate_config``, which ``main_ppo``'s driver calls on the
-    composed configuration before ``ray.init``: a bad ``dra.*`` key fails there, in seconds."""
-    original = module.validate_config
-    if getattr(original, _WRAPPED, False):
-        return
+def _check_config_first(name: str) -> Callable[[Any], None]:
+    """A patch that wraps the module function ``name`` (its first argument, or ``config=``, is
+    the run's configuration) so that every ``dra.*`` key is checked before it runs."""
 
-    @functools.wraps(original)
-    def validate_config(*args: Any, **kwargs: Any) -> Any:
-        settings_from_config(_config_argument(args, kwargs))
-        return original(*args, **kwargs)
+    def patch(module: Any) -> None:
+        original = getattr(module, name)
+        if getattr(original, _WRAPPED, False):
+            return
 
-    setattr(validate_config, _WRAPPED, True)
-    module.validate_config = validate_config
-    package = sys.modules.get(module.__name__.rpartition(".")[0])
-    if package is not None and getattr(package, "validate_config", None) is original:
-        package.validate_config = validate_config
+        @functools.wraps(original)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            settings_from_config(_config_argument(args, kwargs))
+            return original(*args, **kwargs)
+
+        setattr(checked, _WRAPPED, True)
+        setattr(module, name, checked)
+        package = sys.modules.get(module.__name__.rpartition(".")[0])
+        if package is not None and getattr(package, name, None) is original:
+            setattr(package, name, checked)
+
+    return patch
 
 
 def _patch_legacy(module: Any) -> None:
@@ -695,7 +701,12 @@ def _patch_legacy(module: Any) -> None:
 
 
 _FINDER = PatchOnImport(
-    {_CONFIG_MODULE: _patch_config_check, _V1_MODULE: _patch_v1, _LEGACY_MODULE: _patch_legacy}
+    {
+        _CONFIG_MODULE: _check_config_first("validate_config"),
+        _DRIVER_MODULE: _check_config_first("run_ppo"),
+        _V1_MODULE: _patch_v1,
+        _LEGACY_MODULE: _patch_legacy,
+    }
 )
 """Patches verl's trainer modules right after they are first imported (never imports them)."""
 
