@@ -505,13 +505,50 @@ def session_finals(keys: Sequence[str]) -> np.ndarray:
     return out
 
 
+def _dra_scores(
+    trainer: Any,
+    step: DRAStep,
+    metrics: dict,
+    tensors: Mapping[str, torch.Tensor],
+    non_tensor: Mapping[str, np.ndarray],
+    rows: np.ndarray | None = None,
+) -> torch.Tensor:
+    """One DRA step over a trainer's batch, as both hooks run it: the adjusted scores.
+
+    ``tensors`` holds ``responses``, the response mask (``attention_mask`` and/or
+    ``response_mask``, as :func:`apply_dra` reads them) and the raw ``rm_scores`` ``[N, R]``,
+    which are not modified; ``non_tensor`` the group ids under ``uid``. Runs :func:`apply_dra`
+    with the trainer's tokenizer, its ``rollout.n`` as the expected group size and ``rows`` (the
+    rows that take part), logs the step's metrics into ``metrics`` and returns the adjusted
+    scores, a new ``[N, R]`` tensor.
+    """
+    from tensordict import TensorDict
+    from verl import DataProto
+
+    n = len(tensors["rm_scores"])
+    proto = DataProto(
+        batch=TensorDict(dict(tensors), batch_size=n), non_tensor_batch=dict(non_tensor)
+    )
+    metrics.update(
+        apply_dra(
+            proto,
+            trainer.tokenizer,
+            step=step,
+            score_keys=["rm_scores"],
+            rows=rows,
+            expected_group_size=int(trainer.config.actor_rollout_ref.rollout.n),
+        )
+    )
+    return proto.batch["rm_scores"]
+
+
 def _compute_advantage_with_dra(
     trainer: Any, batch: Any, metrics: dict, step: DRAStep, tq: Any, original: Callable
 ) -> Any:
     """verl's advantage step on DRA's scores; verl's own score metrics stay raw.
 
     Reads ``uid``, ``responses`` and ``rm_scores`` from TransferQueue, runs the step
-    (:func:`apply_dra`, padding rows left out), writes the adjusted ``rm_scores``, runs verl's
+    (:func:`_dra_scores`, padding rows left out), writes the adjusted ``rm_scores``, runs verl's
     ``_compute_advantage`` (which reads them: advantages and returns come from the adjusted
     scores), then puts the raw ``rm_scores`` back, and, with ``algorithm.use_kl_in_reward``, the
     ``token_level_rewards`` verl wrote as ``raw - KL``. verl's ``_compute_metrics`` and rollout
@@ -519,7 +556,6 @@ def _compute_advantage_with_dra(
     report what they report without DRA; the adjusted values are logged as ``dra/*``.
     """
     from tensordict import TensorDict
-    from verl import DataProto
 
     n = len(batch)
     data = tq.kv_batch_get(
@@ -546,24 +582,15 @@ def _compute_advantage_with_dra(
     real = np.array([not tag.get("is_padding", False) for tag in batch.tags], dtype=bool)
     if trainer.config.algorithm.adv_estimator == "grpo":  # NOTE: verl's own condition
         real &= session_finals(batch.keys)
-    proto = DataProto(
-        batch=TensorDict(
-            {"responses": responses, "attention_mask": mask.long(), "rm_scores": scores},
-            batch_size=n,
-        ),
-        non_tensor_batch={"uid": np.array(list(data["uid"]), dtype=object)},
+    adjusted = _dra_scores(
+        trainer,
+        step,
+        metrics,
+        {"responses": responses, "attention_mask": mask.long(), "rm_scores": scores},
+        {"uid": np.array(list(data["uid"]), dtype=object)},
+        rows=real,
     )
-    metrics.update(
-        apply_dra(
-            proto,
-            trainer.tokenizer,
-            step=step,
-            score_keys=["rm_scores"],
-            rows=real,
-            expected_group_size=int(trainer.config.actor_rollout_ref.rollout.n),
-        )
-    )
-    change = proto.batch["rm_scores"].double() - scores.double()
+    change = adjusted.double() - scores.double()
 
     def put(name: str, value: torch.Tensor) -> None:
         if not value.is_nested:
@@ -572,7 +599,7 @@ def _compute_advantage_with_dra(
         fields = TensorDict({name: value}, batch_size=n)
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
 
-    put("rm_scores", proto.batch["rm_scores"])
+    put("rm_scores", adjusted)
     out = original(trainer, batch, metrics)
     # NOTE: verl's _compute_advantage (verl/trainer/ppo/v1/trainer_base.py) writes back only
     # advantages and returns, and token_level_rewards (= rm_scores - KL) with use_kl_in_reward;
