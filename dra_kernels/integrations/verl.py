@@ -1,4 +1,4 @@
-"""DRA for verl (0.9.x): adjust a DataProto batch, and a ``verl.plugins`` hook for the v1 trainer.
+"""DRA for verl (0.9.x): adjust a DataProto batch, and a ``verl.plugins`` hook for verl's trainers.
 
 verl scores one trajectory per reward call, so DRA cannot live in a reward function: it needs every
 completion of a prompt's group at once. Two ways in:
@@ -10,18 +10,28 @@ completion of a prompt's group at once. Two ways in:
   the last valid response token; returns the step's metrics. For custom trainers.
 - The plugin: installing dra-kernels registers this module under the ``verl.plugins`` entry-point
   group, which ``import verl`` imports in every verl process. It wraps, when their modules are
-  imported, ``verl.utils.config.validate_config`` and ``verl.trainer.main_ppo.run_ppo`` (the drivers
-  of ``main_ppo`` and of the async recipes: every ``dra.*`` key is checked before ``ray.init``)
-  and, of verl's v1 trainer ``PPOTrainer``
-  (``verl/trainer/ppo/v1/trainer_base.py``, all ``trainer.v1.trainer_mode`` values),
-  ``__init__`` (the keys checked again), ``fit`` (the embedder built, before the first rollout)
-  and ``_compute_advantage`` (verl computes the advantages from DRA's scores, then the raw
-  ``rm_scores`` are put back in TransferQueue, so verl's own ``critic/score/*`` and
-  ``critic/rewards/*`` report the raw scores; ``dra/*`` metrics logged). Each wrapper calls the
-  original unchanged unless the run asked for DRA: ``+dra.enable=true`` in the Hydra
-  configuration, or ``DRA_KERNELS_VERL=1`` in the environment of the trainer process. The legacy
-  trainer (``trainer.use_v1=false``) is not wrapped: a run that asks for DRA there fails at
-  start-up instead of silently training without it.
+  imported:
+
+  - ``verl.utils.config.validate_config`` and ``verl.trainer.main_ppo.run_ppo`` (the drivers of
+    ``main_ppo`` and of the one_step_off_policy / fully_async_policy recipes: every ``dra.*`` key
+    is checked before ``ray.init``);
+  - of verl's v1 trainer ``PPOTrainer`` (``verl/trainer/ppo/v1/trainer_base.py``, all
+    ``trainer.v1.trainer_mode`` values), ``__init__`` (the keys checked again), ``fit`` (the
+    embedder built, before the first rollout) and ``_compute_advantage`` (verl computes the
+    advantages from DRA's scores, then the raw ``rm_scores`` are put back in TransferQueue, so
+    verl's own ``critic/score/*`` and ``critic/rewards/*`` report the raw scores);
+  - of ``SeparateRayPPOTrainer`` (``verl/experimental/separation/ray_trainer.py``), the legacy-
+    layout base of the recipes' ``OneStepOffRayTrainer`` and ``FullyAsyncTrainer``,
+    ``_fit_compute_advantage`` (the same on the batch's ``DataProto``: advantages from DRA's
+    scores, the raw ``token_level_scores`` / ``token_level_rewards`` put back; the embedder built
+    at the first call) and its subclasses' ``__init__`` (the keys checked);
+  - ``RayPPOTrainer.__init__`` (``trainer.use_v1=false``): a run that asks for DRA with a legacy
+    trainer whose advantage step is not the hooked one fails at start-up instead of silently
+    training without it.
+
+  ``dra/*`` metrics are logged with verl's. Each wrapper calls the original unchanged unless the
+  run asked for DRA: ``+dra.enable=true`` in the Hydra configuration, or ``DRA_KERNELS_VERL=1``
+  in the environment of the trainer process.
 
 Configuration keys (all under the top-level ``dra`` group; Hydra needs the ``+`` to add them)::
 
@@ -106,8 +116,10 @@ KL`` stays consistent."""
 
 _V1_MODULE = "verl.trainer.ppo.v1.trainer_base"
 _LEGACY_MODULE = "verl.trainer.ppo.ray_trainer"
+_SEPARATION_MODULE = "verl.experimental.separation.ray_trainer"
 _CONFIG_MODULE = "verl.utils.config"
 _DRIVER_MODULE = "verl.trainer.main_ppo"
+_RAW_SCORES = "dra_kernels_raw_scores"
 _WRAPPED = "__dra_kernels_wrapped__"
 _STATE = "_dra_kernels_state"
 
@@ -614,6 +626,40 @@ def _compute_advantage_with_dra(
     return out
 
 
+def _fit_compute_advantage_with_dra(
+    trainer: Any, batch: Any, step: DRAStep, original: Callable
+) -> Any:
+    """verl's legacy-layout advantage step (``SeparateRayPPOTrainer._fit_compute_advantage``) on
+    DRA's scores; the batch's score tensors stay raw.
+
+    verl's method writes ``trainer.reward_tensor`` (the reward step's ``rm_scores``) to
+    ``token_level_scores``, then ``token_level_rewards`` (the same, or minus the KL penalty with
+    ``algorithm.use_kl_in_reward``) and computes the advantages from them. The hook hands it the
+    adjusted scores (:func:`_dra_scores` over the batch's ``uid`` groups, metrics logged into
+    ``trainer.metrics``), then writes the raw ``token_level_scores`` and ``raw - KL`` (or raw)
+    ``token_level_rewards`` into the batch it returns: verl's ``compute_data_metrics``
+    (``critic/score/*``, ``critic/rewards/*``) and rollout dumps read those later.
+    """
+    raw = trainer.reward_tensor
+    present = set(batch.batch.keys())
+    keys = ("responses", "attention_mask", "response_mask")
+    tensors = {key: batch.batch[key] for key in keys if key in present}
+    trainer.reward_tensor = _dra_scores(
+        trainer, step, trainer.metrics, {**tensors, "rm_scores": raw}, batch.non_tensor_batch
+    )
+    # NOTE: the raw scores travel in the batch, so they stay with their rows if verl's step
+    # resamples them (algorithm.use_pf_ppo with GAE, core_algos.compute_pf_ppo_reweight_data).
+    batch.batch[_RAW_SCORES] = raw
+    out = original(trainer, batch)
+    trainer.reward_tensor = raw
+    raw = out.batch.pop(_RAW_SCORES)
+    change = out.batch["token_level_scores"].double() - raw.double()
+    rewards = out.batch["token_level_rewards"]
+    out.batch["token_level_scores"] = raw
+    out.batch["token_level_rewards"] = (rewards.double() - change).to(rewards.dtype)
+    return out
+
+
 def _step_of(trainer: Any, settings: DRASettings) -> DRAStep:
     """The trainer's DRA step, its embedder built once per run (at ``fit``, else on first use)."""
     state = trainer.__dict__.get(_STATE)
@@ -706,25 +752,76 @@ def _check_config_first(name: str) -> Callable[[Any], None]:
     return patch
 
 
+def _refuse_unhooked(trainer: Any, config: Any) -> None:
+    """Start-up check of a legacy-layout trainer: every ``dra.*`` key; with DRA on, the trainer
+    must take its advantage step from the hooked ``SeparateRayPPOTrainer._fit_compute_advantage``
+    (one_step_off_policy, fully_async_policy), else it would train without DRA."""
+    if settings_from_config(config) is None:
+        return
+    if getattr(getattr(type(trainer), "_fit_compute_advantage", None), _WRAPPED, False):
+        return
+    raise RuntimeError(
+        f"DRA was asked for (dra.enable or {ENV_VAR}) but {type(trainer).__name__} is verl's "
+        "legacy trainer, or a subclass with an advantage step of its own, which the dra-kernels "
+        "plugin does not hook; use the v1 trainer (trainer.use_v1=true, verl's default), a "
+        "recipe whose trainer uses SeparateRayPPOTrainer._fit_compute_advantage (one_step_off_"
+        "policy, fully_async_policy), or call dra_kernels.integrations.verl.apply_dra in your "
+        "own advantage step"
+    )
+
+
+def _checked_init(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        _refuse_unhooked(self, _config_argument(args, kwargs))
+        original(self, *args, **kwargs)
+
+    setattr(__init__, _WRAPPED, True)
+    return __init__
+
+
 def _patch_legacy(module: Any) -> None:
+    """``RayPPOTrainer.__init__`` refuses a run that asks for DRA unless the trainer is hooked
+    (:func:`_refuse_unhooked`)."""
     trainer_cls = module.RayPPOTrainer
-    original = trainer_cls.__init__
+    if not getattr(trainer_cls.__init__, _WRAPPED, False):
+        trainer_cls.__init__ = _checked_init(trainer_cls.__init__)
+
+
+def _patch_separation(module: Any) -> None:
+    """``SeparateRayPPOTrainer`` (``verl/experimental/separation/ray_trainer.py``), the base of the
+    one_step_off_policy and fully_async_policy trainers, each a no-op unless the run asks for DRA:
+
+    - ``_fit_compute_advantage``: verl's step on DRA's scores, the batch's scores raw again after
+      it (:func:`_fit_compute_advantage_with_dra`); the embedder is built at the first call;
+    - the ``__init__`` of every subclass defined later (``OneStepOffRayTrainer``,
+      ``FullyAsyncTrainer``, ``FullyAsyncRollouter`` do not call ``RayPPOTrainer.__init__``):
+      checks the keys and refuses a subclass with its own advantage step
+      (:func:`_refuse_unhooked`), before any worker or model starts.
+    """
+    base = module.SeparateRayPPOTrainer
+    original = base._fit_compute_advantage
     if getattr(original, _WRAPPED, False):
         return
 
     @functools.wraps(original)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if settings_from_config(_config_argument(args, kwargs)) is not None:
-            raise RuntimeError(
-                f"DRA was asked for (dra.enable or {ENV_VAR}) but {type(self).__name__} is verl's "
-                "legacy trainer, which the dra-kernels plugin does not hook; use the v1 trainer "
-                "(trainer.use_v1=true, verl's default) or call "
-                "dra_kernels.integrations.verl.apply_dra in your own advantage step"
-            )
-        original(self, *args, **kwargs)
+    def _fit_compute_advantage(self: Any, batch: Any) -> Any:
+        settings = settings_from_config(getattr(self, "config", None))
+        if settings is None:
+            return original(self, batch)
+        return _fit_compute_advantage_with_dra(self, batch, _step_of(self, settings), original)
 
-    setattr(__init__, _WRAPPED, True)
-    trainer_cls.__init__ = __init__
+    # NOTE: on the class's creation, not its module's import: Ray's @ray.remote (FullyAsyncTrainer,
+    # FullyAsyncRollouter) copies the methods into the actor class when the class is defined.
+    def __init_subclass__(cls: type, **kwargs: Any) -> None:
+        super(base, cls).__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, _WRAPPED, False):
+            cls.__init__ = _checked_init(init)
+
+    setattr(_fit_compute_advantage, _WRAPPED, True)
+    base._fit_compute_advantage = _fit_compute_advantage
+    base.__init_subclass__ = classmethod(__init_subclass__)
 
 
 _FINDER = PatchOnImport(
@@ -733,6 +830,7 @@ _FINDER = PatchOnImport(
         _DRIVER_MODULE: _check_config_first("run_ppo"),
         _V1_MODULE: _patch_v1,
         _LEGACY_MODULE: _patch_legacy,
+        _SEPARATION_MODULE: _patch_separation,
     }
 )
 """Patches verl's trainer modules right after they are first imported (never imports them)."""
