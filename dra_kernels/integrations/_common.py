@@ -85,3 +85,8 @@ class _PatchingLoader(importlib.abc.Loader):
     def exec_module(self, module: Any) -> None:
         self._loader.exec_module(module)
         self._patch(module)
+
+    def __getattr__(self, name: str) -> Any:
+        # NOTE: the wrapped loader's other methods (get_code, get_filename, is_package...):
+        # `python -m package.module` of a patched module runs its code through them, as __main__.
+        return getattr(self._loader, name)

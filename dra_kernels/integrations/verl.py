@@ -1,4 +1,4 @@
-"""DRA for verl (0.9.x): adjust a DataProto batch, and a ``verl.plugins`` hook for the v1 trainer.
+"""DRA for verl (0.9.x): adjust a DataProto batch, and a ``verl.plugins`` hook for verl's trainers.
 
 verl scores one trajectory per reward call, so DRA cannot live in a reward function: it needs every
 completion of a prompt's group at once. Two ways in:
@@ -10,17 +10,28 @@ completion of a prompt's group at once. Two ways in:
   the last valid response token; returns the step's metrics. For custom trainers.
 - The plugin: installing dra-kernels registers this module under the ``verl.plugins`` entry-point
   group, which ``import verl`` imports in every verl process. It wraps, when their modules are
-  imported, ``verl.utils.config.validate_config`` (``main_ppo``'s driver: every ``dra.*`` key is
-  checked before ``ray.init``) and, of verl's v1 trainer ``PPOTrainer``
-  (``verl/trainer/ppo/v1/trainer_base.py``, all ``trainer.v1.trainer_mode`` values),
-  ``__init__`` (the keys checked again), ``fit`` (the embedder built, before the first rollout)
-  and ``_compute_advantage`` (verl computes the advantages from DRA's scores, then the raw
-  ``rm_scores`` are put back in TransferQueue, so verl's own ``critic/score/*`` and
-  ``critic/rewards/*`` report the raw scores; ``dra/*`` metrics logged). Each wrapper calls the
-  original unchanged unless the run asked for DRA: ``+dra.enable=true`` in the Hydra
-  configuration, or ``DRA_KERNELS_VERL=1`` in the environment of the trainer process. The legacy
-  trainer (``trainer.use_v1=false``) is not wrapped: a run that asks for DRA there fails at
-  start-up instead of silently training without it.
+  imported:
+
+  - ``verl.utils.config.validate_config`` and ``verl.trainer.main_ppo.run_ppo`` (the drivers of
+    ``main_ppo`` and of the one_step_off_policy / fully_async_policy recipes: every ``dra.*`` key
+    is checked before ``ray.init``);
+  - of verl's v1 trainer ``PPOTrainer`` (``verl/trainer/ppo/v1/trainer_base.py``, all
+    ``trainer.v1.trainer_mode`` values), ``__init__`` (the keys checked again), ``fit`` (the
+    embedder built, before the first rollout) and ``_compute_advantage`` (verl computes the
+    advantages from DRA's scores, then the raw ``rm_scores`` are put back in TransferQueue, so
+    verl's own ``critic/score/*`` and ``critic/rewards/*`` report the raw scores);
+  - of ``SeparateRayPPOTrainer`` (``verl/experimental/separation/ray_trainer.py``), the legacy-
+    layout base of the recipes' ``OneStepOffRayTrainer`` and ``FullyAsyncTrainer``,
+    ``_fit_compute_advantage`` (the same on the batch's ``DataProto``: advantages from DRA's
+    scores, the raw ``token_level_scores`` / ``token_level_rewards`` put back; the embedder built
+    at the first call) and its subclasses' ``__init__`` (the keys checked);
+  - ``RayPPOTrainer.__init__`` (``trainer.use_v1=false``): a run that asks for DRA with a legacy
+    trainer whose advantage step is not the hooked one fails at start-up instead of silently
+    training without it.
+
+  ``dra/*`` metrics are logged with verl's. Each wrapper calls the original unchanged unless the
+  run asked for DRA: ``+dra.enable=true`` in the Hydra configuration, or ``DRA_KERNELS_VERL=1``
+  in the environment of the trainer process.
 
 Configuration keys (all under the top-level ``dra`` group; Hydra needs the ``+`` to add them)::
 
@@ -105,7 +116,10 @@ KL`` stays consistent."""
 
 _V1_MODULE = "verl.trainer.ppo.v1.trainer_base"
 _LEGACY_MODULE = "verl.trainer.ppo.ray_trainer"
+_SEPARATION_MODULE = "verl.experimental.separation.ray_trainer"
 _CONFIG_MODULE = "verl.utils.config"
+_DRIVER_MODULE = "verl.trainer.main_ppo"
+_RAW_SCORES = "dra_kernels_raw_scores"
 _WRAPPED = "__dra_kernels_wrapped__"
 _STATE = "_dra_kernels_state"
 
@@ -503,13 +517,50 @@ def session_finals(keys: Sequence[str]) -> np.ndarray:
     return out
 
 
+def _dra_scores(
+    trainer: Any,
+    step: DRAStep,
+    metrics: dict,
+    tensors: Mapping[str, torch.Tensor],
+    non_tensor: Mapping[str, np.ndarray],
+    rows: np.ndarray | None = None,
+) -> torch.Tensor:
+    """One DRA step over a trainer's batch, as both hooks run it: the adjusted scores.
+
+    ``tensors`` holds ``responses``, the response mask (``attention_mask`` and/or
+    ``response_mask``, as :func:`apply_dra` reads them) and the raw ``rm_scores`` ``[N, R]``,
+    which are not modified; ``non_tensor`` the group ids under ``uid``. Runs :func:`apply_dra`
+    with the trainer's tokenizer, its ``rollout.n`` as the expected group size and ``rows`` (the
+    rows that take part), logs the step's metrics into ``metrics`` and returns the adjusted
+    scores, a new ``[N, R]`` tensor.
+    """
+    from tensordict import TensorDict
+    from verl import DataProto
+
+    n = len(tensors["rm_scores"])
+    proto = DataProto(
+        batch=TensorDict(dict(tensors), batch_size=n), non_tensor_batch=dict(non_tensor)
+    )
+    metrics.update(
+        apply_dra(
+            proto,
+            trainer.tokenizer,
+            step=step,
+            score_keys=["rm_scores"],
+            rows=rows,
+            expected_group_size=int(trainer.config.actor_rollout_ref.rollout.n),
+        )
+    )
+    return proto.batch["rm_scores"]
+
+
 def _compute_advantage_with_dra(
     trainer: Any, batch: Any, metrics: dict, step: DRAStep, tq: Any, original: Callable
 ) -> Any:
     """verl's advantage step on DRA's scores; verl's own score metrics stay raw.
 
     Reads ``uid``, ``responses`` and ``rm_scores`` from TransferQueue, runs the step
-    (:func:`apply_dra`, padding rows left out), writes the adjusted ``rm_scores``, runs verl's
+    (:func:`_dra_scores`, padding rows left out), writes the adjusted ``rm_scores``, runs verl's
     ``_compute_advantage`` (which reads them: advantages and returns come from the adjusted
     scores), then puts the raw ``rm_scores`` back, and, with ``algorithm.use_kl_in_reward``, the
     ``token_level_rewards`` verl wrote as ``raw - KL``. verl's ``_compute_metrics`` and rollout
@@ -517,7 +568,6 @@ def _compute_advantage_with_dra(
     report what they report without DRA; the adjusted values are logged as ``dra/*``.
     """
     from tensordict import TensorDict
-    from verl import DataProto
 
     n = len(batch)
     data = tq.kv_batch_get(
@@ -544,24 +594,15 @@ def _compute_advantage_with_dra(
     real = np.array([not tag.get("is_padding", False) for tag in batch.tags], dtype=bool)
     if trainer.config.algorithm.adv_estimator == "grpo":  # NOTE: verl's own condition
         real &= session_finals(batch.keys)
-    proto = DataProto(
-        batch=TensorDict(
-            {"responses": responses, "attention_mask": mask.long(), "rm_scores": scores},
-            batch_size=n,
-        ),
-        non_tensor_batch={"uid": np.array(list(data["uid"]), dtype=object)},
+    adjusted = _dra_scores(
+        trainer,
+        step,
+        metrics,
+        {"responses": responses, "attention_mask": mask.long(), "rm_scores": scores},
+        {"uid": np.array(list(data["uid"]), dtype=object)},
+        rows=real,
     )
-    metrics.update(
-        apply_dra(
-            proto,
-            trainer.tokenizer,
-            step=step,
-            score_keys=["rm_scores"],
-            rows=real,
-            expected_group_size=int(trainer.config.actor_rollout_ref.rollout.n),
-        )
-    )
-    change = proto.batch["rm_scores"].double() - scores.double()
+    change = adjusted.double() - scores.double()
 
     def put(name: str, value: torch.Tensor) -> None:
         if not value.is_nested:
@@ -570,7 +611,7 @@ def _compute_advantage_with_dra(
         fields = TensorDict({name: value}, batch_size=n)
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
 
-    put("rm_scores", proto.batch["rm_scores"])
+    put("rm_scores", adjusted)
     out = original(trainer, batch, metrics)
     # NOTE: verl's _compute_advantage (verl/trainer/ppo/v1/trainer_base.py) writes back only
     # advantages and returns, and token_level_rewards (= rm_scores - KL) with use_kl_in_reward;
@@ -582,6 +623,40 @@ def _compute_advantage_with_dra(
         )
         rewards, _ = _padded(written["token_level_rewards"], 0.0)
         put("token_level_rewards", (rewards.double() - change).to(rewards.dtype))
+    return out
+
+
+def _fit_compute_advantage_with_dra(
+    trainer: Any, batch: Any, step: DRAStep, original: Callable
+) -> Any:
+    """verl's legacy-layout advantage step (``SeparateRayPPOTrainer._fit_compute_advantage``) on
+    DRA's scores; the batch's score tensors stay raw.
+
+    verl's method writes ``trainer.reward_tensor`` (the reward step's ``rm_scores``) to
+    ``token_level_scores``, then ``token_level_rewards`` (the same, or minus the KL penalty with
+    ``algorithm.use_kl_in_reward``) and computes the advantages from them. The hook hands it the
+    adjusted scores (:func:`_dra_scores` over the batch's ``uid`` groups, metrics logged into
+    ``trainer.metrics``), then writes the raw ``token_level_scores`` and ``raw - KL`` (or raw)
+    ``token_level_rewards`` into the batch it returns: verl's ``compute_data_metrics``
+    (``critic/score/*``, ``critic/rewards/*``) and rollout dumps read those later.
+    """
+    raw = trainer.reward_tensor
+    present = set(batch.batch.keys())
+    keys = ("responses", "attention_mask", "response_mask")
+    tensors = {key: batch.batch[key] for key in keys if key in present}
+    trainer.reward_tensor = _dra_scores(
+        trainer, step, trainer.metrics, {**tensors, "rm_scores": raw}, batch.non_tensor_batch
+    )
+    # NOTE: the raw scores travel in the batch, so they stay with their rows if verl's step
+    # resamples them (algorithm.use_pf_ppo with GAE, core_algos.compute_pf_ppo_reweight_data).
+    batch.batch[_RAW_SCORES] = raw
+    out = original(trainer, batch)
+    trainer.reward_tensor = raw
+    raw = out.batch.pop(_RAW_SCORES)
+    change = out.batch["token_level_scores"].double() - raw.double()
+    rewards = out.batch["token_level_rewards"]
+    out.batch["token_level_scores"] = raw
+    out.batch["token_level_rewards"] = (rewards.double() - change).to(rewards.dtype)
     return out
 
 
@@ -654,48 +729,109 @@ def _patch_v1(module: Any) -> None:
         setattr(trainer_cls, name, wrapper)
 
 
-def _patch_config_check(module: Any) -> None:
-    """Wraps ``verl.utils.config.validate_config``, which ``main_ppo``'s driver calls on the
-    composed configuration before ``ray.init``: a bad ``dra.*`` key fails there, in seconds."""
-    original = module.validate_config
-    if getattr(original, _WRAPPED, False):
+def _check_config_first(name: str) -> Callable[[Any], None]:
+    """A patch that wraps the module function ``name`` (its first argument, or ``config=``, is
+    the run's configuration) so that every ``dra.*`` key is checked before it runs."""
+
+    def patch(module: Any) -> None:
+        original = getattr(module, name)
+        if getattr(original, _WRAPPED, False):
+            return
+
+        @functools.wraps(original)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            settings_from_config(_config_argument(args, kwargs))
+            return original(*args, **kwargs)
+
+        setattr(checked, _WRAPPED, True)
+        setattr(module, name, checked)
+        package = sys.modules.get(module.__name__.rpartition(".")[0])
+        if package is not None and getattr(package, name, None) is original:
+            setattr(package, name, checked)
+
+    return patch
+
+
+def _refuse_unhooked(trainer: Any, config: Any) -> None:
+    """Start-up check of a legacy-layout trainer: every ``dra.*`` key; with DRA on, the trainer
+    must take its advantage step from the hooked ``SeparateRayPPOTrainer._fit_compute_advantage``
+    (one_step_off_policy, fully_async_policy), else it would train without DRA."""
+    if settings_from_config(config) is None:
         return
-
-    @functools.wraps(original)
-    def validate_config(*args: Any, **kwargs: Any) -> Any:
-        settings_from_config(_config_argument(args, kwargs))
-        return original(*args, **kwargs)
-
-    setattr(validate_config, _WRAPPED, True)
-    module.validate_config = validate_config
-    package = sys.modules.get(module.__name__.rpartition(".")[0])
-    if package is not None and getattr(package, "validate_config", None) is original:
-        package.validate_config = validate_config
-
-
-def _patch_legacy(module: Any) -> None:
-    trainer_cls = module.RayPPOTrainer
-    original = trainer_cls.__init__
-    if getattr(original, _WRAPPED, False):
+    if getattr(getattr(type(trainer), "_fit_compute_advantage", None), _WRAPPED, False):
         return
+    raise RuntimeError(
+        f"DRA was asked for (dra.enable or {ENV_VAR}) but {type(trainer).__name__} is verl's "
+        "legacy trainer, or a subclass with an advantage step of its own, which the dra-kernels "
+        "plugin does not hook; use the v1 trainer (trainer.use_v1=true, verl's default), a "
+        "recipe whose trainer uses SeparateRayPPOTrainer._fit_compute_advantage (one_step_off_"
+        "policy, fully_async_policy), or call dra_kernels.integrations.verl.apply_dra in your "
+        "own advantage step"
+    )
 
+
+def _checked_init(original: Callable) -> Callable:
     @functools.wraps(original)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if settings_from_config(_config_argument(args, kwargs)) is not None:
-            raise RuntimeError(
-                f"DRA was asked for (dra.enable or {ENV_VAR}) but {type(self).__name__} is verl's "
-                "legacy trainer, which the dra-kernels plugin does not hook; use the v1 trainer "
-                "(trainer.use_v1=true, verl's default) or call "
-                "dra_kernels.integrations.verl.apply_dra in your own advantage step"
-            )
+        _refuse_unhooked(self, _config_argument(args, kwargs))
         original(self, *args, **kwargs)
 
     setattr(__init__, _WRAPPED, True)
-    trainer_cls.__init__ = __init__
+    return __init__
+
+
+def _patch_legacy(module: Any) -> None:
+    """``RayPPOTrainer.__init__`` refuses a run that asks for DRA unless the trainer is hooked
+    (:func:`_refuse_unhooked`)."""
+    trainer_cls = module.RayPPOTrainer
+    if not getattr(trainer_cls.__init__, _WRAPPED, False):
+        trainer_cls.__init__ = _checked_init(trainer_cls.__init__)
+
+
+def _patch_separation(module: Any) -> None:
+    """``SeparateRayPPOTrainer`` (``verl/experimental/separation/ray_trainer.py``), the base of the
+    one_step_off_policy and fully_async_policy trainers, each a no-op unless the run asks for DRA:
+
+    - ``_fit_compute_advantage``: verl's step on DRA's scores, the batch's scores raw again after
+      it (:func:`_fit_compute_advantage_with_dra`); the embedder is built at the first call;
+    - the ``__init__`` of every subclass defined later (``OneStepOffRayTrainer``,
+      ``FullyAsyncTrainer``, ``FullyAsyncRollouter`` do not call ``RayPPOTrainer.__init__``):
+      checks the keys and refuses a subclass with its own advantage step
+      (:func:`_refuse_unhooked`), before any worker or model starts.
+    """
+    base = module.SeparateRayPPOTrainer
+    original = base._fit_compute_advantage
+    if getattr(original, _WRAPPED, False):
+        return
+
+    @functools.wraps(original)
+    def _fit_compute_advantage(self: Any, batch: Any) -> Any:
+        settings = settings_from_config(getattr(self, "config", None))
+        if settings is None:
+            return original(self, batch)
+        return _fit_compute_advantage_with_dra(self, batch, _step_of(self, settings), original)
+
+    # NOTE: on the class's creation, not its module's import: Ray's @ray.remote (FullyAsyncTrainer,
+    # FullyAsyncRollouter) copies the methods into the actor class when the class is defined.
+    def __init_subclass__(cls: type, **kwargs: Any) -> None:
+        super(base, cls).__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, _WRAPPED, False):
+            cls.__init__ = _checked_init(init)
+
+    setattr(_fit_compute_advantage, _WRAPPED, True)
+    base._fit_compute_advantage = _fit_compute_advantage
+    base.__init_subclass__ = classmethod(__init_subclass__)
 
 
 _FINDER = PatchOnImport(
-    {_CONFIG_MODULE: _patch_config_check, _V1_MODULE: _patch_v1, _LEGACY_MODULE: _patch_legacy}
+    {
+        _CONFIG_MODULE: _check_config_first("validate_config"),
+        _DRIVER_MODULE: _check_config_first("run_ppo"),
+        _V1_MODULE: _patch_v1,
+        _LEGACY_MODULE: _patch_legacy,
+        _SEPARATION_MODULE: _patch_separation,
+    }
 )
 """Patches verl's trainer modules right after they are first imported (never imports them)."""
 

@@ -374,12 +374,13 @@ def test_an_embedder_returning_the_wrong_rows_is_refused(tokenizer):
 # ----------------------------------------------------------------------------- configuration
 
 
-def _compose(*overrides: str):
+def _compose(*overrides: str, folder: str = "trainer/config", name: str = "ppo_trainer"):
+    """verl's Hydra configuration ``name`` from ``folder`` (relative to the verl package)."""
     from hydra import compose, initialize_config_dir
 
-    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    config_dir = os.path.join(os.path.dirname(verl.__file__), *folder.split("/"))
     with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return compose("ppo_trainer", overrides=list(overrides))
+        return compose(name, overrides=list(overrides))
 
 
 EMBEDDER_PATH = f"{__name__}:HashEmbedder"
@@ -657,6 +658,37 @@ def test_the_legacy_trainer_refuses_dra_and_is_unchanged_without_it(monkeypatch)
         RayPPOTrainer(_compose())
 
 
+def test_only_trainers_that_take_the_hooked_advantage_step_pass_with_dra(monkeypatch):
+    """SeparateRayPPOTrainer's subclasses that keep its _fit_compute_advantage (the async
+    recipes' trainers) construct with DRA on; a subclass with an advantage step of its own is
+    refused at construction, whether or not its __init__ calls verl's."""
+    from verl.experimental.separation.ray_trainer import SeparateRayPPOTrainer
+
+    class KeepsTheStep(SeparateRayPPOTrainer):
+        def __init__(self, config):
+            self.config = config
+
+    class OwnStep(KeepsTheStep):
+        def _fit_compute_advantage(self, batch):
+            return batch
+
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    on = _compose("+dra.enable=true")
+    assert KeepsTheStep(on).config is on
+    with pytest.raises(RuntimeError, match="advantage step of its own"):
+        OwnStep(on)
+    assert OwnStep(_compose()).config is not None  # without DRA, no refusal
+    # through SeparateRayPPOTrainer's own __init__, which calls RayPPOTrainer's: let through to
+    # verl's (which asserts on the worker roles); with an advantage step of its own, refused there
+    arguments = (on, None, {}, None)  # config, tokenizer, role_worker_mapping, resource pools
+    with pytest.raises(AssertionError, match="role_worker_mapping"):
+        SeparateRayPPOTrainer(*arguments)
+    with pytest.raises(RuntimeError, match="advantage step of its own"):
+        type("OwnStepVerlInit", (SeparateRayPPOTrainer,), {"_fit_compute_advantage": len})(
+            *arguments
+        )
+
+
 def test_v1_trainer_logs_the_coverage_of_an_embedder_served_by_a_ray_actor(
     transfer_queue, ray_cluster, tokenizer, monkeypatch
 ):
@@ -788,6 +820,244 @@ def test_one_step_runs_one_smi_pass(transfer_queue, tokenizer, monkeypatch, meas
     assert counts == {"smi": 1, "factorize": 1}
 
 
+# ----------------------------------------------------------------------------- the async recipes
+
+ASYNC_TRAINERS = ["one_step_off", "fully_async"]
+
+
+def _async_trainer_class(name: str) -> type:
+    """The trainer class of verl's one_step_off_policy / fully_async_policy recipe.
+    FullyAsyncTrainer is a Ray actor: the class that runs in its actor process, into which Ray
+    copied the methods when the class was defined."""
+    if name == "one_step_off":
+        from verl.experimental.one_step_off_policy.ray_trainer import OneStepOffRayTrainer
+
+        return OneStepOffRayTrainer
+    from verl.experimental.fully_async_policy.fully_async_trainer import FullyAsyncTrainer
+
+    return FullyAsyncTrainer.__ray_metadata__.modified_class
+
+
+def _recipe_config(name: str, *overrides: str):
+    """The recipe's own configuration (its yaml over ppo_trainer), set up as its examples set it
+    (no hybrid engine), for a GRPO step on a CPU: no workers, a small batch."""
+    recipe = {"one_step_off": "one_step_off_policy", "fully_async": "fully_async_policy"}[name]
+    return _compose(
+        "hydra.searchpath=[pkg://verl.trainer.config]",  # the recipe's yaml names a cwd path
+        "actor_rollout_ref.hybrid_engine=false",
+        "trainer.logger=[console]",
+        "data.train_batch_size=2",
+        "data.dataloader_num_workers=0",
+        "algorithm.adv_estimator=grpo",
+        "critic.enable=false",
+        f"actor_rollout_ref.rollout.n={GROUP_SIZE}",
+        *overrides,
+        folder=f"experimental/{recipe}/config",
+        name=f"{name}_ppo_trainer",
+    )
+
+
+def _legacy_batch(tokenizer, sizes=(GROUP_SIZE, GROUP_SIZE), seed=0):
+    """make_batch's DataProto as the legacy layout holds it at the advantage step: the reward
+    step's ``rm_scores`` and the reference log-probs (KL in reward), not yet the score tensors
+    that the advantage step writes."""
+    data, texts, rewards = make_batch(tokenizer, sizes=sizes, seed=seed)
+    data.batch["rm_scores"] = data.batch.pop("token_level_scores")
+    data.batch.pop("token_level_rewards")
+    data.batch["ref_log_prob"] = 0.9 * data.batch["old_log_probs"] - 0.05
+    return data, texts, rewards
+
+
+def _separate_trainer(name: str, config, tokenizer, batch: DataProto):
+    """A recipe trainer without its __init__ (it would start workers), with the state its
+    fit_step sets, after verl's own reward step (_fit_compute_reward sets reward_tensor)."""
+    from verl.trainer.ppo import core_algos
+
+    trainer = object.__new__(_async_trainer_class(name))
+    trainer.config = config
+    trainer.tokenizer = tokenizer
+    trainer.use_rm = False
+    trainer.metrics = {"training/global_step": 1, "training/epoch": 0}
+    trainer.timing_raw = {}
+    if config.algorithm.use_kl_in_reward:
+        trainer.kl_ctrl_in_reward = core_algos.get_kl_controller(config.algorithm.kl_ctrl)
+    return trainer, trainer._fit_compute_reward(batch)
+
+
+def _with_last_scores(data: DataProto, scores: torch.Tensor) -> torch.Tensor:
+    """``rm_scores`` with each row's last valid token set to ``scores``."""
+    out = data.batch["rm_scores"].clone()
+    out[torch.arange(len(scores)), _last_index(data)] = scores
+    return out
+
+
+@pytest.mark.parametrize("use_kl_in_reward", [False, True], ids=["no_kl", "kl_in_reward"])
+@pytest.mark.parametrize("name", ASYNC_TRAINERS)
+def test_async_trainers_take_the_advantages_from_the_adjusted_scores(
+    tokenizer, monkeypatch, name, use_kl_in_reward
+):
+    """verl's own SeparateRayPPOTrainer._fit_compute_advantage, DRA on: advantages and returns
+    are verl's of the adjusted scores; the batch's token_level_scores / token_level_rewards are
+    the raw ones again (raw - KL with KL in reward), so verl's compute_data_metrics reports the
+    critic/score/* and critic/rewards/* of the run without DRA; dra/* metrics are logged."""
+    from verl.trainer.ppo.metric_utils import compute_data_metrics
+
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    kl = f"algorithm.use_kl_in_reward={str(use_kl_in_reward).lower()}"
+    runs = {}
+    for dra in (False, True):
+        data, texts, rewards = _legacy_batch(tokenizer, seed=23)
+        trainer, batch = _separate_trainer(name, _grpo_config(kl, dra=dra), tokenizer, data)
+        raw = batch.batch["rm_scores"].clone()
+        out = trainer._fit_compute_advantage(batch)
+        runs[dra] = trainer, out, compute_data_metrics(out, use_critic=False)
+
+    uids = list(data.non_tensor_batch["uid"])
+    expected = adjust_rewards(rewards, torch.from_numpy(HashEmbedder.embed(texts)), uids)
+    # verl's step, DRA off, handed the adjusted scores: the advantages DRA must give
+    data = _legacy_batch(tokenizer, seed=23)[0]
+    reference, batch = _separate_trainer(name, _grpo_config(kl, dra=False), tokenizer, data)
+    reference.reward_tensor = _with_last_scores(data, expected)
+    want = reference._fit_compute_advantage(batch)
+
+    (_, off, off_logged), (trainer, on, on_logged) = runs[False], runs[True]
+    for key in ("advantages", "returns"):
+        torch.testing.assert_close(on.batch[key], want.batch[key])
+    if not use_kl_in_reward:
+        torch.testing.assert_close(on.batch["advantages"][:, 0], _grpo(expected, uids))
+    assert not torch.allclose(on.batch["advantages"], off.batch["advantages"])
+    # the raw scores are back where verl's metrics and dumps read them
+    assert torch.equal(on.batch["token_level_scores"], raw)
+    assert torch.equal(trainer.reward_tensor, raw)
+    torch.testing.assert_close(
+        on.batch["token_level_rewards"], off.batch["token_level_rewards"], rtol=0, atol=1e-6
+    )
+    assert set(on.batch.keys()) == set(off.batch.keys())  # nothing of DRA's left in the batch
+    for stat in ("mean", "max", "min"):
+        assert on_logged[f"critic/score/{stat}"] == off_logged[f"critic/score/{stat}"]
+        assert on_logged[f"critic/rewards/{stat}"] == pytest.approx(
+            off_logged[f"critic/rewards/{stat}"], abs=1e-6
+        )
+    metrics = trainer.metrics
+    assert metrics["training/global_step"] == 1 and "adv" in trainer.timing_raw
+    assert ("actor/reward_kl_penalty" in metrics) == use_kl_in_reward  # verl's, logged too
+    assert metrics["dra/rows"] == len(texts) and metrics["dra/incomplete_groups"] == 0
+    assert metrics["dra/reward_before/mean"] == pytest.approx(on_logged["critic/score/mean"])
+    assert metrics["dra/reward_after/mean"] == pytest.approx(float(expected.double().mean()))
+    assert trainer._dra_kernels_state[1].embed_fn().calls == [texts]
+
+
+@pytest.mark.parametrize("name", ASYNC_TRAINERS)
+def test_async_trainers_with_dra_off_are_unchanged(tokenizer, monkeypatch, name):
+    from verl.experimental.separation.ray_trainer import SeparateRayPPOTrainer
+
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    original = SeparateRayPPOTrainer._fit_compute_advantage.__wrapped__
+
+    def run(step):
+        data, _, _ = _legacy_batch(tokenizer, seed=24)
+        trainer, batch = _separate_trainer(name, _grpo_config(dra=False), tokenizer, data)
+        return trainer, step(trainer, batch)
+
+    hooked, got = run(lambda trainer, batch: trainer._fit_compute_advantage(batch))
+    plain, want = run(original)  # verl's own method, not wrapped
+    keys = set(want.batch.keys())
+    assert set(got.batch.keys()) == keys
+    for key in keys:
+        assert torch.equal(got.batch[key], want.batch[key]), key
+    assert hooked.metrics == plain.metrics
+    assert "_dra_kernels_state" not in hooked.__dict__
+
+
+def test_raw_scores_stay_with_their_rows_when_verl_resamples_the_batch(tokenizer, monkeypatch):
+    """With GAE and algorithm.use_pf_ppo, verl's advantage step resamples the rows (by their
+    scores, here the adjusted ones); the raw scores put back are each row's own."""
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    data, _, _ = _legacy_batch(tokenizer, seed=25)
+    data.batch["values"] = torch.zeros_like(data.batch["rm_scores"])
+    config = _compose(
+        "algorithm.adv_estimator=gae",
+        "algorithm.use_pf_ppo=true",
+        f"actor_rollout_ref.rollout.n={GROUP_SIZE}",
+        "+dra.enable=true",
+        f"+dra.embedder={EMBEDDER_PATH}",
+    )
+    trainer, batch = _separate_trainer("one_step_off", config, tokenizer, data)
+    raw = batch.batch["rm_scores"].clone()
+    torch.manual_seed(0)
+    out = trainer._fit_compute_advantage(batch)
+
+    # the row each output row was drawn from, found by its (distinct) old_log_probs
+    same = out.batch["old_log_probs"][:, None, :] == data.batch["old_log_probs"][None, :, :]
+    source = same.all(dim=-1).int().argmax(dim=1)
+    assert not torch.equal(source, torch.arange(len(source)))  # verl did resample
+    assert torch.equal(out.batch["token_level_scores"], raw[source])
+    assert torch.equal(out.batch["token_level_rewards"], raw[source])
+
+
+@pytest.mark.parametrize("name", ASYNC_TRAINERS)
+def test_async_trainers_construct_with_dra_on_and_build_the_embedder_once(
+    tokenizer, monkeypatch, name
+):
+    """verl's own __init__ of each recipe's trainer, with the recipe's configuration: DRA on, it
+    constructs (no embedder yet); the embedder is built at the first advantage step, once; a bad
+    key fails at construction, before verl's __init__ runs."""
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    prompts = [{"prompt": i} for i in range(4)]
+
+    def build(*overrides, **arguments):
+        if name == "one_step_off":
+            arguments.update(train_dataset=prompts, val_dataset=prompts, collate_fn=list)
+        config = _recipe_config(name, *overrides)
+        return _async_trainer_class(name)(config, tokenizer, {}, None, **arguments)
+
+    CountingFactory.built = 0
+    trainer = build("+dra.enable=true", f"+dra.embedder={__name__}:CountingFactory")
+    assert CountingFactory.built == 0 and "_dra_kernels_state" not in trainer.__dict__
+    for seed in (26, 27):  # two steps, one embedder
+        trainer.metrics = {}
+        batch = trainer._fit_compute_reward(_legacy_batch(tokenizer, seed=seed)[0])
+        trainer._fit_compute_advantage(batch)
+        assert trainer.metrics["dra/rows"] == 2 * GROUP_SIZE
+    assert CountingFactory.built == 1
+
+    for override, messages in STARTUP_REFUSALS:
+        with pytest.raises(ValueError, match=re.escape(messages[0])):
+            build("+dra.enable=true", override, bad_argument=None)  # verl's __init__ never ran
+
+
+def test_the_fully_async_trainer_runs_dra_in_its_ray_actor(ray_cluster, tokenizer, monkeypatch):
+    """FullyAsyncTrainer is a Ray actor: Ray sends its class to the actor's process by value,
+    with the methods it copied when the class was defined. There too the keys are checked at
+    construction and verl's _fit_compute_advantage runs DRA."""
+    from verl.experimental.fully_async_policy.fully_async_trainer import FullyAsyncTrainer
+
+    monkeypatch.delenv(dra_verl.ENV_VAR, raising=False)
+    ray = ray_cluster
+    data, texts, rewards = _legacy_batch(tokenizer, seed=28)
+
+    def advantage_step(trainer, batch):
+        out = trainer._fit_compute_advantage(trainer._fit_compute_reward(batch))
+        return out.batch["advantages"][:, 0], out.batch["token_level_scores"], trainer.metrics
+
+    config = _recipe_config("fully_async", "+dra.enable=true", f"+dra.embedder={EMBEDDER_PATH}")
+    actor = FullyAsyncTrainer.options(num_cpus=0).remote(config, tokenizer, {}, None)
+    try:
+        advantages, scores, metrics = ray.get(actor.__ray_call__.remote(advantage_step, data))
+    finally:
+        ray.kill(actor)
+    uids = list(data.non_tensor_batch["uid"])
+    expected = adjust_rewards(rewards, torch.from_numpy(HashEmbedder.embed(texts)), uids)
+    torch.testing.assert_close(advantages, _grpo(expected, uids))
+    assert torch.equal(scores, data.batch["rm_scores"])
+    assert metrics["dra/reward_after/mean"] == pytest.approx(float(expected.double().mean()))
+
+    bad = _recipe_config("fully_async", "+dra.enable=true", STARTUP_REFUSALS[0][0])
+    actor = FullyAsyncTrainer.options(num_cpus=0).remote(bad, tokenizer, {}, None)
+    with pytest.raises(ray.exceptions.RayActorError, match=re.escape(STARTUP_REFUSALS[0][1][0])):
+        ray.get(actor.__ray_ready__.remote())
+
+
 # ----------------------------------------------------------------------------- options, at start-up
 
 
@@ -907,17 +1177,16 @@ STARTUP_REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize(("override", "messages"), STARTUP_REFUSALS, ids=["typo", "min_den"])
-def test_the_driver_refuses_a_bad_key_before_ray_starts(tmp_path, override, messages):
-    """verl's own entry point: main_ppo's driver checks the keys in validate_config, before
-    ray.init (which it prints as 'ray init kwargs')."""
+def _driver_refuses_before_ray_starts(cwd, driver: str, *overrides: str, messages) -> None:
+    """``python -m driver +dra.enable=true *overrides`` stops with ``messages`` before ray.init
+    (which verl's run_ppo prints as 'ray init kwargs')."""
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "verl.trainer.main_ppo", "+dra.enable=true", override],
+        [sys.executable, "-m", driver, "+dra.enable=true", *overrides],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=tmp_path,
+        cwd=cwd,
         check=False,
     )
     elapsed = time.monotonic() - started
@@ -926,6 +1195,32 @@ def test_the_driver_refuses_a_bad_key_before_ray_starts(tmp_path, override, mess
         assert message in result.stderr
     assert "ray init kwargs" not in result.stdout
     assert elapsed < 60
+
+
+@pytest.mark.parametrize(("override", "messages"), STARTUP_REFUSALS, ids=["typo", "min_den"])
+def test_the_driver_refuses_a_bad_key_before_ray_starts(tmp_path, override, messages):
+    """verl's own entry point: main_ppo's driver checks the keys in validate_config."""
+    _driver_refuses_before_ray_starts(
+        tmp_path, "verl.trainer.main_ppo", override, messages=messages
+    )
+
+
+@pytest.mark.parametrize(
+    "driver",
+    [
+        "verl.experimental.one_step_off_policy.main_ppo",
+        "verl.experimental.fully_async_policy.fully_async_main",
+    ],
+    ids=["one_step_off", "fully_async"],
+)
+def test_the_async_recipe_drivers_refuse_a_bad_key_before_ray_starts(tmp_path, driver):
+    """The recipes' drivers call no validate_config before ray.init (one_step_off_policy calls
+    it later, in its TaskRunner; fully_async_policy not at all): the keys are checked in verl's
+    run_ppo, which both call first."""
+    override, messages = STARTUP_REFUSALS[0]
+    # NOTE: one_step_off_policy's yaml finds verl's ppo_trainer.yaml by a path relative to the cwd
+    search = "hydra.searchpath=[pkg://verl.trainer.config]"
+    _driver_refuses_before_ray_starts(tmp_path, driver, search, override, messages=messages)
 
 
 @pytest.mark.parametrize(("override", "messages"), STARTUP_REFUSALS, ids=["typo", "min_den"])
