@@ -12,10 +12,10 @@ sizes. Each rank sums its own rows per group, one ``all_reduce`` adds the ``[K, 
 sums (the last column holds the row counts), and each rank finishes its rows locally. Embeddings
 never leave their rank.
 
-Errors: every argument is checked by the core's own checks (:mod:`dra_kernels.api`), on each rank,
-before any data moves. The first collective of every call is one ``all_gather`` of a small header
-(about 100 bytes per rank: a status, the function, the options, kinds and sizes); a rank whose
-inputs were refused still takes part in it. If any rank failed, every rank raises at once: the
+Errors: every argument is checked by the core's own checks (:mod:`dra_kernels.inputs`), on each
+rank, before any data moves. The first collective of every call is one ``all_gather`` of a small
+header (about 100 bytes per rank: a status, the function, the options, kinds and sizes); a rank
+whose inputs were refused still takes part in it. If any rank failed, every rank raises at once: the
 failing ranks their own error, the others a RuntimeError naming the failing ranks and their
 errors. Ranks that disagree on the function, ``num_groups``, ``scale``, ``eps``,
 ``min_denominator``, ``measure``, ``eta``, ``lam`` or the width ``D`` all raise the same
@@ -111,8 +111,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dra_kernels import api, measures, reference
-from dra_kernels.api import Groups, Measure, Scale
+from dra_kernels import inputs, measures, reference
+from dra_kernels.inputs import EMBEDDING_DTYPES, Groups, Measure, Scale
 from dra_kernels.measures import DEFAULT_ETA, DEFAULT_LAM, MEASURES
 from dra_kernels.reference import DEFAULT_EPS, DEFAULT_MIN_DENOMINATOR
 
@@ -129,9 +129,6 @@ _EMPTY, _INTEGER, _HASHABLE = 0, 1, 2
 
 # The functions, as numbered in the header.
 _OPS = ("global_group_codes", "smi_scores", "adjust_rewards", "dra_advantages")
-
-# Embedding dtypes, as numbered in the header (-1: no embeddings).
-_EMBEDDING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # Header columns (after the status and the message length that _exchange puts first).
 (_OP, _KIND, _UNIQUE, _ROWS, _DIM, _FLOAT64, _NUM_GROUPS, _SCALE, _MIN_DEN, _EPS, _MEASURE, _ETA,
@@ -275,9 +272,9 @@ def _consensus(table: torch.Tensor) -> _Agreed:
     embedding_dtype = torch.float32
     kinds = sorted({int(v) for v in rows[:, _EMBEDDING_DTYPE].tolist() if v >= 0})
     if kinds:
-        embedding_dtype = _EMBEDDING_DTYPES[kinds[0]]
+        embedding_dtype = EMBEDDING_DTYPES[kinds[0]]
         for kind in kinds[1:]:
-            embedding_dtype = torch.promote_types(embedding_dtype, _EMBEDDING_DTYPES[kind])
+            embedding_dtype = torch.promote_types(embedding_dtype, EMBEDDING_DTYPES[kind])
     return _Agreed(int(dims[0]), bool(rows[:, _FLOAT64].any()), embedding_dtype)
 
 
@@ -314,20 +311,15 @@ class _Local:
 
 def _local_ids(group_ids: Any, n: int | None, device: torch.device) -> tuple[int, Any]:
     """This rank's ids as ``(kind, value)``: an int64 tensor on ``device`` or a list of labels,
-    checked by the core's rule (the functions :func:`dra_kernels.factorize_group_ids` uses)."""
-    if isinstance(group_ids, torch.Tensor):
-        ids = api._check_id_tensor(group_ids, device)
-        api._check_len(ids.shape[0], n)
-        if ids.dtype == torch.uint64:  # .to(int64) would wrap: the host rule keeps ids exact
-            return _local_ids(ids.cpu().numpy(), n, device)
-        return (_INTEGER if ids.shape[0] else _EMPTY), ids.to(torch.int64)
-    host = api._host_ids(group_ids)
-    api._check_len(len(host), n)
-    if len(host) == 0:
+    checked by the core's rule (:func:`dra_kernels.inputs.id_values`)."""
+    ids = inputs.id_values(group_ids, n, device)
+    if isinstance(ids, list) and ids:
+        return _HASHABLE, ids
+    if isinstance(ids, list) or ids.shape[0] == 0:
         return _EMPTY, torch.empty(0, dtype=torch.int64, device=device)
-    if isinstance(host, list):
-        return _HASHABLE, host
-    return _INTEGER, torch.from_numpy(api._torch_compatible(host)).to(device)
+    if ids.dtype == torch.uint64:  # .to(int64) would wrap: the host rule keeps ids exact
+        return _local_ids(ids.cpu().numpy(), n, device)
+    return _INTEGER, ids.to(torch.int64)
 
 
 def _check_local(
@@ -345,9 +337,9 @@ def _check_local(
     r = e = None
     float64 = False
     if embeddings is not None or rewards is not None:
-        r, e, device = api._checked_data(rewards, embeddings)
+        r, e, device = inputs.checked_data(rewards, embeddings)
         dtypes = [t.dtype for t in (r, e) if t is not None and t.is_floating_point()]
-        float64 = reference.compute_dtype(*dtypes) == torch.float64
+        float64 = inputs.compute_dtype(*dtypes) == torch.float64
     assert device is not None
     device = torch.device(device)
     if active:
@@ -355,9 +347,9 @@ def _check_local(
     kind, ids = _local_ids(group_ids, None if e is None else e.shape[0], device)
     hinted = unique = payload = None
     if kind == _HASHABLE:
-        api._check_hint_kind(num_groups, ids)
+        inputs.check_hint_kind(num_groups, ids)
     if num_groups is not None:
-        hinted = api._hinted_codes(ids, num_groups)
+        hinted = inputs.hinted_codes(ids, num_groups)
     n_unique = 0
     if active and hinted is None and kind == _INTEGER:
         unique = torch.unique(ids)
@@ -385,7 +377,7 @@ def _local_groups(local: _Local) -> Groups:
     if local.kind == _EMPTY:
         return Groups(local.ids, 0)
     if local.kind == _HASHABLE:
-        codes, count = api._label_codes(local.ids)
+        codes, count = inputs.label_codes(local.ids)
         return Groups(torch.tensor(codes, dtype=torch.int64).to(local.device), count)
     uniques, codes = torch.unique(local.ids, return_inverse=True)
     return Groups(codes.to(torch.int64), int(uniques.shape[0]))
@@ -470,7 +462,7 @@ def _plan(
             measure,
             _float_bits(eta),
             _float_bits(lam),
-            -1 if e is None else _EMBEDDING_DTYPES.index(e.dtype),
+            -1 if e is None else EMBEDDING_DTYPES.index(e.dtype),
         ]
     table = _exchange(row, error, op, pg)
     assert local is not None
@@ -509,7 +501,7 @@ def global_group_codes(
         process_group: the ``torch.distributed`` group (default: the world).
 
     Returns:
-        :class:`dra_kernels.api.Groups` with int64 codes in ``[0, num_groups)`` on ``device``.
+        :class:`dra_kernels.inputs.Groups` with int64 codes in ``[0, num_groups)`` on ``device``.
     """
 
     def check(active: bool) -> _Local:
@@ -588,7 +580,7 @@ def _adjusted(call: _Call, pg: Any, min_denominator: float) -> tuple[torch.Tenso
         codes, k = call.groups.codes, call.groups.num_groups
         adjusted = reference.adjust_rewards(call.rewards, call.embeddings, codes, k,
                                             min_denominator)  # fmt: skip
-        return adjusted, reference._group_counts(codes, k).to(call.dtype)
+        return adjusted, reference.group_counts(codes, k).to(call.dtype)
     smi, counts = _scores(call, pg)
     return reference.adjust_from_smi(call.rewards, smi, min_denominator), counts
 
@@ -598,7 +590,7 @@ def _smi(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Local Graph-Cut SMI and the global per-group row counts (in ``dtype``)."""
     if not active:  # one process: the single-process reference itself, bit for bit
-        counts = reference._group_counts(groups.codes, groups.num_groups)
+        counts = reference.group_counts(groups.codes, groups.num_groups)
         return reference.smi_scores(e, groups.codes, groups.num_groups, dtype), counts.to(dtype)
     units = reference.unit_rows(e, dtype)
     sums, counts = reference.group_unit_sums(units, groups.codes, groups.num_groups)
@@ -648,7 +640,7 @@ def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     measure, eta, lam = MEASURES[call.options[3]], call.options[4], call.options[5]
     codes, k = groups.codes, groups.num_groups
     if not call.active:  # one process: what the core computes, bit for bit
-        counts = reference._group_counts(codes, k)
+        counts = reference.group_counts(codes, k)
         smi = measures.smi_by_measure(e, codes, k, measure, eta=eta, lam=lam, dtype=dtype)
         return smi, counts.to(dtype)
     device = e.device
@@ -656,7 +648,7 @@ def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
         empty = torch.zeros(0, dtype=dtype, device=device)
         return empty, empty
     world, me = dist.get_world_size(pg), dist.get_rank(pg)
-    local_counts = reference._group_counts(codes, k)
+    local_counts = reference.group_counts(codes, k)
     parts = [torch.empty_like(local_counts) for _ in range(world)]
     dist.all_gather(parts, local_counts, group=pg)
     table = torch.stack(parts).cpu()  # [W, K]
@@ -720,7 +712,7 @@ def smi_scores(
 
     call = _inputs("smi_scores", options, None, embeddings, group_ids, num_groups, process_group)
     smi, _ = _scores(call, process_group)
-    return api._convert_out(smi, embeddings)
+    return inputs.convert_out(smi, embeddings)
 
 
 def adjust_rewards(
@@ -758,7 +750,7 @@ def adjust_rewards(
     """
 
     def options() -> _Options:
-        md = api._check_min_denominator(min_denominator)  # the core's checks, in its order
+        md = inputs.check_min_denominator(min_denominator)  # the core's checks, in its order
         return 2, md, 0.0, *_measure_options(measure, eta, lam)
 
     call = _inputs(
@@ -766,7 +758,7 @@ def adjust_rewards(
     )
     assert call.rewards is not None
     adjusted, _ = _adjusted(call, process_group, call.options[1])
-    return api._convert_out(adjusted, rewards)
+    return inputs.convert_out(adjusted, rewards)
 
 
 def dra_advantages(
@@ -808,9 +800,9 @@ def dra_advantages(
     """
 
     def options() -> _Options:
-        checked = api._check_scale(scale)  # the core's checks, in the core's order
-        checked_eps = api._check_eps(eps, checked)
-        md = api._check_min_denominator(min_denominator)
+        checked = inputs.check_scale(scale)  # the core's checks, in the core's order
+        checked_eps = inputs.check_eps(eps, checked)
+        md = inputs.check_min_denominator(min_denominator)
         return ("std", "none").index(checked), md, checked_eps, *_measure_options(measure, eta, lam)
 
     call = _inputs(
@@ -831,11 +823,11 @@ def dra_advantages(
     mean = group_sum(adjusted) / counts.clamp(min=1)
     centred = adjusted - mean.index_select(0, codes)
     if scale_id == 1:
-        return api._convert_out(centred, rewards)
+        return inputs.convert_out(centred, rewards)
     # NOTE: the sum of squared deviations has zero derivative in the mean (deviations sum to 0),
     # but here the other ranks' deviations enter as constants, so their dependence on the mean
     # would be missing from the gradient: the mean is held constant in this sum instead (the
     # values are the same).
     deviations = adjusted - mean.detach().index_select(0, codes)
     std = reference.group_std(group_sum(deviations * deviations), counts)
-    return api._convert_out(centred / (std.index_select(0, codes) + checked_eps), rewards)
+    return inputs.convert_out(centred / (std.index_select(0, codes) + checked_eps), rewards)

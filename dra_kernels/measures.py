@@ -23,13 +23,11 @@ in float64 whatever the input dtype (see :func:`smi_by_measure`).
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
-import numpy as np
 import torch
 
-from . import reference
+from dra_kernels import inputs, reference
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -60,14 +58,6 @@ CHUNK_ELEMENTS = 1 << 20
 ``G x G`` matrices of a chunk of groups stay small whatever N."""
 
 
-def _check_number(name: str, value: Any) -> float:
-    if type(value) is float:
-        return value  # the common case (every call checks its defaults)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
-    return float(value)
-
-
 def check_measure(
     measure: Any, eta: Any = DEFAULT_ETA, lam: Any = DEFAULT_LAM
 ) -> tuple[str, float, float]:
@@ -87,8 +77,8 @@ def check_measure(
         raise ValueError(
             f"measure must be one of {', '.join(repr(m) for m in MEASURES)}, got {measure!r}"
         )
-    eta = _check_number("eta", eta)
-    lam = _check_number("lam", lam)
+    eta = inputs.check_number("eta", eta)
+    lam = inputs.check_number("lam", lam)
     if measure == "graph_cut" and eta != DEFAULT_ETA:
         raise ValueError(f"eta is not used by measure='graph_cut'; leave it at 1.0, got {eta!r}")
     if measure != "log_det" and lam != DEFAULT_LAM:
@@ -149,7 +139,7 @@ def smi_by_measure(
     if measure == "graph_cut":
         return reference.smi_scores(embeddings, codes, num_groups, dtype)
     embeddings = embeddings.detach()
-    out_dtype = dtype or reference.compute_dtype(embeddings.dtype)
+    out_dtype = dtype or inputs.compute_dtype(embeddings.dtype)
     n, d = embeddings.shape
     smi = torch.zeros(n, dtype=out_dtype, device=embeddings.device)
     if n == 0:
@@ -217,7 +207,7 @@ def _size_histogram(
         )
     if codes.device.type != "cpu":
         return _size_histogram_in_one_copy(codes, num_groups)
-    reference.check_code_range(codes, num_groups)
+    inputs.check_code_range(codes, num_groups)
     counts = torch.bincount(codes, minlength=num_groups)
     return counts, _histogram_list(torch.bincount(counts))
 
@@ -231,11 +221,11 @@ def _size_histogram_in_one_copy(
     sizes depending on the data). Out-of-range codes are clamped for the counts, so that nothing
     indexes out of bounds before the check has raised. Runs on any device (tested on CPU)."""
     bounds = torch.stack(torch.aminmax(codes))
-    counts = reference._group_counts(codes.clamp(0, num_groups - 1), num_groups)
+    counts = reference.group_counts(codes.clamp(0, num_groups - 1), num_groups)
     groups_of_size = torch.zeros(codes.numel() + 1, dtype=torch.int64, device=codes.device)
     groups_of_size.index_add_(0, counts, torch.ones_like(counts))
     host = torch.cat([bounds, groups_of_size]).cpu()
-    reference.check_code_bounds(int(host[0]), int(host[1]), num_groups)
+    inputs.check_code_bounds(int(host[0]), int(host[1]), num_groups)
     return counts, _histogram_list(host[2:])
 
 

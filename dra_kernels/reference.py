@@ -1,6 +1,6 @@
 """Pure-torch reference implementation of DRA: the executable spec.
 
-Every function here works on already-validated tensors (see :mod:`dra_kernels.api`) whose group
+Every function here works on already-validated tensors (see :mod:`dra_kernels.inputs`) whose group
 ids have been factorised into dense codes ``0 .. num_groups - 1``. Nothing builds an ``N x N``
 matrix or pads groups: the whole computation is linear in ``N`` thanks to the identity
 
@@ -22,15 +22,15 @@ from collections.abc import Iterator
 
 import torch
 
+from dra_kernels.inputs import compute_dtype
+
 __all__ = [
     "DEFAULT_EPS",
     "DEFAULT_MIN_DENOMINATOR",
     "adjust_from_smi",
-    "check_code_bounds",
-    "check_code_range",
-    "compute_dtype",
     "contiguous_group_size",
     "group_advantages",
+    "group_counts",
     "group_std",
     "group_unit_sums",
     "smi_from_sums",
@@ -53,11 +53,6 @@ _DEFAULT_CHUNK_ROWS = 65536
 
 def _chunk_rows(device: torch.device) -> int:
     return _CHUNK_ROWS.get(device.type, _DEFAULT_CHUNK_ROWS)
-
-
-def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """float64 if any of ``dtypes`` is float64, else float32."""
-    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def unit_rows(embeddings: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -157,7 +152,8 @@ def _divide_rows_(x: torch.Tensor, scale: torch.Tensor) -> None:
     x.div_(torch.where(scale > 0, scale, torch.ones_like(scale)))
 
 
-def _group_counts(codes: torch.Tensor, num_groups: int) -> torch.Tensor:
+def group_counts(codes: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """``[num_groups]`` int64 row counts of ``codes`` (without a host sync on CUDA)."""
     if codes.device.type == "cpu":
         return torch.bincount(codes, minlength=num_groups)
     # NOTE: bincount's output size depends on the data (a host sync on CUDA); index_add_ does not.
@@ -191,7 +187,7 @@ def group_unit_sums(
         rows = buffer[: min(chunk, n - start)]
         rows.copy_(units[start : start + chunk])
         sums.index_add_(0, codes[start : start + chunk], rows)
-    return sums, _group_counts(codes, num_groups)
+    return sums, group_counts(codes, num_groups)
 
 
 def smi_from_sums(
@@ -267,7 +263,7 @@ def _smi_chunked(
     buffer = torch.empty(min(_chunk_rows(embeddings.device), n), d, dtype=dtype, device=sums.device)
     for start, stop, _, u in _unit_chunks(embeddings, dtype, wide=False, scales=scales):
         _dot_with_others(u, codes[start:stop], sums, buffer, smi[start:stop])
-    return _zero_singletons(smi, codes, _group_counts(codes, num_groups))
+    return _zero_singletons(smi, codes, group_counts(codes, num_groups))
 
 
 # ----------------------------------------------------------------------------- the CPU path
@@ -329,22 +325,6 @@ def _cpu_scales(
         patch_at = torch.full_like(scale, -1, dtype=torch.int64)
         patch_at[rows] = torch.arange(rows.numel())
     return scale, weight, patch_at, patch
-
-
-def check_code_range(codes: torch.Tensor, num_groups: int) -> None:
-    """Raises ValueError unless every code of a CPU tensor lies in ``[0, num_groups)``."""
-    if codes.numel() == 0:
-        return
-    check_code_bounds(*(int(v) for v in torch.aminmax(codes)), num_groups)
-
-
-def check_code_bounds(low: int, high: int, num_groups: int) -> None:
-    """Raises ValueError unless codes from ``low`` to ``high`` lie in ``[0, num_groups)``."""
-    if low < 0 or high >= num_groups:
-        raise ValueError(
-            f"with num_groups={num_groups}, group_ids must lie in [0, {num_groups}); "
-            f"found values from {low} to {high}"
-        )
 
 
 def contiguous_group_size(codes: torch.Tensor, num_groups: int) -> int | None:
