@@ -3,7 +3,7 @@
 Data flow: caller's rewards / embeddings / group ids (torch, numpy or lists) -> validated torch
 tensors and dense int64 group codes (:mod:`dra_kernels.inputs`, which states the input policy) ->
 :func:`_dispatch`: the fused kernel in :mod:`dra_kernels._triton` (``backend="triton"``), the
-torch reference :mod:`dra_kernels.reference` (``backend="torch"``) or a measure of
+torch backend :mod:`dra_kernels.torch_backend` (``backend="torch"``) or a measure of
 :mod:`dra_kernels.measures` -> the result in the caller's row order and kind.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from dra_kernels import _triton, inputs, measures, reference
+from dra_kernels import _triton, inputs, measures, torch_backend
 from dra_kernels.inputs import (
     EMBEDDING_DTYPES,
     Backend,
@@ -120,7 +120,7 @@ def _prepare(
         if chosen == "torch":
             # NOTE: codes 0, 0, 1, 1, ... (the usual batch) are in range; the layout found here
             # is the one the CPU path starts from.
-            size = reference.contiguous_group_size(codes, num_groups)
+            size = torch_backend.contiguous_group_size(codes, num_groups)
             if size is None:
                 inputs.check_code_range(codes, num_groups)
         # NOTE: on CUDA the kernel checks the codes itself (out-of-range rows come out NaN).
@@ -185,7 +185,7 @@ def _smi(p: _Prepared, measure: str, eta: float, lam: float, backend: str) -> to
     if p.backend == "triton":
         return _run_triton(None, e, codes, k, mode="smi", min_denominator=DEFAULT_MIN_DENOMINATOR,
                            out_dtype=p.out_dtype)  # fmt: skip
-    return reference.smi_scores(e, codes, k, group_size=p.groups.group_size)
+    return torch_backend.smi_scores(e, codes, k, group_size=p.groups.group_size)
 
 
 def _dispatch(
@@ -230,15 +230,15 @@ def _dispatch(
                           min_denominator=min_denominator, scale=scale, eps=eps)  # fmt: skip
         return inputs.convert_out(out, like)
     elif measure == "graph_cut" and p.backend == "torch":
-        values = reference.adjust_rewards(p.rewards, p.embeddings, codes, k, min_denominator,
-                                          group_size=p.groups.group_size)  # fmt: skip
+        values = torch_backend.adjust_rewards(p.rewards, p.embeddings, codes, k, min_denominator,
+                                              group_size=p.groups.group_size)  # fmt: skip
     else:
         # NOTE: Triton kernels are opaque to autograd. With rewards that require grad, the kernel
         # computes only the SMI (a constant) and torch ops finish from the rewards, so gradients
         # flow as on the torch backend; the values equal the fused ones to rounding.
         values = adjust_from_smi(p.rewards, _smi(p, measure, eta, lam, backend), min_denominator)
     if mode == "advantage":
-        values = reference.group_advantages(values, codes, k, scale, eps)
+        values = torch_backend.group_advantages(values, codes, k, scale, eps)
     return inputs.convert_out(values, like)
 
 

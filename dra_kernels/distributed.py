@@ -7,7 +7,7 @@ one prompt may sit on several ranks. The functions here give every rank, for its
 tolerance, however the rows are split; a rank may hold no rows at all.
 
 How: with unit rows ``u_i`` the identity ``SMI_i = u_i . S_g - |u_i|^2`` (see
-:mod:`dra_kernels.reference`) needs only the per-group sums ``S_g`` of unit rows and the group
+:mod:`dra_kernels.torch_backend`) needs only the per-group sums ``S_g`` of unit rows and the group
 sizes. Each rank sums its own rows per group, one ``all_reduce`` adds the ``[K, D + 1]`` partial
 sums (the last column holds the row counts), and each rank finishes its rows locally. Embeddings
 never leave their rank.
@@ -87,7 +87,7 @@ size and layout: the collectives reduce in a fixed order, and the global group c
 depend on timing. Without an initialised process group (or with one rank) the functions compute
 locally, like the core API.
 
-The computation uses the torch reference ops on the embeddings' device (the fused Triton kernel
+The computation uses the torch backend's ops on the embeddings' device (the fused Triton kernel
 does not expose its per-group sums); the other measures use :mod:`dra_kernels.measures` there.
 
 Example (each rank, after ``torch.distributed.init_process_group``)::
@@ -111,10 +111,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dra_kernels import inputs, measures, reference
+from dra_kernels import inputs, measures, reference, torch_backend
 from dra_kernels.inputs import EMBEDDING_DTYPES, Groups, Measure, Scale
-from dra_kernels.measures import DEFAULT_ETA, DEFAULT_LAM, MEASURES
-from dra_kernels.reference import DEFAULT_EPS, DEFAULT_MIN_DENOMINATOR
+from dra_kernels.measures import MEASURES
+from dra_kernels.reference import DEFAULT_EPS, DEFAULT_ETA, DEFAULT_LAM, DEFAULT_MIN_DENOMINATOR
 
 __all__ = [
     "adjust_rewards",
@@ -578,9 +578,9 @@ def _adjusted(call: _Call, pg: Any, min_denominator: float) -> tuple[torch.Tenso
         # NOTE: one process: the core's own adjustment, bit for bit (on CPU it divides by
         # 1 + SMI as its products give it, which may differ from 1 + smi_scores in the last bit)
         codes, k = call.groups.codes, call.groups.num_groups
-        adjusted = reference.adjust_rewards(call.rewards, call.embeddings, codes, k,
+        adjusted = torch_backend.adjust_rewards(call.rewards, call.embeddings, codes, k,
                                             min_denominator)  # fmt: skip
-        return adjusted, reference.group_counts(codes, k).to(call.dtype)
+        return adjusted, torch_backend.group_counts(codes, k).to(call.dtype)
     smi, counts = _scores(call, pg)
     return reference.adjust_from_smi(call.rewards, smi, min_denominator), counts
 
@@ -589,18 +589,18 @@ def _smi(
     e: torch.Tensor, groups: Groups, dtype: torch.dtype, pg: Any, active: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Local Graph-Cut SMI and the global per-group row counts (in ``dtype``)."""
-    if not active:  # one process: the single-process reference itself, bit for bit
-        counts = reference.group_counts(groups.codes, groups.num_groups)
-        return reference.smi_scores(e, groups.codes, groups.num_groups, dtype), counts.to(dtype)
-    units = reference.unit_rows(e, dtype)
-    sums, counts = reference.group_unit_sums(units, groups.codes, groups.num_groups)
+    if not active:  # one process: the single-process torch backend itself, bit for bit
+        counts = torch_backend.group_counts(groups.codes, groups.num_groups)
+        return torch_backend.smi_scores(e, groups.codes, groups.num_groups, dtype), counts.to(dtype)
+    units = torch_backend.unit_rows(e, dtype)
+    sums, counts = torch_backend.group_unit_sums(units, groups.codes, groups.num_groups)
     if active and groups.num_groups > 0:
         # NOTE: one collective for sums and counts: counts ride as an extra column (exact in
         # float32 up to 2**24 rows per group).
         packed = torch.cat([sums, counts.to(dtype).unsqueeze(1)], dim=1)
         dist.all_reduce(packed, group=pg)
         sums, counts = packed[:, :-1], packed[:, -1].round().to(torch.int64)
-    return reference.smi_from_sums(units, groups.codes, sums, counts), counts.to(dtype)
+    return torch_backend.smi_from_sums(units, groups.codes, sums, counts), counts.to(dtype)
 
 
 def _exchange_rows(
@@ -640,7 +640,7 @@ def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     measure, eta, lam = MEASURES[call.options[3]], call.options[4], call.options[5]
     codes, k = groups.codes, groups.num_groups
     if not call.active:  # one process: what the core computes, bit for bit
-        counts = reference.group_counts(codes, k)
+        counts = torch_backend.group_counts(codes, k)
         smi = measures.smi_by_measure(e, codes, k, measure, eta=eta, lam=lam, dtype=dtype)
         return smi, counts.to(dtype)
     device = e.device
@@ -648,7 +648,7 @@ def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
         empty = torch.zeros(0, dtype=dtype, device=device)
         return empty, empty
     world, me = dist.get_world_size(pg), dist.get_rank(pg)
-    local_counts = reference.group_counts(codes, k)
+    local_counts = torch_backend.group_counts(codes, k)
     parts = [torch.empty_like(local_counts) for _ in range(world)]
     dist.all_gather(parts, local_counts, group=pg)
     table = torch.stack(parts).cpu()  # [W, K]
@@ -829,5 +829,5 @@ def dra_advantages(
     # would be missing from the gradient: the mean is held constant in this sum instead (the
     # values are the same).
     deviations = adjusted - mean.detach().index_select(0, codes)
-    std = reference.group_std(group_sum(deviations * deviations), counts)
+    std = torch_backend.group_std(group_sum(deviations * deviations), counts)
     return inputs.convert_out(centred / (std.index_select(0, codes) + checked_eps), rewards)

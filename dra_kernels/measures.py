@@ -7,7 +7,7 @@ For row ``i`` of group ``C`` the SMI is the submodular mutual information ``I_f(
 The closed forms, their derivation and the edge-case rules are in ``docs/semantics.md``
 ("Other SMI measures"):
 
-- ``"graph_cut"`` (the default): ``sum_{j != i} s_ij``, :func:`dra_kernels.reference.smi_scores`
+- ``"graph_cut"`` (the default): ``sum_{j != i} s_ij``, :func:`dra_kernels.torch_backend.smi_scores`
   bit for bit;
 - ``"facility_location"``: ``sum_{v in C} min(s_vi^+, (eta * max_{q != i} s_vq)^+)``;
 - ``"log_det"``: ``-log(1 - eta^2 + eta^2 / w_i)`` with
@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from dra_kernels import inputs, reference
+from dra_kernels import inputs, torch_backend
+from dra_kernels.reference import DEFAULT_ETA, DEFAULT_LAM
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -41,12 +42,6 @@ __all__ = [
 
 MEASURES = ("graph_cut", "facility_location", "log_det")
 """The accepted values of ``measure``; the first is the default."""
-
-DEFAULT_ETA = 1.0
-"""Default ``eta`` (submodlib's ``magnificationEta``)."""
-
-DEFAULT_LAM = 1.0
-"""Default ``lam`` (submodlib's ``lambdaVal``)."""
 
 MIN_LAM = 1e-6
 """Smallest accepted ``lam``: ``S_C + lam I`` has condition number up to ``(G + lam) / lam``; far
@@ -137,7 +132,7 @@ def smi_by_measure(
     if dtype not in (None, torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     if measure == "graph_cut":
-        return reference.smi_scores(embeddings, codes, num_groups, dtype)
+        return torch_backend.smi_scores(embeddings, codes, num_groups, dtype)
     embeddings = embeddings.detach()
     out_dtype = dtype or inputs.compute_dtype(embeddings.dtype)
     n, d = embeddings.shape
@@ -151,9 +146,9 @@ def smi_by_measure(
     # into a reused buffer, and their float64 Gram matrix is scaled by the row norms (products of
     # float32 numbers are exact in float64, where neither |x|^2 nor x_i . x_j can overflow or
     # underflow), which is faster on CPU than a fresh [N, D] array of unit rows. Float64 rows
-    # take the reference's unit rows (exact for extreme norms).
+    # take the torch backend's unit rows (exact for extreme norms).
     raw = embeddings.dtype != torch.float64
-    source = embeddings if raw else reference.unit_rows(embeddings, torch.float64)
+    source = embeddings if raw else torch_backend.unit_rows(embeddings, torch.float64)
     counts, histogram = _size_histogram(codes, num_groups)
     sizes = counts.index_select(0, codes)
     # Rows by group size, then group, then row index: each size's groups form one slice.
@@ -221,7 +216,7 @@ def _size_histogram_in_one_copy(
     sizes depending on the data). Out-of-range codes are clamped for the counts, so that nothing
     indexes out of bounds before the check has raised. Runs on any device (tested on CPU)."""
     bounds = torch.stack(torch.aminmax(codes))
-    counts = reference.group_counts(codes.clamp(0, num_groups - 1), num_groups)
+    counts = torch_backend.group_counts(codes.clamp(0, num_groups - 1), num_groups)
     groups_of_size = torch.zeros(codes.numel() + 1, dtype=torch.int64, device=codes.device)
     groups_of_size.index_add_(0, counts, torch.ones_like(counts))
     host = torch.cat([bounds, groups_of_size]).cpu()

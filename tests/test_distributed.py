@@ -23,7 +23,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import dra_kernels
-from dra_kernels import distributed
+from dra_kernels import distributed, reference
+from tests.helpers import assert_close
 
 # (rtol, atol) against the single-process result: only the summation order differs.
 TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-12, 1e-12)}
@@ -171,6 +172,21 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+def _spec(r: np.ndarray, e: np.ndarray, ids: list[Any]) -> dict[str, torch.Tensor]:
+    """The spec (:mod:`dra_kernels.reference`) in float64 on the concatenation."""
+    codes: dict[Any, int] = {}
+    g = torch.tensor([codes.setdefault(x, len(codes)) for x in ids], dtype=torch.int64)
+    r64, e64 = torch.from_numpy(r).double(), torch.from_numpy(e).double()
+    smi = reference.smi_scores(e64, g)
+    adjusted = reference.adjust_from_smi(r64, smi)
+    return {
+        "smi": smi,
+        "adjust": adjusted,
+        "adv_std": reference.group_advantages(adjusted, g, "std"),
+        "adv_none": reference.group_advantages(adjusted, g, "none"),
+    }
+
+
 def _check_close(name: str, found: np.ndarray, expected: np.ndarray, dtype: torch.dtype) -> None:
     rtol, atol = TOLERANCES[dtype]
     bad = ~np.isclose(found, expected, rtol=rtol, atol=atol)
@@ -213,6 +229,10 @@ def test_distributed_matches_concatenation(world: int, tmp_path: pathlib.Path) -
             assert res["kind"] == ("Tensor" if layout.as_tensors else "list")
             codes.append(res["codes"])
             start = stop
+        # and the spec, on the concatenation
+        for key, want in _spec(r, e, ids).items():
+            found = np.concatenate([result[layout.name][key] for result in ranks])
+            assert_close(found, want, dtype, f"{layout.name} {key} against the spec")
         # one code per group, the same on every rank
         all_codes = torch.cat(codes).tolist()
         pairs = set(zip(ids, all_codes, strict=True))
