@@ -401,7 +401,8 @@ def reference_vs_normalize(
     """Target 7 on CPU: ``adjust_rewards(backend="torch")`` / ``F.normalize`` on one tensor, fp32.
 
     Both are timed in the same run, alternately, ``repeats`` times each (after one warm-up); the
-    ratio is of the medians. ``phases_ms`` breaks the torch backend into its steps.
+    ratio is of the medians. ``phases_ms`` times the steps of the torch backend's chunked path
+    (``group_unit_sums`` and ``smi_from_sums`` each normalise the rows, chunk by chunk).
     """
     device = torch.device("cpu")
     groups = n // group_size
@@ -414,13 +415,12 @@ def reference_vs_normalize(
     def adjust():
         return adjust_rewards(rewards, embeddings, codes, backend="torch", num_groups=groups)
 
-    units = torch_backend.unit_rows(embeddings)
-    sums, counts = torch_backend.group_unit_sums(units, codes, groups)
-    smi = torch_backend.smi_from_sums(units, codes, sums, counts)
+    sums, counts = torch_backend.group_unit_sums(embeddings, codes, groups)
+    smi = torch_backend.smi_from_sums(embeddings, codes, sums, counts)
     phases = {
         "unit_rows": lambda: torch_backend.unit_rows(embeddings),
-        "group_unit_sums": lambda: torch_backend.group_unit_sums(units, codes, groups),
-        "smi_from_sums": lambda: torch_backend.smi_from_sums(units, codes, sums, counts),
+        "group_unit_sums": lambda: torch_backend.group_unit_sums(embeddings, codes, groups),
+        "smi_from_sums": lambda: torch_backend.smi_from_sums(embeddings, codes, sums, counts),
         "adjust_from_smi": lambda: reference.adjust_from_smi(rewards, smi, MIN_DENOMINATOR),
     }
     samples: dict[str, list[float]] = {name: [] for name in ("normalize", "adjust", *phases)}

@@ -67,7 +67,6 @@ __all__ = [
     "factorize_group_ids",
     "hinted_codes",
     "id_values",
-    "label_codes",
     "resolve_backend",
 ]
 
@@ -302,7 +301,7 @@ def factorize_group_ids(
     ids = id_values(group_ids, n, device)
     if isinstance(ids, list):
         check_hint_kind(num_groups, ids)
-        codes, count = label_codes(ids)
+        codes, count = _label_codes(ids)
         return Groups(torch.tensor(codes, dtype=torch.int64).to(device), count)
     if num_groups is not None:
         return hinted_codes(ids, num_groups, check_range)
@@ -530,8 +529,8 @@ def _short_repr(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def label_codes(labels: list[Hashable]) -> tuple[list[int], int]:
-    """Dense codes, in order of first appearance, for ids already checked (:func:`id_values`)."""
+def _label_codes(labels: list[Hashable]) -> tuple[list[int], int]:
+    """Dense codes, in order of first appearance, for ids already checked by :func:`_host_ids`."""
     mapping: dict[Hashable, int] = {}
     try:
         codes = [mapping.setdefault(g, len(mapping)) for g in labels]

@@ -157,57 +157,52 @@ def group_counts(codes: torch.Tensor, num_groups: int) -> torch.Tensor:
 
 
 def group_unit_sums(
-    units: torch.Tensor, codes: torch.Tensor, num_groups: int
+    embeddings: torch.Tensor,
+    codes: torch.Tensor,
+    num_groups: int,
+    dtype: torch.dtype | None = None,
+    scales: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group sums of unit rows (accumulated in float64) and per-group row counts.
+    """Per-group sums of the unit rows (:func:`unit_rows`, of ``dtype``) of ``embeddings``, and
+    per-group row counts.
 
-    The sums are accumulated in float64 whatever the dtype of ``units``: a float32 running sum
-    over a group of 10^5 rows loses about 3 decimal digits, which then shows in rows nearly
-    orthogonal to their group's sum. Rows are converted chunk by chunk, so no float64 copy of the
-    ``[N, D]`` input is made.
-
-    Args:
-        units: ``[N, D]`` unit rows (see :func:`unit_rows`).
-        codes: ``[N]`` int64 group codes in ``[0, num_groups)``.
-        num_groups: number of groups ``K``.
+    The sums are accumulated in float64 whatever ``dtype``: a float32 running sum over a group of
+    10^5 rows loses about 3 decimal digits, which then shows in rows nearly orthogonal to their
+    group's sum. Rows are normalised and converted chunk by chunk: no ``[N, D]`` temporary.
+    ``scales``: the rows' :func:`_row_scales`, when already computed.
 
     Returns:
         ``(sums [K, D] float64, counts [K] int64)``.
     """
-    n, d = units.shape
-    sums = torch.zeros(num_groups, d, dtype=torch.float64, device=units.device)
-    chunk = _chunk_rows(units.device)
-    buffer = torch.empty(min(chunk, n), d, dtype=torch.float64, device=units.device)
-    for start in range(0, n, chunk):
-        rows = buffer[: min(chunk, n - start)]
-        rows.copy_(units[start : start + chunk])
-        sums.index_add_(0, codes[start : start + chunk], rows)
+    dtype = dtype or compute_dtype(embeddings.dtype)
+    sums = torch.zeros(num_groups, embeddings.shape[1], dtype=torch.float64,
+                       device=embeddings.device)  # fmt: skip
+    for start, stop, wide, _ in _unit_chunks(embeddings, dtype, wide=True, scales=scales):
+        sums.index_add_(0, codes[start:stop], wide)
     return sums, group_counts(codes, num_groups)
 
 
 def smi_from_sums(
-    units: torch.Tensor, codes: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor
+    embeddings: torch.Tensor,
+    codes: torch.Tensor,
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    scales: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``SMI_i = u_i . (S_{g(i)} - u_i)``: exactly 0 for groups of one row.
 
-    Args:
-        units: ``[N, D]`` unit rows.
-        codes: ``[N]`` int64 group codes.
-        sums: ``[K, D]`` group sums from :func:`group_unit_sums` (possibly summed across
-            processes); rounded to the dtype of ``units`` for the dot products.
-        counts: ``[K]`` group row counts from :func:`group_unit_sums`.
-
-    Returns:
-        ``[N]`` tensor of ``units.dtype``.
+    ``sums``, ``counts``: from :func:`group_unit_sums` (possibly summed across processes), the
+    sums rounded to ``dtype`` for the dot products; the unit rows ``u`` are made chunk by chunk
+    from ``embeddings``, as there. Returns ``[N]`` of ``dtype``.
     """
-    n, d = units.shape
-    sums = sums.to(units.dtype)
-    smi = torch.empty(n, dtype=units.dtype, device=units.device)
-    chunk = _chunk_rows(units.device)
-    buffer = torch.empty(min(chunk, n), d, dtype=units.dtype, device=units.device)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        _dot_with_others(units[start:stop], codes[start:stop], sums, buffer, smi[start:stop])
+    dtype = dtype or compute_dtype(embeddings.dtype)
+    n, d = embeddings.shape
+    sums = sums.to(dtype)
+    smi = torch.empty(n, dtype=dtype, device=embeddings.device)
+    buffer = torch.empty(min(_chunk_rows(embeddings.device), n), d, dtype=dtype, device=sums.device)
+    for start, stop, _, u in _unit_chunks(embeddings, dtype, wide=False, scales=scales):
+        _dot_with_others(u, codes[start:stop], sums, buffer, smi[start:stop])
     return _zero_singletons(smi, codes, counts)
 
 
@@ -246,19 +241,11 @@ def _smi(
 def _smi_chunked(
     embeddings: torch.Tensor, codes: torch.Tensor, num_groups: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """:func:`unit_rows`, :func:`group_unit_sums` and :func:`smi_from_sums` in two passes over
-    the embeddings, chunk by chunk, without any ``[N, D]`` temporary."""
-    n, d = embeddings.shape
+    """:func:`group_unit_sums` then :func:`smi_from_sums`: two passes over the embeddings, chunk
+    by chunk, without any ``[N, D]`` temporary."""
     scales = _row_scales(embeddings, dtype)
-    sums = torch.zeros(num_groups, d, dtype=torch.float64, device=embeddings.device)
-    for start, stop, wide, _ in _unit_chunks(embeddings, dtype, wide=True, scales=scales):
-        sums.index_add_(0, codes[start:stop], wide)
-    sums = sums.to(dtype)
-    smi = torch.empty(n, dtype=dtype, device=embeddings.device)
-    buffer = torch.empty(min(_chunk_rows(embeddings.device), n), d, dtype=dtype, device=sums.device)
-    for start, stop, _, u in _unit_chunks(embeddings, dtype, wide=False, scales=scales):
-        _dot_with_others(u, codes[start:stop], sums, buffer, smi[start:stop])
-    return _zero_singletons(smi, codes, group_counts(codes, num_groups))
+    sums, counts = group_unit_sums(embeddings, codes, num_groups, dtype, scales)
+    return smi_from_sums(embeddings, codes, sums, counts, dtype, scales)
 
 
 # ----------------------------------------------------------------------------- the CPU path

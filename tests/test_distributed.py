@@ -261,6 +261,25 @@ def test_single_process_falls_back_to_local_computation() -> None:
     assert distributed.adjust_rewards([], np.zeros((0, 6), np.float32), []) == []
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton"])
+def test_one_process_runs_the_core_dispatch_bit_for_bit(backend: str) -> None:
+    """Without a process group each function is the core's, backend included (the Triton kernel
+    runs here through its CPU interpreter; on CUDA ``"auto"`` takes it)."""
+    rng = np.random.default_rng(1)
+    r, e, ids = _batch(rng, [3, 1, 4, 6], 8)
+    r, e, ids = torch.from_numpy(r), torch.from_numpy(e), torch.tensor(ids)
+    calls = {
+        "smi_scores": ((e, ids), {}),
+        "adjust_rewards": ((r, e, ids), {"min_denominator": 0.3}),
+        "dra_advantages": ((r, e, ids), {"scale": "none"}),
+    }
+    for name, (args, kwargs) in calls.items():
+        for hint in (None, 4):
+            kw = {**kwargs, "backend": backend, "num_groups": hint}
+            ours = getattr(distributed, name)(*args, **kw)
+            assert torch.equal(ours, getattr(dra_kernels, name)(*args, **kw)), (name, hint)
+
+
 def test_hint_refuses_labels() -> None:
     with pytest.raises(ValueError, match="num_groups=1 is a hint for integer ids"):
         distributed.adjust_rewards([1.0], [[1.0]], ["a"], num_groups=1)
@@ -316,6 +335,8 @@ REFUSED = {
     "set group ids": ("smi_scores", (E2, {0, 1}), {}),
     "float tensor group ids": ("smi_scores", (E2, torch.zeros(2)), {}),
     "2-D group ids": ("smi_scores", (E2, np.zeros((2, 1), int)), {}),
+    "unknown backend": ("adjust_rewards", (R2, E2, IDS2), {"backend": "cuda"}),
+    "backend after the data": ("dra_advantages", (R2, E2[:1], IDS2), {"backend": "cuda"}),
     # the measure options (tests/test_distributed_measures.py tests them across ranks)
     "unknown measure": ("smi_scores", (E2, IDS2), {"measure": "cosine"}),
     "measure not a string": ("adjust_rewards", (R2, E2, IDS2), {"measure": 1}),
@@ -397,6 +418,11 @@ def _error_cases(world: int) -> dict[str, dict[str, Any]]:
         "unpicklable label": {  # a valid id in one process; the ranks must exchange it
             "overrides": {1: {"group_ids": ["a", lambda: None, "a"]}},
             "own": "group_ids labels must be picklable to be compared across ranks",
+        },
+        "unknown backend on one rank": {"overrides": {0: {"backend": "cuda"}}},
+        "backend triton across ranks": {  # the kernel runs in one process only
+            "overrides": {last: {"backend": "triton"}},
+            "refused": ("ValueError", "backend='triton' runs in one process only"),
         },
         # errors that only the ranks together can see: every rank raises the same ValueError
         "num_groups on some ranks only": {
@@ -550,6 +576,8 @@ def test_an_error_on_any_rank_is_an_error_on_every_rank_within_seconds(
             )
             if "all" in case:
                 assert kind == "ValueError" and case["all"] in message, (name, rank, message)
+            elif rank in failing and "refused" in case:  # an error across ranks only
+                assert (kind, message[: len(case["refused"][1])]) == case["refused"], name
             elif rank in failing and "own" in case:
                 assert kind == "TypeError" and case["own"] in message, (name, rank, message)
             elif rank in failing:
