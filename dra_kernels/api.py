@@ -189,7 +189,7 @@ def _smi(p: _Prepared, measure: str, eta: float, lam: float, backend: str) -> to
 
 
 def _dispatch(
-    mode: str,
+    op: str,
     rewards: Any,
     embeddings: Any,
     group_ids: Any,
@@ -203,29 +203,29 @@ def _dispatch(
     eta: Any = measures.DEFAULT_ETA,
     lam: Any = measures.DEFAULT_LAM,
 ) -> Any:
-    """What every public function runs: checks, then one path, then the caller's kind.
+    """What the public function ``op`` runs: checks, then one path, then the caller's kind.
 
-    ``mode``: ``"smi"``, ``"adjust"`` or ``"advantage"`` (of the adjusted rewards; of the rewards
-    themselves when ``embeddings`` is None). The options are checked in one order (scale, eps,
-    min_denominator, measure), then the data and ids (:func:`_prepare`, which resolves the
-    backend). The result comes back of the kind of ``rewards`` (``embeddings`` for SMI).
+    The options are checked in one order (scale, eps, min_denominator, measure), then the data
+    and ids (:func:`_prepare`, which resolves the backend). The result comes back of the kind of
+    ``rewards`` (``embeddings`` for SMI).
     """
-    if mode == "advantage":
+    if op in ("group_advantages", "dra_advantages"):
         scale = inputs.check_scale(scale)
         eps = inputs.check_eps(eps, scale)
-    if mode != "smi" and embeddings is not None:
+    if op in ("adjust_rewards", "dra_advantages"):
         min_denominator = inputs.check_min_denominator(min_denominator)
-    if embeddings is not None:
+    if op != "group_advantages":
         measure, eta, lam = _check_measure(measure, eta, lam, backend)
     p = _prepare(rewards, embeddings, group_ids, backend, num_groups)
     codes, k = p.groups.codes, p.groups.num_groups
-    like = embeddings if mode == "smi" else rewards
-    if mode == "smi":
+    like = embeddings if op == "smi_scores" else rewards
+    if op == "smi_scores":
         return inputs.convert_out(_smi(p, measure, eta, lam, backend), like)
-    assert p.rewards is not None
-    if p.embeddings is None:  # group_advantages: no adjustment
+    assert p.rewards is not None and (op == "group_advantages" or p.embeddings is not None)
+    if op == "group_advantages":
         values = p.rewards.to(p.out_dtype)
     elif measure == "graph_cut" and p.backend == "triton" and not p.grad:
+        mode = "adjust" if op == "adjust_rewards" else "advantage"
         out = _run_triton(p.rewards, p.embeddings, codes, k, mode=mode, out_dtype=p.out_dtype,
                           min_denominator=min_denominator, scale=scale, eps=eps)  # fmt: skip
         return inputs.convert_out(out, like)
@@ -237,7 +237,7 @@ def _dispatch(
         # computes only the SMI (a constant) and torch ops finish from the rewards, so gradients
         # flow as on the torch backend; the values equal the fused ones to rounding.
         values = adjust_from_smi(p.rewards, _smi(p, measure, eta, lam, backend), min_denominator)
-    if mode == "advantage":
+    if op != "adjust_rewards":
         values = torch_backend.group_advantages(values, codes, k, scale, eps)
     return inputs.convert_out(values, like)
 
@@ -280,8 +280,8 @@ def smi_scores(
         >>> smi_scores([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [0, 0, 0])
         [1.0, 1.0, 0.0]
     """
-    return _dispatch("smi", None, embeddings, group_ids, backend=backend, num_groups=num_groups,
-                     measure=measure, eta=eta, lam=lam)  # fmt: skip
+    return _dispatch("smi_scores", None, embeddings, group_ids, backend=backend,
+                     num_groups=num_groups, measure=measure, eta=eta, lam=lam)  # fmt: skip
 
 
 def adjust_rewards(
@@ -327,7 +327,7 @@ def adjust_rewards(
         >>> adjust_rewards([1.0, 1.0, 1.0], [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], ["a", "a", "a"])
         [0.5, 0.5, 1.0]
     """
-    return _dispatch("adjust", rewards, embeddings, group_ids, backend=backend,
+    return _dispatch("adjust_rewards", rewards, embeddings, group_ids, backend=backend,
                      num_groups=num_groups, min_denominator=min_denominator, measure=measure,
                      eta=eta, lam=lam)  # fmt: skip
 
@@ -360,8 +360,8 @@ def group_advantages(
         >>> group_advantages([1.0, 0.0, 5.0], ["a", "a", "b"], scale="none")
         [0.5, -0.5, 0.0]
     """
-    return _dispatch("advantage", rewards, None, group_ids, backend="torch", num_groups=num_groups,
-                     scale=scale, eps=eps)  # fmt: skip
+    return _dispatch("group_advantages", rewards, None, group_ids, backend="torch",
+                     num_groups=num_groups, scale=scale, eps=eps)  # fmt: skip
 
 
 def dra_advantages(
@@ -402,6 +402,6 @@ def dra_advantages(
         ...                scale="none")
         [0.16666666..., 0.16666666..., -0.33333333...]
     """
-    return _dispatch("advantage", rewards, embeddings, group_ids, backend=backend,
+    return _dispatch("dra_advantages", rewards, embeddings, group_ids, backend=backend,
                      num_groups=num_groups, min_denominator=min_denominator, scale=scale, eps=eps,
                      measure=measure, eta=eta, lam=lam)  # fmt: skip
