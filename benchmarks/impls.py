@@ -3,8 +3,8 @@
 ============== ===================================================================================
 ``triton``     the fused kernel through the public API (``adjust_rewards(backend="triton")``)
 ``advantages`` ``dra_advantages(backend="triton")``: adjustment and GRPO advantages, one kernel
-``torch``      the eager torch reference (``adjust_rewards(backend="torch")``)
-``compile``    ``torch.compile`` of :func:`dra_kernels.reference.adjust_rewards`
+``torch``      the eager torch backend (``adjust_rewards(backend="torch")``)
+``compile``    ``torch.compile`` of :func:`dra_kernels.torch_backend.adjust_rewards`
 ``naive``      eager torch as usually written: normalize, bmm of each group, sum (equal groups;
                shuffled ids are sorted first and scattered back)
 ``naive_compile`` ``torch.compile`` of ``naive``
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dra_kernels import reference
+from dra_kernels import reference, torch_backend
 from dra_kernels.api import adjust_rewards, dra_advantages
 
 __all__ = [
@@ -148,7 +148,7 @@ def loop_adjust(
 
 
 def _reference_adjust(rewards, embeddings, codes, num_groups):
-    return reference.adjust_rewards(rewards, embeddings, codes, num_groups, MIN_DENOMINATOR)
+    return torch_backend.adjust_rewards(rewards, embeddings, codes, num_groups, MIN_DENOMINATOR)
 
 
 _COMPILED: dict[str, Callable[..., torch.Tensor]] = {}

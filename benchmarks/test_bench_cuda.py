@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.impls import make_case_data, make_group_codes
 from dra_kernels import adjust_rewards, dra_advantages
-from dra_kernels import reference as ref
+from dra_kernels import torch_backend as ref
 from tests.helpers import assert_close
 
 pytestmark = [

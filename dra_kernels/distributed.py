@@ -7,15 +7,15 @@ one prompt may sit on several ranks. The functions here give every rank, for its
 tolerance, however the rows are split; a rank may hold no rows at all.
 
 How: with unit rows ``u_i`` the identity ``SMI_i = u_i . S_g - |u_i|^2`` (see
-:mod:`dra_kernels.reference`) needs only the per-group sums ``S_g`` of unit rows and the group
+:mod:`dra_kernels.torch_backend`) needs only the per-group sums ``S_g`` of unit rows and the group
 sizes. Each rank sums its own rows per group, one ``all_reduce`` adds the ``[K, D + 1]`` partial
 sums (the last column holds the row counts), and each rank finishes its rows locally. Embeddings
 never leave their rank.
 
-Errors: every argument is checked by the core's own checks (:mod:`dra_kernels.api`), on each rank,
-before any data moves. The first collective of every call is one ``all_gather`` of a small header
-(about 100 bytes per rank: a status, the function, the options, kinds and sizes); a rank whose
-inputs were refused still takes part in it. If any rank failed, every rank raises at once: the
+Errors: every argument is checked by the core's own checks (:mod:`dra_kernels.inputs`), on each
+rank, before any data moves. The first collective of every call is one ``all_gather`` of a small
+header (about 100 bytes per rank: a status, the function, the options, kinds and sizes); a rank
+whose inputs were refused still takes part in it. If any rank failed, every rank raises at once: the
 failing ranks their own error, the others a RuntimeError naming the failing ranks and their
 errors. Ranks that disagree on the function, ``num_groups``, ``scale``, ``eps``,
 ``min_denominator``, ``measure``, ``eta``, ``lam`` or the width ``D`` all raise the same
@@ -87,11 +87,17 @@ Collectives run on the device of the embeddings (CPU with gloo, CUDA with NCCL; 
 with NCCL, after ``torch.cuda.set_device``). Every rank of the process group must call the same
 function, with the same options and the same ``D``. Results are deterministic for a fixed world
 size and layout: the collectives reduce in a fixed order, and the global group codes do not
-depend on timing. Without an initialised process group (or with one rank) the functions compute
-locally, like the core API.
+depend on timing.
 
-The computation uses the torch reference ops on the embeddings' device (the fused Triton kernel
-does not expose its per-group sums); the other measures use :mod:`dra_kernels.measures` there.
+Which path runs where (``backend``, with the core's choices and checks):
+
+- one process (no initialised process group, or a group of one rank): the core's own function,
+  :func:`dra_kernels.adjust_rewards` and so on, bit for bit: with ``backend="auto"`` the fused
+  Triton kernel for CUDA tensors (when Triton is installed), the torch backend otherwise.
+- across ranks: the torch backend's ops (:mod:`dra_kernels.torch_backend`) on the embeddings'
+  device, whose per-group sums are all-reduced (the fused kernel does not expose them), and
+  :mod:`dra_kernels.measures` on each group's owner for the other measures. ``"auto"`` and
+  ``"torch"`` both run them; ``"triton"`` is refused with a ValueError on every rank.
 
 Example (each rank, after ``torch.distributed.init_process_group``)::
 
@@ -114,10 +120,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dra_kernels import api, measures, reference
-from dra_kernels.api import Groups, Measure, Scale
-from dra_kernels.measures import DEFAULT_ETA, DEFAULT_LAM, MEASURES
-from dra_kernels.reference import DEFAULT_EPS, DEFAULT_MIN_DENOMINATOR
+from dra_kernels import api, inputs, measures, torch_backend
+from dra_kernels.inputs import EMBEDDING_DTYPES, Backend, Groups, Measure, Scale
+from dra_kernels.measures import MEASURES
+from dra_kernels.reference import (
+    DEFAULT_EPS,
+    DEFAULT_ETA,
+    DEFAULT_LAM,
+    DEFAULT_MIN_DENOMINATOR,
+    adjust_from_smi,
+)
 
 __all__ = [
     "adjust_rewards",
@@ -132,9 +144,6 @@ _EMPTY, _INTEGER, _HASHABLE = 0, 1, 2
 
 # The functions, as numbered in the header.
 _OPS = ("global_group_codes", "smi_scores", "adjust_rewards", "dra_advantages")
-
-# Embedding dtypes, as numbered in the header (-1: no embeddings).
-_EMBEDDING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # Header columns (after the status and the message length that _exchange puts first).
 (_OP, _KIND, _UNIQUE, _ROWS, _DIM, _FLOAT64, _NUM_GROUPS, _SCALE, _MIN_DEN, _EPS, _MEASURE, _ETA,
@@ -278,9 +287,9 @@ def _consensus(table: torch.Tensor) -> _Agreed:
     embedding_dtype = torch.float32
     kinds = sorted({int(v) for v in rows[:, _EMBEDDING_DTYPE].tolist() if v >= 0})
     if kinds:
-        embedding_dtype = _EMBEDDING_DTYPES[kinds[0]]
+        embedding_dtype = EMBEDDING_DTYPES[kinds[0]]
         for kind in kinds[1:]:
-            embedding_dtype = torch.promote_types(embedding_dtype, _EMBEDDING_DTYPES[kind])
+            embedding_dtype = torch.promote_types(embedding_dtype, EMBEDDING_DTYPES[kind])
     return _Agreed(int(dims[0]), bool(rows[:, _FLOAT64].any()), embedding_dtype)
 
 
@@ -290,12 +299,6 @@ def _consensus(table: torch.Tensor) -> _Agreed:
 # eta; lam) as checked by the core.
 _Options = tuple[int, float, float, int, float, float]
 _NO_OPTIONS: _Options = (2, 0.0, 0.0, 0, DEFAULT_ETA, DEFAULT_LAM)
-
-
-def _measure_options(measure: Any, eta: Any, lam: Any) -> tuple[int, float, float]:
-    """``(measure index, eta, lam)`` checked by the core's rule (:func:`measures.check_measure`)."""
-    checked, eta, lam = measures.check_measure(measure, eta, lam)
-    return MEASURES.index(checked), eta, lam
 
 
 @dataclass
@@ -317,20 +320,15 @@ class _Local:
 
 def _local_ids(group_ids: Any, n: int | None, device: torch.device) -> tuple[int, Any]:
     """This rank's ids as ``(kind, value)``: an int64 tensor on ``device`` or a list of labels,
-    checked by the core's rule (the functions :func:`dra_kernels.factorize_group_ids` uses)."""
-    if isinstance(group_ids, torch.Tensor):
-        ids = api._check_id_tensor(group_ids, device)
-        api._check_len(ids.shape[0], n)
-        if ids.dtype == torch.uint64:  # .to(int64) would wrap: the host rule keeps ids exact
-            return _local_ids(ids.cpu().numpy(), n, device)
-        return (_INTEGER if ids.shape[0] else _EMPTY), ids.to(torch.int64)
-    host = api._host_ids(group_ids)
-    api._check_len(len(host), n)
-    if len(host) == 0:
+    checked by the core's rule (:func:`dra_kernels.inputs.id_values`)."""
+    ids = inputs.id_values(group_ids, n, device)
+    if isinstance(ids, list) and ids:
+        return _HASHABLE, ids
+    if isinstance(ids, list) or ids.shape[0] == 0:
         return _EMPTY, torch.empty(0, dtype=torch.int64, device=device)
-    if isinstance(host, list):
-        return _HASHABLE, host
-    return _INTEGER, torch.from_numpy(api._torch_compatible(host)).to(device)
+    if ids.dtype == torch.uint64:  # .to(int64) would wrap: the host rule keeps ids exact
+        return _local_ids(ids.cpu().numpy(), n, device)
+    return _INTEGER, ids.to(torch.int64)
 
 
 def _check_local(
@@ -340,7 +338,7 @@ def _check_local(
     group_ids: Any,
     num_groups: int | None,
     pg: Any,
-    active: bool,
+    backend: Any = "torch",
     device: torch.device | str | None = None,
 ) -> _Local:
     """Every check of this rank's arguments, in the core's order; no collective."""
@@ -348,24 +346,29 @@ def _check_local(
     r = e = None
     float64 = False
     if embeddings is not None or rewards is not None:
-        r, e, device = api._checked_data(rewards, embeddings)
+        r, e, device = inputs.checked_data(rewards, embeddings)
         dtypes = [t.dtype for t in (r, e) if t is not None and t.is_floating_point()]
-        float64 = reference.compute_dtype(*dtypes) == torch.float64
+        float64 = inputs.compute_dtype(*dtypes) == torch.float64
+    if inputs.check_backend(backend) == "triton":
+        raise ValueError(
+            "backend='triton' runs in one process only: across ranks the per-group sums are "
+            "all-reduced between torch ops (the kernel does not expose them); use backend='auto' "
+            "or 'torch'"
+        )
     assert device is not None
     device = torch.device(device)
-    if active:
-        _check_device(pg, device)
+    _check_device(pg, device)
     kind, ids = _local_ids(group_ids, None if e is None else e.shape[0], device)
     hinted = unique = payload = None
     if kind == _HASHABLE:
-        api._check_hint_kind(num_groups, ids)
+        inputs.check_hint_kind(num_groups, ids)
     if num_groups is not None:
-        hinted = api._hinted_codes(ids, num_groups)
+        hinted = inputs.hinted_codes(ids, num_groups)
     n_unique = 0
-    if active and hinted is None and kind == _INTEGER:
+    if hinted is None and kind == _INTEGER:
         unique = torch.unique(ids)
         n_unique = int(unique.shape[0])
-    elif active and hinted is None and kind == _HASHABLE:
+    elif hinted is None and kind == _HASHABLE:
         distinct = list(dict.fromkeys(ids))
         n_unique = len(distinct)
         try:
@@ -379,19 +382,6 @@ def _check_local(
 
 
 # ----------------------------------------------------------------------------- group ids
-
-
-def _local_groups(local: _Local) -> Groups:
-    """Codes without communication (one process), as the core computes them."""
-    if local.hinted is not None:
-        return local.hinted
-    if local.kind == _EMPTY:
-        return Groups(local.ids, 0)
-    if local.kind == _HASHABLE:
-        codes, count = api._label_codes(local.ids)
-        return Groups(torch.tensor(codes, dtype=torch.int64).to(local.device), count)
-    uniques, codes = torch.unique(local.ids, return_inverse=True)
-    return Groups(codes.to(torch.int64), int(uniques.shape[0]))
 
 
 def _union_integer_codes(local: _Local, table: torch.Tensor, pg: Any) -> Groups:
@@ -436,23 +426,13 @@ def _union_hashable_codes(local: _Local, op: str, pg: Any) -> Groups:
 
 
 def _plan(
-    op: str, num_groups: int | None, pg: Any, check: Callable[[bool], _Local]
-) -> tuple[_Local, Groups, _Agreed, bool]:
-    """This rank's checked inputs, the global codes of its rows, what the ranks agreed on (``D``,
-    the dtypes), and whether collectives run."""
-    active = _active(pg)
-    if not active:
-        local = check(False)
-        e = local.embeddings
-        agreed = _Agreed(
-            0 if e is None else e.shape[1],
-            local.float64,
-            torch.float32 if e is None else e.dtype,
-        )
-        return local, _local_groups(local), agreed, False
+    op: str, num_groups: int | None, pg: Any, check: Callable[[], _Local]
+) -> tuple[_Local, Groups, _Agreed]:
+    """This rank's checked inputs, the global codes of its rows and what the ranks agreed on
+    (``D``, the dtypes)."""
     error = local = None
     try:
-        local = check(True)
+        local = check()
     except Exception as exc:  # reported to every rank by the header exchange below
         error = exc
     row = [0] * _HEADER_WIDTH
@@ -473,7 +453,7 @@ def _plan(
             measure,
             _float_bits(eta),
             _float_bits(lam),
-            -1 if e is None else _EMBEDDING_DTYPES.index(e.dtype),
+            -1 if e is None else EMBEDDING_DTYPES.index(e.dtype),
         ]
     table = _exchange(row, error, op, pg)
     assert local is not None
@@ -484,11 +464,7 @@ def _plan(
         groups = _union_hashable_codes(local, op, pg)
     else:
         groups = _union_integer_codes(local, table, pg)
-    return local, groups, agreed, True
-
-
-def _dtype(float64: bool) -> torch.dtype:
-    return torch.float64 if float64 else torch.float32
+    return local, groups, agreed
 
 
 def global_group_codes(
@@ -512,12 +488,15 @@ def global_group_codes(
         process_group: the ``torch.distributed`` group (default: the world).
 
     Returns:
-        :class:`dra_kernels.api.Groups` with int64 codes in ``[0, num_groups)`` on ``device``.
+        :class:`dra_kernels.inputs.Groups` with int64 codes in ``[0, num_groups)`` on ``device``
+        (in one process: :func:`dra_kernels.factorize_group_ids`).
     """
+    if not _active(process_group):
+        return inputs.factorize_group_ids(group_ids, None, device, num_groups)
 
-    def check(active: bool) -> _Local:
+    def check() -> _Local:
         return _check_local(
-            lambda: _NO_OPTIONS, None, None, group_ids, num_groups, process_group, active, device
+            lambda: _NO_OPTIONS, None, None, group_ids, num_groups, process_group, "torch", device
         )
 
     return _plan("global_group_codes", num_groups, process_group, check)[1]
@@ -551,67 +530,88 @@ class _Call:
     groups: Groups
     dtype: torch.dtype  # the compute dtype
     embedding_dtype: torch.dtype  # the promoted dtype of every rank's embeddings
-    active: bool
 
 
-def _inputs(
-    op: str,
-    options: Callable[[], _Options],
-    rewards: Any,
-    embeddings: Any,
-    group_ids: Any,
-    num_groups: int | None,
-    pg: Any,
-) -> _Call:
-    def check(active: bool) -> _Local:
-        return _check_local(options, rewards, embeddings, group_ids, num_groups, pg, active)
+def _run(op: str, rewards: Any, embeddings: Any, group_ids: Any, pg: Any, **options: Any) -> Any:
+    """One call of the public function ``op`` for this rank's rows: the core's own function in one
+    process; across ranks the core's checks in its order, the header, then the computation."""
+    if not _active(pg):
+        data = (embeddings, group_ids) if rewards is None else (rewards, embeddings, group_ids)
+        return getattr(api, op)(*data, **options)
+    backend, num_groups = options.pop("backend"), options.pop("num_groups")
 
-    local, groups, agreed, active = _plan(op, num_groups, pg, check)
+    def checked_options() -> _Options:  # the core's checks, in the core's order
+        scale, md, eps = 2, 0.0, 0.0
+        if op == "dra_advantages":
+            checked = inputs.check_scale(options["scale"])
+            eps = inputs.check_eps(options["eps"], checked)
+            scale = ("std", "none").index(checked)
+        if op != "smi_scores":
+            md = inputs.check_min_denominator(options["min_denominator"])
+        measure, eta, lam = measures.check_measure(*(options[k] for k in ("measure", "eta", "lam")))
+        return scale, md, eps, MEASURES.index(measure), eta, lam
+
+    def check() -> _Local:
+        return _check_local(checked_options, rewards, embeddings, group_ids, num_groups, pg,
+                            backend)  # fmt: skip
+
+    local, groups, agreed = _plan(op, num_groups, pg, check)
     e = local.embeddings
     assert e is not None
     if e.shape[0] == 0:  # a rank without rows takes part with the agreed width
         e = e.new_zeros(0, agreed.dim)
-    dtype = _dtype(agreed.float64)
-    return _Call(local.options, local.rewards, e, groups, dtype, agreed.embedding_dtype, active)
-
-
-def _scores(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Local SMI by the call's measure, and the global per-group row counts (in the compute
-    dtype)."""
+    dtype = torch.float64 if agreed.float64 else torch.float32
+    call = _Call(local.options, local.rewards, e, groups, dtype, agreed.embedding_dtype)
     if MEASURES[call.options[3]] == "graph_cut":
-        return _smi(call.embeddings, call.groups, call.dtype, pg, call.active)
-    return _owner_smi(call, pg)
+        smi, counts = _smi(e, groups, dtype, pg)
+    else:
+        smi, counts = _owner_smi(call, pg)
+    if op == "smi_scores":
+        return inputs.convert_out(smi, embeddings)
+    adjusted = adjust_from_smi(call.rewards, smi, call.options[1])
+    if op == "adjust_rewards":
+        return inputs.convert_out(adjusted, rewards)
+    return inputs.convert_out(_advantages(call, adjusted, counts, pg), rewards)
 
 
-def _adjusted(call: _Call, pg: Any, min_denominator: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Local adjusted rewards, and the global per-group row counts (in the compute dtype)."""
-    if not call.active and MEASURES[call.options[3]] == "graph_cut":
-        # NOTE: one process: the core's own adjustment, bit for bit (on CPU it divides by
-        # 1 + SMI as its products give it, which may differ from 1 + smi_scores in the last bit)
-        codes, k = call.groups.codes, call.groups.num_groups
-        adjusted = reference.adjust_rewards(call.rewards, call.embeddings, codes, k,
-                                            min_denominator)  # fmt: skip
-        return adjusted, reference._group_counts(codes, k).to(call.dtype)
-    smi, counts = _scores(call, pg)
-    return reference.adjust_from_smi(call.rewards, smi, min_denominator), counts
+def _advantages(call: _Call, adjusted: torch.Tensor, counts: torch.Tensor, pg: Any) -> torch.Tensor:
+    """Advantages of this rank's adjusted rewards: the core's two-pass statistics, with group sums
+    added over ranks."""
+    scale_id, eps = call.options[0], call.options[2]
+    codes, k, dtype = call.groups.codes, call.groups.num_groups, call.dtype
+
+    def group_sum(values: torch.Tensor) -> torch.Tensor:
+        totals = torch.zeros(k, dtype=dtype, device=values.device).index_add(0, codes, values)
+        if k > 0:
+            totals = _GlobalSum.apply(totals, pg)
+        return totals
+
+    mean = group_sum(adjusted) / counts.clamp(min=1)
+    centred = adjusted - mean.index_select(0, codes)
+    if scale_id == 1:
+        return centred
+    # NOTE: the sum of squared deviations has zero derivative in the mean (deviations sum to 0),
+    # but here the other ranks' deviations enter as constants, so their dependence on the mean
+    # would be missing from the gradient: the mean is held constant in this sum instead (the
+    # values are the same).
+    deviations = adjusted - mean.detach().index_select(0, codes)
+    std = torch_backend.group_std(group_sum(deviations * deviations), counts)
+    return centred / (std.index_select(0, codes) + eps)
 
 
 def _smi(
-    e: torch.Tensor, groups: Groups, dtype: torch.dtype, pg: Any, active: bool
+    e: torch.Tensor, groups: Groups, dtype: torch.dtype, pg: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Local Graph-Cut SMI and the global per-group row counts (in ``dtype``)."""
-    if not active:  # one process: the single-process reference itself, bit for bit
-        counts = reference._group_counts(groups.codes, groups.num_groups)
-        return reference.smi_scores(e, groups.codes, groups.num_groups, dtype), counts.to(dtype)
-    units = reference.unit_rows(e, dtype)
-    sums, counts = reference.group_unit_sums(units, groups.codes, groups.num_groups)
-    if active and groups.num_groups > 0:
+    sums, counts = torch_backend.group_unit_sums(e, groups.codes, groups.num_groups, dtype)
+    if groups.num_groups > 0:
         # NOTE: one collective for sums and counts: counts ride as an extra column (exact in
         # float32 up to 2**24 rows per group).
         packed = torch.cat([sums, counts.to(dtype).unsqueeze(1)], dim=1)
         dist.all_reduce(packed, group=pg)
         sums, counts = packed[:, :-1], packed[:, -1].round().to(torch.int64)
-    return reference.smi_from_sums(units, groups.codes, sums, counts), counts.to(dtype)
+    smi = torch_backend.smi_from_sums(e, groups.codes, sums, counts, dtype)
+    return smi, counts.to(dtype)
 
 
 def _exchange_rows(
@@ -650,16 +650,12 @@ def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     e, groups, dtype = call.embeddings, call.groups, call.dtype
     measure, eta, lam = MEASURES[call.options[3]], call.options[4], call.options[5]
     codes, k = groups.codes, groups.num_groups
-    if not call.active:  # one process: what the core computes, bit for bit
-        counts = reference._group_counts(codes, k)
-        smi = measures.smi_by_measure(e, codes, k, measure, eta=eta, lam=lam, dtype=dtype)
-        return smi, counts.to(dtype)
     device = e.device
     if k == 0:  # no rows on any rank
         empty = torch.zeros(0, dtype=dtype, device=device)
         return empty, empty
     world, me = dist.get_world_size(pg), dist.get_rank(pg)
-    local_counts = reference._group_counts(codes, k)
+    local_counts = torch_backend.group_counts(codes, k)
     parts = [torch.empty_like(local_counts) for _ in range(world)]
     dist.all_gather(parts, local_counts, group=pg)
     table = torch.stack(parts).cpu()  # [W, K]
@@ -694,6 +690,7 @@ def smi_scores(
     embeddings: Any,
     group_ids: Any,
     *,
+    backend: Backend = "auto",
     num_groups: int | None = None,
     measure: Measure = "graph_cut",
     eta: float = DEFAULT_ETA,
@@ -702,28 +699,30 @@ def smi_scores(
 ) -> Any:
     """:func:`dra_kernels.smi_scores` for this rank's rows, with groups spanning ranks.
 
+    Collective: every rank of ``process_group`` calls it with its own rows (possibly none), and
+    the same options. Each gets, for its rows, the single-process result on the concatenation of
+    all ranks' rows. The arguments are the core function's, checked by the same code.
+
     Args:
-        embeddings: this rank's ``[n, D]`` embeddings (``n`` may be 0; keep ``D``).
+        embeddings: this rank's ``[n, D]`` embeddings (a rank without rows passes ``[0, D]``).
         group_ids: this rank's ``[n]`` group ids (integers or hashable labels).
-        num_groups: optional hint: integer ids in ``[0, num_groups)``, the same on every rank.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``. In one process the core's dispatch runs
+            (``"auto"``: the Triton kernel for CUDA tensors); across ranks the torch backend's
+            ops run (``"triton"`` is refused there: see the module's "Which path runs where").
+        num_groups: optional hint: integer ids in ``[0, num_groups)``, the same on every rank;
+            skips the id exchange.
         measure: ``"graph_cut"`` (default: one all-reduce), ``"facility_location"`` or
             ``"log_det"`` (each group's rows gathered on one rank; see the module's
-            "Other measures"); the same on every rank.
-        eta: query magnification of ``facility_location`` and ``log_det``
-            (:func:`dra_kernels.measures.check_measure`); the same on every rank.
-        lam: ridge of ``log_det``; the same on every rank.
+            "Other measures").
+        eta: query magnification of ``facility_location`` and ``log_det``.
+        lam: ridge of ``log_det``.
         process_group: the ``torch.distributed`` group (default: the world).
 
     Returns:
         ``[n]`` SMI of this rank's rows, of the kind of ``embeddings`` (never requires grad).
     """
-
-    def options() -> _Options:
-        return 2, 0.0, 0.0, *_measure_options(measure, eta, lam)
-
-    call = _inputs("smi_scores", options, None, embeddings, group_ids, num_groups, process_group)
-    smi, _ = _scores(call, process_group)
-    return api._convert_out(smi, embeddings)
+    return _run("smi_scores", None, embeddings, group_ids, process_group, backend=backend,
+                num_groups=num_groups, measure=measure, eta=eta, lam=lam)  # fmt: skip
 
 
 def adjust_rewards(
@@ -731,6 +730,7 @@ def adjust_rewards(
     embeddings: Any,
     group_ids: Any,
     *,
+    backend: Backend = "auto",
     num_groups: int | None = None,
     min_denominator: float = DEFAULT_MIN_DENOMINATOR,
     measure: Measure = "graph_cut",
@@ -740,36 +740,19 @@ def adjust_rewards(
 ) -> Any:
     """:func:`dra_kernels.adjust_rewards` for this rank's rows, with groups spanning ranks.
 
-    Collective: every rank of ``process_group`` calls it with its own rows (possibly none). Each
-    gets, for its rows, the single-process result on the concatenation of all ranks' rows.
+    Collective, as :func:`smi_scores`, whose arguments it takes too.
 
     Args:
         rewards: this rank's ``[n]`` rewards.
-        embeddings: this rank's ``[n, D]`` embeddings (a rank without rows passes ``[0, D]``).
-        group_ids: this rank's ``[n]`` group ids (integers or hashable labels).
-        num_groups: optional hint: integer ids in ``[0, num_groups)``, the same on every rank;
-            skips the id exchange.
         min_denominator: lower clamp of ``1 + SMI``, in (0, 1].
-        measure: which SMI, see :func:`smi_scores` (default the paper's graph-cut).
-        eta: query magnification of ``facility_location`` and ``log_det``.
-        lam: ridge of ``log_det``.
-        process_group: the ``torch.distributed`` group (default: the world).
 
     Returns:
         ``[n]`` adjusted rewards of the kind of ``rewards``; differentiable in ``rewards``
         (``1 / max(1 + SMI, min_denominator)`` per row).
     """
-
-    def options() -> _Options:
-        md = api._check_min_denominator(min_denominator)  # the core's checks, in its order
-        return 2, md, 0.0, *_measure_options(measure, eta, lam)
-
-    call = _inputs(
-        "adjust_rewards", options, rewards, embeddings, group_ids, num_groups, process_group
-    )
-    assert call.rewards is not None
-    adjusted, _ = _adjusted(call, process_group, call.options[1])
-    return api._convert_out(adjusted, rewards)
+    return _run("adjust_rewards", rewards, embeddings, group_ids, process_group, backend=backend,
+                num_groups=num_groups, min_denominator=min_denominator, measure=measure, eta=eta,
+                lam=lam)  # fmt: skip
 
 
 def dra_advantages(
@@ -779,6 +762,7 @@ def dra_advantages(
     *,
     scale: Scale = "std",
     eps: float = DEFAULT_EPS,
+    backend: Backend = "auto",
     num_groups: int | None = None,
     min_denominator: float = DEFAULT_MIN_DENOMINATOR,
     measure: Measure = "graph_cut",
@@ -788,57 +772,18 @@ def dra_advantages(
 ) -> Any:
     """:func:`dra_kernels.dra_advantages` for this rank's rows, with groups spanning ranks.
 
-    Two more all-reduces of ``K`` elements than :func:`adjust_rewards`: the group totals of the
-    adjusted rewards, then (``scale="std"``) their squared deviations from the group mean, the same
-    two-pass statistics as the single-process reference.
+    Collective, as :func:`adjust_rewards`, whose arguments it takes too. Two more all-reduces of
+    ``K`` elements: the group totals of the adjusted rewards, then (``scale="std"``) their squared
+    deviations from the group mean, the core's two-pass statistics.
 
     Args:
-        rewards: this rank's ``[n]`` rewards.
-        embeddings: this rank's ``[n, D]`` embeddings (a rank without rows passes ``[0, D]``).
-        group_ids: this rank's ``[n]`` group ids (integers or hashable labels).
         scale: ``"std"`` (GRPO) or ``"none"`` (DR.GRPO), see :func:`dra_kernels.group_advantages`.
         eps: added to the group standard deviation (> 0 with ``scale="std"``).
-        num_groups: optional hint: integer ids in ``[0, num_groups)``, the same on every rank.
-        min_denominator: lower clamp of ``1 + SMI``, in (0, 1].
-        measure: which SMI, see :func:`smi_scores` (default the paper's graph-cut).
-        eta: query magnification of ``facility_location`` and ``log_det``.
-        lam: ridge of ``log_det``.
-        process_group: the ``torch.distributed`` group (default: the world).
 
     Returns:
         ``[n]`` advantages of this rank's rows, of the kind of ``rewards``; differentiable in this
         rank's ``rewards`` (the other ranks' rewards held constant).
     """
-
-    def options() -> _Options:
-        checked = api._check_scale(scale)  # the core's checks, in the core's order
-        checked_eps = api._check_eps(eps, checked)
-        md = api._check_min_denominator(min_denominator)
-        return ("std", "none").index(checked), md, checked_eps, *_measure_options(measure, eta, lam)
-
-    call = _inputs(
-        "dra_advantages", options, rewards, embeddings, group_ids, num_groups, process_group
-    )
-    r = call.rewards
-    assert r is not None
-    scale_id, md, checked_eps = call.options[:3]
-    adjusted, counts = _adjusted(call, process_group, md)
-    codes, k, dtype, active = call.groups.codes, call.groups.num_groups, call.dtype, call.active
-
-    def group_sum(values: torch.Tensor) -> torch.Tensor:
-        totals = torch.zeros(k, dtype=dtype, device=values.device).index_add(0, codes, values)
-        if active and k > 0:
-            totals = _GlobalSum.apply(totals, process_group)
-        return totals
-
-    mean = group_sum(adjusted) / counts.clamp(min=1)
-    centred = adjusted - mean.index_select(0, codes)
-    if scale_id == 1:
-        return api._convert_out(centred, rewards)
-    # NOTE: the sum of squared deviations has zero derivative in the mean (deviations sum to 0),
-    # but here the other ranks' deviations enter as constants, so their dependence on the mean
-    # would be missing from the gradient: the mean is held constant in this sum instead (the
-    # values are the same).
-    deviations = adjusted - mean.detach().index_select(0, codes)
-    std = reference.group_std(group_sum(deviations * deviations), counts)
-    return api._convert_out(centred / (std.index_select(0, codes) + checked_eps), rewards)
+    return _run("dra_advantages", rewards, embeddings, group_ids, process_group, scale=scale,
+                eps=eps, backend=backend, num_groups=num_groups, min_denominator=min_denominator,
+                measure=measure, eta=eta, lam=lam)  # fmt: skip

@@ -7,7 +7,7 @@ For row ``i`` of group ``C`` the SMI is the submodular mutual information ``I_f(
 The closed forms, their derivation and the edge-case rules are in ``docs/semantics.md``
 ("Other SMI measures"):
 
-- ``"graph_cut"`` (the default): ``sum_{j != i} s_ij``, :func:`dra_kernels.reference.smi_scores`
+- ``"graph_cut"`` (the default): ``sum_{j != i} s_ij``, :func:`dra_kernels.torch_backend.smi_scores`
   bit for bit;
 - ``"facility_location"``: ``sum_{v in C} min(s_vi^+, (eta * max_{q != i} s_vq)^+)``;
 - ``"log_det"``: ``-log(1 - eta^2 + eta^2 / w_i)`` with
@@ -25,13 +25,12 @@ the batch size). Both measures are computed in float64 whatever the input dtype 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
-import numpy as np
 import torch
 
-from . import reference
+from dra_kernels import inputs, torch_backend
+from dra_kernels.reference import DEFAULT_ETA, DEFAULT_LAM
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -46,12 +45,6 @@ __all__ = [
 MEASURES = ("graph_cut", "facility_location", "log_det")
 """The accepted values of ``measure``; the first is the default."""
 
-DEFAULT_ETA = 1.0
-"""Default ``eta`` (submodlib's ``magnificationEta``)."""
-
-DEFAULT_LAM = 1.0
-"""Default ``lam`` (submodlib's ``lambdaVal``)."""
-
 MIN_LAM = 1e-6
 """Smallest accepted ``lam``: ``S_C + lam I`` has condition number up to ``(G + lam) / lam``; far
 below this the log-det SMI of near-duplicate rows is set by rounding, not by the data (and at
@@ -62,16 +55,8 @@ CHUNK_ELEMENTS = 1 << 20
 ``G x G`` matrices of a chunk of groups stay small whatever N."""
 
 
-def _check_number(name: str, value: Any) -> float:
-    if type(value) is float:
-        return value  # the common case (every call checks its defaults)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
-    return float(value)
-
-
 def check_measure(
-    measure: Any, eta: Any = DEFAULT_ETA, lam: Any = DEFAULT_LAM
+    measure: Any, eta: Any = DEFAULT_ETA, lam: Any = DEFAULT_LAM, backend: Any = None
 ) -> tuple[str, float, float]:
     """Validate ``measure`` and its parameters; return ``(measure, eta, lam)`` with float values.
 
@@ -83,14 +68,16 @@ def check_measure(
       returns NaN for redundant rows);
     - ``lam`` is used by ``"log_det"`` only: finite and >= :data:`MIN_LAM`;
     - a parameter the measure does not use must be left at its default 1.0 (it would be
-      silently ignored otherwise).
+      silently ignored otherwise);
+    - ``"log_det"`` has no Triton kernel: ``backend="triton"`` refuses it (facility location has
+      one; ``"auto"`` computes both with torch on the data's device).
     """
     if not isinstance(measure, str) or measure not in MEASURES:
         raise ValueError(
             f"measure must be one of {', '.join(repr(m) for m in MEASURES)}, got {measure!r}"
         )
-    eta = _check_number("eta", eta)
-    lam = _check_number("lam", lam)
+    eta = inputs.check_number("eta", eta)
+    lam = inputs.check_number("lam", lam)
     if measure == "graph_cut" and eta != DEFAULT_ETA:
         raise ValueError(f"eta is not used by measure='graph_cut'; leave it at 1.0, got {eta!r}")
     if measure != "log_det" and lam != DEFAULT_LAM:
@@ -105,6 +92,11 @@ def check_measure(
             )
         if not (MIN_LAM <= lam < math.inf):
             raise ValueError(f"lam must be a finite number >= {MIN_LAM:g}, got {lam!r}")
+    if measure == "log_det" and backend == "triton":
+        raise ValueError(
+            "measure='log_det' has no Triton kernel: use backend='torch' or 'auto' (batched "
+            "torch linear algebra on the data's device; docs/measures.md says why)"
+        )
     return measure, eta, lam
 
 
@@ -149,9 +141,9 @@ def smi_by_measure(
     if dtype not in (None, torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     if measure == "graph_cut":
-        return reference.smi_scores(embeddings, codes, num_groups, dtype)
+        return torch_backend.smi_scores(embeddings, codes, num_groups, dtype)
     embeddings = embeddings.detach()
-    out_dtype = dtype or reference.compute_dtype(embeddings.dtype)
+    out_dtype = dtype or inputs.compute_dtype(embeddings.dtype)
     n, d = embeddings.shape
     smi = torch.zeros(n, dtype=out_dtype, device=embeddings.device)
     if n == 0:
@@ -163,9 +155,9 @@ def smi_by_measure(
     # into a reused buffer, and their float64 Gram matrix is scaled by the row norms (products of
     # float32 numbers are exact in float64, where neither |x|^2 nor x_i . x_j can overflow or
     # underflow), which is faster on CPU than a fresh [N, D] array of unit rows. Float64 rows
-    # take the reference's unit rows (exact for extreme norms).
+    # take the torch backend's unit rows (exact for extreme norms).
     raw = embeddings.dtype != torch.float64
-    source = embeddings if raw else reference.unit_rows(embeddings, torch.float64)
+    source = embeddings if raw else torch_backend.unit_rows(embeddings, torch.float64)
     counts, histogram = _size_histogram(codes, num_groups)
     sizes = counts.index_select(0, codes)
     # Rows by group size, then group, then row index: each size's groups form one slice.
@@ -219,7 +211,7 @@ def _size_histogram(
         )
     if codes.device.type != "cpu":
         return _size_histogram_in_one_copy(codes, num_groups)
-    reference.check_code_range(codes, num_groups)
+    inputs.check_code_range(codes, num_groups)
     counts = torch.bincount(codes, minlength=num_groups)
     return counts, _histogram_list(torch.bincount(counts))
 
@@ -233,11 +225,11 @@ def _size_histogram_in_one_copy(
     sizes depending on the data). Out-of-range codes are clamped for the counts, so that nothing
     indexes out of bounds before the check has raised. Runs on any device (tested on CPU)."""
     bounds = torch.stack(torch.aminmax(codes))
-    counts = reference._group_counts(codes.clamp(0, num_groups - 1), num_groups)
+    counts = torch_backend.group_counts(codes.clamp(0, num_groups - 1), num_groups)
     groups_of_size = torch.zeros(codes.numel() + 1, dtype=torch.int64, device=codes.device)
     groups_of_size.index_add_(0, counts, torch.ones_like(counts))
     host = torch.cat([bounds, groups_of_size]).cpu()
-    reference.check_code_bounds(int(host[0]), int(host[1]), num_groups)
+    inputs.check_code_bounds(int(host[0]), int(host[1]), num_groups)
     return counts, _histogram_list(host[2:])
 
 

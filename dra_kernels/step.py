@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dra_kernels import api, distributed, measures, reference
+from dra_kernels import api, distributed, inputs, measures, reference
 from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig, EmbedStats
 
 __all__ = [
@@ -185,18 +185,17 @@ class DRAStep:
     _embed: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.backend not in ("auto", "torch", "triton"):
-            raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {self.backend!r}")
-        measure, eta, lam = api._check_measure(self.measure, self.eta, self.lam, self.backend)
+        inputs.check_backend(self.backend)
+        measure, eta, lam = measures.check_measure(self.measure, self.eta, self.lam, self.backend)
         values = {
             "measure": measure,
             "eta": eta,
             "lam": lam,
-            "min_denominator": api._check_min_denominator(self.min_denominator),
+            "min_denominator": inputs.check_min_denominator(self.min_denominator),
         }
         if self.scale is not None:
-            values["scale"] = api._check_scale(self.scale)
-            values["eps"] = api._check_eps(self.eps, self.scale)
+            values["scale"] = inputs.check_scale(self.scale)
+            values["eps"] = inputs.check_eps(self.eps, self.scale)
         for name, value in values.items():
             object.__setattr__(self, name, value)
         if self.embedder is not None and not isinstance(self.embedder, EmbedderConfig):
@@ -251,7 +250,7 @@ class DRAStep:
                 config.check_model()
                 step = cls(**step_options, embedder=config)
             if device is not None:
-                api.resolve_backend(step.backend, torch.device(device))
+                inputs.resolve_backend(step.backend, torch.device(device))
             return step
         except (TypeError, ValueError, RuntimeError) as exc:
             raise _renamed(exc, (*STEP_OPTIONS, *EMBEDDER_OPTIONS), speller) from None
@@ -363,7 +362,9 @@ class DRAStep:
                 embeddings, codes, num_groups=k, process_group=process_group, **options
             )
         else:
-            groups = api.factorize_group_ids(group_ids, raw.shape[0], embeddings.device, num_groups)
+            groups = inputs.factorize_group_ids(
+                group_ids, raw.shape[0], embeddings.device, num_groups
+            )
             codes, k = groups.codes, groups.num_groups
             smi = api.smi_scores(embeddings, codes, backend=self.backend, num_groups=k, **options)
         raw = raw.to(smi.device)
@@ -375,7 +376,9 @@ class DRAStep:
                     "a DRA step with scale= computes advantages in one process; across ranks "
                     "use dra_kernels.distributed.dra_advantages"
                 )
-            advantages = reference.group_advantages(adjusted, codes, k, self.scale, self.eps)
+            advantages = api.group_advantages(
+                adjusted, codes, scale=self.scale, eps=self.eps, num_groups=k
+            )
         metrics = _metrics(
             raw.to(adjusted.dtype),
             adjusted,

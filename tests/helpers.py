@@ -1,4 +1,4 @@
-"""Test utilities: one tolerance table, a float64 reference, layouts, verbose comparison."""
+"""Test utilities: one tolerance table, the spec in float64, layouts, verbose comparison."""
 
 from __future__ import annotations
 
@@ -91,17 +91,17 @@ def float64_reference(
     scale: str = "std",
     min_denominator: float = reference.DEFAULT_MIN_DENOMINATOR,
 ) -> torch.Tensor:
-    """The reference module evaluated in float64 on the (exactly upcast) inputs."""
-    _, codes = torch.unique(ids.cpu(), return_inverse=True)
-    k = int(codes.max()) + 1 if codes.numel() else 0
+    """The spec (:mod:`dra_kernels.reference`) evaluated in float64 on the (exactly upcast)
+    inputs."""
+    ids = ids.cpu()
     r = rewards.cpu().to(torch.float64)
     e = embeddings.cpu().to(torch.float64)
     if kind == "smi":
-        return reference.smi_scores(e, codes, k)
-    adjusted = reference.adjust_rewards(r, e, codes, k, min_denominator)
+        return reference.smi_scores(e, ids)
+    adjusted = reference.adjust_from_smi(r, reference.smi_scores(e, ids), min_denominator)
     if kind == "adjust":
         return adjusted
-    return reference.group_advantages(adjusted, codes, k, scale)
+    return reference.group_advantages(adjusted, ids, scale)
 
 
 def assert_close(actual, expected, dtype: torch.dtype, what: str = "") -> None:

@@ -478,11 +478,11 @@ def test_one_smi_pass_per_run(
 ) -> None:
     """adjust goes through the one DRA step: one SMI pass over the file's rows (it used to call
     adjust_rewards and smi_scores on the same embeddings), whatever the measure."""
-    from dra_kernels import measures, reference
+    from dra_kernels import measures, torch_backend
 
     calls = []
     for module, name in SMI_PASSES:
-        module = {"measures": measures, "reference": reference}[module]
+        module = {"measures": measures, "torch_backend": torch_backend}[module]
         original = getattr(module, name)
 
         def spy(*args, original=original, name=name, **kwargs):
@@ -502,8 +502,8 @@ def test_one_smi_pass_per_run(
 
 
 SMI_PASSES = [  # every function of the torch backend that computes SMI from embeddings
-    ("reference", "smi_scores"),
-    ("reference", "adjust_rewards"),
+    ("torch_backend", "smi_scores"),
+    ("torch_backend", "adjust_rewards"),
     ("measures", "smi_by_measure"),
 ]
 

@@ -16,19 +16,11 @@ BACKENDS = ["torch", "triton"]
 
 
 def literal_dra(rewards, embeddings, ids, min_denominator=0.1):
-    """The definition read literally: an explicit similarity matrix per group, in float64."""
-    r = np.asarray(rewards, dtype=np.float64)
-    e = np.asarray(embeddings, dtype=np.float64)
-    ids = list(ids)
-    out_smi = np.zeros(len(ids))
-    for g in set(ids):
-        rows = [i for i, x in enumerate(ids) if x == g]
-        norms = np.linalg.norm(e[rows], axis=1, keepdims=True)
-        u = np.divide(e[rows], norms, out=np.zeros_like(e[rows]), where=norms > 0)
-        s = u @ u.T
-        for a, i in enumerate(rows):
-            out_smi[i] = sum(s[a, b] for b in range(len(rows)) if b != a)
-    return out_smi, r / np.maximum(1.0 + out_smi, min_denominator)
+    """The definition read literally: the spec (:mod:`dra_kernels.reference`, an explicit
+    similarity matrix per group) in float64."""
+    smi = reference.smi_scores(torch.as_tensor(embeddings, dtype=torch.float64), torch.tensor(ids))
+    r = torch.as_tensor(rewards, dtype=torch.float64)
+    return smi, reference.adjust_from_smi(r, smi, min_denominator)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

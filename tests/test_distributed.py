@@ -23,7 +23,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import dra_kernels
-from dra_kernels import distributed
+from dra_kernels import distributed, reference
+from tests.helpers import assert_close
 
 # (rtol, atol) against the single-process result: only the summation order differs.
 TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-12, 1e-12)}
@@ -171,6 +172,21 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+def _spec(r: np.ndarray, e: np.ndarray, ids: list[Any]) -> dict[str, torch.Tensor]:
+    """The spec (:mod:`dra_kernels.reference`) in float64 on the concatenation."""
+    codes: dict[Any, int] = {}
+    g = torch.tensor([codes.setdefault(x, len(codes)) for x in ids], dtype=torch.int64)
+    r64, e64 = torch.from_numpy(r).double(), torch.from_numpy(e).double()
+    smi = reference.smi_scores(e64, g)
+    adjusted = reference.adjust_from_smi(r64, smi)
+    return {
+        "smi": smi,
+        "adjust": adjusted,
+        "adv_std": reference.group_advantages(adjusted, g, "std"),
+        "adv_none": reference.group_advantages(adjusted, g, "none"),
+    }
+
+
 def _check_close(name: str, found: np.ndarray, expected: np.ndarray, dtype: torch.dtype) -> None:
     rtol, atol = TOLERANCES[dtype]
     bad = ~np.isclose(found, expected, rtol=rtol, atol=atol)
@@ -213,6 +229,10 @@ def test_distributed_matches_concatenation(world: int, tmp_path: pathlib.Path) -
             assert res["kind"] == ("Tensor" if layout.as_tensors else "list")
             codes.append(res["codes"])
             start = stop
+        # and the spec, on the concatenation
+        for key, want in _spec(r, e, ids).items():
+            found = np.concatenate([result[layout.name][key] for result in ranks])
+            assert_close(found, want, dtype, f"{layout.name} {key} against the spec")
         # one code per group, the same on every rank
         all_codes = torch.cat(codes).tolist()
         pairs = set(zip(ids, all_codes, strict=True))
@@ -239,6 +259,25 @@ def test_single_process_falls_back_to_local_computation() -> None:
         atol=1e-6,
     )
     assert distributed.adjust_rewards([], np.zeros((0, 6), np.float32), []) == []
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton"])
+def test_one_process_runs_the_core_dispatch_bit_for_bit(backend: str) -> None:
+    """Without a process group each function is the core's, backend included (the Triton kernel
+    runs here through its CPU interpreter; on CUDA ``"auto"`` takes it)."""
+    rng = np.random.default_rng(1)
+    r, e, ids = _batch(rng, [3, 1, 4, 6], 8)
+    r, e, ids = torch.from_numpy(r), torch.from_numpy(e), torch.tensor(ids)
+    calls = {
+        "smi_scores": ((e, ids), {}),
+        "adjust_rewards": ((r, e, ids), {"min_denominator": 0.3}),
+        "dra_advantages": ((r, e, ids), {"scale": "none"}),
+    }
+    for name, (args, kwargs) in calls.items():
+        for hint in (None, 4):
+            kw = {**kwargs, "backend": backend, "num_groups": hint}
+            ours = getattr(distributed, name)(*args, **kw)
+            assert torch.equal(ours, getattr(dra_kernels, name)(*args, **kw)), (name, hint)
 
 
 def test_hint_refuses_labels() -> None:
@@ -296,6 +335,8 @@ REFUSED = {
     "set group ids": ("smi_scores", (E2, {0, 1}), {}),
     "float tensor group ids": ("smi_scores", (E2, torch.zeros(2)), {}),
     "2-D group ids": ("smi_scores", (E2, np.zeros((2, 1), int)), {}),
+    "unknown backend": ("adjust_rewards", (R2, E2, IDS2), {"backend": "cuda"}),
+    "backend after the data": ("dra_advantages", (R2, E2[:1], IDS2), {"backend": "cuda"}),
     # the measure options (tests/test_distributed_measures.py tests them across ranks)
     "unknown measure": ("smi_scores", (E2, IDS2), {"measure": "cosine"}),
     "measure not a string": ("adjust_rewards", (R2, E2, IDS2), {"measure": 1}),
@@ -377,6 +418,11 @@ def _error_cases(world: int) -> dict[str, dict[str, Any]]:
         "unpicklable label": {  # a valid id in one process; the ranks must exchange it
             "overrides": {1: {"group_ids": ["a", lambda: None, "a"]}},
             "own": "group_ids labels must be picklable to be compared across ranks",
+        },
+        "unknown backend on one rank": {"overrides": {0: {"backend": "cuda"}}},
+        "backend triton across ranks": {  # the kernel runs in one process only
+            "overrides": {last: {"backend": "triton"}},
+            "refused": ("ValueError", "backend='triton' runs in one process only"),
         },
         # errors that only the ranks together can see: every rank raises the same ValueError
         "num_groups on some ranks only": {
@@ -530,6 +576,8 @@ def test_an_error_on_any_rank_is_an_error_on_every_rank_within_seconds(
             )
             if "all" in case:
                 assert kind == "ValueError" and case["all"] in message, (name, rank, message)
+            elif rank in failing and "refused" in case:  # an error across ranks only
+                assert (kind, message[: len(case["refused"][1])]) == case["refused"], name
             elif rank in failing and "own" in case:
                 assert kind == "TypeError" and case["own"] in message, (name, rank, message)
             elif rank in failing:

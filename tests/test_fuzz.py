@@ -1,8 +1,8 @@
-"""Property-based fuzzing of the public functions against an independent float64 oracle.
+"""Property-based fuzzing of the public functions against the spec in float64.
 
-The oracle below is written in numpy, from the definition (the full cosine matrix of each group,
-summed off the diagonal), not from :mod:`dra_kernels.reference` (which uses the linear-time
-identity). Every example also checks invariants that hold whatever the numbers: output kind,
+The oracle is :mod:`dra_kernels.reference`, written from the definition (the full cosine matrix
+of each group, summed off the diagonal), not from the linear-time identity that the backends use.
+Every example also checks invariants that hold whatever the numbers: output kind,
 dtype and shape, finiteness, the ``1 / min_denominator`` amplification bound, NaN positions, and
 unchanged inputs.
 
@@ -22,21 +22,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dra_kernels as dk
+from dra_kernels import reference
 
 MIN_DENOMINATOR = 0.1
 EPS = 1e-4
 BACKENDS = ["torch", "triton"]
 
-# ----------------------------------------------------------------------------- the oracle
-
-
-def _unit_rows64(e: np.ndarray) -> np.ndarray:
-    """Unit rows in float64 (zero rows stay zero; rows are pre-scaled so 1e300 cannot overflow)."""
-    peak = np.max(np.abs(e), axis=1, keepdims=True) if e.shape[1] else np.zeros((len(e), 1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scaled = np.where(peak > 0, e / np.where(peak > 0, peak, 1.0), e)
-        norm = np.sqrt(np.sum(scaled * scaled, axis=1, keepdims=True))
-        return np.where(norm > 0, scaled / np.where(norm > 0, norm, 1.0), scaled)
+# ----------------------------------------------------------------------------- the spec
 
 
 def _groups(ids: list) -> dict:
@@ -46,35 +38,24 @@ def _groups(ids: list) -> dict:
     return {g: np.array(rows) for g, rows in groups.items()}
 
 
-@np.errstate(all="ignore")
-def oracle_smi(e: np.ndarray, ids: list) -> np.ndarray:
-    """``SMI_i = sum_{j in g(i), j != i} u_i . u_j`` from the explicit cosine matrix."""
-    u = _unit_rows64(e)
-    smi = np.zeros(len(e))
-    for rows in _groups(ids).values():
-        cos = u[rows] @ u[rows].T
-        off_diagonal = ~np.eye(len(rows), dtype=bool)
-        smi[rows] = np.where(off_diagonal, cos, 0.0).sum(axis=1)
-    return smi
+def _codes(ids: list) -> torch.Tensor:
+    """One integer per distinct label, for the spec."""
+    codes: dict = {}
+    return torch.tensor([codes.setdefault(g, len(codes)) for g in ids], dtype=torch.int64)
 
 
-@np.errstate(all="ignore")
-def oracle_adjust(r: np.ndarray, e: np.ndarray, ids: list, md: float) -> np.ndarray:
-    return r / np.maximum(1.0 + oracle_smi(e, ids), md)
+def spec_smi(e: np.ndarray, ids: list) -> np.ndarray:
+    """The spec's SMI (:func:`dra_kernels.reference.smi_scores`) in float64."""
+    return reference.smi_scores(torch.from_numpy(e), _codes(ids)).numpy()
 
 
-@np.errstate(all="ignore")
-def oracle_advantages(r: np.ndarray, ids: list, scale: str, eps: float) -> np.ndarray:
-    out = np.zeros(len(r))
-    for rows in _groups(ids).values():
-        x = r[rows]
-        centred = x - x.mean()
-        if scale == "none":
-            out[rows] = centred
-        else:
-            std = x.std(ddof=1) if len(x) > 1 else 0.0
-            out[rows] = centred / (std + eps)
-    return out
+def spec_adjust(r: np.ndarray, e: np.ndarray, ids: list, md: float) -> np.ndarray:
+    smi = reference.smi_scores(torch.from_numpy(e), _codes(ids))
+    return reference.adjust_from_smi(torch.from_numpy(r), smi, md).numpy()
+
+
+def spec_advantages(r: np.ndarray, ids: list, scale: str, eps: float) -> np.ndarray:
+    return reference.group_advantages(torch.from_numpy(r), _codes(ids), scale, eps).numpy()
 
 
 # ----------------------------------------------------------------------------- tolerances
@@ -316,8 +297,8 @@ def test_adjust_rewards_matches_oracle(backend, problem, md):
     got = _check_kind(out, problem, float64=float64)
     c = _unit_roundoff(*problem["dtypes"])
     r, e, ids = problem["r64"], problem["e64"], problem["labels"]
-    smi_o = oracle_smi(e, ids)
-    want = oracle_adjust(r, e, ids, md)
+    smi_o = spec_smi(e, ids)
+    want = spec_adjust(r, e, ids, md)
     tol = adjust_tolerance(r, smi_o, smi_tolerance(c, ids, problem["d"]), md, c)
     assert_close("adjust_rewards", got, want, tol)
     # Invariants independent of the oracle: finite, amplification bounded, sign kept.
@@ -335,7 +316,7 @@ def test_smi_scores_matches_oracle(backend, problem):
     got = _check_kind(out, problem, float64=e_dtype == torch.float64)
     c = _unit_roundoff(e_dtype)
     ids = problem["labels"]
-    want = oracle_smi(problem["e64"], ids)
+    want = spec_smi(problem["e64"], ids)
     assert_close("smi_scores", got, want, smi_tolerance(c, ids, problem["d"]))
     sizes = {g: len(rows) for g, rows in _groups(ids).items()}
     bound = np.array([sizes[g] - 1 for g in ids], dtype=np.float64)
@@ -352,7 +333,7 @@ def test_group_advantages_matches_oracle(scale, problem, eps):
     got = _check_kind(out, problem, float64=float64)
     c = _unit_roundoff(problem["dtypes"][0])
     r, ids = problem["r64"], problem["labels"]
-    want = oracle_advantages(r, ids, scale, eps)
+    want = spec_advantages(r, ids, scale, eps)
     tol = advantage_tolerance(r, np.zeros_like(r), ids, scale, eps, c)
     assert_close(f"group_advantages[{scale}]", got, want, tol)
     for rows in _groups(ids).values():
@@ -377,10 +358,10 @@ def test_dra_advantages_matches_oracle(backend, scale, problem):
     got = _check_kind(out, problem, float64=torch.float64 in problem["dtypes"])
     c = _unit_roundoff(*problem["dtypes"])
     r, e, ids = problem["r64"], problem["e64"], problem["labels"]
-    smi_o = oracle_smi(e, ids)
-    adjusted = oracle_adjust(r, e, ids, MIN_DENOMINATOR)
+    smi_o = spec_smi(e, ids)
+    adjusted = spec_adjust(r, e, ids, MIN_DENOMINATOR)
     adj_tol = adjust_tolerance(r, smi_o, smi_tolerance(c, ids, problem["d"]), MIN_DENOMINATOR, c)
-    want = oracle_advantages(adjusted, ids, scale, EPS)
+    want = spec_advantages(adjusted, ids, scale, EPS)
     tol = advantage_tolerance(adjusted, adj_tol, ids, scale, EPS, c)
     assert_close(f"dra_advantages[{scale}]", got, want, tol)
 
@@ -395,8 +376,8 @@ def test_non_finite_inputs_follow_the_policy(backend, problem):
     r, e, ids = problem["r64"], problem["e64"], problem["labels"]
     args = (problem["rewards"], problem["embeddings"], problem["group_ids"])
     c = _unit_roundoff(*problem["dtypes"])
-    smi_o = oracle_smi(e, ids)
-    adj_o = oracle_adjust(r, e, ids, MIN_DENOMINATOR)
+    smi_o = spec_smi(e, ids)
+    adj_o = spec_adjust(r, e, ids, MIN_DENOMINATOR)
     tol = adjust_tolerance(r, smi_o, smi_tolerance(c, ids, problem["d"]), MIN_DENOMINATOR, c)
 
     got_adj = _check_kind(
@@ -410,7 +391,7 @@ def test_non_finite_inputs_follow_the_policy(backend, problem):
         problem,
         float64=torch.float64 in problem["dtypes"],
     )
-    adv_o = oracle_advantages(adj_o, ids, "std", EPS)
+    adv_o = spec_advantages(adj_o, ids, "std", EPS)
     assert np.array_equal(np.isnan(got_adv), np.isnan(adv_o)), (
         f"dra_advantages NaN at {np.flatnonzero(np.isnan(got_adv))}, "
         f"expected at {np.flatnonzero(np.isnan(adv_o))}"

@@ -2,11 +2,12 @@
 
 Three references, each written independently of the implementation:
 
-- a float64 numpy oracle of the closed forms of ``docs/semantics.md`` ("Other SMI measures"),
-  one plain loop per group and row (facility location from its simplified form, log-det from the
-  Schur complement against ``S_Q + lam I``, not from the inverse diagonal the code uses);
+- the spec, :func:`dra_kernels.reference.smi_scores` in float64: the closed forms of
+  ``docs/semantics.md`` ("Other SMI measures"), one plain loop per group and row (facility
+  location from its definition, log-det from the Schur complement against ``S_Q + lam I``, not
+  from the inverse diagonal the code uses);
 - submodlib itself (``submodlib-py``; skipped where it is not installed), evaluated at ``{i}`` per
-  row with the group's cosine matrix as its kernels;
+  row with the group's cosine matrix as its kernels, against which the spec is checked too;
 - invariants that hold whatever the numbers (row order, labels, scale, groups of one, other
   groups, zero rows, NaN), and hypothesis fuzzing with the ``ci`` / ``local`` profiles of
   ``tests/_hypothesis_profiles.py``.
@@ -23,7 +24,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dra_kernels import reference
+from dra_kernels import reference, torch_backend
 from dra_kernels.measures import check_measure, smi_by_measure
 
 OTHER = ["facility_location", "log_det"]
@@ -40,22 +41,7 @@ def kw(measure: str, eta: float, lam: float) -> dict:
     return {"eta": eta, "lam": lam} if measure == "log_det" else {"eta": eta}
 
 
-# ----------------------------------------------------------------------------- the oracle
-
-
-def _unit_rows64(e: np.ndarray) -> np.ndarray:
-    """Unit rows in float64 (zero rows stay zero; NaN / inf rows become NaN)."""
-    e = np.asarray(e, dtype=np.float64)
-    out = np.zeros_like(e)
-    for k, row in enumerate(e):
-        if not np.all(np.isfinite(row)):
-            out[k] = math.nan
-            continue
-        peak = np.max(np.abs(row)) if row.size else 0.0
-        if peak > 0:
-            scaled = row / peak
-            out[k] = scaled / math.sqrt(float(scaled @ scaled))
-    return out
+# ----------------------------------------------------------------------------- the spec
 
 
 def _groups(codes: np.ndarray) -> list[np.ndarray]:
@@ -69,49 +55,10 @@ def _cosine_matrix(u: np.ndarray) -> np.ndarray:
     return s
 
 
-def oracle_fl_row(s: np.ndarray, i: int, eta: float) -> float:
-    """``min(s_ii, eta * max_{j != i} s_ij^+) + sum_{j != i} min(s_ij^+, eta * s_jj)``."""
-    g = len(s)
-    if g == 1 or s[i, i] == 0:
-        return 0.0
-    others = [j for j in range(g) if j != i]
-    nearest = max(max(s[i, j], 0.0) for j in others)
-    total = min(s[i, i], eta * nearest)
-    for j in others:
-        total += min(max(s[i, j], 0.0), eta * s[j, j])
-    return total
-
-
-def oracle_ld_row(s: np.ndarray, i: int, eta: float, lam: float) -> float:
-    """``-log(1 - eta^2 s_iQ^T (S_Q + lam I)^-1 s_iQ / (s_ii + lam))``."""
-    g = len(s)
-    if g == 1:
-        return 0.0
-    others = [j for j in range(g) if j != i]
-    s_q = s[np.ix_(others, others)] + lam * np.eye(g - 1)
-    s_iq = s[i, others]
-    explained = float(s_iq @ np.linalg.solve(s_q, s_iq))
-    return -math.log1p(-(eta**2) * explained / (s[i, i] + lam))
-
-
-@np.errstate(all="ignore")
-def oracle(e, codes, measure: str, eta: float = 1.0, lam: float = 1.0) -> np.ndarray:
-    """SMI of every row, float64, from the closed forms; NaN rows poison their group."""
-    e = np.asarray(torch.as_tensor(e).to(torch.float64))
-    codes = np.asarray(torch.as_tensor(codes))
-    u = _unit_rows64(e)
-    out = np.zeros(len(codes))
-    for rows in _groups(codes):
-        if np.isnan(u[rows]).any():
-            out[rows] = math.nan
-            continue
-        s = _cosine_matrix(u[rows])
-        for a, row in enumerate(rows):
-            if measure == "facility_location":
-                out[row] = oracle_fl_row(s, a, eta)
-            else:
-                out[row] = oracle_ld_row(s, a, eta, lam)
-    return out
+def spec(e, codes, measure: str, eta: float = 1.0, lam: float = 1.0) -> np.ndarray:
+    """The spec (:func:`dra_kernels.reference.smi_scores`) on the exactly upcast rows, as numpy."""
+    e = torch.as_tensor(e).to(torch.float64)
+    return reference.smi_scores(e, torch.as_tensor(codes), measure, eta=eta, lam=lam).numpy()
 
 
 def tolerance(want: np.ndarray, codes, d: int, measure: str, eta: float, lam: float, dtype):
@@ -172,28 +119,28 @@ def ragged_problem(
 SIZES_1_TO_64 = list(range(1, 65))
 
 
-# ----------------------------------------------------------------------------- the oracle tests
+# ----------------------------------------------------------------------------- the spec tests
 
 
 @pytest.mark.parametrize(("measure", "eta", "lam"), CASES)
 @pytest.mark.parametrize("offset", [0.0, 2.0])
-def test_matches_the_float64_oracle(measure: str, eta: float, lam: float, offset: float) -> None:
+def test_matches_the_float64_spec(measure: str, eta: float, lam: float, offset: float) -> None:
     sizes = [5, 1, 3, 9, 2, 1, 17, 4, 2, 33]
     e, codes, k = ragged_problem(7, sizes, 6, offset=offset)
     got = smi_by_measure(e, codes, k, measure, eta=eta, lam=lam)
-    want = oracle(e, codes, measure, eta, lam)
+    want = spec(e, codes, measure, eta, lam)
     assert got.dtype == torch.float64
     assert_close(measure, got, want, tolerance(want, codes, 6, measure, eta, lam, torch.float64))
 
 
 @pytest.mark.parametrize("measure", OTHER)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_low_precision_inputs_match_the_oracle(measure: str, dtype: torch.dtype) -> None:
+def test_low_precision_inputs_match_the_spec(measure: str, dtype: torch.dtype) -> None:
     e, codes, k = ragged_problem(3, [4, 7, 1, 16, 2], 5, offset=1.0, dtype=dtype)
     e = e / e.abs().amax(dim=1, keepdim=True).clamp(min=1.0)  # float16 range
     got = smi_by_measure(e, codes, k, measure, eta=0.7, lam=1.0)
     assert got.dtype == torch.float32
-    want = oracle(e, codes, measure, 0.7, 1.0)  # on the exactly upcast inputs
+    want = spec(e, codes, measure, 0.7, 1.0)  # on the exactly upcast inputs
     assert_close(measure, got, want, tolerance(want, codes, 5, measure, 0.7, 1.0, dtype))
 
 
@@ -201,10 +148,10 @@ def test_low_precision_inputs_match_the_oracle(measure: str, dtype: torch.dtype)
 def test_sizes_1_to_64_unsorted(measure: str) -> None:
     e, codes, k = ragged_problem(11, SIZES_1_TO_64, 12, offset=1.0)
     got = smi_by_measure(e, codes, k, measure, **kw(measure, 0.8, 0.5))
-    want = oracle(e, codes, measure, 0.8, 0.5)
+    want = spec(e, codes, measure, 0.8, 0.5)
     assert_close(measure, got, want, tolerance(want, codes, 12, measure, 0.8, 0.5, torch.float64))
     got32 = smi_by_measure(e.to(torch.float32), codes, k, measure, **kw(measure, 0.8, 0.5))
-    want32 = oracle(e.to(torch.float32), codes, measure, 0.8, 0.5)
+    want32 = spec(e.to(torch.float32), codes, measure, 0.8, 0.5)
     tol32 = tolerance(want32, codes, 12, measure, 0.8, 0.5, torch.float32)
     assert_close(measure + " float32", got32, want32, tol32)
 
@@ -258,7 +205,7 @@ def _submodlib_row(sml, s: np.ndarray, i: int, measure: str, eta: float, lam: fl
 
 
 def submodlib_smi(sml, e: torch.Tensor, codes: torch.Tensor, measure, eta, lam) -> np.ndarray:
-    u = _unit_rows64(e.to(torch.float64).numpy())
+    u = reference.unit_rows(e.to(torch.float64)).numpy()
     out = np.zeros(codes.numel())
     for rows in _groups(codes.numpy()):
         s = _cosine_matrix(u[rows])
@@ -294,6 +241,8 @@ def test_matches_submodlib(measure, eta, lam, sizes, offset) -> None:
     else:
         tol = 4e-7 * sizes_per_row * (1 + lam) / lam + 1e-6 * np.abs(want)
     assert_close(f"{measure} vs submodlib", got, want, tol)
+    spec_values = torch.from_numpy(spec(e, codes, measure, eta, lam))
+    assert_close(f"the spec's {measure} vs submodlib", spec_values, want, tol)
 
 
 # ----------------------------------------------------------------------------- invariants
@@ -417,7 +366,7 @@ def test_float64_result_from_float32_rows(measure: str) -> None:
     e, codes, k = ragged_problem(12, [5, 3, 9, 1, 2], 6, offset=1.0, dtype=torch.float32)
     got = smi_by_measure(e, codes, k, measure, dtype=torch.float64)
     assert got.dtype == torch.float64
-    want = oracle(e, codes, measure)
+    want = spec(e, codes, measure)
     assert_close(measure, got, want, tolerance(want, codes, 6, measure, 1.0, 1.0, torch.float64))
     rounded = smi_by_measure(e, codes, k, measure)
     assert rounded.dtype == torch.float32
@@ -450,11 +399,11 @@ def test_strided_and_expanded_rows_give_the_same_bits(measure: str) -> None:
                                               1, measure))  # fmt: skip
 
 
-def test_graph_cut_is_the_reference_bit_for_bit() -> None:
+def test_graph_cut_is_the_torch_backend_bit_for_bit() -> None:
     for dtype in [torch.float16, torch.float32, torch.float64]:
         e, codes, k = ragged_problem(1, [3, 1, 8, 5], 6, offset=1.0, dtype=dtype)
         got = smi_by_measure(e, codes, k, "graph_cut")
-        assert torch.equal(got, reference.smi_scores(e, codes, k))
+        assert torch.equal(got, torch_backend.smi_scores(e, codes, k))
 
 
 @pytest.mark.parametrize("measure", OTHER)
@@ -558,11 +507,11 @@ def problems(draw):
 
 
 @given(problems())
-def test_fuzz_against_the_oracle(problem) -> None:
+def test_fuzz_against_the_spec(problem) -> None:
     e, codes, k, measure, eta, lam = problem
     got = smi_by_measure(e, codes, k, measure, eta=eta, lam=lam)
     assert got.dtype == (torch.float64 if e.dtype == torch.float64 else torch.float32)
-    want = oracle(e, codes, measure, eta, lam)
+    want = spec(e, codes, measure, eta, lam)
     tol = tolerance(want, codes, e.shape[1], measure, eta, lam, e.dtype)
     assert_close(measure, got, want, tol)
     assert torch.isfinite(got).all()

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import dra_kernels as dk
-from dra_kernels import _triton
+from dra_kernels import _triton, reference
 
 NAN = float("nan")
 INF = float("inf")
@@ -856,12 +856,9 @@ def _analytic_advantage_jacobian(x: np.ndarray, ids: list, scale: str, eps: floa
 
 
 def _oracle_factor(e: torch.Tensor, ids: list, md: float) -> np.ndarray:
-    """``1 / max(1 + SMI, md)`` from the explicit float64 cosine matrix of each group."""
-    u = e.double().numpy()
-    u = u / np.linalg.norm(u, axis=1, keepdims=True)
-    same = np.equal.outer(np.asarray(ids), np.asarray(ids)) & ~np.eye(len(ids), dtype=bool)
-    smi = np.where(same, u @ u.T, 0.0).sum(axis=1)
-    return 1.0 / np.maximum(1.0 + smi, md)
+    """``1 / max(1 + SMI, md)`` from the spec (:mod:`dra_kernels.reference`) in float64."""
+    smi = reference.smi_scores(e.double(), torch.tensor(ids))
+    return (1.0 / torch.clamp(1.0 + smi, min=md)).numpy()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

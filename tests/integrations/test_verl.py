@@ -775,10 +775,10 @@ def test_verl_own_score_metrics_stay_raw_with_dra_on(
 
 
 def _count_smi_passes(monkeypatch) -> dict[str, int]:
-    """Counts the core's SMI passes on CPU (graph-cut: reference.smi_scores, or the fused
-    reference.adjust_rewards; other measures: measures.smi_by_measure) and its factorisations of
-    group ids (api.factorize_group_ids)."""
-    from dra_kernels import api, measures, reference
+    """Counts the core's SMI passes on CPU (graph-cut: torch_backend.smi_scores, or the fused
+    torch_backend.adjust_rewards; other measures: measures.smi_by_measure) and its
+    factorisations of group ids (inputs.factorize_group_ids)."""
+    from dra_kernels import inputs, measures, torch_backend
 
     counts = {"smi": 0, "factorize": 0}
 
@@ -792,12 +792,12 @@ def _count_smi_passes(monkeypatch) -> dict[str, int]:
         monkeypatch.setattr(module, name, wrapper)
 
     for module, name in (
-        (reference, "smi_scores"),
-        (reference, "adjust_rewards"),
+        (torch_backend, "smi_scores"),
+        (torch_backend, "adjust_rewards"),
         (measures, "smi_by_measure"),
     ):
         counting(module, name, "smi")
-    counting(api, "factorize_group_ids", "factorize")
+    counting(inputs, "factorize_group_ids", "factorize")
     return counts
 
 
