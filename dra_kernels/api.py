@@ -81,11 +81,12 @@ def _common_call(
     ):
         return None
     n, d = embeddings.shape
-    if d == 0 or group_ids.shape[0] != n:
+    if d == 0 or group_ids.shape[0] != n or num_groups > max(n, 1):
         return None
     if rewards is not None and (
         type(rewards) is not torch.Tensor
         or rewards.requires_grad
+        or inputs.traced(rewards)
         or rewards.layout is not torch.strided
         or rewards.is_neg()
         or rewards.ndim != 1
@@ -131,12 +132,24 @@ def _prepare(
         if e is not None:
             n = e.shape[0]
         chosen = resolve_backend(backend, device, None if e is None else e.shape[1])
-        grad = r is not None and r.requires_grad and torch.is_grad_enabled()
+        grad = inputs.traced(r)
+        transform = inputs.func_transform(r)
+        if chosen == "triton" and transform is not None:
+            # NOTE: a kernel launched inside a torch.func transform fails on the transform's
+            # tensors (seen under the interpreter): the torch backend computes it there.
+            if backend == "triton":
+                raise ValueError(
+                    f"backend='triton' does not run inside torch.func's {transform}: the Triton "
+                    "kernel is opaque to the transform; use backend='auto' or 'torch'"
+                )
+            chosen = "torch"
         # NOTE: on CUDA the kernel checks the codes itself; the device assertion would add
         # launches. With rewards that require grad, torch ops index by the codes too, so they
         # are checked.
         check = not (chosen == "triton" and device.type == "cuda" and not grad)
-        groups = factorize_group_ids(group_ids, n, device, num_groups, check_range=check)
+        groups = inputs.compact(
+            factorize_group_ids(group_ids, n, device, num_groups, check_range=check)
+        )
     dtypes = [t.dtype for t in (r, e) if t is not None and t.is_floating_point()]
     return _Prepared(r, e, groups, chosen, inputs.compute_dtype(*dtypes), grad)
 

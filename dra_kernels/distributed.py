@@ -399,6 +399,22 @@ def _union_integer_codes(local: _Local, table: torch.Tensor, pg: Any) -> Groups:
     return Groups(torch.searchsorted(union, ids), int(union.shape[0]))
 
 
+def _compact_hint(hinted: Groups, table: torch.Tensor, pg: Any) -> Groups:
+    """A ``num_groups`` hint above every rank's rows together: the codes that occur, renumbered
+    the same on every rank (one ``all_gather`` of at most the largest rank's rows), so memory
+    follows the rows, not the hint."""
+    codes = hinted.codes
+    width = max(int(table[:, _ROWS].max()), 1)
+    padded = torch.full((width,), -1, dtype=torch.int64, device=codes.device)
+    present = torch.unique(codes)
+    padded[: present.shape[0]] = present
+    parts = [torch.empty_like(padded) for _ in range(table.shape[0])]
+    dist.all_gather(parts, padded, group=pg)
+    union = torch.unique(torch.cat(parts))
+    union = union[union >= 0]
+    return Groups(torch.searchsorted(union, codes), int(union.shape[0]))
+
+
 def _union_hashable_codes(local: _Local, op: str, pg: Any) -> Groups:
     # NOTE: integer ids on some ranks and labels on others are compared as Python values, as
     # they would be in one concatenated list.
@@ -458,7 +474,9 @@ def _plan(
     table = _exchange(row, error, op, pg)
     assert local is not None
     agreed = _consensus(table)
-    if local.hinted is not None:
+    if local.hinted is not None and local.hinted.num_groups > int(table[:, _ROWS].sum()):
+        groups = _compact_hint(local.hinted, table, pg)
+    elif local.hinted is not None:
         groups = local.hinted
     elif _HASHABLE in table[:, _KIND].tolist():
         groups = _union_hashable_codes(local, op, pg)
@@ -558,10 +576,14 @@ def _run(op: str, rewards: Any, embeddings: Any, group_ids: Any, pg: Any, **opti
     local, groups, agreed = _plan(op, num_groups, pg, check)
     e = local.embeddings
     assert e is not None
-    if e.shape[0] == 0:  # a rank without rows takes part with the agreed width
-        e = e.new_zeros(0, agreed.dim)
     dtype = torch.float64 if agreed.float64 else torch.float32
-    call = _Call(local.options, local.rewards, e, groups, dtype, agreed.embedding_dtype)
+    r = local.rewards
+    if e.shape[0] == 0:
+        # NOTE: a rank without rows takes part with the agreed width and dtypes, whatever kind of
+        # empty input it holds (an empty list is float64 while the others' rows are float32).
+        e = e.new_zeros(0, agreed.dim, dtype=agreed.embedding_dtype)
+        r = None if r is None else r.new_zeros(0, dtype=dtype)
+    call = _Call(local.options, r, e, groups, dtype, agreed.embedding_dtype)
     if MEASURES[call.options[3]] == "graph_cut":
         smi, counts = _smi(e, groups, dtype, pg)
     else:

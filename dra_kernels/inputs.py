@@ -49,6 +49,8 @@ from dra_kernels import _triton
 
 __all__ = [
     "EMBEDDING_DTYPES",
+    "func_transform",
+    "traced",
     "Backend",
     "Groups",
     "Measure",
@@ -56,6 +58,7 @@ __all__ = [
     "check_backend",
     "check_code_bounds",
     "check_code_range",
+    "compact",
     "check_eps",
     "check_hint_kind",
     "check_min_denominator",
@@ -86,6 +89,29 @@ class Groups:
     num_groups: int
     group_size: int | None = None
     """When known: every group is ``group_size`` contiguous rows, codes in order (CPU only)."""
+
+
+def traced(rewards: torch.Tensor | None) -> bool:
+    """Whether gradients are taken through ``rewards``: they require grad (with grad mode on), or
+    a ``torch.func`` transform (``grad``, ``jacrev``, ``jacfwd``, ``vmap``) wraps them. Opaque
+    kernels then compute only the SMI and torch ops finish from the rewards."""
+    if rewards is None:
+        return False
+    if rewards.requires_grad and torch.is_grad_enabled():
+        return True
+    return torch._C._functorch.is_functorch_wrapped_tensor(rewards)
+
+
+_TRANSFORMS = {"Grad": "grad / jacrev / vjp", "Jvp": "jacfwd / jvp", "Vmap": "vmap"}
+
+
+def func_transform(rewards: torch.Tensor | None) -> str | None:
+    """The ``torch.func`` transform that wraps ``rewards`` (e.g. ``"jacfwd / jvp"``), or None."""
+    if rewards is None or not torch._C._functorch.is_functorch_wrapped_tensor(rewards):
+        return None
+    layer = torch._C._functorch.peek_interpreter_stack()
+    name = layer.key().name if layer is not None else ""
+    return _TRANSFORMS.get(name, f"{name or 'a'} transform")
 
 
 def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -578,6 +604,16 @@ def hinted_codes(ids: torch.Tensor, num_groups: int, check_range: bool = True) -
             "group_ids out of range [0, num_groups)",
         )
     return Groups(codes, num_groups)
+
+
+def compact(groups: Groups) -> Groups:
+    """``groups`` renumbered to the groups that occur when the hint names more groups than there
+    are rows (memory then follows the rows, not the hint; one host synchronisation on CUDA);
+    ``groups`` itself otherwise."""
+    if groups.num_groups <= max(groups.codes.numel(), 1):
+        return groups
+    present, codes = torch.unique(groups.codes, return_inverse=True)
+    return Groups(codes, int(present.shape[0]))
 
 
 def check_code_range(codes: torch.Tensor, num_groups: int) -> None:

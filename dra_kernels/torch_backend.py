@@ -466,7 +466,10 @@ def _block_smi(
         else:
             target = buffer if source is None else source
             x = torch.index_select(embeddings, 0, index, out=target[: stop - start])
-        if not in_place and x.data_ptr() != buffer.data_ptr():
+        if not in_place and (rows is None or source is not None):
+            # NOTE: x is a view of the input, or gathered in its own dtype: into the buffer (what
+            # index_select gathered straight into the buffer is there already). Decided from the
+            # layout, not from data pointers, which torch.func's wrapped tensors do not have.
             x = buffer[: stop - start].copy_(x)
         blocks = x.view(-1, g, d)
         if gram:
@@ -622,17 +625,15 @@ def group_advantages(
     """
     dtype = compute_dtype(rewards.dtype)
     r = rewards.to(dtype)
-    counts = torch.zeros(num_groups, dtype=dtype, device=r.device).index_add_(
-        0, codes, torch.ones_like(r)
-    )
-    totals = torch.zeros(num_groups, dtype=dtype, device=r.device).index_add_(0, codes, r)
-    mean = totals / counts.clamp(min=1)
+    # NOTE: out-of-place index_add, which torch.func.vmap batches (index_add_ into a fresh
+    # unbatched tensor it refuses).
+    zeros = torch.zeros(num_groups, dtype=dtype, device=r.device)
+    counts = zeros.index_add(0, codes, torch.ones_like(r))
+    mean = zeros.index_add(0, codes, r) / counts.clamp(min=1)
     centred = r - mean.index_select(0, codes)
     if scale == "none":
         return centred
-    squares = torch.zeros(num_groups, dtype=dtype, device=r.device).index_add_(
-        0, codes, centred * centred
-    )
+    squares = zeros.index_add(0, codes, centred * centred)
     std = group_std(squares, counts)
     return centred / (std.index_select(0, codes) + eps)
 

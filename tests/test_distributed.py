@@ -615,3 +615,80 @@ def test_an_error_on_any_rank_is_an_error_on_every_rank_within_seconds(
         np.testing.assert_allclose(grads["adjust"].numpy(), factor, rtol=1e-12)
         assert grads["smi_requires_grad"] is False and grads["embedding_grad"] is None
         start = stop
+
+
+# ----------------------------------------------------------------------------- input kinds
+
+KINDS = ("empty lists", "numpy", "lists", "torch float32", "torch float64", "torch float16")
+
+
+def _kind_inputs(kind: str, rank: int) -> tuple[Any, Any, Any]:
+    """This rank's rows in one input kind the core accepts (3 rows, D = 4, groups spanning the
+    ranks), or none at all."""
+    if kind == "empty lists":
+        return [], [], []
+    gen = np.random.default_rng(40 + rank)
+    r, e = gen.random(3), gen.standard_normal((3, 4))
+    ids = [0, 1, 2 + rank]
+    if kind == "numpy":
+        return r, e, np.asarray(ids)
+    if kind == "lists":
+        return r.tolist(), e.tolist(), ids
+    dtype = {"torch float32": torch.float32, "torch float64": torch.float64}.get(
+        kind, torch.float16
+    )
+    return torch.tensor(r, dtype=dtype), torch.tensor(e, dtype=dtype), torch.tensor(ids)
+
+
+def _kinds_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    def work(pg: Any) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        for first in KINDS:
+            for second in KINDS:
+                for hint in (None, 2**40):
+                    r, e, ids = _kind_inputs((first, second)[rank], rank)
+                    key = (first, second, hint)
+
+                    def call(r=r, e=e, ids=ids, hint=hint, key=key) -> None:
+                        out = distributed.adjust_rewards(
+                            r, e, ids, num_groups=hint, process_group=pg
+                        )
+                        results[key] = torch.as_tensor(out).double().numpy()
+
+                    results[(*key, "outcome")] = timed_outcome(call)
+        return results
+
+    run_in_gloo_group(rank, world, init_file, out_dir, work)
+
+
+def test_every_input_kind_the_core_accepts_works_against_every_other(tmp_path):
+    """Each rank may hold any input kind the core accepts (empty lists, numpy, lists, tensors of
+    any dtype) whatever the other passes, also with a num_groups hint far above the rows: every
+    rank gets the core's result on the concatenation. (A rank with empty lists beside float32
+    tensors once failed alone after the header, leaving the other waiting.)"""
+    world = 2
+    init_file = tmp_path / "init"
+    mp.spawn(_kinds_worker, args=(world, str(init_file), str(tmp_path)), nprocs=world, join=True)
+    errors = sorted(tmp_path.glob("*.err"))
+    assert not errors, errors[0].read_text()
+    ranks = [torch.load(tmp_path / f"rank{k}.pt", weights_only=False) for k in range(world)]
+    for first in KINDS:
+        for second in KINDS:
+            parts = [_kind_inputs(kind, k) for k, kind in enumerate((first, second))]
+            r = torch.cat([torch.as_tensor(p[0]).double().reshape(-1) for p in parts])
+            e = torch.cat([torch.as_tensor(p[1]).double().reshape(-1, 4) for p in parts])
+            ids = [int(i) for p in parts for i in p[2]]
+            half = "torch float16" in (first, second)
+            want = dra_kernels.adjust_rewards(r, e, ids).numpy()
+            offsets = np.cumsum([0] + [len(p[2]) for p in parts])
+            for hint in (None, 2**40):
+                for k in range(world):
+                    outcome, elapsed = ranks[k][(first, second, hint, "outcome")]
+                    assert outcome == ("no error", ""), (first, second, hint, k, outcome)
+                    assert elapsed < FAST_S, (first, second, hint, k, elapsed)
+                    got = ranks[k][(first, second, hint)]
+                    tol = 2e-3 if half else 1e-5
+                    np.testing.assert_allclose(
+                        got, want[offsets[k] : offsets[k + 1]], rtol=tol, atol=tol,
+                        err_msg=str((first, second, hint, k)),
+                    )  # fmt: skip

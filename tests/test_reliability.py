@@ -944,3 +944,82 @@ def test_cuda_calls_follow_the_gradient_and_tensor_kind_rules():
     neg_ids = torch._neg_view(-ids)
     want = dk.adjust_rewards(r, e, ids, num_groups=3)
     assert torch.equal(dk.adjust_rewards(neg_r, e, neg_ids, num_groups=3), want)
+
+
+FUNC_LAYOUTS = {
+    "equal contiguous": [0, 0, 0, 1, 1, 1, 2, 2, 2],
+    "ragged unsorted": [2, 0, 1, 0, 2, 2, 1, 0, 3],
+    "singletons": list(range(9)),
+}
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton"])
+@pytest.mark.parametrize("layout", sorted(FUNC_LAYOUTS))
+@pytest.mark.parametrize(
+    "call",
+    ["adjust", "adjust facility_location", "dra_advantages std", "dra_advantages none", "group"],
+)
+def test_torch_func_transforms_through_rewards_agree_with_autograd(backend, layout, call):
+    """torch.func's grad, jacrev, jacfwd and vmap through the rewards give autograd's Jacobian
+    and the plain results, on every layout, with backend 'auto' (which computes with torch there)
+    and 'torch' (the CPU path once asked a transformed tensor for its data pointer on any layout
+    but equal contiguous groups); backend='triton' refuses the transforms, naming them."""
+    if backend == "triton":
+        _backend(backend)
+        e, r = torch.randn(6, 3), torch.rand(6)
+        for transform, run in (
+            ("grad / jacrev", lambda f: torch.func.jacrev(f)(r)),
+            ("jacfwd / jvp", lambda f: torch.func.jacfwd(f)(r)),
+            ("vmap", lambda f: torch.func.vmap(f)(torch.stack([r, r]))),
+        ):
+            with pytest.raises(ValueError, match=f"inside torch.func's {transform}"):
+                run(lambda x: dk.adjust_rewards(x, e, [0, 0, 1, 1, 2, 2], backend="triton"))
+        return
+    backend = _backend(backend)
+    from torch.func import grad, jacfwd, jacrev, vmap
+
+    ids = torch.tensor(FUNC_LAYOUTS[layout])
+    gen = torch.Generator().manual_seed(31)
+    e = torch.randn(len(ids), 5, generator=gen, dtype=torch.float64)
+    r = torch.randn(len(ids), generator=gen, dtype=torch.float64)
+    name, _, option = call.partition(" ")
+
+    def f(x):
+        if name == "adjust":
+            measure = {"measure": option} if option else {}
+            return dk.adjust_rewards(x, e, ids, backend=backend, **measure)
+        if name == "dra_advantages":
+            return dk.dra_advantages(x, e, ids, backend=backend, scale=option)
+        return dk.group_advantages(x, ids)
+
+    want = torch.autograd.functional.jacobian(f, r)
+    tol = {"rtol": 1e-10, "atol": 1e-12}
+    torch.testing.assert_close(jacrev(f)(r), want, **tol)
+    torch.testing.assert_close(jacfwd(f)(r), want, **tol)
+    torch.testing.assert_close(grad(lambda x: f(x).sum())(r), want.sum(dim=0), **tol)
+    batch = torch.stack([r, 2 * r, r - 1])
+    torch.testing.assert_close(vmap(f)(batch), torch.stack([f(row) for row in batch]), **tol)
+
+
+@pytest.mark.parametrize("hint", [7, 2**40, 10**15])
+def test_memory_follows_the_rows_not_a_num_groups_hint(hint):
+    """A num_groups hint far above the rows (groups without rows) allocates for the groups that
+    occur, not for the hint: the results are those without the hint, for every function and
+    measure (2**40 once asked the allocator for 8.8 TB)."""
+    gen = torch.Generator().manual_seed(3)
+    e, r = torch.randn(6, 3, generator=gen), torch.rand(6, generator=gen)
+    ids = torch.tensor([0, 0, 5, 5, 6, 6])
+    for measure in ("graph_cut", "facility_location", "log_det"):
+        kw = {"measure": measure}
+        torch.testing.assert_close(
+            dk.smi_scores(e, ids, num_groups=hint, **kw), dk.smi_scores(e, ids, **kw)
+        )
+        torch.testing.assert_close(
+            dk.adjust_rewards(r, e, ids, num_groups=hint, **kw), dk.adjust_rewards(r, e, ids, **kw)
+        )
+        torch.testing.assert_close(
+            dk.dra_advantages(r, e, ids, num_groups=hint, **kw), dk.dra_advantages(r, e, ids, **kw)
+        )
+    torch.testing.assert_close(
+        dk.group_advantages(r, ids, num_groups=hint), dk.group_advantages(r, ids)
+    )
