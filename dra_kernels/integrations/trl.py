@@ -178,7 +178,7 @@ def _dra_step(embedder: Any, options: dict[str, Any]) -> tuple[DRAStep, bool]:
             fields["model"] = embedder
         step = DRAStep.from_options(fields, spell=OPTION_PREFIX + "{}")
         instead = f"embedder={POLICY!r} or your own embedding function"
-        check_text_embedder(step, install=".[trl,embed]", instead=instead)
+        check_text_embedder(step, install='pip install -e ".[trl,embed]"', instead=instead)
         return step, False
     return DRAStep.from_options(fields, spell=OPTION_PREFIX + "{}", embedder=embedder), False
 
