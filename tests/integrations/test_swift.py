@@ -437,13 +437,14 @@ def test_refuses_split_trajectories() -> None:
 
 
 def test_two_processes_swift_command(workdir: pathlib.Path, model_dir: pathlib.Path) -> None:
-    """`swift rlhf` under NPROC_PER_NODE=2 (torchrun, gloo, CPU): 3 completions per process in
-    groups of 2, so the middle group has one row on each process. The advantages ms-swift trained
-    on are its normalisation of the core's adjustment of the whole gathered batch."""
+    """`swift rlhf` under NPROC_PER_NODE=2 (torchrun, gloo, CPU): 6 completions per process in
+    groups of 4, so the middle group has two rows on each process; no scaling, so the advantages
+    are the adjusted rewards less their group's mean. They are ms-swift's normalisation of the
+    core's adjustment of the whole gathered batch."""
     plugin = write_plugin(workdir / "dra_plugin.py", "register(embedder=embed)")
     argv = swift_args(
-        workdir, model_dir, plugin, reward_funcs=["distinct_words"], num_generations=2,
-        per_device_train_batch_size=3, ddp_backend="gloo", use_cpu=True,
+        workdir, model_dir, plugin, reward_funcs=["distinct_words"], num_generations=4,
+        per_device_train_batch_size=6, scale_rewards="none", ddp_backend="gloo", use_cpu=True,
     )  # fmt: skip
     swift = pathlib.Path(sys.executable).with_name("swift")
     env = {**os.environ, **OFFLINE_ENV, "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
@@ -453,5 +454,7 @@ def test_two_processes_swift_command(workdir: pathlib.Path, model_dir: pathlib.P
     )
     assert done.returncode == 0, f"swift rlhf failed:\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
     batches = completions(workdir)
-    assert len(batches) == 2 and all(len(table["completion"]) == 6 for table in batches)
-    check_batches(batches, reward_funcs=["distinct_words"], weights=[1.0], group_size=2)
+    assert len(batches) == 2 and all(len(table["completion"]) == 12 for table in batches)
+    check_batches(
+        batches, reward_funcs=["distinct_words"], weights=[1.0], group_size=4, scale="none"
+    )
