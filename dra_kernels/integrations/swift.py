@@ -1,0 +1,259 @@
+"""DRA for ms-swift's GRPO trainer, ``swift rlhf --rlhf_type grpo`` (supported: ms-swift 4.6.x).
+
+A thin adapter over :class:`dra_kernels.step.DRAStep`, switched on the way ms-swift users switch
+on their own reward functions: a plugin file passed with ``--external_plugins``, which ms-swift
+imports while it parses the command line, before any model or dataset loads::
+
+    # dra_plugin.py
+    from dra_kernels.integrations.swift import register
+
+    register(model="jinaai/jina-embeddings-v2-small-en", trust_remote_code=True)
+
+    swift rlhf --rlhf_type grpo --external_plugins dra_plugin.py --reward_funcs accuracy ...
+
+:func:`register` checks the options (the step's rules, each error naming the keyword as typed, so
+``register(min_denominator=2)`` stops ``swift rlhf`` at its argument parsing) and points ms-swift's
+trainer registry (``swift.trainers.TrainerFactory.TRAINER_MAPPING["grpo"]``, the table
+``swift rlhf`` looks its trainer class up in) at :class:`DRAGRPOTrainer`, ms-swift's own
+``GRPOTrainer`` with :class:`DRAMixin` first in its bases. Without a plugin calling it nothing
+changes. A plugin file that already registers reward functions (``orms[...] = ...``) takes the
+two lines as well.
+
+Where it plugs in: ms-swift scores each process's completions in its own
+``_compute_rewards_per_func`` (TRL's ``_calculate_rewards`` never runs there), gathers the
+``[global batch, reward functions]`` matrix, runs DAPO's dynamic sampling on it, then
+``_compute_advantages(samples, rewards_per_func, batch_encoded_inputs)`` weights and sums the
+columns and normalises them in groups of ``num_generations`` contiguous rows
+(``num_generations_eval`` in evaluation), logging its reward metrics. The override of
+``_compute_advantages``:
+
+1. embeds this process's completions (the text the reward functions were given, the last
+   message's ``content``) with the step's embedder;
+2. runs the step on this process's rows, the groups being ms-swift's own (row ``j`` of the gathered
+   batch is in group ``j // G``): one SMI pass (across processes through
+   :mod:`dra_kernels.distributed`), then gathers the ``[global batch]`` SMI
+   (:func:`dra_kernels.integrations.gathered.gathered_step`);
+3. runs ms-swift's ``_compute_advantages`` on the raw rewards, as without DRA: its metrics
+   (``reward``, ``reward_std``, ``frac_reward_zero_std``, ``rewards/<name>/mean`` and ``/std``,
+   ``kl``) and the rewards in ``completions.jsonl`` are those of the run without DRA; its
+   advantages are dropped;
+4. runs it again on every reward column divided by ``max(1 + SMI, min_denominator)``, with its
+   logging sent nowhere: these are the advantages ms-swift trains on (any
+   ``advantage_estimator``, ``scale_rewards`` and ``kl_in_reward``, ms-swift's code throughout);
+5. logs the step's :data:`dra_kernels.step.METRICS` (``self._metrics[mode]``, averaged over the
+   logging interval like ms-swift's own).
+
+Dynamic sampling (``--dynamic_sample``) therefore still filters groups on the raw rewards. With
+``--kl_in_reward`` the KL penalty is subtracted from the adjusted reward (DRA divides what the
+reward functions returned). Multi-turn schedulers that split one trajectory into several training
+samples (ms-swift's ``dynamic_num_samples``) are refused at the first such batch.
+
+This module imports ms-swift; :mod:`dra_kernels` itself never does.
+"""
+
+from __future__ import annotations
+
+if __name__ != "dra_kernels.integrations.swift":  # NOTE: a misuse, said at once
+    raise ImportError(
+        f"{__file__} was loaded as {__name__!r} (by --external_plugins?): it is the library "
+        "module, not a plugin file, and loaded so it would switch nothing on. Write a plugin file "
+        "with `from dra_kernels.integrations.swift import register` and `register(...)` instead"
+    )
+
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+try:
+    import swift
+    from swift.rlhf_trainers import GRPOTrainer
+    from swift.rlhf_trainers.utils import profiling_context
+    from swift.trainers import TrainerFactory
+except ImportError as exc:  # pragma: no cover - exercised only without ms-swift
+    raise ImportError(
+        'dra_kernels.integrations.swift needs ms-swift: pip install -e ".[swift]" from a clone of '
+        "the dra-kernels repository (ms-swift>=4.6,<4.7, and msgspec, which ms-swift 4.6.0 "
+        f"imports without declaring it); import failed with: {exc}"
+    ) from exc
+
+from dra_kernels.integrations.gathered import check_text_embedder, gathered_step, placed_step
+from dra_kernels.step import DRAStep
+
+__all__ = [
+    "SUPPORTED_SWIFT",
+    "TRAINER",
+    "DRAGRPOTrainer",
+    "DRAMixin",
+    "register",
+    "registered_step",
+    "unregister",
+]
+
+SUPPORTED_SWIFT = ">=4.6,<4.7"
+"""ms-swift versions this integration is tested with (it overrides a private method)."""
+
+TRAINER = f"{__name__}.DRAGRPOTrainer"
+"""What :func:`register` puts in ``TrainerFactory.TRAINER_MAPPING["grpo"]``."""
+
+_SWIFT_TRAINER = "swift.rlhf_trainers.GRPOTrainer"  # ms-swift's own entry
+_SWIFT_OWNS = ("scale", "eps")  # ms-swift computes the advantages (--scale_rewards)
+_registered: list[DRAStep] = []
+
+if not hasattr(GRPOTrainer, "_compute_advantages"):
+    raise ImportError(  # pragma: no cover - other ms-swift versions
+        f"ms-swift {swift.__version__}: GRPOTrainer has no _compute_advantages, which DRA "
+        f"overrides; install a supported version: pip install 'ms-swift{SUPPORTED_SWIFT}'"
+    )
+if not swift.__version__.startswith("4.6."):
+    warnings.warn(
+        f"dra_kernels.integrations.swift is tested with ms-swift{SUPPORTED_SWIFT}, found "
+        f"{swift.__version__}",
+        stacklevel=2,
+    )
+
+
+def register(embedder: Any = None, **options: Any) -> DRAStep:
+    """Switch DRA on for ``swift rlhf --rlhf_type grpo`` in this process: call it in a plugin
+    file passed with ``--external_plugins``.
+
+    Args:
+        embedder: what embeds the completions: ``None`` (default) for
+            :class:`dra_kernels.embed.Embedder`, configured by the embedder options below (by
+            default the bundled all-MiniLM-L6-v2, every token read, on each process's device);
+            or a function ``list[str] -> [N, D]`` (torch tensor, numpy array or nested list) or an
+            object with ``encode(texts)``, used as given (then no embedder option applies).
+        **options: the step's options ``min_denominator``, ``measure``, ``eta``, ``lam``,
+            ``backend``, and the built-in embedder's ``model``, ``trust_remote_code``,
+            ``long_text``, ``window_tokens``, ``window_overlap``, ``max_tokens``, ``batch_size``,
+            ``device``, ``dtype`` (:class:`dra_kernels.embed.EmbedderConfig`).
+
+    Returns:
+        The step every GRPO trainer built afterwards in this process uses.
+
+    Raises:
+        ValueError, TypeError: a bad or unknown option (named as typed, the valid ones listed),
+            ``scale`` / ``eps`` (ms-swift's ``--scale_rewards`` decides), or another class
+            already registered for ``"grpo"``. ImportError: the built-in embedder without the
+            ``embed`` extra.
+
+    Example (the DRA paper's embedder)::
+
+        register(model="jinaai/jina-embeddings-v2-small-en", trust_remote_code=True)
+    """
+    owned = sorted(name for name in _SWIFT_OWNS if name in options)
+    if owned:
+        raise ValueError(
+            f"{', '.join(owned)}: ms-swift computes the advantages; set --scale_rewards instead"
+        )
+    step = DRAStep.from_options(options, embedder=embedder)
+    install = 'pip install -e ".[swift,embed]"'
+    check_text_embedder(step, install=install, instead="embedder=<your embedding function>")
+    current = TrainerFactory.TRAINER_MAPPING.get("grpo")
+    if current not in (_SWIFT_TRAINER, TRAINER):
+        raise ValueError(
+            f"TrainerFactory.TRAINER_MAPPING['grpo'] already names {current!r}: to add DRA to "
+            f"that trainer, put {__name__}.DRAMixin first in its bases instead of calling register"
+        )
+    TrainerFactory.TRAINER_MAPPING["grpo"] = TRAINER
+    _registered[:] = [step]
+    return step
+
+
+def unregister() -> None:
+    """Switch DRA off again in this process: ms-swift's own ``GRPOTrainer`` for ``"grpo"``."""
+    if TrainerFactory.TRAINER_MAPPING.get("grpo") == TRAINER:
+        TrainerFactory.TRAINER_MAPPING["grpo"] = _SWIFT_TRAINER
+    _registered.clear()
+
+
+def registered_step() -> DRAStep | None:
+    """The step :func:`register` set in this process, or ``None``."""
+    return _registered[0] if _registered else None
+
+
+def _completion_text(content: Any, tokenizer: Any) -> str:
+    """The text of a completion as ms-swift keeps it in ``messages[-1]["content"]``: a string,
+    or token ids (a list, or a dict with ``token_ids``) decoded as ms-swift's ``_log_rollout``
+    decodes them."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        content = content["token_ids"]
+    return tokenizer.decode(content)
+
+
+class DRAMixin:
+    """Adds Diversity-aware Reward Adjustment to ms-swift's ``GRPOTrainer`` (or a subclass of it),
+    with the step :func:`register` set: ``class MyTrainer(DRAMixin, MyGRPOTrainer)``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        step = registered_step()
+        if step is None:
+            raise RuntimeError(
+                f"{type(self).__name__} adds DRA with the options of "
+                f"dra_kernels.integrations.swift.register(), which was not called in this process: "
+                "call it in a file passed with --external_plugins"
+            )
+        super().__init__(*args, **kwargs)
+        if not self.reward_func_names:
+            raise ValueError(
+                "DRA divides the rewards, and this GRPO run has none (no reward function, reward "
+                "model or gym reward: teacher-only OPD-RL)"
+            )
+        self.dra_step = placed_step(step, self.accelerator.device)
+
+    def _compute_advantages(self, samples, rewards_per_func, batch_encoded_inputs):
+        if self.dynamic_num_samples:
+            raise ValueError(
+                "DRA needs whole groups of num_generations rows; this batch comes from a "
+                "multi-turn scheduler that split trajectories into several samples "
+                "(dynamic_num_samples), which DRA does not support"
+            )
+        mode = "train" if self.model.training else "eval"
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        tokenizer = self.processing_class
+        texts = [_completion_text(s.messages[-1]["content"], tokenizer) for s in samples]
+        with torch.no_grad(), profiling_context(self, "dra_embed"):
+            embeddings, coverage = self.dra_step.embed(texts)
+        with profiling_context(self, "dra_step"):
+            result, smi = gathered_step(
+                self.dra_step,
+                rewards_per_func,
+                self.reward_weights,
+                embeddings.detach().to(self.accelerator.device),
+                process_index=self.accelerator.process_index,
+                num_processes=self.accelerator.num_processes,
+                group_size=group_size,
+                coverage=coverage,
+            )
+        # NOTE: ms-swift's own step on the raw rewards logs its reward metrics and the rewards of
+        # completions.jsonl as without DRA; the same code on the adjusted rewards, its logging sent
+        # nowhere, gives the advantages. Both are cheap: [N]-sized tensor arithmetic.
+        super()._compute_advantages(samples, rewards_per_func, batch_encoded_inputs)
+        adjusted = self.dra_step.adjust(rewards_per_func, smi)
+        with self._dra_unlogged():
+            advantages = super()._compute_advantages(samples, adjusted, batch_encoded_inputs)
+        for name, value in result.metrics.items():
+            self._metrics[mode][name].append(value)
+        return advantages
+
+    @contextmanager
+    def _dra_unlogged(self) -> Iterator[None]:
+        """ms-swift's metrics (``self._metrics``) and logs (``self._logs``) replaced, for the
+        duration, by containers that keep whatever is written to them away from any log."""
+        saved = self._metrics, self._logs
+        sink: defaultdict = defaultdict(lambda: defaultdict(list))
+        self._metrics, self._logs = sink, sink
+        try:
+            yield
+        finally:
+            self._metrics, self._logs = saved
+
+
+class DRAGRPOTrainer(DRAMixin, GRPOTrainer):
+    """ms-swift's ``GRPOTrainer`` with Diversity-aware Reward Adjustment, with the options of
+    :func:`register`, which makes ``swift rlhf --rlhf_type grpo`` build this class."""
