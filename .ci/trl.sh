@@ -8,7 +8,8 @@
 # and the core test suite stays free of accelerate/datasets/pyarrow.
 #
 # Supported TRL range: >=1.16,<1.17 (the `trl` extra in pyproject.toml). DRAGRPOTrainer overrides
-# the private GRPOTrainer._calculate_rewards, so each new TRL minor is checked before widening it.
+# the private GRPOTrainer._calculate_rewards, and DRAAsyncGRPOTrainer the experimental rollout
+# loop's _score_group, so each new TRL minor is checked before widening it.
 #
 # Usage (from the repository root): bash .ci/trl.sh
 set -euo pipefail
@@ -24,9 +25,13 @@ venv_install "$VENV" torch==2.13.0 -e '.[trl,embed,test]'
 "$PY" -c 'import torch, transformers, trl; print("torch", torch.__version__, "| transformers", transformers.__version__, "| trl", trl.__version__)'
 
 # The one-process runs and the torchrun run (2 gloo processes) are all in tests/integrations/
-# test_trl.py; test_trl_docs.py runs the example of docs/integrations/trl.md as printed; the
-# module's doctests run here too (the core suite has no TRL). scripts/test.sh sets JUNIT_XML to
-# collect a report. Known warnings are filtered in pyproject.toml (filterwarnings).
+# test_trl.py; test_trl_docs.py runs the example of docs/integrations/trl.md as printed;
+# test_trl_async.py runs TRL's asynchronous GRPO rollout worker with DRA (vLLM generation stood
+# in, see its docstring); the modules' doctests run here too (the core suite has no TRL).
+# scripts/test.sh sets JUNIT_XML to collect a report. Known warnings are filtered in
+# pyproject.toml (filterwarnings).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 exec "$PY" -m pytest -p no:cacheprovider -q ${JUNIT_XML:+--junitxml="$JUNIT_XML"} \
-    tests/integrations/test_trl.py tests/integrations/test_trl_docs.py dra_kernels/integrations/trl.py
+    tests/integrations/test_trl.py tests/integrations/test_trl_docs.py \
+    tests/integrations/test_trl_async.py \
+    dra_kernels/integrations/trl.py dra_kernels/integrations/trl_async.py

@@ -84,6 +84,7 @@ __all__ = [
     "POLICY",
     "SUPPORTED_TRL",
     "completion_text",
+    "keyword_step",
 ]
 
 SUPPORTED_TRL = ">=1.16,<1.17"
@@ -144,16 +145,34 @@ def completion_text(completion: Any) -> str:
     return "\n".join(parts)
 
 
-def _dra_step(embedder: Any, options: dict[str, Any]) -> tuple[DRAStep, bool]:
-    """The step the ``dra_*`` keywords and ``embedder`` describe, checked without loading
-    anything; and whether the policy embeds (then the step gets embeddings, not texts)."""
+def keyword_step(
+    embedder: Any,
+    options: dict[str, Any],
+    *,
+    advantages: str = "TRL computes the advantages; set GRPOConfig's scale_rewards instead",
+    device: str | None = None,
+) -> tuple[DRAStep, bool]:
+    """The step that a TRL trainer's ``embedder`` and ``dra_*`` keywords describe, checked
+    without loading anything; and whether the policy embeds (then the step is given embeddings,
+    not texts).
+
+    Args:
+        embedder: the trainer's ``embedder`` argument (see :class:`DRARewardsMixin`).
+        options: the ``dra_*`` keywords, spelled with their prefix.
+        advantages: why ``dra_scale`` / ``dra_eps`` are refused (the trainer computes the
+            advantages), said in the error.
+        device: where the SMI will run, when known at start-up: the backend is checked against
+            it (:meth:`dra_kernels.step.DRAStep.from_options`).
+
+    Raises:
+        ValueError, TypeError: an option or a combination that cannot apply, naming the keyword;
+        ImportError: the text embedder without the ``embed`` extra.
+    """
     fields = {key[len(OPTION_PREFIX) :]: value for key, value in options.items()}
     owned = sorted(OPTION_PREFIX + key for key in _TRL_OWNS if key in fields)
     if owned:
-        raise ValueError(
-            f"{', '.join(owned)}: TRL computes the advantages; set GRPOConfig's scale_rewards "
-            "instead"
-        )
+        raise ValueError(f"{', '.join(owned)}: {advantages}")
+    spell = OPTION_PREFIX + "{}"
     given = sorted(key for key, value in options.items() if value is not None)
     if isinstance(embedder, str) and embedder == POLICY:
         extra = [key for key in given if key[len(OPTION_PREFIX) :] in EMBEDDER_OPTIONS]
@@ -165,7 +184,7 @@ def _dra_step(embedder: Any, options: dict[str, Any]) -> tuple[DRAStep, bool]:
                 f"and do not apply to it: with {POLICY!r} only {', '.join(_POLICY_OPTIONS)} "
                 "(completions per forward) does"
             )
-        return DRAStep.from_options(fields, spell=OPTION_PREFIX + "{}"), True
+        return DRAStep.from_options(fields, spell=spell, device=device), True
     if embedder is None or isinstance(embedder, str):
         if isinstance(embedder, str):
             if not embedder:
@@ -176,11 +195,11 @@ def _dra_step(embedder: Any, options: dict[str, Any]) -> tuple[DRAStep, bool]:
                     f"{OPTION_PREFIX}model={fields['model']!r} both name one"
                 )
             fields["model"] = embedder
-        step = DRAStep.from_options(fields, spell=OPTION_PREFIX + "{}")
+        step = DRAStep.from_options(fields, spell=spell, device=device)
         instead = f"embedder={POLICY!r} or your own embedding function"
         check_text_embedder(step, install='pip install -e ".[trl,embed]"', instead=instead)
         return step, False
-    return DRAStep.from_options(fields, spell=OPTION_PREFIX + "{}", embedder=embedder), False
+    return DRAStep.from_options(fields, spell=spell, embedder=embedder, device=device), False
 
 
 class DRARewardsMixin:
@@ -233,7 +252,7 @@ class DRARewardsMixin:
 
     def __init__(self, *args: Any, embedder: Any = None, **kwargs: Any) -> None:
         options = {key: kwargs.pop(key) for key in list(kwargs) if key.startswith(OPTION_PREFIX)}
-        step, policy = _dra_step(embedder, options)
+        step, policy = keyword_step(embedder, options)
         super().__init__(*args, **kwargs)
         if self.multi_objective_aggregation not in _AGGREGATIONS:
             raise ValueError(

@@ -1,0 +1,307 @@
+"""DRA for TRL's experimental ``AsyncGRPOTrainer`` (``trl.experimental.async_grpo``; supported:
+``trl>=1.16,<1.17``).
+
+A thin adapter over :class:`dra_kernels.step.DRAStep`, like :mod:`dra_kernels.integrations.trl`:
+the ``dra_*`` keywords are the step's options (checked before the trainer's own ``__init__``, so
+before any model loads, each error naming the keyword), and each prompt group is one step.
+
+Where it plugs in: ``AsyncGRPOTrainer`` derives from TRL's ``_BaseTrainer``, not from
+``GRPOTrainer``, and computes no rewards itself. On the main process it builds an
+``AsyncRolloutWorker``, which spawns a child process (CUDA hidden from it) running an
+``_AsyncRolloutLoop``: the loop generates through a vLLM server, collects each prompt's
+``num_generations`` conversations into a ``RolloutGroup`` and scores it in
+``_AsyncRolloutLoop._score_group``, which runs the reward functions, sums their columns, computes
+the group's advantages and returns one ``RolloutSample`` per training row, each carrying its
+advantage and TRL's reward metrics. The worker picks the loop class from its class attribute
+``_loop_cls`` and forwards its constructor's keywords to the loop, as TRL's own
+``HarnessRolloutWorker`` does. So:
+
+- :class:`DRARolloutLoop` is TRL's loop whose ``_score_group`` runs TRL's own scoring, then one
+  DRA step over the group (the raw rewards, the completions' texts embedded in the worker's
+  process), and replaces each sample's advantage with TRL's advantage of the adjusted rewards
+  (:func:`async_advantages`). TRL's reward metrics in the samples stay those of the raw rewards.
+  The step's :data:`~dra_kernels.step.METRICS` go to the trainer the way the worker sends its
+  own: ``_push_metrics``, onto the queue the trainer drains in ``log``.
+- :class:`DRARolloutWorker` is TRL's worker with that loop and a ``dra_step`` keyword, which
+  travels to the child process with the loop's other keywords (pickled).
+- :class:`DRAAsyncGRPOTrainer` checks the options, lets ``AsyncGRPOTrainer.__init__`` build
+  everything, then swaps the default worker, not yet started, for a :class:`DRARolloutWorker`
+  with the very same keywords plus the step.
+
+The embedder is built in the worker's process, when the loop is constructed there (before it
+reports ready): the step travels as its configuration (an
+:class:`~dra_kernels.embed.EmbedderConfig`, or your function or class), never as a loaded
+model. TRL starts that process with ``CUDA_VISIBLE_DEVICES=""``, so the embedder runs on its CPU.
+
+This module imports TRL; :mod:`dra_kernels` itself never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import pickle
+from typing import Any
+
+import numpy as np
+import torch
+
+# NOTE: first: without TRL, it raises the ImportError that says how to install it (and it warns
+# about an untested TRL version).
+from dra_kernels.integrations.trl import (
+    OPTION_PREFIX,
+    POLICY,
+    SUPPORTED_TRL,
+    completion_text,
+    keyword_step,
+)
+from dra_kernels.step import DRAStep
+
+try:  # TRL is there; its experimental trainer, as DRA uses it, may not be
+    from trl.experimental.async_grpo import AsyncGRPOTrainer
+    from trl.experimental.async_grpo.async_rollout_worker import (
+        AsyncRolloutWorker,
+        RolloutGroup,
+        RolloutSample,
+        _AsyncRolloutLoop,
+    )
+
+    # NOTE: what DRA overrides or uses; an AttributeError here means another TRL version.
+    _USED = (
+        _AsyncRolloutLoop._score_group,
+        _AsyncRolloutLoop._push_metrics,
+        AsyncRolloutWorker._loop_cls,
+    )
+except (ImportError, AttributeError) as exc:  # pragma: no cover - other TRL versions
+    raise ImportError(
+        "dra_kernels.integrations.trl_async builds on TRL's experimental asynchronous GRPO "
+        "rollout worker (_AsyncRolloutLoop._score_group, _push_metrics, "
+        f"AsyncRolloutWorker._loop_cls), not found ({exc}); install a supported version: "
+        f"pip install 'trl{SUPPORTED_TRL}'"
+    ) from exc
+
+__all__ = [
+    "ADVANTAGE_EPS",
+    "DRAAsyncGRPOTrainer",
+    "DRARolloutLoop",
+    "DRARolloutWorker",
+    "async_advantages",
+    "check_picklable",
+    "worker_step",
+]
+
+ADVANTAGE_EPS = 1e-8
+"""TRL's constant in ``(r - mean) / (std + 1e-8)`` (``_AsyncRolloutLoop._score_group``)."""
+
+_TRAINER_SIGNATURE = inspect.signature(AsyncGRPOTrainer.__init__)
+_ADVANTAGES = (
+    "AsyncGRPOTrainer computes the advantages itself (each group's rewards less their mean, over "
+    "their standard deviation); DRA only adjusts the rewards"
+)
+
+
+def async_advantages(rewards: Any) -> np.ndarray:
+    """One group's advantages as ``AsyncGRPOTrainer`` computes them (trl 1.16,
+    ``_AsyncRolloutLoop._score_group``): ``(r - mean) / (std + 1e-8)`` over the scored rows, with
+    the population standard deviation (divisor ``n``; TRL's ``GRPOTrainer`` divides by ``n - 1``),
+    and 0 for unscorable rows (NaN).
+
+    Args:
+        rewards: ``[n]`` one group's rewards, NaN where no reward function scored the row.
+
+    Returns:
+        ``[n]`` float64 advantages.
+
+    Example:
+        >>> async_advantages([1.0, 3.0, float("nan")]).round(6)
+        array([-1.,  1.,  0.])
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    out = np.zeros_like(rewards)
+    scored = ~np.isnan(rewards)
+    if scored.any():
+        values = rewards[scored]
+        out[scored] = (values - values.mean()) / (values.std() + ADVANTAGE_EPS)
+    return out
+
+
+def check_picklable(step: DRAStep) -> None:
+    """Raise ``TypeError`` if ``step`` cannot travel to TRL's rollout worker (it is pickled with
+    the loop's other keywords into a spawned process): a lambda or a closure as the embedder."""
+    try:
+        pickle.dumps(step)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise TypeError(
+            "embedder must be picklable: AsyncGRPOTrainer scores rewards in a child process it "
+            "spawns, and the DRA step (with your embedder) is pickled to it; use a module-level "
+            "function, a class or a callable instance of a module-level class, not a lambda or a "
+            f"closure ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def worker_step(embedder: Any, options: dict[str, Any]) -> DRAStep:
+    """The step that ``embedder`` and the ``dra_*`` keywords describe, for TRL's rollout worker:
+    checked as for ``DRAGRPOTrainer`` (:func:`dra_kernels.integrations.trl.keyword_step`, nothing
+    loaded), against a CPU (the worker's process sees no GPU), and for pickling.
+
+    Raises:
+        ValueError, TypeError: an option that cannot apply in the worker, naming the keyword;
+        ImportError: the text embedder without the ``embed`` extra.
+    """
+    if isinstance(embedder, str) and embedder == POLICY:
+        raise ValueError(
+            f"embedder={POLICY!r} is not available with AsyncGRPOTrainer: its rewards are scored "
+            "in the rollout worker's process, which holds no policy (vLLM generates), so there "
+            "are no hidden states to pool; use a text embedder (the default, a model name, or "
+            "your own function)"
+        )
+    device = options.get(f"{OPTION_PREFIX}device")
+    if device is not None and str(device).split(":")[0] != "cpu":
+        raise ValueError(
+            f"{OPTION_PREFIX}device={device!r}: AsyncGRPOTrainer's rollout worker runs in a child "
+            "process that TRL starts with CUDA_VISIBLE_DEVICES='' (GPU reward models run on its "
+            f"CPU too), so the embedder runs on the CPU; leave {OPTION_PREFIX}device unset"
+        )
+    step, _ = keyword_step(embedder, options, advantages=_ADVANTAGES, device="cpu")
+    check_picklable(step)
+    return step
+
+
+class DRARolloutLoop(_AsyncRolloutLoop):
+    """TRL's asynchronous rollout loop with Diversity-aware Reward Adjustment in
+    ``_score_group``. Lives in the rollout worker's process.
+
+    Args:
+        dra_step: the DRA step, with a text embedder (built here, before the loop reports ready).
+        **loop_kwargs: TRL's ``_AsyncRolloutLoop`` keywords, unchanged.
+
+    For each group: TRL's ``_score_group`` runs unchanged (reward functions, their sum, TRL's
+    metrics and samples); then the step runs once over the group's raw rewards (each
+    conversation's ``reward``, NaN where unscorable) and its completions' texts
+    (:func:`~dra_kernels.integrations.trl.completion_text`), and each sample's advantage becomes
+    :func:`async_advantages` of the adjusted rewards. A conversation that yielded no training row
+    has no sample to carry its reward: it is embedded with its group but left out of the
+    rewards (as an unscorable one); TRL's own loop always yields one (every generated token is
+    trained). The step's metrics are pushed with ``_push_metrics``, one value per group.
+    """
+
+    def __init__(self, *, dra_step: DRAStep, **loop_kwargs: Any) -> None:
+        if not isinstance(dra_step, DRAStep) or dra_step.embedder is None:
+            raise TypeError(
+                "dra_step must be a dra_kernels.step.DRAStep with an embedder (the worker embeds "
+                f"the completions' texts), got {dra_step!r}"
+            )
+        super().__init__(**loop_kwargs)
+        self.dra_step = dra_step
+        dra_step.embed_fn()  # NOTE: loads the embedder now, in this process, before the first group
+
+    async def _score_group(self, group: RolloutGroup) -> list[RolloutSample]:
+        samples = await super()._score_group(group)
+        # NOTE: TRL makes the samples conversation by conversation, one per training row.
+        rows = [i for i, sequences in enumerate(group.completions_sequences) for _ in sequences]
+        if len(rows) != len(samples):
+            raise RuntimeError(
+                f"TRL's _score_group returned {len(samples)} samples for {len(rows)} training "
+                f"rows, not one per row; DRA supports trl{SUPPORTED_TRL}"
+            )
+        size = len(group.completions)
+        rewards = torch.full((size,), torch.nan, dtype=torch.float64)
+        for sample, i in zip(samples, rows, strict=True):
+            rewards[i] = sample.metrics["reward"]
+        texts = [completion_text(completion) for completion in group.completions]
+        # NOTE: in a thread, as TRL runs synchronous reward functions: generation goes on.
+        result = await asyncio.to_thread(
+            self.dra_step,
+            rewards,
+            torch.zeros(size, dtype=torch.long),
+            texts=texts,
+            num_groups=1,
+            expected_group_size=self.num_generations,
+        )
+        advantages = async_advantages(result.adjusted.cpu().numpy())
+        for sample, i in zip(samples, rows, strict=True):
+            sample.advantage = float(advantages[i])
+        self._push_metrics(result.metrics)
+        return samples
+
+
+class DRARolloutWorker(AsyncRolloutWorker):
+    """TRL's ``AsyncRolloutWorker`` whose child process runs :class:`DRARolloutLoop`.
+
+    Args:
+        dra_step: the DRA step (:func:`worker_step` builds one from the ``dra_*`` keywords); it is
+            pickled to the child process with the other keywords, so its embedder must be
+            picklable (:func:`check_picklable`).
+        **kwargs: ``AsyncRolloutWorker``'s keywords, unchanged.
+
+    :class:`DRAAsyncGRPOTrainer` builds this worker itself. Build it yourself only to pass it to
+    a plain ``AsyncGRPOTrainer(rollout_worker=...)``, with every keyword that trainer would give
+    its default worker.
+    """
+
+    _loop_cls = DRARolloutLoop
+
+    def __init__(self, *, dra_step: DRAStep, **kwargs: Any) -> None:
+        check_picklable(dra_step)
+        super().__init__(dra_step=dra_step, **kwargs)
+
+
+class DRAAsyncGRPOTrainer(AsyncGRPOTrainer):
+    """TRL's ``AsyncGRPOTrainer`` with Diversity-aware Reward Adjustment.
+
+    Takes every ``AsyncGRPOTrainer`` argument but ``rollout_worker`` (it builds its own, a
+    :class:`DRARolloutWorker`), plus ``embedder`` and the ``dra_*`` options (keyword only), all
+    checked before ``AsyncGRPOTrainer.__init__`` runs, so before any model is loaded.
+
+    Args:
+        embedder: what embeds the completions, in the rollout worker's process, on its CPU:
+
+            - ``None`` (default): :class:`dra_kernels.embed.Embedder` built from the ``dra_*``
+              options (by default the bundled all-MiniLM-L6-v2, every token read in windows);
+            - a sentence-transformers model name or directory (shorthand for ``dra_model=``);
+            - a function ``list[str] -> [N, D]``, an object with an ``encode(texts)`` method, or
+              a class of either (built in the worker's process): it is pickled to that process,
+              so a module-level function or class, not a lambda or a closure.
+
+            ``"policy"`` is refused: the worker's process holds no policy.
+        dra_min_denominator, dra_measure, dra_eta, dra_lam, dra_backend: the step's options, as
+            for :class:`dra_kernels.integrations.trl.DRARewardsMixin` (``dra_backend="triton"``
+            is refused: the worker has no GPU).
+        dra_model, dra_trust_remote_code, dra_long_text, dra_window_tokens, dra_window_overlap,
+            dra_max_tokens, dra_batch_size, dra_dtype: the
+            :class:`dra_kernels.embed.EmbedderConfig` fields of the same name without ``dra_``;
+            ``dra_device`` may only be ``"cpu"``.
+        *args: passed to ``AsyncGRPOTrainer`` unchanged.
+        **kwargs: passed to ``AsyncGRPOTrainer`` unchanged.
+
+    Example (the DRA paper's embedder)::
+
+        DRAAsyncGRPOTrainer(
+            ..., dra_model="jinaai/jina-embeddings-v2-small-en", dra_trust_remote_code=True
+        )
+    """
+
+    def __init__(self, *args: Any, embedder: Any = None, **kwargs: Any) -> None:
+        options = {key: kwargs.pop(key) for key in list(kwargs) if key.startswith(OPTION_PREFIX)}
+        step = worker_step(embedder, options)
+        given = _TRAINER_SIGNATURE.bind_partial(None, *args, **kwargs)
+        if given.arguments.get("rollout_worker") is not None:
+            raise ValueError(
+                "DRAAsyncGRPOTrainer builds its own rollout worker (DRARolloutWorker), which "
+                "applies DRA; to use another worker, give it DRA's loop (a subclass of "
+                "DRARolloutLoop) and pass it to AsyncGRPOTrainer"
+            )
+        super().__init__(*args, **kwargs)
+        if self.rollout_worker is not None:  # the main process: TRL's default worker, not started
+            default = self.rollout_worker
+            if type(default) is not AsyncRolloutWorker:
+                raise RuntimeError(  # pragma: no cover - other TRL versions
+                    f"expected TRL's AsyncRolloutWorker, found {type(default).__name__}"
+                )
+            self.rollout_worker = DRARolloutWorker(
+                dra_step=step,
+                child_ready_timeout=default._child_ready_timeout,
+                **default._loop_kwargs,
+            )
+            self.rollout_queue = self.rollout_worker.rollout_buffer
+        self.dra_step = step
