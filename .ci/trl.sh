@@ -23,13 +23,17 @@ if [ ! -x "$PY" ]; then
 fi
 # NOTE: torch==2.13.0 on the same command line so pip never resolves another torch; pip skips
 # everything already satisfied, so a second run is quick.
-quietly "$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[trl,embed,test]'
+# The cli extra (embed, plus matplotlib for the plots of examples/lm_experiment.py, which
+# tests/integrations/test_lm_experiment.py runs at CI size).
+quietly "$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[trl,cli,test]'
 "$PY" -c 'import torch, transformers, trl; print("torch", torch.__version__, "| transformers", transformers.__version__, "| trl", trl.__version__)'
 
 # The one-process runs and the torchrun run (2 gloo processes) are all in tests/integrations/
 # test_trl.py; test_trl_docs.py runs the example of docs/integrations/trl.md as printed; the
-# module's doctests run here too (the core suite has no TRL). scripts/test.sh sets JUNIT_XML to
+# module's doctests run here too (the core suite has no TRL); test_lm_experiment.py runs the
+# language-model experiment (docs/experiment_lm.md) with --quick. scripts/test.sh sets JUNIT_XML to
 # collect a report. Known warnings are filtered in pyproject.toml (filterwarnings).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 exec "$PY" -m pytest -p no:cacheprovider -q ${JUNIT_XML:+--junitxml="$JUNIT_XML"} \
-    tests/integrations/test_trl.py tests/integrations/test_trl_docs.py dra_kernels/integrations/trl.py
+    tests/integrations/test_trl.py tests/integrations/test_trl_docs.py \
+    tests/integrations/test_lm_experiment.py dra_kernels/integrations/trl.py
