@@ -3,17 +3,19 @@
 A small causal language model (a 2-layer GPT-2 with a word-level tokenizer, both built here, no
 hub) is first warmed up, by plain supervised training, on text that solves 16 arithmetic problems
 ``a * b + c`` by three of four recognisable routes (each problem leaves one route out), half of the
-solutions with a slip. It is then trained with TRL's ``GRPOTrainer`` (the baseline) and the
-library's ``DRAGRPOTrainer`` (the bundled all-MiniLM-L6-v2, or the policy's own hidden states, as
-the embedder) on a 0/1 reward for the correct final answer. Every 20 steps the script samples 32
-completions per problem and measures the accuracy, the distinct routes among the correct ones (the
-entropy measure of docs/experiment.md) and the distinct completions; and, exactly by teacher
-forcing, how the policy's probability of the fully correct texts spreads over the routes. It
-records the trainer's logged metrics (``dra/...`` included), the wall time of every step and the
+solutions with a slip. It is then trained with TRL's ``GRPOTrainer`` (GRPO and DR.GRPO, the
+baselines) and the library's ``DRAGRPOTrainer`` (DRA-GRPO and DRA-DR.GRPO with the bundled
+all-MiniLM-L6-v2; DRA-GRPO also with the policy's own hidden states as the embedder) on a 0/1
+reward for the correct final answer. Every 20 steps the script samples 32 completions per problem
+and measures the accuracy, the distinct routes among the correct ones (the entropy measure of
+docs/experiment.md), the distinct completions, and what the completions look like (well formed,
+off the templates, on a route the warm-up left out); and, exactly by teacher forcing, how the
+policy's probability of the well-formed correct texts spreads over the routes. It records the
+trainer's logged metrics (``dra/...`` included), the wall and CPU time of every step and the
 process's memory.
 
 Run from the repository root (needs ``pip install -e ".[trl,cli]"``; about 25 minutes on 2 shared
-CPU cores)::
+CPU cores, 15 runs of 200 steps)::
 
     python examples/lm_experiment.py --out docs/experiment/lm   # the committed run
     python examples/lm_experiment.py --quick                    # a few seconds' check (CI)
@@ -382,13 +384,17 @@ def sampled_metrics(
     - ``accuracy``: share of completions with the correct final answer (the reward);
     - ``distinct_completions``: distinct completion texts per problem;
     - ``distinct_correct_completions``: the same among the correct ones;
-    - ``effective_strategies``: exp entropy of the correct completions grouped by route (``other``
-      being one more kind), over problems with a correct completion;
+    - ``effective_strategies``: exp entropy of the correct completions that follow a template,
+      grouped by route, over problems with one (the measure of docs/experiment.md; at most 4);
+    - ``effective_strategies_with_other``: the same over all correct completions, those that
+      follow no template counted as one more kind (``other``);
+    - ``route_share``: per route and ``other``, its share of the correct completions;
     - ``held_out_share``: share of all completions that follow the held-out route;
     - ``other_share``: share of all completions that follow no template;
     - ``canonical_share``: share of the correct completions that are one of the 8 texts
       :func:`exact_metrics` scores (every number right); the others reach the right answer
       through a wrong intermediate number, or outside the templates;
+    - ``well_formed_accuracy``: share of all completions that are one of those 8 texts;
     - ``mean_length``: completion tokens (``<eos>`` not counted).
 
     ``examples`` (only with ``keep_examples``): the completions of the first ``keep_examples``
@@ -419,6 +425,8 @@ def sampled_metrics(
         routes = [classify(problem, t) for t in chunk]
         ok = [final_answer(t) == problem.answer for t in chunk]
         correct_routes = Counter(r for r, good in zip(routes, ok, strict=True) if good)
+        kinds = (*STRATEGIES, OTHER)
+        n_correct = sum(correct_routes.values())
         canonical = {solution(problem, s, e) for s in STRATEGIES for e in ENDINGS}
         good_texts = [" ".join(t.split()) for t, good in zip(chunk, ok, strict=True) if good]
         rows.append(
@@ -428,7 +436,11 @@ def sampled_metrics(
                 "distinct_correct_completions": len(
                     {t for t, good in zip(chunk, ok, strict=True) if good}
                 ),
-                "effective_strategies": exp_entropy(list(correct_routes.values())),
+                "effective_strategies": exp_entropy([correct_routes[s] for s in STRATEGIES]),
+                "effective_strategies_with_other": exp_entropy([correct_routes[k] for k in kinds]),
+                "route_share": (
+                    {k: correct_routes[k] / n_correct for k in kinds} if n_correct else None
+                ),
                 "held_out_share": routes.count(problem.held_out) / samples,
                 "other_share": routes.count(OTHER) / samples,
                 "canonical_share": (
@@ -436,9 +448,12 @@ def sampled_metrics(
                     if good_texts
                     else None
                 ),
+                "well_formed_accuracy": sum(t in canonical for t in good_texts) / samples,
             }
         )
-    result = {k: _mean([r[k] for r in rows]) for k in rows[0]}
+    result = {k: _mean([r[k] for r in rows]) for k in rows[0] if k != "route_share"}
+    shares = [r["route_share"] for r in rows if r["route_share"] is not None]
+    result["route_share"] = {k: _mean([share[k] for share in shares]) for k in (*STRATEGIES, OTHER)}
     result["mean_length"] = lengths.double().mean().item()
     if keep_examples:
         result["examples"] = {
@@ -490,7 +505,7 @@ METHODS: dict[str, tuple[str | None, str, str]] = {
     "DRA-DR.GRPO": ("minilm", "dr_grpo", "none"),
     "DRA-DR.GRPO-policy": ("policy", "dr_grpo", "none"),
 }
-DEFAULT_METHODS = ("GRPO", "DRA-GRPO", "DRA-GRPO-policy")
+DEFAULT_METHODS = ("GRPO", "DRA-GRPO", "DRA-GRPO-policy", "DR.GRPO", "DRA-DR.GRPO")
 EMBEDDERS = {"minilm": None, "policy": "policy"}  # -> DRAGRPOTrainer(embedder=...)
 LOGGED = (
     "reward",
@@ -702,8 +717,9 @@ def _spread(values: Sequence[float | None]) -> dict[str, float] | None:
 EVAL_SUMMARY = {
     "accuracy": ("sampled", "accuracy"),
     "correct_mass": ("exact", "correct_mass"),
-    "effective_strategies": ("exact", "effective_strategies"),
-    "effective_strategies_sampled": ("sampled", "effective_strategies"),
+    "effective_strategies": ("sampled", "effective_strategies"),
+    "effective_strategies_with_other": ("sampled", "effective_strategies_with_other"),
+    "effective_strategies_exact": ("exact", "effective_strategies"),
     "effective_correct_completions": ("exact", "effective_correct_completions"),
     "distinct_completions": ("sampled", "distinct_completions"),
     "distinct_correct_completions": ("sampled", "distinct_correct_completions"),
@@ -711,12 +727,13 @@ EVAL_SUMMARY = {
     "held_out_share_sampled": ("sampled", "held_out_share"),
     "other_share": ("sampled", "other_share"),
     "canonical_share": ("sampled", "canonical_share"),
+    "well_formed_accuracy": ("sampled", "well_formed_accuracy"),
     "mean_length": ("sampled", "mean_length"),
 }
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Per method, across seeds: the last evaluation's metrics, the final strategy shares, the
+    """Per method, across seeds: the last evaluation's metrics, the final route shares, the
     logged ``dra/...`` metrics (mean over steps), and the cost (time per step, peak memory)."""
     out: dict[str, Any] = {}
     for method, seeds in runs.items():
@@ -724,7 +741,10 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         entry: dict[str, Any] = {"final_step": last[0]["step"], "final": {}}
         for name, (kind, key) in EVAL_SUMMARY.items():
             entry["final"][name] = _spread([e[kind][key] for e in last])
-        entry["final_strategy_share"] = {
+        entry["final_route_share"] = {
+            k: _spread([e["sampled"]["route_share"][k] for e in last]) for k in (*STRATEGIES, OTHER)
+        }
+        entry["final_strategy_share_exact"] = {
             s: _spread([e["exact"]["strategy_share"][s] for e in last]) for s in STRATEGIES
         }
         entry["logged_mean_over_steps"] = {
@@ -808,19 +828,31 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     n = cfg["eval_samples"]
     panels = [
         ("sampled", "accuracy", f"accuracy ({n} samples per problem)"),
-        ("sampled", "effective_strategies", "distinct routes among correct completions\n"
-         "(exp entropy, sampled)"),
+        ("sampled", "well_formed_accuracy", "well-formed accuracy\n(correct, every number right)"),
         ("sampled", "distinct_completions", f"distinct completions per problem (of {n})"),
-        ("exact", "effective_strategies", "distinct routes among the fully correct\n"
-         "texts (exp entropy, exact)"),
-        ("sampled", "canonical_share", "share of correct completions\nwith every number right"),
+        ("sampled", "effective_strategies", "distinct routes among correct completions\n"
+         "that follow a template (exp entropy)"),
+        ("sampled", "effective_strategies_with_other", "the same, completions outside the\n"
+         "templates counted as one more route"),
+        ("exact", "effective_strategies", "distinct routes among the 8 well-formed\n"
+         "correct texts (exp entropy, exact)"),
+        ("sampled", "route_share.other", "share of correct completions\nthat follow no template"),
+        ("sampled", "held_out_share", "share of completions on the route\nthe warm-up left out"),
         ("sampled", "mean_length", "completion length (tokens)"),
     ]  # fmt: skip
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8), constrained_layout=True)
+
+    def value(evaluation: dict[str, Any], kind: str, key: str) -> float | None:
+        out = evaluation[kind]
+        for part in key.split("."):
+            out = None if out is None else out.get(part)
+        return out
+
+    fig, axes = plt.subplots(3, 3, figsize=(15, 11.5), constrained_layout=True)
     for ax, (kind, key, label) in zip(axes.flat, panels, strict=True):
         for method, seeds in runs.items():
             x = [e["step"] for e in seeds[0]["evaluations"]]
-            _band(ax, x, [[e[kind][key] for e in run["evaluations"]] for run in seeds], method)
+            curves = [[value(e, kind, key) for e in run["evaluations"]] for run in seeds]
+            _band(ax, x, curves, method)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -830,23 +862,26 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     plt.close(fig)
 
     cost = [
-        ("step_s", "wall time per step (s)\n(moving average over 10 steps)"),
-        ("rewards_s", "rewards + DRA per step (s)\n(moving average over 10 steps)"),
+        ("step_s", "wall time per step (s)"),
+        ("step_cpu_s", "CPU time per step (s)"),
+        ("rewards_s", "rewards + DRA per step (s, wall)"),
         ("rss_mb", "resident memory (MiB, /proc/self/statm)"),
         ("dra/smi/mean", "dra/smi/mean"),
         ("dra/factor/mean", "dra/factor/mean"),
+        ("reward", "reward (TRL, before DRA)"),
+        ("dra/reward_after/mean", "dra/reward_after/mean"),
         ("frac_reward_zero_std", "frac_reward_zero_std (TRL)"),
     ]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8), constrained_layout=True)
+    fig, axes = plt.subplots(3, 3, figsize=(15, 11.5), constrained_layout=True)
     for ax, (key, label) in zip(axes.flat, cost, strict=True):
         for method, seeds in runs.items():
             curves = [run[key] if key in run else run["logged"].get(key) for run in seeds]
             if any(c is None for c in curves):
                 continue
-            smooth = 10 if key.endswith("_s") else 1
+            smooth = 1 if key == "rss_mb" else 10
             _band(ax, range(1, len(curves[0]) + 1), curves, method, smooth=smooth)
         ax.set_xlabel("step")
-        ax.set_ylabel(label)
+        ax.set_ylabel(label + ("" if key == "rss_mb" else "\n(moving average over 10 steps)"))
         ax.grid(alpha=0.3)
     axes[0, 0].legend(loc="upper right")
     fig.suptitle(

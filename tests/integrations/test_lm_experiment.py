@@ -1,12 +1,12 @@
 """examples/lm_experiment.py: the language-model experiment (docs/experiment_lm.md) at CI size.
 
 Runs in the TRL environment (``bash .ci/trl.sh``, which installs the ``cli`` extra for the plots);
-skipped where TRL is not importable. ``--quick`` trains each default method (GRPO with TRL's own
-``GRPOTrainer``, DRA-GRPO with ``DRAGRPOTrainer`` and the bundled all-MiniLM-L6-v2, DRA-GRPO with
-the policy's hidden states) for two steps from a 20-step warm-up, in this process. The test checks
-the task's templates and measures, then the written ``result.json``: its fields, its curves'
-lengths, its values' ranges, and that the trainer's own ``dra/...`` metrics were logged at every
-step of the DRA runs (and of no other run).
+skipped where TRL is not importable. ``--quick`` trains each default method (GRPO and DR.GRPO
+with TRL's own ``GRPOTrainer``; DRA-GRPO and DRA-DR.GRPO with ``DRAGRPOTrainer`` and the bundled
+all-MiniLM-L6-v2, DRA-GRPO also with the policy's hidden states) for two steps from a 20-step
+warm-up, in this process. The test checks the task's templates and measures, then the written
+``result.json``: its fields, its curves' lengths, its values' ranges, and that the trainer's own
+``dra/...`` metrics were logged at every step of the DRA runs (and of no other run).
 """
 
 from __future__ import annotations
@@ -103,9 +103,17 @@ def check_evaluation(evaluation: dict[str, Any], samples: int) -> None:
     assert _in_range(sampled["accuracy"], 0, 1)
     assert _in_range(sampled["distinct_completions"], 1, samples)
     assert _in_range(sampled["distinct_correct_completions"], 0, samples)
-    assert _in_range(sampled["effective_strategies"], 1, len(lm.STRATEGIES) + 1)
-    for key in ("held_out_share", "other_share", "canonical_share"):
+    assert _in_range(sampled["effective_strategies"], 1, len(lm.STRATEGIES))
+    assert _in_range(sampled["effective_strategies_with_other"], 1, len(lm.STRATEGIES) + 1)
+    for key in ("held_out_share", "other_share", "canonical_share", "well_formed_accuracy"):
         assert _in_range(sampled[key], 0, 1), key
+    assert _in_range(sampled["well_formed_accuracy"], 0, sampled["accuracy"])
+    routes = sampled["route_share"]
+    assert set(routes) == {*lm.STRATEGIES, lm.OTHER}
+    if sampled["accuracy"] > 0:
+        assert sum(routes.values()) == pytest.approx(1.0, abs=1e-3)
+    else:
+        assert all(v is None for v in routes.values())
     assert _in_range(sampled["mean_length"], 0, 40)
 
 
@@ -124,7 +132,12 @@ def test_quick_run(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> N
     steps, samples = run_config["steps"], run_config["eval_samples"]
     assert config["quick"] and config["seeds"] == 1 and steps == 2
     assert config["process_per_run"] is False
-    assert list(config["methods"]) == ["GRPO", "DRA-GRPO", "DRA-GRPO-policy"]
+    assert list(config["methods"]) == list(lm.DEFAULT_METHODS)
+    assert config["methods"]["DR.GRPO"] == {
+        "embedder": None,
+        "loss_type": "dr_grpo",
+        "scale_rewards": "none",
+    }
     assert result["versions"]["trl"] == trl.__version__
     assert result["machine"]["cores"] >= 1 and result["machine"]["cpu"]
     assert len(result["warmup"]["loss"]) == config["warmup"]["steps"]
@@ -132,15 +145,11 @@ def test_quick_run(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert result["runtime_s"] > 0
 
     dra_metrics = set(METRICS)  # every metric the step reports, as the trainer logs it
-    expected_trainer = {
-        "GRPO": "GRPOTrainer",
-        "DRA-GRPO": "DRAGRPOTrainer",
-        "DRA-GRPO-policy": "DRAGRPOTrainer",
-    }
     for method, runs in result["runs"].items():
         assert len(runs) == 1
         run = runs[0]
-        assert run["trainer"] == expected_trainer[method]
+        dra = method.startswith("DRA-")
+        assert run["trainer"] == ("DRAGRPOTrainer" if dra else "GRPOTrainer")
         assert run["steps_done"] == steps
         assert [e["step"] for e in run["evaluations"]] == list(range(steps + 1))
         for evaluation in run["evaluations"]:
@@ -154,7 +163,7 @@ def test_quick_run(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> N
         assert all(len(curve) == steps for curve in logged.values())
         assert all(_in_range(v, 0, 1) for v in logged["reward"])
         found = {key for key in logged if key.startswith("dra/")}
-        if method == "GRPO":
+        if not dra:
             assert not found, found
             continue
         assert found == dra_metrics, found ^ dra_metrics
@@ -178,4 +187,5 @@ def test_quick_run(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> N
         for name in ("accuracy", "effective_strategies", "distinct_completions"):
             assert name in entry["final"], name
         assert entry["cost"]["step_s_median"]["mean"] > 0
-        assert ("dra/smi/mean" in entry["logged_mean_over_steps"]) == (method != "GRPO")
+        assert ("dra/smi/mean" in entry["logged_mean_over_steps"]) == method.startswith("DRA-")
+        assert set(entry["final_route_share"]) == {*lm.STRATEGIES, lm.OTHER}
