@@ -20,18 +20,21 @@ VENV=.venv-trl
 PY="$VENV/bin/python"
 
 # NOTE: torch==2.13.0 on the same command line so the resolver never picks another torch; what is
-# already satisfied is skipped, so a second run is quick.
-venv_install "$VENV" torch==2.13.0 -e '.[trl,embed,test]'
+# already satisfied is skipped, so a second run is quick. The cli extra: embed, plus matplotlib for
+# the plots of examples/lm_experiment.py, which tests/integrations/test_lm_experiment.py runs at CI
+# size.
+venv_install "$VENV" torch==2.13.0 -e '.[trl,cli,test]'
 "$PY" -c 'import torch, transformers, trl; print("torch", torch.__version__, "| transformers", transformers.__version__, "| trl", trl.__version__)'
 
 # The one-process runs and the torchrun run (2 gloo processes) are all in tests/integrations/
 # test_trl.py; test_trl_docs.py runs the example of docs/integrations/trl.md as printed;
 # test_trl_async.py runs TRL's asynchronous GRPO rollout worker with DRA (vLLM generation stood
-# in, see its docstring); the modules' doctests run here too (the core suite has no TRL).
-# scripts/test.sh sets JUNIT_XML to collect a report. Known warnings are filtered in
+# in, see its docstring); test_lm_experiment.py runs the language-model experiment
+# (docs/experiment_lm.md) with --quick; the modules' doctests run here too (the core suite has no
+# TRL). scripts/test.sh sets JUNIT_XML to collect a report. Known warnings are filtered in
 # pyproject.toml (filterwarnings).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 exec "$PY" -m pytest -p no:cacheprovider -q ${JUNIT_XML:+--junitxml="$JUNIT_XML"} \
     tests/integrations/test_trl.py tests/integrations/test_trl_docs.py \
-    tests/integrations/test_trl_async.py \
+    tests/integrations/test_trl_async.py tests/integrations/test_lm_experiment.py \
     dra_kernels/integrations/trl.py dra_kernels/integrations/trl_async.py
