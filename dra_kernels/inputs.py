@@ -50,6 +50,7 @@ from dra_kernels import _triton
 __all__ = [
     "EMBEDDING_DTYPES",
     "func_transform",
+    "is_func_wrapped",
     "traced",
     "Backend",
     "Groups",
@@ -99,7 +100,15 @@ def traced(rewards: torch.Tensor | None) -> bool:
         return False
     if rewards.requires_grad and torch.is_grad_enabled():
         return True
-    return torch._C._functorch.is_functorch_wrapped_tensor(rewards)
+    return is_func_wrapped(rewards)
+
+
+def is_func_wrapped(tensor: torch.Tensor) -> bool:
+    """Whether a ``torch.func`` transform wraps ``tensor`` (False under ``torch.compile``, which
+    cannot trace the query: fullgraph compiles would break)."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
 
 
 _TRANSFORMS = {"Grad": "grad / jacrev / vjp", "Jvp": "jacfwd / jvp", "Vmap": "vmap"}
@@ -107,7 +116,7 @@ _TRANSFORMS = {"Grad": "grad / jacrev / vjp", "Jvp": "jacfwd / jvp", "Vmap": "vm
 
 def func_transform(rewards: torch.Tensor | None) -> str | None:
     """The ``torch.func`` transform that wraps ``rewards`` (e.g. ``"jacfwd / jvp"``), or None."""
-    if rewards is None or not torch._C._functorch.is_functorch_wrapped_tensor(rewards):
+    if rewards is None or not is_func_wrapped(rewards):
         return None
     layer = torch._C._functorch.peek_interpreter_stack()
     name = layer.key().name if layer is not None else ""
