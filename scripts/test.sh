@@ -10,9 +10,9 @@
 #   lint, docs and core run in .venv (set up first); each other suite sets up its own
 #   .venv-SUITE through .ci/SUITE.sh. Example: `bash scripts/test.sh trl` runs the TRL suite alone.
 #
-# A full run on a fresh clone takes the time and leaves the virtual environments README.md ("Try it")
-# states, measured; uv builds them from one cache of hard-linked packages (.ci/lib.sh). Installer
-# output is shown only when an install fails.
+# A full run on a fresh clone took 18 minutes with a warm package cache and leaves 4.6 GB of
+# virtual environments (README.md, "Try it"); uv builds them from one cache of hard-linked packages
+# (.ci/lib.sh). Installer output is shown only when an install fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source .ci/lib.sh
