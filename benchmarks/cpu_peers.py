@@ -24,15 +24,31 @@ reported. Goals checked
     python -m benchmarks.cpu_peers                      # the grid, a few minutes on 2 cores
     python -m benchmarks.cpu_peers --quick              # N <= 1,024 only
     python -m benchmarks.cpu_peers --json out.json --markdown out.md
+    python -m benchmarks.cpu_peers --quick --against 7a04100   # also the library at a revision
+
+``--against REV`` loads the package as it was at git revision ``REV`` (``git archive`` into a
+temporary folder, imported under its own module objects) and times it as a fifth implementation,
+``library@REV``, in the same rounds: a before/after comparison in one process, where both
+versions meet the same load. Its row adds ``library/library@REV``, the median over rounds of the
+ratio of the two timed calls of one round, with the range that holds that median with 95%
+confidence (order statistics of the per-round ratios).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib
+import io
 import json
+import math
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -183,12 +199,60 @@ def implementations(
     }
 
 
+def library_at(revision: str) -> tuple[Callable[..., Any], str]:
+    """``adjust_rewards`` of the package as it was at git ``revision``, and its folder.
+
+    The revision's ``dra_kernels/`` is extracted into a temporary folder and imported with the
+    current package's modules set aside, then those are put back: the two versions live side by
+    side as separate module objects. :func:`check_isolated` verifies that a call of the old one
+    runs only the old files (a lazy import inside it would otherwise find the current package).
+    """
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "archive", revision, "dra_kernels"], cwd=root, capture_output=True, check=True
+    ).stdout
+    folder = tempfile.mkdtemp(prefix="dra-kernels-at-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    ours = lambda name: name == "dra_kernels" or name.startswith("dra_kernels.")  # noqa: E731
+    current = {name: sys.modules.pop(name) for name in list(sys.modules) if ours(name)}
+    sys.path.insert(0, folder)
+    try:
+        function = importlib.import_module("dra_kernels").adjust_rewards
+    finally:
+        sys.path.remove(folder)
+        for name in [name for name in sys.modules if ours(name)]:
+            del sys.modules[name]
+        sys.modules.update(current)
+    return function, folder
+
+
+def check_isolated(call: Callable[[], Any], folder: str) -> None:
+    """Raise unless every ``dra_kernels`` frame that ``call`` runs is a file under ``folder``."""
+    stray: set[str] = set()
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        path = frame.f_code.co_filename
+        if event == "call" and "dra_kernels" in path and not path.startswith(folder):
+            stray.add(path)
+
+    sys.setprofile(profile)
+    try:
+        call()
+    finally:
+        sys.setprofile(None)
+    if stray:
+        raise AssertionError(f"the old library ran current files: {sorted(stray)}")
+
+
 def check_agreement(calls: dict[str, Callable[[], torch.Tensor]]) -> float:
-    """Largest absolute difference of ``dense`` and ``loop`` from ``library`` (raises above 1e-4
-    relative: the peers must compute the same thing)."""
+    """Largest absolute difference of the other implementations (``dense``, ``loop`` and any
+    ``library@REV``) from ``library`` (raises above 1e-4 relative: they must compute the same
+    thing)."""
     want = calls["library"]().double()
     worst = 0.0
-    for name in ("dense", "loop"):
+    for name in [n for n in calls if n in ("dense", "loop") or n.startswith("library@")]:
         got = calls[name]().double()
         if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
             raise AssertionError(f"{name} disagrees with the library: {(got - want).abs().max()}")
@@ -217,20 +281,46 @@ def timed_round(
 
 
 def measure(
-    shape: Shape, *, budget_s: float = 4.0, min_rounds: int = 3, max_rounds: int = 200
+    shape: Shape,
+    *,
+    budget_s: float = 4.0,
+    min_rounds: int = 3,
+    max_rounds: int = 200,
+    against: tuple[str, Callable[..., Any]] | None = None,
 ) -> dict[str, Any]:
     """Time the four implementations round-robin on ``shape``; medians, spread and ratios.
 
     Rounds (:func:`timed_round`) continue until ``budget_s`` seconds have passed (at least
-    ``min_rounds``, at most ``max_rounds``).
+    ``min_rounds``, at most ``max_rounds``). ``against``: ``(revision, adjust_rewards)`` of
+    :func:`library_at`, timed as ``library@revision`` in the same rounds.
     """
     rewards, embeddings, codes = make_inputs(shape)
     calls = implementations(shape, rewards, embeddings, codes)
+    if against is not None:
+        revision, old = against
+        calls[f"library@{revision}"] = lambda: old(
+            rewards, embeddings, codes, backend="torch", num_groups=shape.groups
+        )
     max_diff = check_agreement(calls)
     rounds, samples = run_rounds(
         calls, budget_s=budget_s, min_rounds=min_rounds, max_rounds=max_rounds
     )
     return summary(shape, rounds, samples, max_diff)
+
+
+def paired_ratio(new: Sequence[float], old: Sequence[float]) -> dict[str, float]:
+    """Median of the per-round ratios ``new / old`` and the range of order statistics that holds
+    the median with at least 95% confidence (the sign-test interval; rounds are independent
+    pairs)."""
+    ratios = sorted(a / b for a, b in zip(new, old, strict=True))
+    n = len(ratios)
+    # the largest k with P(Binomial(n, 1/2) < k) <= 2.5%: [ratios[k - 1], ratios[n - k]]
+    k, tail = 0, 0.0
+    while k < n // 2 and tail + math.comb(n, k) / 2**n <= 0.025:
+        tail += math.comb(n, k) / 2**n
+        k += 1
+    low, high = (ratios[k - 1], ratios[n - k]) if k else (ratios[0], ratios[-1])
+    return {"median": statistics.median(ratios), "low95": low, "high95": high, "rounds": n}
 
 
 def run_rounds(
@@ -259,7 +349,7 @@ def summary(
         "library/loop": medians["library"] / medians["loop"],
         "library/normalize": medians["library"] / medians["normalize"],
     }
-    return {
+    row = {
         "shape": asdict(shape),
         "name": shape.name,
         "rounds": rounds,
@@ -269,6 +359,10 @@ def summary(
         "goals": goals(shape, ratios),
         "max_abs_diff": max_diff,
     }
+    for name in [n for n in samples if n.startswith("library@")]:
+        ratios[f"{name}/dense"] = medians[name] / medians["dense"]
+        row["against"] = {"name": name, **paired_ratio(samples["library"], samples[name])}
+    return row
 
 
 def _quantiles(values: list[float]) -> list[float]:
@@ -332,6 +426,22 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
             f"| {r['library/dense']:.2f} | {r['library/loop']:.3f} "
             f"| {r['library/normalize']:.2f} | {status} |"
         )
+    against = [row["against"] for row in rows if "against" in row]
+    if against:
+        old = against[0]["name"]
+        lines += [
+            "",
+            f"| N | G | D | {old} ms | {old}/dense | library/dense "
+            f"| library/{old} (median of rounds) | 95% range | rounds |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            s, m, r, a = row["shape"], row["median_ms"], row["ratios"], row["against"]
+            lines.append(
+                f"| {s['n']:,} | {s['group_size']} | {s['dim']} | {m[old]:.3f} "
+                f"| {r[old + '/dense']:.2f} | {r['library/dense']:.2f} | {a['median']:.3f} "
+                f"| {a['low95']:.3f}-{a['high95']:.3f} | {a['rounds']} |"
+            )
     return "\n".join(lines)
 
 
@@ -353,6 +463,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="only print the ratio table of a pytest-benchmark JSON of test_side_by_side",
     )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also time the library as it was at this git revision, in the same rounds",
+    )
     args = parser.parse_args(argv)
     if args.table_from:
         print(markdown(rows_from_pytest_benchmark(json.loads(args.table_from.read_text()))))
@@ -362,15 +477,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"torch {env['torch']}, {env['threads']} threads, {env['cpu']}, load {env['load_average']}"
     )
+    against = None
+    if args.against:
+        old, folder = library_at(args.against)
+        env["against"] = args.against
+        rewards, embeddings, codes = make_inputs(shapes[0])
+        check_isolated(lambda: old(rewards, embeddings, codes, backend="torch"), folder)
+        against = (args.against, old)
     rows = []
     for shape in shapes:
-        row = measure(shape, budget_s=args.budget)
+        row = measure(shape, budget_s=args.budget, against=against)
         rows.append(row)
         r = row["ratios"]
         print(
             f"{shape.name:24s} library {row['median_ms']['library']:9.3f} ms  "
             f"/dense {r['library/dense']:5.2f}  /loop {r['library/loop']:6.3f}  "
-            f"/normalize {r['library/normalize']:5.2f}  ({row['rounds']} rounds)",
+            f"/normalize {r['library/normalize']:5.2f}  ({row['rounds']} rounds)"
+            + (f"  /{args.against} {row['against']['median']:5.3f}" if against else ""),
             flush=True,
         )
     env["load_average_end"] = list(os.getloadavg())

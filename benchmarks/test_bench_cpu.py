@@ -18,6 +18,7 @@ the per-uid loop at N = 131,072 (seconds per call) on 2 idle cores, much longer 
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -28,9 +29,12 @@ from benchmarks.cpu_peers import (
     WARM_BELOW_S,
     Shape,
     check_agreement,
+    check_isolated,
     dense_adjust,
     implementations,
+    library_at,
     make_inputs,
+    paired_ratio,
     summary,
     timed_round,
 )
@@ -103,3 +107,27 @@ def test_side_by_side(benchmark, shape):
     )
     missed = [goal for goal, ok in row["goals"].items() if ok is False]
     assert not missed, f"{shape.name}: missed {missed}; ratios {ratios}"
+
+
+def test_against_a_revision_runs_that_revisions_files_side_by_side():
+    """``--against REV``: the old package is its own module objects, and is checked to be."""
+    if subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    old, folder = library_at("HEAD")
+    rewards, embeddings, codes = make_inputs(Shape(64, 8, 16))
+    check_isolated(lambda: old(rewards, embeddings, codes, backend="torch"), folder)
+    assert old.__module__ == "dra_kernels.api" and old is not adjust_rewards
+    assert old.__code__.co_filename.startswith(folder)
+    assert torch.allclose(
+        old(rewards, embeddings, codes), adjust_rewards(rewards, embeddings, codes)
+    )
+    with pytest.raises(AssertionError, match="the old library ran current files"):
+        check_isolated(lambda: adjust_rewards(rewards, embeddings, codes), folder)
+
+
+def test_paired_ratio_is_the_median_of_rounds_with_its_sign_test_range():
+    new, old = [float(i) for i in range(1, 21)], [1.0] * 20
+    got = paired_ratio(new, old)
+    # n = 20: P(Binomial(20, 1/2) <= 5) = 2.07% <= 2.5% < P(<= 6) = 5.77%: ranks 6 and 15
+    assert got == {"median": 10.5, "low95": 6.0, "high95": 15.0, "rounds": 20}
+    assert paired_ratio([2.0, 4.0], [1.0, 1.0])["low95"] == 2.0  # too few rounds: the whole range
