@@ -848,8 +848,13 @@ def test_a_run_killed_mid_write_is_cleaned_up_by_the_next(
     assert len(read_rollouts(out).rows) == 3
 
 
+# SIGINT as a terminal delivers it: a command started with `&` by a non-interactive shell (a CI
+# script, `cmd &`) inherits SIGINT ignored, and Python then installs no handler of its own.
 _SIGNALLED_WRITER = _KILLED_WRITER.replace(
     "cli.main(sys.argv[1:])", "sys.exit(cli.main(sys.argv[1:]))"
+).replace(
+    "import sys, time",
+    "import signal, sys, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)",
 )
 
 
