@@ -1,44 +1,13 @@
 """Rollout files: one completion per row, as JSON Lines or CSV, read and written a row at a time.
 
 Each row holds a group key (the prompt text, or an id field such as ``prompt_id``), the completion
-text and a numeric reward. Every other field passes through untouched. JSONL example::
+text and a numeric reward; every other field passes through untouched. The rules every reader here
+applies (records, rewards, other values) are those of docs/cli.md, "Rollout files"; a row that
+breaks one raises :class:`RolloutError` naming the file, the line and the field.
 
-    {"prompt": "What is 2 + 3?", "completion": "2 + 3 = 5, so \\\\boxed{5}.", "reward": 1.0}
-    {"prompt": "What is 2 + 3?", "completion": "Counting on: \\\\boxed{6}", "reward": 0, "step": 7}
-
-The same as CSV (a header line names the fields; quote fields holding commas or newlines)::
-
-    prompt,completion,reward
-    What is 2 + 3?,"2 + 3 = 5, so \\boxed{5}.",1.0
-
-The rules, applied by every reader here:
-
-- **Records.** JSON Lines records are separated by ``"\\n"`` only (a ``"\\r\\n"`` ending is
-  tolerated; lines of spaces, tabs and ``"\\r"`` are skipped). Other characters that
-  :meth:`str.splitlines` treats as line breaks (``\\x85``, ``\\u2028``, ``\\u2029``...) are plain
-  text inside a record. CSV follows the :mod:`csv` module (quoted fields may span lines, fields of
-  any length). UTF-8, with or without a byte-order mark.
-- **Rewards.** A JSON number, or numeric text (CSV cells, quoted numbers in JSON): ASCII decimal
-  digits with an optional sign, decimal point and exponent (``1``, ``-0``, ``+2.5``, ``.5``,
-  ``3e-1``). The value is rounded to the nearest float64 (so ``1e-400`` reads as 0) and must be
-  finite: ``NaN``, ``Infinity`` and numbers beyond float64's range (``1e400``, or ``1`` followed
-  by 400 zeros) are refused, as are booleans, null, arrays, objects and other text (``0x10``,
-  ``1_000``, non-ASCII digits).
-- **Other values.** Group keys are non-empty strings or (JSONL) integers; completions are text that
-  is valid Unicode (a ``\\ud800`` escape alone is refused). Pass-through fields may hold any JSON
-  value except a non-finite number (JSON output cannot hold one) and values nested deeper than
-  :data:`MAX_NESTING` levels.
-
-Reading checks every row and raises :class:`RolloutError` naming the file, the line and the field.
 :func:`read_rollouts` returns every row in memory; :func:`scan_rollouts` keeps only what DRA needs
 (group codes, rewards, line numbers) and re-reads the file for the completions and the rows, so
-memory does not grow with the completions' length.
-
-Writing goes to a temporary file in the target directory which is then renamed over the target,
-so a failure never leaves a partial file or clobbers an existing one. Temporary files are named
-``.<target>.dra-tmp-<host>-<pid>-<random>``; one left behind by a writer killed hard (SIGKILL, a
-power cut) is removed by the next write into that directory once its process is gone (POSIX; see
-:func:`clean_stale_temporaries`).
+memory does not grow with the completions' length. Writes are atomic (:func:`atomic_path`).
 """
 
 from __future__ import annotations
@@ -223,24 +192,17 @@ def read_rollouts(
     Raises:
         RolloutError: anything wrong with the file, naming the file, line and field.
     """
-    fmt = detect_format(path, format)
-    names = _Fields(group_field, completion_field, reward_field)
-    out = Rollouts(os.fspath(path), [], [], [], [])
-    seen: dict[str, None] = {}
-    handle, _ = open_rollouts(path)
-    with handle:
-        for line, row in read_records(path, handle, fmt, names.required()):
-            group, completion, reward = _extract(path, line, row, names)
-            out.group_ids.append(group)
-            out.completions.append(completion)
-            out.rewards.append(reward)
-            out.rows.append(row)
-            out.lines.append(line)
-            seen.update(dict.fromkeys(row))
-    if not out.rows:
-        raise RolloutError(path, "no rollouts found: the file is empty")
-    out.fieldnames = list(seen)
-    return out
+    kept: list[tuple[dict[str, Any], str]] = []
+    index = _index(path, format, _Fields(group_field, completion_field, reward_field), None, kept)
+    return Rollouts(
+        index.path,
+        [row for row, _ in kept],
+        index.group_ids,
+        [completion for _, completion in kept],
+        list(index.rewards),
+        list(index.lines),
+        index.fieldnames,
+    )
 
 
 @dataclass
@@ -359,10 +321,20 @@ def scan_rollouts(
     Raises:
         RolloutError: anything wrong with the file, naming the file, line and field.
     """
+    return _index(path, format, _Fields(group_field, completion_field, reward_field), data_path)
+
+
+def _index(
+    path: Any,
+    format: str | None,
+    names: _Fields,
+    data_path: Any,
+    kept: list[tuple[dict[str, Any], str]] | None = None,
+) -> RolloutIndex:
+    """:func:`scan_rollouts`; ``kept``, when given, collects each row and its completion too."""
     fmt = detect_format(path, format)
-    names = _Fields(group_field, completion_field, reward_field)
-    codes: dict[tuple[type, str | int], int] = {}
     data = os.fspath(path if data_path is None else data_path)
+    codes: dict[tuple[type, str | int], int] = {}
     index = RolloutIndex(
         os.fspath(path), fmt, names, [], array("q"), array("d"), array("q"), [], (), data
     )
@@ -373,7 +345,7 @@ def scan_rollouts(
         raise RolloutError(path, exc.reason) from None
     with handle:
         for line, row in read_records(path, handle, fmt, names.required()):
-            group, _, reward = _extract(path, line, row, names)
+            group, completion, reward = _extract(path, line, row, names)
             # NOTE: the key's type is part of it: 1 and "1" are two groups, as in the library.
             code = codes.setdefault((type(group), group), len(codes))
             if code == len(index.group_keys):
@@ -382,6 +354,8 @@ def scan_rollouts(
             index.rewards.append(reward)
             index.lines.append(line)
             seen.update(dict.fromkeys(row))
+            if kept is not None:
+                kept.append((row, completion))
     if not index.lines:
         raise RolloutError(path, "no rollouts found: the file is empty")
     index.fieldnames = list(seen)

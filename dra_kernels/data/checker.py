@@ -23,7 +23,7 @@ from fractions import Fraction
 from typing import Any
 
 from dra_kernels._words import counted
-from dra_kernels.cli import CommandParser
+from dra_kernels.cli import CommandParser, add_file_options
 from dra_kernels.data import sample_path
 
 # NOTE: the rollout reader's own checks, so that a bad row reads as it does in dra-kernels.
@@ -133,23 +133,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
+    add_file_options(
+        parser,
         "file",
+        "rollout file, .jsonl or .csv, one completion per row (default: the bundled sample)",
+        (
+            ("answer", "answer", "the reference answer, text or a number"),
+            ("completion", "completion", "the completion text"),
+            ("reward", "reward", "the stored reward"),
+        ),
         nargs="?",
         metavar="FILE",
-        help="rollout file, .jsonl or .csv, one completion per row (default: the bundled sample)",
     )
-    parser.add_argument(
-        "--format", choices=("jsonl", "csv"), help="file format (default: from the suffix)"
-    )
-    for name, what in (
-        ("answer", "the reference answer, text or a number"),
-        ("completion", "the completion text"),
-        ("reward", "the stored reward"),
-    ):
-        parser.add_argument(
-            f"--{name}-field", default=name, metavar="NAME", help=f"{what} (default: {name})"
-        )
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as exc:  # --help (0) or a usage error (2)
