@@ -73,6 +73,7 @@ _SUFFIXES: dict[str, Format] = {
 _JSON_BLANK = b" \t\r\n"
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+_SURROGATE = re.compile("[\ud800-\udfff]")  # the only text UTF-8 cannot encode
 CHUNK_ROWS = 512
 """Most completions in one chunk of :meth:`RolloutIndex.completions` (the embedder's own chunk)."""
 
@@ -375,11 +376,9 @@ def readable_again(path: str | os.PathLike[str]) -> Iterator[str]:
     """A name that can be opened more than once for what ``path`` holds, valid inside the block.
 
     A regular file (or a name that does not open: its error comes when it is read) is itself.
-    Anything else that reads once: ``-`` (standard input), a pipe or FIFO, ``/dev/stdin``, a
-    process substitution (``<(zcat rollouts.jsonl.gz)``), a character device; is read once, to
-    its end, into a temporary file in the system's temporary directory, which is removed when the
-    block ends, however it ends. A command that reads its input twice (check, then embed and
-    write) never waits on a second open of a pipe.
+    Anything else (``-`` for standard input, a pipe, ``/dev/stdin``, a process substitution) is
+    read once into a temporary file in the system's temporary directory, removed when the block
+    ends however it ends, so that a command reading its input twice never waits on a pipe.
     """
     name = os.fspath(path)
     if name != STDIN:
@@ -621,17 +620,15 @@ def completion_value(path: Any, line: int, name: str, row: Mapping[str, Any]) ->
         raise RolloutError(
             path, f"completion must be text, found {json_kind(value)}", line=line, field=name
         )
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise RolloutError(
-                path,
-                f"completion is not valid Unicode text: a lone surrogate "
-                f"{value[exc.start]!r} at character {exc.start}",
-                line=line,
-                field=name,
-            ) from None
+    bad = None if value.isascii() else _SURROGATE.search(value)
+    if bad is not None:
+        raise RolloutError(
+            path,
+            f"completion is not valid Unicode text: a lone surrogate {bad.group()!r} at "
+            f"character {bad.start()}",
+            line=line,
+            field=name,
+        )
     return value
 
 
@@ -705,11 +702,8 @@ def write_rows(
     format: str | None = None,
     fieldnames: Sequence[str] | None = None,
 ) -> int:
-    """Write rows as JSONL or CSV, atomically, a row at a time.
-
-    The rows go to a temporary file next to ``path`` which then replaces ``path`` in one rename:
-    on any failure (a value JSON cannot hold, a full disk, an interrupt) ``path`` is left as it
-    was, and the temporary file is removed.
+    """Write rows as JSONL or CSV, a row at a time, atomically (:func:`atomic_path`): on any
+    failure (a value JSON cannot hold, a full disk, an interrupt) ``path`` is left as it was.
 
     Args:
         path: target file; its directory must exist.
@@ -776,7 +770,7 @@ def _write_csv(
         try:
             handle.write(text.encode("utf-8"))
         except UnicodeEncodeError:
-            bad = next(n for n, v in cells.items() if not _encodes(str(v)))
+            bad = next(n for n, v in cells.items() if _SURROGATE.search(str(v)))
             raise RolloutError(
                 path,
                 f"row {count}: field '{bad}' is not valid Unicode text (a lone surrogate), which "
@@ -785,14 +779,6 @@ def _write_csv(
     if count == 0:
         handle.write(buffer.getvalue().encode("utf-8"))
     return count
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------- temporary files
@@ -808,12 +794,10 @@ _NAME_BYTES = 160  # of the target's name kept in the temporary's name (names ha
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     """A temporary path next to ``path`` that replaces ``path`` when the block succeeds.
 
-    Write to the yielded name inside the ``with`` block. On success the file is synced and
-    renamed over ``path`` (one atomic step on POSIX and Windows); on any exception it is removed
-    and ``path`` is untouched. The name is ``.<target>.dra-tmp-<host>-<pid>-<random>`` (``host``
-    identifies this machine and process namespace, ``pid`` is the writing process); a temporary
-    left in the directory by a writer killed hard is removed first
-    (:func:`clean_stale_temporaries`).
+    On success the file is synced and renamed over ``path`` (one atomic step); on any exception it
+    is removed and ``path`` is untouched. Its name, ``.<target>.dra-tmp-<host>-<pid>-<random>``,
+    lets :func:`clean_stale_temporaries` (called first) remove it should this process be killed
+    hard (docs/cli.md, "Writes are atomic").
 
     Example::
 
@@ -848,13 +832,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
 def clean_stale_temporaries(directory: str | os.PathLike[str]) -> list[str]:
     """Remove the temporaries that writers of this module left in ``directory`` when killed hard.
 
-    A file is removed only when all of these hold: its name is one :func:`atomic_path` makes
-    (``.<target>.dra-tmp-<host>-<pid>-<random>``), it was made on this machine in this process
-    namespace (the ``host`` tag matches), it is a regular file owned by this user, and process
-    ``pid`` is no longer running (a zombie counts as gone). A live writer's file, another user's
-    or another machine's (on a shared file system), and files of any other name are never touched.
-    A pid reused by an unrelated process keeps the file until that process ends. POSIX only: on
-    other systems nothing is removed.
+    Only a regular file of this user named as :func:`atomic_path` names them, whose ``host`` tag is
+    this machine's and process namespace's and whose process ``pid`` is gone (a zombie counts as
+    gone; a reused pid keeps the file until that process ends). POSIX only: elsewhere nothing is
+    removed.
 
     Returns:
         The names removed.
