@@ -1,25 +1,20 @@
 """The diversity-quality analysis of the DRA paper: do rewards see reasoning diversity at all?
 
-For each prompt (group), every pair of its completions gives two numbers: the absolute reward
-difference ``|r_i - r_j|`` and the embedding distance ``1 - cos(e_i, e_j)``. Spearman's rank
-correlation between the two over the pairs of one prompt tells whether completions that are far
-apart in meaning also differ in reward. The paper found that for more than 80% of prompts the
-correlation is not significant (p > 0.05): scalar rewards ignore how different the reasoning is,
-which is what DRA corrects.
+Per prompt, Spearman's rank correlation over the pairs of its completions between the absolute
+reward difference ``|r_i - r_j|`` and the embedding distance ``1 - cos(e_i, e_j)``. The paper found
+it not significant (p > 0.05) for more than 80% of prompts: scalar rewards ignore how different
+the reasoning is, which is what DRA corrects. Prompts whose pairs give a constant sequence (equal
+rewards, identical embeddings) or with fewer than 3 completions cannot be tested; they are counted
+apart and left out of the share (docs/cli.md, "analyze").
 
-A prompt cannot be tested when its pairs give a constant sequence (all rewards equal, the usual
-case for a prompt every completion solves or every completion fails, or all embeddings identical)
-or when it has fewer than 3 completions (fewer than 3 pairs). Such prompts are counted apart and
-left out of the share.
-
-Needs scipy (Spearman's p-value) and, for the plot, matplotlib: the ``cli`` extra,
-``pip install -e ".[cli]"`` from a clone of the dra-kernels repository.
+Needs scipy and, for the plot, matplotlib: the ``cli`` extra, ``pip install -e ".[cli]"``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,10 +105,7 @@ class DiversityReport:
             )
         else:
             head = "No prompt could be tested."
-        reasons: dict[str, int] = {}
-        for g in self.groups:
-            if g.reason is not None:
-                reasons[g.reason] = reasons.get(g.reason, 0) + 1
+        reasons = Counter(g.reason for g in self.groups if g.reason is not None)
         tail = (
             f"{counted(skipped, 'prompt')} not tested: "
             + "; ".join(f"{count} with {reason}" for reason, count in reasons.items())
@@ -189,10 +181,7 @@ def diversity_quality(
     try:
         from scipy.stats import spearmanr
     except ImportError:
-        raise ImportError(
-            'the diversity analysis needs scipy: pip install -e ".[cli]" from a clone of the '
-            "dra-kernels repository"
-        ) from None
+        raise _missing("the diversity analysis needs scipy") from None
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
     r = _as_numpy(rewards)
@@ -208,24 +197,26 @@ def diversity_quality(
     results = []
     for key, rows in members.items():
         size = len(rows)
-        pairs = size * (size - 1) // 2
+        rho = p_value = math.nan
         if size < _MIN_GROUP:
-            results.append(
-                GroupCorrelation(key, size, pairs, math.nan, math.nan, "fewer than 3 completions")
-            )
-            continue
-        diff, dist = pairwise_terms(r[rows], e[rows])
-        reason = None
-        if np.ptp(diff) == 0:
-            reason = "equal rewards"
-        elif np.ptp(dist) == 0:
-            reason = "identical embeddings"
-        if reason is not None:
-            results.append(GroupCorrelation(key, size, pairs, math.nan, math.nan, reason))
-            continue
-        rho, p_value = spearmanr(diff, dist)
-        results.append(GroupCorrelation(key, size, pairs, float(rho), float(p_value)))
+            reason: str | None = "fewer than 3 completions"
+        else:
+            diff, dist = pairwise_terms(r[rows], e[rows])
+            reason = None
+            if np.ptp(diff) == 0:
+                reason = "equal rewards"
+            elif np.ptp(dist) == 0:
+                reason = "identical embeddings"
+            else:
+                rho, p_value = (float(x) for x in spearmanr(diff, dist))
+        results.append(GroupCorrelation(key, size, size * (size - 1) // 2, rho, p_value, reason))
     return DiversityReport(results, alpha)
+
+
+def _missing(what: str) -> ImportError:
+    return ImportError(
+        f'{what}: pip install -e ".[cli]" from a clone of the dra-kernels repository'
+    )
 
 
 def _as_numpy(value: Any) -> np.ndarray:
@@ -247,10 +238,7 @@ def plot_p_values(
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
     except ImportError:
-        raise ImportError(
-            'the plot needs matplotlib: pip install -e ".[cli]" from a clone of the '
-            "dra-kernels repository"
-        ) from None
+        raise _missing("the plot needs matplotlib") from None
     from dra_kernels.rollouts import atomic_path
 
     p_values = [g.p_value for g in report.tested]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -113,40 +114,56 @@ class _UsageError(Exception):
 
 
 def _usage_error_text(prog: str, message: str) -> str:
-    """What a usage error prints on stderr: the error, then where the usage is (two lines)."""
     return f"{prog}: error: {message}\nrun '{prog} --help' for usage\n"
 
 
 class CommandParser(argparse.ArgumentParser):
     """An argument parser whose usage errors (exit 2) are one line and a pointer to ``--help``,
-    not the usage block first (a subcommand's runs to 17 lines, which hid the line that counts).
-    The package's other commands use it too."""
+    not the usage block (17 lines for a subcommand) first. The package's other commands use it."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, _usage_error_text(self.prog, message))
 
 
+def add_file_options(
+    parser: Any,
+    name: str,
+    what: str,
+    fields: Sequence[tuple[str, str, str]],
+    **positional: Any,
+) -> None:
+    """The rollout file argument ``name`` (``what`` it is; ``positional``: more of its
+    :meth:`~argparse.ArgumentParser.add_argument` keywords), ``--format``, and a ``--NAME-field``
+    option per ``(NAME, default, what it holds)``."""
+    parser.add_argument(name, help=what, **positional)
+    parser.add_argument(
+        "--format", choices=("jsonl", "csv"), help="file format (default: from the suffix)"
+    )
+    for field, default, holds in fields:
+        parser.add_argument(
+            f"--{field}-field",
+            default=default,
+            metavar="NAME",
+            help=f"{holds} (default: {default})",
+        )
+
+
 # ----------------------------------------------------------------------------- parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(low: int) -> Any:
+    what = "a positive integer" if low == 1 else f"an integer >= {low}"
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+    return parse
 
 
 def _finite_float(low: float, *, inclusive: bool) -> Any:
@@ -155,8 +172,7 @@ def _finite_float(low: float, *, inclusive: bool) -> Any:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        ok = math.isfinite(value) and (value >= low if inclusive else value > low)
-        if not ok:
+        if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
             bound = f">= {low:g}" if inclusive else f"> {low:g}"
             raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text}")
         return value
@@ -175,60 +191,22 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
-def _add_input_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("rollout file")
-    group.add_argument(
-        "input",
-        metavar="IN",
-        help="rollout file (.jsonl or .csv); '-' reads standard input (with --format), as do "
-        "pipes and process substitutions, each read once",
-    )
-    group.add_argument(
-        "--format", choices=("jsonl", "csv"), help="file format (default: from the suffix)"
-    )
-    group.add_argument(
-        "--group-field",
-        default="prompt",
-        metavar="NAME",
-        help="field grouping completions: prompt text or an id (default: prompt)",
-    )
-    group.add_argument(
-        "--completion-field",
-        default="completion",
-        metavar="NAME",
-        help="field with the completion text (default: completion)",
-    )
-    group.add_argument(
-        "--reward-field",
-        default="reward",
-        metavar="NAME",
-        help="field with the numeric reward (default: reward)",
-    )
-
-
 def _add_embed_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("embedding")
     group.add_argument(
         "--model",
-        default=None,
         metavar="NAME_OR_DIR",
         help="sentence-transformers model name or directory (default: the bundled "
         "all-MiniLM-L6-v2, loaded offline)",
     )
-    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: auto)")
+    group.add_argument("--device", help="cpu, cuda, cuda:1... (default: auto)")
     group.add_argument(
         "--dtype",
         choices=("float32", "float16", "bfloat16"),
-        default=None,
         help="model weights dtype (default: float32)",
     )
-    group.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=32,
-        metavar="N",
-        help="windows per forward pass (default: 32)",
-    )
+    count = functools.partial(group.add_argument, type=_int_at_least(1), metavar="N")
+    count("--batch-size", default=32, help="windows per forward pass (default: 32)")
     group.add_argument(
         "--long-text",
         choices=("windows", "head", "head_tail"),
@@ -237,26 +215,19 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
         "in consecutive windows averaged by token count (default); head = the first window only; "
         "head_tail = one window of the first and last tokens. Cuts are reported",
     )
-    group.add_argument(
+    count(
         "--window-tokens",
-        type=_positive_int,
-        default=None,
-        metavar="N",
         help="tokens per window, special tokens included (default: the model's sequence "
         "length, 256 for the default model)",
     )
-    group.add_argument(
+    count(
         "--window-overlap",
-        type=_non_negative_int,
+        type=_int_at_least(0),
         default=0,
-        metavar="N",
         help="tokens shared by consecutive windows (default: 0)",
     )
-    group.add_argument(
+    count(
         "--max-tokens",
-        type=_positive_int,
-        default=None,
-        metavar="N",
         help="text tokens read per completion at most; longer ones are cut, with a note "
         "(default: all of them)",
     )
@@ -309,18 +280,11 @@ def _add_adjust_options(parser: argparse.ArgumentParser) -> None:
         help="the SMI: graph_cut (the paper's sum of cosines), facility_location or log_det "
         "(docs/measures.md; default: graph_cut)",
     )
-    group.add_argument(
-        "--eta",
-        type=float,
-        default=1.0,
-        help="facility_location / log_det: query magnification (default: 1.0)",
-    )
-    group.add_argument(
-        "--lam",
-        type=float,
-        default=1.0,
-        help="log_det: ridge added to the similarity matrix (default: 1.0)",
-    )
+    for flag, what in (
+        ("--eta", "facility_location / log_det: query magnification"),
+        ("--lam", "log_det: ridge added to the similarity matrix"),
+    ):
+        group.add_argument(flag, type=float, default=1.0, help=f"{what} (default: 1.0)")
 
 
 def _add_analyze_options(parser: argparse.ArgumentParser, *, files: bool) -> None:
@@ -338,6 +302,36 @@ def _add_analyze_options(parser: argparse.ArgumentParser, *, files: bool) -> Non
         )
 
 
+_COMMAND_TEXTS = (  # name, its line in the command list, description, epilog
+    (
+        "adjust",
+        "apply DRA to a rollout file and write the adjusted rows",
+        "Embed the completions, divide each reward by 1 + SMI (its summed cosine similarity to the "
+        "other completions of its group), write every row with its SMI, adjusted reward and GRPO "
+        "advantages before and after, and print a per-group summary.",
+        _ADJUST_EXAMPLES,
+    ),
+    (
+        "analyze",
+        "diversity-quality analysis (Spearman per prompt)",
+        "The DRA paper's diversity-quality analysis of a rollout file.",
+        _ANALYZE_EXAMPLES,
+    ),
+    (
+        "demo",
+        "run adjust and analyze on the bundled sample",
+        "Run adjust and analyze on the bundled hand-written sample.",
+        _DEMO_EXAMPLES,
+    ),
+    (  # NOTE: `bench` takes no options; main ignores what follows it
+        "bench",
+        "how to run the benchmarks (from a clone of the repository)",
+        BENCH_HOWTO,
+        _BENCH_EXAMPLES,
+    ),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     parser = CommandParser(
@@ -351,17 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=CommandParser
     )
-
-    adjust = sub.add_parser(
-        "adjust",
-        help="apply DRA to a rollout file and write the adjusted rows",
-        description="Embed the completions, divide each reward by 1 + SMI (its summed cosine "
-        "similarity to the other completions of its group), write every row with its SMI, "
-        "adjusted reward and GRPO advantages before and after, and print a per-group summary.",
-        epilog=_ADJUST_EXAMPLES,
-        formatter_class=_formatter,
+    adjust, analyze, demo, _ = (
+        sub.add_parser(name, help=line, description=text, epilog=epilog, formatter_class=_formatter)
+        for name, line, text, epilog in _COMMAND_TEXTS
     )
-    _add_input_options(adjust)
+    for command in (adjust, analyze):
+        add_file_options(
+            command.add_argument_group("rollout file"),
+            "input",
+            "rollout file (.jsonl or .csv); '-' reads standard input (with --format), as do pipes "
+            "and process substitutions, each read once",
+            (
+                ("group", "prompt", "field grouping completions: prompt text or an id"),
+                ("completion", "completion", "field with the completion text"),
+                ("reward", "reward", "field with the numeric reward"),
+            ),
+            metavar="IN",
+        )
     adjust.add_argument(
         "-o",
         "--output",
@@ -371,29 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_adjust_options(adjust)
     _add_embed_options(adjust)
-
-    analyze = sub.add_parser(
-        "analyze",
-        help="diversity-quality analysis (Spearman per prompt)",
-        description="The DRA paper's diversity-quality analysis of a rollout file.",
-        epilog=_ANALYZE_EXAMPLES,
-        formatter_class=_formatter,
-    )
-    _add_input_options(analyze)
     _add_analyze_options(analyze, files=True)
     _add_embed_options(analyze)
-
-    demo = sub.add_parser(
-        "demo",
-        help="run adjust and analyze on the bundled sample",
-        description="Run adjust and analyze on the bundled hand-written sample.",
-        epilog=_DEMO_EXAMPLES,
-        formatter_class=_formatter,
-    )
     demo.add_argument(
         "-o",
         "--output-dir",
-        default=None,
         metavar="DIR",
         help="where to write the outputs, created if missing (default: a new folder "
         "dra-demo-XXXX in the system's temporary directory)",
@@ -401,22 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adjust_options(demo)
     _add_analyze_options(demo, files=False)
     _add_embed_options(demo)
-
-    sub.add_parser(
-        "bench",
-        help="how to run the benchmarks (from a clone of the repository)",
-        description=BENCH_HOWTO,
-        epilog=_BENCH_EXAMPLES,
-        formatter_class=_formatter,
-    )
-    return parser  # NOTE: `bench` takes no options; main ignores what follows it
-
-
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices[name]
-    raise KeyError(name)
+    return parser
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -442,43 +409,26 @@ def _say_wrapped(message: str) -> None:
     _say(textwrap.fill(message, width=100, break_on_hyphens=False))
 
 
-def _progress_wanted(args: argparse.Namespace) -> bool:
-    if args.progress is False:
-        return False
-    return sys.stderr.isatty()
-
-
-def _scan(args: argparse.Namespace) -> RolloutIndex:
-    return scan_rollouts(
-        "<stdin>" if args.input == STDIN else args.input,
-        group_field=args.group_field,
-        completion_field=args.completion_field,
-        reward_field=args.reward_field,
-        format=args.format,
-        data_path=args.input_data,
-    )
-
-
 def _check_output(path: str | os.PathLike[str], *, what: str) -> None:
     """Fail before the slow work when an output cannot be written (bad input: exit 1), and remove
     the temporary files that runs killed hard left beside it."""
     target = Path(path)
+    parent = os.fspath(target.parent)
     if target.is_dir():
-        raise RolloutError(path, f"cannot write the {what}: it is a directory")
-    if not target.parent.is_dir():
-        raise RolloutError(
-            path, f"cannot write the {what}: no directory {os.fspath(target.parent)!r}"
-        )
-    if not os.access(target.parent, os.W_OK | os.X_OK):
-        raise RolloutError(
-            path, f"cannot write the {what}: no permission to write in {os.fspath(target.parent)!r}"
-        )
-    for name in clean_stale_temporaries(target.parent):
-        print(
-            f"note: removed {os.path.join(os.fspath(target.parent), name)}, a temporary file "
-            "left by an interrupted run",
-            file=sys.stderr,
-        )
+        problem = "it is a directory"
+    elif not target.parent.is_dir():
+        problem = f"no directory {parent!r}"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        problem = f"no permission to write in {parent!r}"
+    else:
+        for name in clean_stale_temporaries(parent):
+            print(
+                f"note: removed {os.path.join(parent, name)}, a temporary file left by an "
+                "interrupted run",
+                file=sys.stderr,
+            )
+        return
+    raise RolloutError(path, f"cannot write the {what}: {problem}")
 
 
 # ----------------------------------------------------------------------------- option checks
@@ -488,19 +438,17 @@ def _check_options(args: argparse.Namespace) -> None:
     """Check every option of the command before any file is read or model loaded: exit 2."""
     if args.command == "bench":
         return  # it only says where the benchmarks are
-    if hasattr(args, "long_text"):
-        args.dra_step = _dra_step(args)
+    args.dra_step = _dra_step(args)
     _check_device(args.device)
     for option in ("group_field", "completion_field", "reward_field"):
         name = getattr(args, option, None)
         if name is not None and not name.strip():
-            raise _UsageError(f"--{option.replace('_', '-')} must name a field, got {name!r}")
+            raise _UsageError(f"{_flag(option)} must name a field, got {name!r}")
     if args.command == "adjust":
         _output_format(args.output, args.format)
-    if args.command == "analyze":
-        if args.output is not None:
-            _output_format(args.output, None)
-        if args.plot is not None and args.output is not None and _same_path(args.plot, args.output):
+    if args.command == "analyze" and args.output is not None:
+        _output_format(args.output, None)
+        if args.plot is not None and Path(args.plot).resolve() == Path(args.output).resolve():
             raise _UsageError(f"--plot and --output name the same file, {args.plot!r}")
 
 
@@ -510,16 +458,13 @@ def _flag(name: str) -> str:
 
 
 def _dra_step(args: argparse.Namespace) -> Any:
-    """The :class:`~dra_kernels.step.DRAStep` of the command's options, checked by its rules (the
-    library's), every error naming the flag."""
+    """The :class:`~dra_kernels.step.DRAStep` of the command's options, checked by the library's
+    rules, every error naming the flag."""
     from dra_kernels.embed import EMBEDDER_OPTIONS
     from dra_kernels.step import STEP_OPTIONS, DRAStep
 
-    options = {
-        name: getattr(args, name)
-        for name in (*STEP_OPTIONS, *EMBEDDER_OPTIONS)
-        if getattr(args, name, None) is not None
-    }
+    names = (*STEP_OPTIONS, *EMBEDDER_OPTIONS)
+    options = {name: getattr(args, name, None) for name in names}
     try:
         return DRAStep.from_options(options, spell=_flag, device="cpu")  # NOTE: numpy data
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -540,11 +485,7 @@ def _check_device(device: str | None) -> None:
         if kind.index not in (None, 0):
             raise _UsageError(f"--device {device!r}: there is one CPU device, 'cpu'")
     elif kind.type in ("mps", "xpu"):
-        backend = (
-            getattr(torch.backends, "mps", None)
-            if kind.type == "mps"
-            else getattr(torch, "xpu", None)
-        )
+        backend = torch.backends.mps if kind.type == "mps" else getattr(torch, "xpu", None)
         available = backend is not None and bool(backend.is_available())
         if kind.type == "xpu" and available and kind.index is not None:
             available = kind.index < torch.xpu.device_count()
@@ -557,14 +498,9 @@ def _check_device(device: str | None) -> None:
         )
 
 
-def _same_path(a: str, b: str) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
-
-
-def _check_reward_range(index: RolloutIndex, min_denominator: float | None) -> None:
-    """Refuse rewards so large that the float64 arithmetic could overflow (bad input: exit 1).
-
-    DRA divides by at most ``min_denominator`` (``None``: no division, as in ``analyze``)."""
+def _checked_rewards(index: RolloutIndex, min_denominator: float | None) -> RolloutIndex:
+    """``index``, once no reward is so large that the float64 arithmetic could overflow (bad
+    input: exit 1). DRA divides by at most ``min_denominator`` (``None``: no division)."""
     import numpy as np
 
     rewards = np.frombuffer(index.rewards, dtype=np.float64)
@@ -580,6 +516,19 @@ def _check_reward_range(index: RolloutIndex, min_denominator: float | None) -> N
             line=int(index.lines[row]),
             field=index.fields.reward,
         )
+    return index
+
+
+def _scan(args: argparse.Namespace, min_denominator: float | None) -> RolloutIndex:
+    index = scan_rollouts(
+        "<stdin>" if args.input == STDIN else args.input,
+        group_field=args.group_field,
+        completion_field=args.completion_field,
+        reward_field=args.reward_field,
+        format=args.format,
+        data_path=args.input_data,
+    )
+    return _checked_rewards(index, min_denominator)
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -595,7 +544,7 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
     from dra_kernels.embed import Embedder, EmbedStats, TruncationWarning, WindowError
     from dra_kernels.step import spelled
 
-    progress = _progress_wanted(args)
+    progress = args.progress is not False and sys.stderr.isatty()
     try:
         embedder = Embedder(**dataclasses.asdict(args.dra_step.embedder), progress=progress)
     except WindowError as exc:
@@ -604,7 +553,7 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
         raise _UsageError(f"{spelled(exc, _flag)} (found when the model loaded)") from None
     embedder.progress = False  # NOTE: one bar over the whole file below, not one per chunk
     bar = _progress_bar(len(index), progress)
-    out: np.ndarray | None = None
+    out = np.empty((0, 0), dtype=np.float32)
     totals = dict.fromkeys((f.name for f in dataclasses.fields(EmbedStats)), 0)
     try:
         for first, texts in index.completions():
@@ -612,17 +561,17 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
                 # NOTE: the summary line below says the same, in the command's own words.
                 warnings.simplefilter("ignore", TruncationWarning)
                 vectors = embedder.encode(texts).numpy()
-            if out is None:
+            if first == 0:
                 out = np.empty((len(index), vectors.shape[1]), dtype=np.float32)
             out[first : first + len(texts)] = vectors
             if embedder.last_stats is not None:
                 for name in totals:
                     totals[name] += getattr(embedder.last_stats, name)
-            bar.update(len(texts))
+            if bar is not None:
+                bar.update(len(texts))
     finally:
-        bar.close()
-    if out is None:  # cannot happen: an index has at least one row
-        raise RolloutError(index.path, "no rollouts found: the file is empty")
+        if bar is not None:
+            bar.close()
     stats = EmbedStats(**totals)
     line = (
         f"embedded {counted(stats.texts, 'completion')} ({counted(stats.tokens, 'token', spec=',')}"
@@ -639,34 +588,24 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
     print(("note: " if stats.cut_texts else "") + line, file=sys.stderr)
     bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
     if bad.size:
-        row = int(bad[0])
         raise RolloutError(
             index.path,
             "the model's embedding of this completion is not finite (NaN or inf; "
             f"{counted(bad.size, 'completion')} in all); try --dtype float32",
-            line=int(index.lines[row]),
+            line=int(index.lines[int(bad[0])]),
             field=index.fields.completion,
         )
     return out
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
+    """A tqdm bar, or ``None`` when not wanted or tqdm is not installed."""
     if enabled:
-        try:
+        with contextlib.suppress(ImportError):
             from tqdm.auto import tqdm
-        except ImportError:
-            pass
-        else:
+
             return tqdm(total=total, desc="embedding", unit="text", leave=False)
-    return _NoBar()
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    return None
 
 
 # ----------------------------------------------------------------------------- DRA and reports
@@ -708,20 +647,18 @@ def _dra_values(
     return values
 
 
-def _adjust(index: RolloutIndex, embeddings: np.ndarray, args: argparse.Namespace) -> dict:
-    """:func:`_dra_values`, and a per-group summary on stdout."""
-    values = _dra_values(index, embeddings, args)
-    _print_summary(index, values["smi"], values["reward_adjusted"])
-    return values
-
-
 def _output_rows(index: RolloutIndex, values: dict) -> Iterator[dict[str, Any]]:
     """Each input row, read again from the file, with the output fields set."""
-    columns = [(name, values[name]) for name in OUTPUT_FIELDS]
     for row_index, row in enumerate(index.rows()):
-        for name, column in columns:
-            row[name] = float(column[row_index])
+        row.update((name, float(values[name][row_index])) for name in OUTPUT_FIELDS)
         yield row
+
+
+def _write_adjusted(path: Any, index: RolloutIndex, values: dict, format: str | None) -> int:
+    """Every input row with the output fields, which go last (replacing input fields of the same
+    names); the number of rows."""
+    fieldnames = [*(f for f in index.fieldnames if f not in OUTPUT_FIELDS), *OUTPUT_FIELDS]
+    return write_rows(path, _output_rows(index, values), format=format, fieldnames=fieldnames)
 
 
 SUMMARY_COLUMNS = ("group", "n", "mean reward", "SMI min..max", "mean adjusted")
@@ -766,46 +703,33 @@ def _analyze(index: RolloutIndex, embeddings: np.ndarray, alpha: float) -> Any:
     return report
 
 
-def _plot(report: Any, path: str) -> None:
-    from dra_kernels.analysis import plot_p_values
-
-    plot_p_values(report, path)
-
-
 # ----------------------------------------------------------------------------- commands
 
 
 def _cmd_adjust(args: argparse.Namespace) -> int:
     out_format = _output_format(args.output, args.format)
     _check_output(args.output, what="output")
-    index = _scan(args)
-    _check_reward_range(index, args.min_denominator)
-    embeddings = _embed(index, args)
-    values = _adjust(index, embeddings, args)
-    del embeddings
-    count = write_rows(
-        args.output,
-        _output_rows(index, values),
-        format=out_format,
-        fieldnames=_fieldnames(index.fieldnames),
-    )
+    index = _scan(args, args.min_denominator)
+    values = _dra_values(index, _embed(index, args), args)
+    _print_summary(index, values["smi"], values["reward_adjusted"])
+    count = _write_adjusted(args.output, index, values, out_format)
     _say(f"wrote {counted(count, 'row')} to {args.output}")
     return 0
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    from dra_kernels.analysis import plot_p_values
+
     for path, what in ((args.plot, "plot"), (args.output, "per-prompt table")):
         if path is not None:
             _check_output(path, what=what)
-    index = _scan(args)
-    _check_reward_range(index, None)
-    embeddings = _embed(index, args)
-    report = _analyze(index, embeddings, args.alpha)
+    index = _scan(args, None)
+    report = _analyze(index, _embed(index, args), args.alpha)
     if args.output is not None:
         write_rows(args.output, report.rows())
         _say(f"wrote {counted(len(report.groups), 'prompt')} to {args.output}")
     if args.plot is not None:
-        _plot(report, args.plot)
+        plot_p_values(report, args.plot)
         _say(f"wrote the p-value histogram to {args.plot}")
     return 0
 
@@ -819,16 +743,22 @@ SMI_DEFINITION = (
     "the other completions of the same prompt (0 for a completion alone, n - 1 for n identical "
     "ones); DRA's adjusted reward = reward / (1 + SMI)."
 )
-
-
-def _demo_dir(option: str | None) -> Path:
-    """The folder of the demo's outputs: ``-o``, else a new folder in the temporary directory
-    (never inside the current directory, which may be a clone of the source)."""
-    if option is not None:
-        return Path(option)
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix="dra-demo-"))
+_NORMALISATION = {  # --scale: (the advantage's formula, why only differences in a group matter)
+    "std": (
+        "(r - mean) / (std + eps)",
+        "GRPO subtracts the group's mean and divides by its std, so multiplying every reward of a "
+        "group by one number leaves its advantages as they were (up to eps). DRA moves the "
+        "advantages only because its factor differs between completions: those most like the "
+        "others (higher SMI) lose against the more distinct ones of the same reward.",
+    ),
+    "none": (
+        "r - mean",
+        "with --scale none the advantage is r - mean: a common factor scales a group's advantages "
+        "but keeps their order and signs; what DRA changes is the spread between completions, "
+        "those most like the others (higher SMI) losing against the more distinct ones of the "
+        "same reward.",
+    ),
+}
 
 
 def _print_one_prompt(index: RolloutIndex, values: dict, args: argparse.Namespace) -> None:
@@ -852,60 +782,43 @@ def _print_one_prompt(index: RolloutIndex, values: dict, args: argparse.Namespac
             f"{_short(text, 36):<36} {rewards[i]:>6.3g} {smi[i]:>6.3f} {adjusted[i]:>8.3f} "
             f"{grpo[i]:>+8.3f} {dra[i]:>+8.3f}"
         )
+    formula, why = _NORMALISATION[args.scale]
     _say_wrapped(
         f"columns: adjusted = reward / (1 + SMI); GRPO adv = advantage of the reward, DRA adv = "
-        f"of the adjusted reward, both {_advantage_formula(args.scale)} within the prompt's group."
+        f"of the adjusted reward, both {formula} within the prompt's group."
     )
     factors = 1.0 / np.maximum(1.0 + smi, args.min_denominator)
-    positive = bool((smi > 0).all())
+    low, high = factors.min(), factors.max()
     _say_wrapped(
         "Why every reward shrinks: "
         + (
             f"every SMI here is positive ({smi.min():.2f} to {smi.max():.2f}: sentence embeddings "
             "of texts on one problem point in similar directions), so each reward is divided by "
-            f"1 + SMI and keeps {factors.min():.0%} to {factors.max():.0%} of its value."
-            if positive
-            else f"a reward keeps 1 / (1 + SMI) of its value, here {factors.min():.0%} to "
-            f"{factors.max():.0%}; it shrinks where SMI > 0."
+            f"1 + SMI and keeps {low:.0%} to {high:.0%} of its value."
+            if (smi > 0).all()
+            else f"a reward keeps 1 / (1 + SMI) of its value, here {low:.0%} to {high:.0%}; it "
+            "shrinks where SMI > 0."
         )
     )
-    _say_wrapped("Why only differences within a group matter: " + _normalisation_note(args.scale))
-
-
-def _advantage_formula(scale: str) -> str:
-    return "(r - mean) / (std + eps)" if scale == "std" else "r - mean"
-
-
-def _normalisation_note(scale: str) -> str:
-    if scale == "std":
-        return (
-            "GRPO subtracts the group's mean and divides by its std, so multiplying every reward "
-            "of a group by one number leaves its advantages as they were (up to eps). DRA moves "
-            "the advantages only because its factor differs between completions: those most "
-            "like the others (higher SMI) lose against the more distinct ones of the same reward."
-        )
-    return (
-        "with --scale none the advantage is r - mean: a common factor scales a group's "
-        "advantages but keeps their order and signs; what DRA changes is the spread between "
-        "completions, those most like the others (higher SMI) losing against the more distinct "
-        "ones of the same reward."
-    )
+    _say_wrapped(f"Why only differences within a group matter: {why}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from dra_kernels.analysis import plot_p_values
     from dra_kernels.data import sample_path
 
-    if args.output_dir is not None:
-        out_dir = Path(args.output_dir)
-        if out_dir.exists() and not out_dir.is_dir():
+    out_dir = None if args.output_dir is None else Path(args.output_dir)
+    if out_dir is not None and out_dir.exists():
+        if not out_dir.is_dir():
             raise RolloutError(out_dir, "cannot write the demo outputs here: it is a file")
-        if out_dir.is_dir():
-            for name in _DEMO_FILES:
-                _check_output(out_dir / name, what="demo output")
+        for name in _DEMO_FILES:
+            _check_output(out_dir / name, what="demo output")
     source = sample_path()
-    index = scan_rollouts(source)
-    _check_reward_range(index, args.min_denominator)
-    out_dir = _demo_dir(args.output_dir)
+    index = _checked_rewards(scan_rollouts(source), args.min_denominator)
+    if out_dir is None:  # NOTE: never inside the current directory, which may be a clone
+        import tempfile
+
+        out_dir = Path(tempfile.mkdtemp(prefix="dra-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     _say_wrapped(
         f"sample: {source} (hand-written: {counted(index.num_groups, 'math problem')}, "
@@ -921,11 +834,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _say("\nEvery prompt (means over its completions):")
     _print_summary(index, values["smi"], values["reward_adjusted"])
     adjusted_path, table_path, plot_path = (out_dir / name for name in _DEMO_FILES)
-    write_rows(adjusted_path, _output_rows(index, values), fieldnames=_fieldnames(index.fieldnames))
+    _write_adjusted(adjusted_path, index, values, None)
     _say("\n== analyze ==")
     report = _analyze(index, embeddings, args.alpha)
     write_rows(table_path, report.rows())
-    _plot(report, os.fspath(plot_path))
+    plot_p_values(report, plot_path)
     _say("\noutputs:")
     _say(f"  {adjusted_path}  every completion with smi, reward_adjusted, advantage(_dra)")
     _say(f"  {table_path}  Spearman rho and p-value per prompt")
@@ -941,14 +854,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 2
 
 
-def _fieldnames(fieldnames: Sequence[str]) -> list[str]:
-    return [*(f for f in fieldnames if f not in OUTPUT_FIELDS), *OUTPUT_FIELDS]
-
-
 def _output_format(path: str, input_format: str | None) -> str | None:
     """The output's format: its suffix, else the input's --format."""
-    suffix = Path(path).suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json", ".csv"):
+    if Path(path).suffix.lower() in (".jsonl", ".ndjson", ".json", ".csv"):
         return None
     if input_format is not None:
         return input_format
@@ -974,7 +882,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if extra and args.command != "bench":
-            _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
+            commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:

@@ -1,44 +1,13 @@
 """Rollout files: one completion per row, as JSON Lines or CSV, read and written a row at a time.
 
 Each row holds a group key (the prompt text, or an id field such as ``prompt_id``), the completion
-text and a numeric reward. Every other field passes through untouched. JSONL example::
+text and a numeric reward; every other field passes through untouched. The rules every reader here
+applies (records, rewards, other values) are those of docs/cli.md, "Rollout files"; a row that
+breaks one raises :class:`RolloutError` naming the file, the line and the field.
 
-    {"prompt": "What is 2 + 3?", "completion": "2 + 3 = 5, so \\\\boxed{5}.", "reward": 1.0}
-    {"prompt": "What is 2 + 3?", "completion": "Counting on: \\\\boxed{6}", "reward": 0, "step": 7}
-
-The same as CSV (a header line names the fields; quote fields holding commas or newlines)::
-
-    prompt,completion,reward
-    What is 2 + 3?,"2 + 3 = 5, so \\boxed{5}.",1.0
-
-The rules, applied by every reader here:
-
-- **Records.** JSON Lines records are separated by ``"\\n"`` only (a ``"\\r\\n"`` ending is
-  tolerated; lines of spaces, tabs and ``"\\r"`` are skipped). Other characters that
-  :meth:`str.splitlines` treats as line breaks (``\\x85``, ``\\u2028``, ``\\u2029``...) are plain
-  text inside a record. CSV follows the :mod:`csv` module (quoted fields may span lines, fields of
-  any length). UTF-8, with or without a byte-order mark.
-- **Rewards.** A JSON number, or numeric text (CSV cells, quoted numbers in JSON): ASCII decimal
-  digits with an optional sign, decimal point and exponent (``1``, ``-0``, ``+2.5``, ``.5``,
-  ``3e-1``). The value is rounded to the nearest float64 (so ``1e-400`` reads as 0) and must be
-  finite: ``NaN``, ``Infinity`` and numbers beyond float64's range (``1e400``, or ``1`` followed
-  by 400 zeros) are refused, as are booleans, null, arrays, objects and other text (``0x10``,
-  ``1_000``, non-ASCII digits).
-- **Other values.** Group keys are non-empty strings or (JSONL) integers; completions are text that
-  is valid Unicode (a ``\\ud800`` escape alone is refused). Pass-through fields may hold any JSON
-  value except a non-finite number (JSON output cannot hold one) and values nested deeper than
-  :data:`MAX_NESTING` levels.
-
-Reading checks every row and raises :class:`RolloutError` naming the file, the line and the field.
 :func:`read_rollouts` returns every row in memory; :func:`scan_rollouts` keeps only what DRA needs
 (group codes, rewards, line numbers) and re-reads the file for the completions and the rows, so
-memory does not grow with the completions' length.
-
-Writing goes to a temporary file in the target directory which is then renamed over the target,
-so a failure never leaves a partial file or clobbers an existing one. Temporary files are named
-``.<target>.dra-tmp-<host>-<pid>-<random>``; one left behind by a writer killed hard (SIGKILL, a
-power cut) is removed by the next write into that directory once its process is gone (POSIX; see
-:func:`clean_stale_temporaries`).
+memory does not grow with the completions' length. Writes are atomic (:func:`atomic_path`).
 """
 
 from __future__ import annotations
@@ -104,6 +73,7 @@ _SUFFIXES: dict[str, Format] = {
 _JSON_BLANK = b" \t\r\n"
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+_SURROGATE = re.compile("[\ud800-\udfff]")  # the only text UTF-8 cannot encode
 CHUNK_ROWS = 512
 """Most completions in one chunk of :meth:`RolloutIndex.completions` (the embedder's own chunk)."""
 
@@ -223,24 +193,17 @@ def read_rollouts(
     Raises:
         RolloutError: anything wrong with the file, naming the file, line and field.
     """
-    fmt = detect_format(path, format)
-    names = _Fields(group_field, completion_field, reward_field)
-    out = Rollouts(os.fspath(path), [], [], [], [])
-    seen: dict[str, None] = {}
-    handle, _ = open_rollouts(path)
-    with handle:
-        for line, row in read_records(path, handle, fmt, names.required()):
-            group, completion, reward = _extract(path, line, row, names)
-            out.group_ids.append(group)
-            out.completions.append(completion)
-            out.rewards.append(reward)
-            out.rows.append(row)
-            out.lines.append(line)
-            seen.update(dict.fromkeys(row))
-    if not out.rows:
-        raise RolloutError(path, "no rollouts found: the file is empty")
-    out.fieldnames = list(seen)
-    return out
+    kept: list[tuple[dict[str, Any], str]] = []
+    index = _index(path, format, _Fields(group_field, completion_field, reward_field), None, kept)
+    return Rollouts(
+        index.path,
+        [row for row, _ in kept],
+        index.group_ids,
+        [completion for _, completion in kept],
+        list(index.rewards),
+        list(index.lines),
+        index.fieldnames,
+    )
 
 
 @dataclass
@@ -359,10 +322,20 @@ def scan_rollouts(
     Raises:
         RolloutError: anything wrong with the file, naming the file, line and field.
     """
+    return _index(path, format, _Fields(group_field, completion_field, reward_field), data_path)
+
+
+def _index(
+    path: Any,
+    format: str | None,
+    names: _Fields,
+    data_path: Any,
+    kept: list[tuple[dict[str, Any], str]] | None = None,
+) -> RolloutIndex:
+    """:func:`scan_rollouts`; ``kept``, when given, collects each row and its completion too."""
     fmt = detect_format(path, format)
-    names = _Fields(group_field, completion_field, reward_field)
-    codes: dict[tuple[type, str | int], int] = {}
     data = os.fspath(path if data_path is None else data_path)
+    codes: dict[tuple[type, str | int], int] = {}
     index = RolloutIndex(
         os.fspath(path), fmt, names, [], array("q"), array("d"), array("q"), [], (), data
     )
@@ -373,7 +346,7 @@ def scan_rollouts(
         raise RolloutError(path, exc.reason) from None
     with handle:
         for line, row in read_records(path, handle, fmt, names.required()):
-            group, _, reward = _extract(path, line, row, names)
+            group, completion, reward = _extract(path, line, row, names)
             # NOTE: the key's type is part of it: 1 and "1" are two groups, as in the library.
             code = codes.setdefault((type(group), group), len(codes))
             if code == len(index.group_keys):
@@ -382,6 +355,8 @@ def scan_rollouts(
             index.rewards.append(reward)
             index.lines.append(line)
             seen.update(dict.fromkeys(row))
+            if kept is not None:
+                kept.append((row, completion))
     if not index.lines:
         raise RolloutError(path, "no rollouts found: the file is empty")
     index.fieldnames = list(seen)
@@ -401,11 +376,9 @@ def readable_again(path: str | os.PathLike[str]) -> Iterator[str]:
     """A name that can be opened more than once for what ``path`` holds, valid inside the block.
 
     A regular file (or a name that does not open: its error comes when it is read) is itself.
-    Anything else that reads once: ``-`` (standard input), a pipe or FIFO, ``/dev/stdin``, a
-    process substitution (``<(zcat rollouts.jsonl.gz)``), a character device; is read once, to
-    its end, into a temporary file in the system's temporary directory, which is removed when the
-    block ends, however it ends. A command that reads its input twice (check, then embed and
-    write) never waits on a second open of a pipe.
+    Anything else (``-`` for standard input, a pipe, ``/dev/stdin``, a process substitution) is
+    read once into a temporary file in the system's temporary directory, removed when the block
+    ends however it ends, so that a command reading its input twice never waits on a pipe.
     """
     name = os.fspath(path)
     if name != STDIN:
@@ -647,17 +620,15 @@ def completion_value(path: Any, line: int, name: str, row: Mapping[str, Any]) ->
         raise RolloutError(
             path, f"completion must be text, found {json_kind(value)}", line=line, field=name
         )
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise RolloutError(
-                path,
-                f"completion is not valid Unicode text: a lone surrogate "
-                f"{value[exc.start]!r} at character {exc.start}",
-                line=line,
-                field=name,
-            ) from None
+    bad = None if value.isascii() else _SURROGATE.search(value)
+    if bad is not None:
+        raise RolloutError(
+            path,
+            f"completion is not valid Unicode text: a lone surrogate {bad.group()!r} at "
+            f"character {bad.start()}",
+            line=line,
+            field=name,
+        )
     return value
 
 
@@ -731,11 +702,8 @@ def write_rows(
     format: str | None = None,
     fieldnames: Sequence[str] | None = None,
 ) -> int:
-    """Write rows as JSONL or CSV, atomically, a row at a time.
-
-    The rows go to a temporary file next to ``path`` which then replaces ``path`` in one rename:
-    on any failure (a value JSON cannot hold, a full disk, an interrupt) ``path`` is left as it
-    was, and the temporary file is removed.
+    """Write rows as JSONL or CSV, a row at a time, atomically (:func:`atomic_path`): on any
+    failure (a value JSON cannot hold, a full disk, an interrupt) ``path`` is left as it was.
 
     Args:
         path: target file; its directory must exist.
@@ -802,7 +770,7 @@ def _write_csv(
         try:
             handle.write(text.encode("utf-8"))
         except UnicodeEncodeError:
-            bad = next(n for n, v in cells.items() if not _encodes(str(v)))
+            bad = next(n for n, v in cells.items() if _SURROGATE.search(str(v)))
             raise RolloutError(
                 path,
                 f"row {count}: field '{bad}' is not valid Unicode text (a lone surrogate), which "
@@ -811,14 +779,6 @@ def _write_csv(
     if count == 0:
         handle.write(buffer.getvalue().encode("utf-8"))
     return count
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------- temporary files
@@ -834,12 +794,10 @@ _NAME_BYTES = 160  # of the target's name kept in the temporary's name (names ha
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     """A temporary path next to ``path`` that replaces ``path`` when the block succeeds.
 
-    Write to the yielded name inside the ``with`` block. On success the file is synced and
-    renamed over ``path`` (one atomic step on POSIX and Windows); on any exception it is removed
-    and ``path`` is untouched. The name is ``.<target>.dra-tmp-<host>-<pid>-<random>`` (``host``
-    identifies this machine and process namespace, ``pid`` is the writing process); a temporary
-    left in the directory by a writer killed hard is removed first
-    (:func:`clean_stale_temporaries`).
+    On success the file is synced and renamed over ``path`` (one atomic step); on any exception it
+    is removed and ``path`` is untouched. Its name, ``.<target>.dra-tmp-<host>-<pid>-<random>``,
+    lets :func:`clean_stale_temporaries` (called first) remove it should this process be killed
+    hard (docs/cli.md, "Writes are atomic").
 
     Example::
 
@@ -874,13 +832,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
 def clean_stale_temporaries(directory: str | os.PathLike[str]) -> list[str]:
     """Remove the temporaries that writers of this module left in ``directory`` when killed hard.
 
-    A file is removed only when all of these hold: its name is one :func:`atomic_path` makes
-    (``.<target>.dra-tmp-<host>-<pid>-<random>``), it was made on this machine in this process
-    namespace (the ``host`` tag matches), it is a regular file owned by this user, and process
-    ``pid`` is no longer running (a zombie counts as gone). A live writer's file, another user's
-    or another machine's (on a shared file system), and files of any other name are never touched.
-    A pid reused by an unrelated process keeps the file until that process ends. POSIX only: on
-    other systems nothing is removed.
+    Only a regular file of this user named as :func:`atomic_path` names them, whose ``host`` tag is
+    this machine's and process namespace's and whose process ``pid`` is gone (a zombie counts as
+    gone; a reused pid keeps the file until that process ends). POSIX only: elsewhere nothing is
+    removed.
 
     Returns:
         The names removed.

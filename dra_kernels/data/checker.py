@@ -3,14 +3,10 @@
 A completion earns reward 1.0 when the content of its last ``\\boxed{...}`` equals the reference
 answer after light normalisation (spaces, ``$``, ``\\left``/``\\right``, ``\\dfrac`` -> ``\\frac``,
 a trailing period, and numbers compared by value: ``0.5`` = ``1/2`` = ``\\frac{1}{2}``), and 0.0
-otherwise, including when it has no ``\\boxed{}`` at all. It is deliberately small: a stand-in
-for the verifiers used in R1-Zero-style training, enough to score hand-written completions.
-
-``python -m dra_kernels.data.checker [FILE]`` re-scores a rollout file (JSONL or CSV; default: the
-bundled sample) whose rows hold the reference answer (field ``answer``), the completion
-(``completion``) and a stored reward (``reward``), and lists the rows whose stored reward the
-checker disagrees with: exit 0 when none, 1 when some do or the file cannot be used, 2 for a usage
-error. ``--help`` says more; docs/cli.md, "Re-checking rewards".
+otherwise, including when it has no ``\\boxed{}`` at all: a small stand-in for the verifiers of
+R1-Zero-style training. ``python -m dra_kernels.data.checker [FILE]`` re-scores a rollout file and
+lists the rows whose stored reward it disagrees with (``--help``; docs/cli.md, "Re-checking
+rewards").
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ from fractions import Fraction
 from typing import Any
 
 from dra_kernels._words import counted
-from dra_kernels.cli import CommandParser
+from dra_kernels.cli import CommandParser, add_file_options
 from dra_kernels.data import sample_path
 
 # NOTE: the rollout reader's own checks, so that a bad row reads as it does in dra-kernels.
@@ -133,30 +129,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
+    add_file_options(
+        parser,
         "file",
+        "rollout file, .jsonl or .csv, one completion per row (default: the bundled sample)",
+        (
+            ("answer", "answer", "the reference answer, text or a number"),
+            ("completion", "completion", "the completion text"),
+            ("reward", "reward", "the stored reward"),
+        ),
         nargs="?",
         metavar="FILE",
-        help="rollout file, .jsonl or .csv, one completion per row (default: the bundled sample)",
     )
-    parser.add_argument(
-        "--format", choices=("jsonl", "csv"), help="file format (default: from the suffix)"
-    )
-    for name, what in (
-        ("answer", "the reference answer, text or a number"),
-        ("completion", "the completion text"),
-        ("reward", "the stored reward"),
-    ):
-        parser.add_argument(
-            f"--{name}-field", default=name, metavar="NAME", help=f"{what} (default: {name})"
-        )
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     path = sample_path() if args.file is None else args.file
+    fields = (args.answer_field, args.completion_field, args.reward_field)
     try:
-        fields = (args.answer_field, args.completion_field, args.reward_field)
         rows, bad = _check_file(path, detect_format(path, args.format), *fields)
     except RolloutError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
