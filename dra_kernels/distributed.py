@@ -81,6 +81,7 @@ Example (each rank, after ``torch.distributed.init_process_group``)::
 
 from __future__ import annotations
 
+import functools
 import inspect
 import pickle
 import struct
@@ -249,12 +250,8 @@ def _consensus(table: torch.Tensor) -> _Agreed:
     # NOTE: as for the concatenation, float64 anywhere makes the whole computation float64, and
     # the embeddings' dtype is the one torch.cat would give them (float32 for float16 and
     # bfloat16 together).
-    embedding_dtype = torch.float32
-    kinds = sorted({int(v) for v in rows[:, _EMBEDDING_DTYPE].tolist() if v >= 0})
-    if kinds:
-        embedding_dtype = EMBEDDING_DTYPES[kinds[0]]
-        for kind in kinds[1:]:
-            embedding_dtype = torch.promote_types(embedding_dtype, EMBEDDING_DTYPES[kind])
+    dtypes = [EMBEDDING_DTYPES[v] for v in rows[:, _EMBEDDING_DTYPE].tolist() if v >= 0]
+    embedding_dtype = functools.reduce(torch.promote_types, dtypes) if dtypes else torch.float32
     return _Agreed(int(dims[0]), bool(rows[:, _FLOAT64].any()), embedding_dtype)
 
 
