@@ -54,10 +54,8 @@ def _common_call(
 ) -> str | None:
     """The backend of a common call, or None: tensors on one CPU or CUDA device that the checks
     of :func:`_prepare` would pass unchanged, integer ids with ``num_groups``, rewards that need
-    no gradient. A few attribute reads; anything else takes the general checks (and their error
-    messages)."""
-    # NOTE: one call per training step or per small batch: at N <= 1024 the general checks cost
-    # as much as the computation (issue 3, target 4; issue 14, item 7 on CPU).
+    no gradient. A few attribute reads (at N <= 1024 the general checks cost as much as the
+    computation); anything else takes the general checks and their error messages."""
     if (
         type(num_groups) is not int
         or num_groups < 0
@@ -128,9 +126,7 @@ def _prepare(
         groups = Groups(codes, num_groups, size)
     else:
         r, e, device = inputs.checked_data(rewards, embeddings)
-        n = None if r is None else r.shape[0]
-        if e is not None:
-            n = e.shape[0]
+        n = (r if e is None else e).shape[0]
         chosen = resolve_backend(backend, device, None if e is None else e.shape[1])
         grad = inputs.traced(r)
         transform = inputs.func_transform(r)
@@ -203,12 +199,9 @@ def _dispatch(
     eta: Any = measures.DEFAULT_ETA,
     lam: Any = measures.DEFAULT_LAM,
 ) -> Any:
-    """What the public function ``op`` runs: checks, then one path, then the caller's kind.
-
-    The options are checked in one order (scale, eps, min_denominator, measure), then the data
-    and ids (:func:`_prepare`, which resolves the backend). The result comes back of the kind of
-    ``rewards`` (``embeddings`` for SMI).
-    """
+    """What the public function ``op`` runs: the options checked in one order (scale, eps,
+    min_denominator, measure), then the data and ids (:func:`_prepare`), one path, and the result
+    as the kind of ``rewards`` (``embeddings`` for SMI)."""
     if op in ("group_advantages", "dra_advantages"):
         scale = inputs.check_scale(scale)
         eps = inputs.check_eps(eps, scale)

@@ -1,10 +1,11 @@
 """DRA when the rows of a group are spread over the processes of a ``torch.distributed`` group.
 
 In data-parallel RL training each process (rank) holds some completions, and the completions of
-one prompt may sit on several ranks. The functions here give every rank, for its own rows, what
-:func:`dra_kernels.adjust_rewards` (and :func:`~dra_kernels.smi_scores`,
-:func:`~dra_kernels.dra_advantages`) return on the concatenation of all ranks' rows, to float
-tolerance, however the rows are split; a rank may hold no rows at all.
+one prompt may sit on several ranks. :func:`adjust_rewards`, :func:`smi_scores` and
+:func:`dra_advantages` give every rank, for its own rows, what the core functions of the same
+names return on the concatenation of all ranks' rows, to float tolerance, however the rows are
+split; a rank may hold no rows at all. They take the core function's keywords, checked by the
+same code (group ids too: docs/semantics.md, "Group ids"), plus ``process_group``.
 
 How: with unit rows ``u_i`` the identity ``SMI_i = u_i . S_g - |u_i|^2`` (see
 :mod:`dra_kernels.torch_backend`) needs only the per-group sums ``S_g`` of unit rows and the group
@@ -12,20 +13,18 @@ sizes. Each rank sums its own rows per group, one ``all_reduce`` adds the ``[K, 
 sums (the last column holds the row counts), and each rank finishes its rows locally. Embeddings
 never leave their rank.
 
-Errors: every argument is checked by the core's own checks (:mod:`dra_kernels.inputs`), on each
-rank, before any data moves. The first collective of every call is one ``all_gather`` of a small
-header (about 100 bytes per rank: a status, the function, the options, kinds and sizes); a rank
-whose inputs were refused still takes part in it. If any rank failed, every rank raises at once: the
-failing ranks their own error, the others a RuntimeError naming the failing ranks and their
-errors. Ranks that disagree on the function, ``num_groups``, ``scale``, ``eps``,
-``min_denominator``, ``measure``, ``eta``, ``lam`` or the width ``D`` all raise the same
+Errors: every rank checks its arguments before any data moves. The first collective of every
+call is one ``all_gather`` of a small header (a status, the function, the options, kinds and
+sizes), in which a rank whose inputs were refused still takes part. If any rank failed, every
+rank raises at once: the failing ranks their own error, the others a RuntimeError naming the
+failing ranks and their errors. Ranks that disagree on the function, ``num_groups``, ``scale``,
+``eps``, ``min_denominator``, ``measure``, ``eta``, ``lam`` or the width ``D`` all raise the same
 ValueError. So an argument error on one rank never leaves the others waiting for the process
 group's timeout.
 
 Communication, per call, with ``K`` groups, ``D`` embedding columns and ``W`` ranks:
 
-- the header: one ``all_gather`` of 16 int64 values (128 bytes) per rank (a host synchronisation
-  on CUDA).
+- the header: 16 int64 values (128 bytes) per rank (a host synchronisation on CUDA).
 - adjust / SMI: one ``all_reduce`` of ``K * (D + 1)`` elements of the compute dtype (float32, or
   float64 when an input is float64): :func:`allreduce_payload_bytes`. A bandwidth-optimal
   all-reduce (NCCL's ring or tree, gloo's ring) sends about ``2 * (W - 1) / W`` times that payload
@@ -33,71 +32,42 @@ Communication, per call, with ``K`` groups, ``D`` embedding columns and ``W`` ra
   sent per rank with ``W = 4``; gathering the 384 completions' embeddings (``G = 6``) instead would
   move 786 KB to every rank.
 - advantages: two more ``all_reduce`` of ``K`` elements (group totals, then squared deviations).
-- group ids, unless ``num_groups`` is given (integer ids already in ``[0, num_groups)``, used as
-  codes with no extra communication): the union of the ranks' distinct ids: for integer ids that
-  fit int64 an ``all_gather`` of ``max over ranks of (distinct ids on a rank) * 8`` bytes per
-  rank; for other ids (strings, tuples, integers beyond int64...) ``all_gather_object`` of each
-  rank's pickled distinct ids, then an ``all_gather`` of 16 bytes per rank so that an id that
-  another rank cannot read back fails on every rank. Both are ``O(number of groups)``,
-  independent of ``N`` and ``D``.
+- group ids, unless ``num_groups`` is given (integer ids in ``[0, num_groups)`` are the codes):
+  for integer ids that fit int64 an ``all_gather`` of ``max over ranks of (distinct ids on a
+  rank) * 8`` bytes per rank; for other ids ``all_gather_object`` of each rank's pickled distinct
+  ids, then 16 bytes per rank so that an id another rank cannot read back fails on every rank.
+  Both are ``O(number of groups)``, independent of ``N`` and ``D``.
 
-Group ids follow the core's rule (docs/semantics.md, "Group ids"), checked by the same code.
-
-Other measures (``measure="facility_location"`` / ``"log_det"``, with ``eta`` and ``lam``, checked
-by :func:`dra_kernels.measures.check_measure`; see docs/measures.md): they are not linear in the
-similarities, so no per-group sum suffices: each group is computed whole on one rank, its owner,
-with :func:`dra_kernels.measures.smi_by_measure`. The owner is the rank holding most of the
-group's rows (the lowest such rank on a tie): deterministic, computed identically by every rank
-from the same table, and it moves the fewest rows: a group whose rows all sit on one rank never
-leaves it (no embedding moves at all when no group spans ranks). Each rank sends an owner its rows
-of the owner's groups ordered by (group, row); the owner stacks the blocks in rank order, so each
-group's rows are in (source rank, row) order, the order of the concatenation, and its SMI is the
-single-process computation on the same rows: bit for bit on CPU where its batched products have
-the shapes they have in one process (e.g. each group size once), to the rounding of those products
-otherwise (a BLAS may round one matrix of a batch differently with the batch size). Per call,
-after the header and the ids:
-
-- one ``all_gather`` of each rank's per-group row counts: ``K`` int64 (``8 K`` bytes) per rank;
-- one batch of point-to-point sends (``batch_isend_irecv``; gloo has no ``all_to_all``): each row
-  not on its owner travels once, ``D`` values of the embeddings' dtype (float16 / bfloat16 /
-  float32 / float64, the dtype ``torch.cat`` of all ranks' rows would have, so the conversion is
-  exact);
-- one batch of point-to-point sends back: one SMI value per moved row (float32, float64 for
-  float64 embeddings);
-- :func:`dra_advantages`: the same two all-reduces of ``K`` elements as Graph-Cut.
-
-So ``M * (D * s + 4)`` bytes in all, ``M`` the rows not on their group's owner (at most ``N``, 0
-when groups do not span ranks) and ``s`` the embedding itemsize, against Graph-Cut's all-reduce of
-``K * (D + 1)`` values. Example: ``K = 64`` groups of ``G = 6`` spread evenly over ``W = 4``
-ranks, ``D = 512``, float32: each owner holds 2 of a group's 6 rows (or 1 of them), so about 256
-of the 384 rows move: 525 KB in total (about 131 KB received per rank where the owners are
-spread evenly over the ranks), against a 131 KB payload per all-reduce, of which a ring sends
-about 197 KB per rank. An owner holds its groups' rows (``N * D / W`` values when groups are
-owned evenly, up to ``N * D`` when one rank holds most rows of every group) and their ``G x G``
-matrices, and computes them alone, so the computation is spread over the ranks as the groups are
-owned. The number of collectives does not depend on the number of groups.
+Other measures (``measure="facility_location"`` / ``"log_det"``, docs/measures.md) are not linear
+in the similarities, so no per-group sum suffices: each group is computed whole by
+:func:`dra_kernels.measures.smi_by_measure` on its owner, the rank holding most of its rows (the
+lowest such rank on a tie), so a group whose rows all sit on one rank never leaves it. Each rank
+sends an owner its rows of the owner's groups ordered by (group, row), and the owner stacks the
+blocks in rank order: the concatenation's order. A group's SMI is thus the single-process
+computation on the same rows: bit for bit on CPU where its batched products have the shapes they
+have in one process (e.g. each group size once), to the rounding of those products otherwise.
+After the header and the ids: one ``all_gather`` of ``K`` int64 row counts per rank; one batch of
+point-to-point sends (gloo has no ``all_to_all``) in which each row not on its owner travels once,
+in the dtype ``torch.cat`` of all ranks' rows would have (an exact conversion); one batch back of
+one SMI value per moved row. So ``M * (D * s + 4)`` bytes in all, ``M`` the rows not on their
+group's owner and ``s`` the embedding itemsize. Example: ``K = 64`` groups of ``G = 6`` spread
+evenly over ``W = 4`` ranks, ``D = 512``, float32: about 256 of the 384 rows move, 525 KB in
+total (about 131 KB received per rank). An owner holds its groups' rows and ``G x G`` matrices and
+computes them alone. The number of collectives does not depend on the number of groups.
 
 Gradients: as in the core, embeddings are used detached and gradients flow through rewards. No
 collective runs in the backward pass: each rank gets the derivatives of its own outputs with
 respect to its own rewards, the other ranks' rewards held constant (the diagonal block of the
-single-process Jacobian; for :func:`adjust_rewards` that is the whole of it, ``1 / max(1 + SMI,
-min_denominator)`` per row).
+single-process Jacobian; for :func:`adjust_rewards` the whole of it).
 
-Collectives run on the device of the embeddings (CPU with gloo, CUDA with NCCL; pass CUDA tensors
-with NCCL, after ``torch.cuda.set_device``). Every rank of the process group must call the same
-function, with the same options and the same ``D``. Results are deterministic for a fixed world
-size and layout: the collectives reduce in a fixed order, and the global group codes do not
-depend on timing.
-
-Which path runs where (``backend``, with the core's choices and checks):
-
-- one process (no initialised process group, or a group of one rank): the core's own function,
-  :func:`dra_kernels.adjust_rewards` and so on, bit for bit: with ``backend="auto"`` the fused
-  Triton kernel for CUDA tensors (when Triton is installed), the torch backend otherwise.
-- across ranks: the torch backend's ops (:mod:`dra_kernels.torch_backend`) on the embeddings'
-  device, whose per-group sums are all-reduced (the fused kernel does not expose them), and
-  :mod:`dra_kernels.measures` on each group's owner for the other measures. ``"auto"`` and
-  ``"torch"`` both run them; ``"triton"`` is refused with a ValueError on every rank.
+Which path runs where: in one process (no initialised process group, or a group of one rank) the
+core's own function, bit for bit (``backend="auto"``: the fused Triton kernel for CUDA tensors).
+Across ranks the torch backend's ops on the embeddings' device, whose per-group sums are
+all-reduced (the fused kernel does not expose them), and the measures on each group's owner:
+``"auto"`` and ``"torch"`` both run them, ``"triton"`` is refused on every rank. Collectives run
+on the embeddings' device (gloo on CPU; with NCCL pass CUDA tensors, after
+``torch.cuda.set_device``). Every rank must call the same function with the same options and
+``D``. Results are deterministic for a fixed world size and layout.
 
 Example (each rank, after ``torch.distributed.init_process_group``)::
 
@@ -111,25 +81,21 @@ Example (each rank, after ``torch.distributed.init_process_group``)::
 
 from __future__ import annotations
 
+import functools
+import inspect
 import pickle
 import struct
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 
 from dra_kernels import api, inputs, measures, torch_backend
-from dra_kernels.inputs import EMBEDDING_DTYPES, Backend, Groups, Measure, Scale
+from dra_kernels.inputs import EMBEDDING_DTYPES, Groups
 from dra_kernels.measures import MEASURES
-from dra_kernels.reference import (
-    DEFAULT_EPS,
-    DEFAULT_ETA,
-    DEFAULT_LAM,
-    DEFAULT_MIN_DENOMINATOR,
-    adjust_from_smi,
-)
+from dra_kernels.reference import DEFAULT_ETA, DEFAULT_LAM, adjust_from_smi
 
 __all__ = [
     "adjust_rewards",
@@ -284,21 +250,25 @@ def _consensus(table: torch.Tensor) -> _Agreed:
     # NOTE: as for the concatenation, float64 anywhere makes the whole computation float64, and
     # the embeddings' dtype is the one torch.cat would give them (float32 for float16 and
     # bfloat16 together).
-    embedding_dtype = torch.float32
-    kinds = sorted({int(v) for v in rows[:, _EMBEDDING_DTYPE].tolist() if v >= 0})
-    if kinds:
-        embedding_dtype = EMBEDDING_DTYPES[kinds[0]]
-        for kind in kinds[1:]:
-            embedding_dtype = torch.promote_types(embedding_dtype, EMBEDDING_DTYPES[kind])
+    dtypes = [EMBEDDING_DTYPES[v] for v in rows[:, _EMBEDDING_DTYPE].tolist() if v >= 0]
+    embedding_dtype = functools.reduce(torch.promote_types, dtypes) if dtypes else torch.float32
     return _Agreed(int(dims[0]), bool(rows[:, _FLOAT64].any()), embedding_dtype)
 
 
 # ----------------------------------------------------------------------------- local checks
 
-# (scale: 0 "std", 1 "none", 2 unused; min_denominator; eps; measure: its index in MEASURES;
-# eta; lam) as checked by the core.
-_Options = tuple[int, float, float, int, float, float]
-_NO_OPTIONS: _Options = (2, 0.0, 0.0, 0, DEFAULT_ETA, DEFAULT_LAM)
+_SCALES = ("std", "none", "unused")  # as numbered in the header
+
+
+class _Options(NamedTuple):
+    """The options as the core checks them; the defaults stand for options a function lacks."""
+
+    scale: str = "unused"
+    min_denominator: float = 0.0
+    eps: float = 0.0
+    measure: str = "graph_cut"
+    eta: float = DEFAULT_ETA
+    lam: float = DEFAULT_LAM
 
 
 @dataclass
@@ -332,7 +302,7 @@ def _local_ids(group_ids: Any, n: int | None, device: torch.device) -> tuple[int
 
 
 def _check_local(
-    options: Callable[[], _Options],
+    options: _Options,
     rewards: Any,
     embeddings: Any,
     group_ids: Any,
@@ -341,8 +311,8 @@ def _check_local(
     backend: Any = "torch",
     device: torch.device | str | None = None,
 ) -> _Local:
-    """Every check of this rank's arguments, in the core's order; no collective."""
-    checked = options()
+    """Every check of this rank's data and ids (the options are checked before), in the core's
+    order; no collective."""
     r = e = None
     float64 = False
     if embeddings is not None or rewards is not None:
@@ -365,10 +335,10 @@ def _check_local(
     if num_groups is not None:
         hinted = inputs.hinted_codes(ids, num_groups)
     n_unique = 0
-    if hinted is None and kind == _INTEGER:
+    if hinted is None and kind != _HASHABLE:
         unique = torch.unique(ids)
         n_unique = int(unique.shape[0])
-    elif hinted is None and kind == _HASHABLE:
+    elif hinted is None:
         distinct = list(dict.fromkeys(ids))
         n_unique = len(distinct)
         try:
@@ -378,41 +348,24 @@ def _check_local(
                 "group_ids labels must be picklable to be compared across ranks; pickling "
                 f"them raised {type(exc).__name__}: {exc}"
             ) from None
-    return _Local(checked, r, e, device, kind, ids, hinted, unique, payload, n_unique, float64)
+    return _Local(options, r, e, device, kind, ids, hinted, unique, payload, n_unique, float64)
 
 
 # ----------------------------------------------------------------------------- group ids
 
 
-def _union_integer_codes(local: _Local, table: torch.Tensor, pg: Any) -> Groups:
-    ids, unique = local.ids, local.unique
-    sizes = table[:, _UNIQUE].tolist()
+def _gathered_codes(values: torch.Tensor, sizes: list[int], ids: torch.Tensor, pg: Any) -> Groups:
+    """The codes of ``ids`` in the sorted union of every rank's ``values`` (``sizes[r]`` of them on
+    rank ``r``): one ``all_gather`` of ``max(sizes)`` int64 per rank."""
     width = max(sizes)
     if width == 0:
         return Groups(ids, 0)
-    padded = torch.zeros(width, dtype=torch.int64, device=ids.device)
-    if unique is not None:
-        padded[: unique.shape[0]] = unique
+    padded = values.new_zeros(width)
+    padded[: values.shape[0]] = values
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded, group=pg)
     union = torch.unique(torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)]))
     return Groups(torch.searchsorted(union, ids), int(union.shape[0]))
-
-
-def _compact_hint(hinted: Groups, table: torch.Tensor, pg: Any) -> Groups:
-    """A ``num_groups`` hint above every rank's rows together: the codes that occur, renumbered
-    the same on every rank (one ``all_gather`` of at most the largest rank's rows), so memory
-    follows the rows, not the hint."""
-    codes = hinted.codes
-    width = max(int(table[:, _ROWS].max()), 1)
-    padded = torch.full((width,), -1, dtype=torch.int64, device=codes.device)
-    present = torch.unique(codes)
-    padded[: present.shape[0]] = present
-    parts = [torch.empty_like(padded) for _ in range(table.shape[0])]
-    dist.all_gather(parts, padded, group=pg)
-    union = torch.unique(torch.cat(parts))
-    union = union[union >= 0]
-    return Groups(torch.searchsorted(union, codes), int(union.shape[0]))
 
 
 def _union_hashable_codes(local: _Local, op: str, pg: Any) -> Groups:
@@ -444,8 +397,7 @@ def _union_hashable_codes(local: _Local, op: str, pg: Any) -> Groups:
 def _plan(
     op: str, num_groups: int | None, pg: Any, check: Callable[[], _Local]
 ) -> tuple[_Local, Groups, _Agreed]:
-    """This rank's checked inputs, the global codes of its rows and what the ranks agreed on
-    (``D``, the dtypes)."""
+    """This rank's checked inputs, the global codes of its rows and what the ranks agreed on."""
     error = local = None
     try:
         local = check()
@@ -453,35 +405,38 @@ def _plan(
         error = exc
     row = [0] * _HEADER_WIDTH
     if local is not None:
-        scale, min_denominator, eps, measure, eta, lam = local.options
-        e = local.embeddings
+        o, e = local.options, local.embeddings
         row = [
             _OPS.index(op),
             local.kind,
             local.n_unique,
             len(local.ids),
-            0 if local.embeddings is None else local.embeddings.shape[1],
+            0 if e is None else e.shape[1],
             int(local.float64),
             -1 if num_groups is None else int(num_groups),
-            scale,
-            _float_bits(min_denominator),
-            _float_bits(eps),
-            measure,
-            _float_bits(eta),
-            _float_bits(lam),
+            _SCALES.index(o.scale),
+            _float_bits(o.min_denominator),
+            _float_bits(o.eps),
+            MEASURES.index(o.measure),
+            _float_bits(o.eta),
+            _float_bits(o.lam),
             -1 if e is None else EMBEDDING_DTYPES.index(e.dtype),
         ]
     table = _exchange(row, error, op, pg)
     assert local is not None
     agreed = _consensus(table)
-    if local.hinted is not None and local.hinted.num_groups > int(table[:, _ROWS].sum()):
-        groups = _compact_hint(local.hinted, table, pg)
+    rows = table[:, _ROWS].tolist()
+    if local.hinted is not None and local.hinted.num_groups > sum(rows):
+        # NOTE: a hint above every rank's rows together: the codes that occur, renumbered the
+        # same on every rank, so memory follows the rows, not the hint.
+        groups = _gathered_codes(local.hinted.codes, rows, local.hinted.codes, pg)
     elif local.hinted is not None:
         groups = local.hinted
     elif _HASHABLE in table[:, _KIND].tolist():
         groups = _union_hashable_codes(local, op, pg)
     else:
-        groups = _union_integer_codes(local, table, pg)
+        assert local.unique is not None
+        groups = _gathered_codes(local.unique, table[:, _UNIQUE].tolist(), local.ids, pg)
     return local, groups, agreed
 
 
@@ -513,8 +468,9 @@ def global_group_codes(
         return inputs.factorize_group_ids(group_ids, None, device, num_groups)
 
     def check() -> _Local:
+        options = _Options()
         return _check_local(
-            lambda: _NO_OPTIONS, None, None, group_ids, num_groups, process_group, "torch", device
+            options, None, None, group_ids, num_groups, process_group, device=device
         )
 
     return _plan("global_group_codes", num_groups, process_group, check)[1]
@@ -538,79 +494,68 @@ class _GlobalSum(torch.autograd.Function):
         return grad, None
 
 
-@dataclass
-class _Call:
-    """One call's checked inputs and what the ranks agreed on."""
-
-    options: _Options
-    rewards: torch.Tensor | None
-    embeddings: torch.Tensor
-    groups: Groups
-    dtype: torch.dtype  # the compute dtype
-    embedding_dtype: torch.dtype  # the promoted dtype of every rank's embeddings
-
-
-def _run(op: str, rewards: Any, embeddings: Any, group_ids: Any, pg: Any, **options: Any) -> Any:
-    """One call of the public function ``op`` for this rank's rows: the core's own function in one
-    process; across ranks the core's checks in its order, the header, then the computation."""
+def _run(op: str, data: tuple[Any, ...], pg: Any, options: dict[str, Any]) -> Any:
+    """The public function ``op`` for this rank's ``data`` (rewards, embeddings, group ids): the
+    core's own function in one process; across ranks the core's checks in its order, the header,
+    then the computation."""
+    core = getattr(api, op)
     if not _active(pg):
-        data = (embeddings, group_ids) if rewards is None else (rewards, embeddings, group_ids)
-        return getattr(api, op)(*data, **options)
-    backend, num_groups = options.pop("backend"), options.pop("num_groups")
+        return core(*data, **options)
+    rewards, embeddings, group_ids = (None, *data) if len(data) == 2 else data
+    values = {**core.__kwdefaults__, **options}
 
-    def checked_options() -> _Options:  # the core's checks, in the core's order
-        scale, md, eps = 2, 0.0, 0.0
+    def check() -> _Local:  # the core's checks, in the core's order
+        if len(values) > len(core.__kwdefaults__):
+            core(*data, **options)  # raises Python's own TypeError, before the function's body runs
+        scale, md, eps = "unused", 0.0, 0.0
         if op == "dra_advantages":
-            checked = inputs.check_scale(options["scale"])
-            eps = inputs.check_eps(options["eps"], checked)
-            scale = ("std", "none").index(checked)
+            scale = inputs.check_scale(values["scale"])
+            eps = inputs.check_eps(values["eps"], scale)
         if op != "smi_scores":
-            md = inputs.check_min_denominator(options["min_denominator"])
-        measure, eta, lam = measures.check_measure(*(options[k] for k in ("measure", "eta", "lam")))
-        return scale, md, eps, MEASURES.index(measure), eta, lam
+            md = inputs.check_min_denominator(values["min_denominator"])
+        measure = measures.check_measure(*(values[k] for k in ("measure", "eta", "lam")))
+        checked = _Options(scale, md, eps, *measure)
+        num_groups, backend = values["num_groups"], values["backend"]
+        return _check_local(checked, rewards, embeddings, group_ids, num_groups, pg, backend)
 
-    def check() -> _Local:
-        return _check_local(checked_options, rewards, embeddings, group_ids, num_groups, pg,
-                            backend)  # fmt: skip
-
-    local, groups, agreed = _plan(op, num_groups, pg, check)
-    e = local.embeddings
+    local, groups, agreed = _plan(op, values["num_groups"], pg, check)
+    o, e, r = local.options, local.embeddings, local.rewards
     assert e is not None
     dtype = torch.float64 if agreed.float64 else torch.float32
-    r = local.rewards
     if e.shape[0] == 0:
         # NOTE: a rank without rows takes part with the agreed width and dtypes, whatever kind of
         # empty input it holds (an empty list is float64 while the others' rows are float32).
         e = e.new_zeros(0, agreed.dim, dtype=agreed.embedding_dtype)
         r = None if r is None else r.new_zeros(0, dtype=dtype)
-    call = _Call(local.options, r, e, groups, dtype, agreed.embedding_dtype)
-    if MEASURES[call.options[3]] == "graph_cut":
+    if o.measure == "graph_cut":
         smi, counts = _smi(e, groups, dtype, pg)
     else:
-        smi, counts = _owner_smi(call, pg)
+        # NOTE: rows travel in the embeddings' promoted dtype, an exact conversion.
+        smi, counts = _owner_smi(e.detach().to(agreed.embedding_dtype), groups, dtype, o, pg)
     if op == "smi_scores":
         return inputs.convert_out(smi, embeddings)
-    adjusted = adjust_from_smi(call.rewards, smi, call.options[1])
-    if op == "adjust_rewards":
-        return inputs.convert_out(adjusted, rewards)
-    return inputs.convert_out(_advantages(call, adjusted, counts, pg), rewards)
+    adjusted = adjust_from_smi(r, smi, o.min_denominator)
+    if op == "dra_advantages":
+        adjusted = _advantages(adjusted, groups, counts, o, pg)
+    return inputs.convert_out(adjusted, rewards)
 
 
-def _advantages(call: _Call, adjusted: torch.Tensor, counts: torch.Tensor, pg: Any) -> torch.Tensor:
+def _advantages(
+    adjusted: torch.Tensor, groups: Groups, counts: torch.Tensor, options: _Options, pg: Any
+) -> torch.Tensor:
     """Advantages of this rank's adjusted rewards: the core's two-pass statistics, with group sums
-    added over ranks."""
-    scale_id, eps = call.options[0], call.options[2]
-    codes, k, dtype = call.groups.codes, call.groups.num_groups, call.dtype
+    added over ranks (``counts``: the global row counts, in the compute dtype)."""
+    codes, k = groups.codes, groups.num_groups
 
     def group_sum(values: torch.Tensor) -> torch.Tensor:
-        totals = torch.zeros(k, dtype=dtype, device=values.device).index_add(0, codes, values)
+        totals = counts.new_zeros(k).index_add(0, codes, values)
         if k > 0:
             totals = _GlobalSum.apply(totals, pg)
         return totals
 
     mean = group_sum(adjusted) / counts.clamp(min=1)
     centred = adjusted - mean.index_select(0, codes)
-    if scale_id == 1:
+    if options.scale == "none":
         return centred
     # NOTE: the sum of squared deviations has zero derivative in the mean (deviations sum to 0),
     # but here the other ranks' deviations enter as constants, so their dependence on the mean
@@ -618,7 +563,7 @@ def _advantages(call: _Call, adjusted: torch.Tensor, counts: torch.Tensor, pg: A
     # values are the same).
     deviations = adjusted - mean.detach().index_select(0, codes)
     std = torch_backend.group_std(group_sum(deviations * deviations), counts)
-    return centred / (std.index_select(0, codes) + eps)
+    return centred / (std.index_select(0, codes) + options.eps)
 
 
 def _smi(
@@ -656,21 +601,11 @@ def _exchange_rows(
             work.wait()
 
 
-def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Facility-location / log-det SMI: each group computed whole on one rank, its owner.
-
-    1. ``all_gather`` of every rank's per-group row counts (``K`` int64 per rank): every rank
-       knows the ``[W, K]`` table, hence each group's owner (the rank holding most of its rows,
-       the lowest such rank on a tie: no row of a group held by one rank moves), how many rows
-       it sends to and receives from each rank, and in which order.
-    2. Each rank sends every owner the rows of the owner's groups, ordered by (group code, row);
-       the owner concatenates the blocks in rank order, so each group's rows are in (source
-       rank, row) order: the concatenation's order.
-    3. The owner computes :func:`dra_kernels.measures.smi_by_measure` on the rows it gathered
-       (a group's result is computed from its own rows only) and sends each block's SMI back.
-    """
-    e, groups, dtype = call.embeddings, call.groups, call.dtype
-    measure, eta, lam = MEASURES[call.options[3]], call.options[4], call.options[5]
+def _owner_smi(
+    e: torch.Tensor, groups: Groups, dtype: torch.dtype, options: _Options, pg: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Facility-location / log-det SMI, each group computed whole on its owner (the module's
+    "Other measures"), and the global per-group row counts (in ``dtype``)."""
     codes, k = groups.codes, groups.num_groups
     device = e.device
     if k == 0:  # no rows on any rank
@@ -685,12 +620,9 @@ def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     owned = (owner == me).nonzero().flatten()  # this rank's groups, in code order
     sends = torch.zeros(world, dtype=torch.int64).index_add_(0, owner, table[me]).tolist()
     receives = table[:, owned].sum(dim=1).tolist()
-
-    # NOTE: the transfer dtype is the embeddings' promoted dtype, an exact conversion; the SMI
-    # comes back in the call's agreed dtype (float64 where any rank has float64 data).
     key = owner.to(device).index_select(0, codes) * k + codes
     order = torch.argsort(key, stable=True)  # this rank's rows by (owner, code, row)
-    rows = e.detach().to(call.embedding_dtype).index_select(0, order)
+    rows = e.index_select(0, order)
     outgoing = list(rows.split(sends))
     incoming = [
         outgoing[p] if p == me else rows.new_empty(receives[p], rows.shape[1]) for p in range(world)
@@ -698,7 +630,13 @@ def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     _exchange_rows(outgoing, incoming, me, pg)
     owned_codes = torch.cat([owned.repeat_interleave(table[p, owned]) for p in range(world)])
     values = measures.smi_by_measure(
-        torch.cat(incoming), owned_codes.to(device), k, measure, eta=eta, lam=lam, dtype=dtype
+        torch.cat(incoming),
+        owned_codes.to(device),
+        k,
+        options.measure,
+        eta=options.eta,
+        lam=options.lam,
+        dtype=dtype,
     )
     replies = list(values.split(receives))
     answers = [replies[p] if p == me else values.new_empty(sends[p]) for p in range(world)]
@@ -708,104 +646,102 @@ def _owner_smi(call: _Call, pg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return smi.to(dtype), table.sum(dim=0).to(device, dtype)
 
 
+# ----------------------------------------------------------------------------- public API
+
+
+def _core_signature(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` shown (``help()``, :func:`inspect.signature`) with the signature of the core
+    function of its name plus ``process_group``: its ``**options`` are that function's keywords,
+    with that function's defaults."""
+    core = inspect.signature(getattr(api, fn.__name__), eval_str=True)
+    pg = inspect.Parameter(
+        "process_group", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Any
+    )
+    fn.__signature__ = core.replace(parameters=[*core.parameters.values(), pg])
+    return fn
+
+
+@_core_signature
 def smi_scores(
-    embeddings: Any,
-    group_ids: Any,
-    *,
-    backend: Backend = "auto",
-    num_groups: int | None = None,
-    measure: Measure = "graph_cut",
-    eta: float = DEFAULT_ETA,
-    lam: float = DEFAULT_LAM,
-    process_group: Any = None,
+    embeddings: Any, group_ids: Any, *, process_group: Any = None, **options: Any
 ) -> Any:
     """:func:`dra_kernels.smi_scores` for this rank's rows, with groups spanning ranks.
 
     Collective: every rank of ``process_group`` calls it with its own rows (possibly none), and
     the same options. Each gets, for its rows, the single-process result on the concatenation of
-    all ranks' rows. The arguments are the core function's, checked by the same code.
+    all ranks' rows.
 
     Args:
         embeddings: this rank's ``[n, D]`` embeddings (a rank without rows passes ``[0, D]``).
         group_ids: this rank's ``[n]`` group ids (integers or hashable labels).
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``. In one process the core's dispatch runs
-            (``"auto"``: the Triton kernel for CUDA tensors); across ranks the torch backend's
-            ops run (``"triton"`` is refused there: see the module's "Which path runs where").
-        num_groups: optional hint: integer ids in ``[0, num_groups)``, the same on every rank;
-            skips the id exchange.
-        measure: ``"graph_cut"`` (default: one all-reduce), ``"facility_location"`` or
-            ``"log_det"`` (each group's rows gathered on one rank; see the module's
-            "Other measures").
-        eta: query magnification of ``facility_location`` and ``log_det``.
-        lam: ridge of ``log_det``.
         process_group: the ``torch.distributed`` group (default: the world).
+        **options: every keyword of :func:`dra_kernels.smi_scores` (``backend``, ``num_groups``,
+            ``measure``, ``eta``, ``lam``), with its defaults, checked by the same code. In one
+            process the core function runs (``backend="auto"``: the Triton kernel for CUDA
+            tensors); across ranks the torch backend's ops run and ``backend="triton"`` is
+            refused (the module's "Which path runs where"). ``num_groups``, the same on every
+            rank, skips the id exchange. ``measure="graph_cut"`` takes one all-reduce; the other
+            measures gather each group's rows on one rank (the module's "Other measures").
 
     Returns:
         ``[n]`` SMI of this rank's rows, of the kind of ``embeddings`` (never requires grad).
+
+    Raises:
+        TypeError: a keyword the core function does not take, as a call of it would.
     """
-    return _run("smi_scores", None, embeddings, group_ids, process_group, backend=backend,
-                num_groups=num_groups, measure=measure, eta=eta, lam=lam)  # fmt: skip
+    return _run("smi_scores", (embeddings, group_ids), process_group, options)
 
 
+@_core_signature
 def adjust_rewards(
-    rewards: Any,
-    embeddings: Any,
-    group_ids: Any,
-    *,
-    backend: Backend = "auto",
-    num_groups: int | None = None,
-    min_denominator: float = DEFAULT_MIN_DENOMINATOR,
-    measure: Measure = "graph_cut",
-    eta: float = DEFAULT_ETA,
-    lam: float = DEFAULT_LAM,
-    process_group: Any = None,
+    rewards: Any, embeddings: Any, group_ids: Any, *, process_group: Any = None, **options: Any
 ) -> Any:
     """:func:`dra_kernels.adjust_rewards` for this rank's rows, with groups spanning ranks.
 
-    Collective, as :func:`smi_scores`, whose arguments it takes too.
+    Collective, as :func:`smi_scores`.
 
     Args:
         rewards: this rank's ``[n]`` rewards.
-        min_denominator: lower clamp of ``1 + SMI``, in (0, 1].
+        embeddings: this rank's ``[n, D]`` embeddings.
+        group_ids: this rank's ``[n]`` group ids.
+        process_group: the ``torch.distributed`` group (default: the world).
+        **options: every keyword of :func:`dra_kernels.adjust_rewards`: those of
+            :func:`smi_scores` and ``min_denominator``, the lower clamp of ``1 + SMI``.
 
     Returns:
         ``[n]`` adjusted rewards of the kind of ``rewards``; differentiable in ``rewards``
         (``1 / max(1 + SMI, min_denominator)`` per row).
+
+    Raises:
+        TypeError: a keyword the core function does not take, as a call of it would.
     """
-    return _run("adjust_rewards", rewards, embeddings, group_ids, process_group, backend=backend,
-                num_groups=num_groups, min_denominator=min_denominator, measure=measure, eta=eta,
-                lam=lam)  # fmt: skip
+    return _run("adjust_rewards", (rewards, embeddings, group_ids), process_group, options)
 
 
+@_core_signature
 def dra_advantages(
-    rewards: Any,
-    embeddings: Any,
-    group_ids: Any,
-    *,
-    scale: Scale = "std",
-    eps: float = DEFAULT_EPS,
-    backend: Backend = "auto",
-    num_groups: int | None = None,
-    min_denominator: float = DEFAULT_MIN_DENOMINATOR,
-    measure: Measure = "graph_cut",
-    eta: float = DEFAULT_ETA,
-    lam: float = DEFAULT_LAM,
-    process_group: Any = None,
+    rewards: Any, embeddings: Any, group_ids: Any, *, process_group: Any = None, **options: Any
 ) -> Any:
     """:func:`dra_kernels.dra_advantages` for this rank's rows, with groups spanning ranks.
 
-    Collective, as :func:`adjust_rewards`, whose arguments it takes too. Two more all-reduces of
-    ``K`` elements: the group totals of the adjusted rewards, then (``scale="std"``) their squared
-    deviations from the group mean, the core's two-pass statistics.
+    Collective, as :func:`smi_scores`. Two more all-reduces of ``K`` elements: the group totals of
+    the adjusted rewards, then (``scale="std"``) their squared deviations from the group mean,
+    the core's two-pass statistics.
 
     Args:
-        scale: ``"std"`` (GRPO) or ``"none"`` (DR.GRPO), see :func:`dra_kernels.group_advantages`.
-        eps: added to the group standard deviation (> 0 with ``scale="std"``).
+        rewards: this rank's ``[n]`` rewards.
+        embeddings: this rank's ``[n, D]`` embeddings.
+        group_ids: this rank's ``[n]`` group ids.
+        process_group: the ``torch.distributed`` group (default: the world).
+        **options: every keyword of :func:`dra_kernels.dra_advantages`: those of
+            :func:`adjust_rewards`, ``scale`` (``"std"``, GRPO, or ``"none"``, DR.GRPO) and
+            ``eps``.
 
     Returns:
         ``[n]`` advantages of this rank's rows, of the kind of ``rewards``; differentiable in this
         rank's ``rewards`` (the other ranks' rewards held constant).
+
+    Raises:
+        TypeError: a keyword the core function does not take, as a call of it would.
     """
-    return _run("dra_advantages", rewards, embeddings, group_ids, process_group, scale=scale,
-                eps=eps, backend=backend, num_groups=num_groups, min_denominator=min_denominator,
-                measure=measure, eta=eta, lam=lam)  # fmt: skip
+    return _run("dra_advantages", (rewards, embeddings, group_ids), process_group, options)

@@ -3,37 +3,15 @@
 Every front end (:mod:`dra_kernels.api`, :mod:`dra_kernels.distributed`) calls these, so each
 rule is written once. They turn the caller's rewards / embeddings / group ids (torch, numpy or
 lists) into checked torch tensors and dense int64 group codes, and the result back into the
-caller's kind.
-
-Input policy (docs/guarantees.md lists each rule with the test that proves it):
-
-- rewards and embeddings are both torch tensors on one device, or both host data (numpy arrays,
-  lists); mixing raises TypeError. Tensors must be dense (strided) tensors with data: sparse,
-  nested, quantized, mkldnn and meta tensors raise TypeError naming the argument.
-- group_ids follow one rule (:func:`id_values`, docs/semantics.md "Group ids"), the same for every
-  public function and :mod:`dra_kernels.distributed`: integers of any size, strings, bytes and
-  other hashable values equal to themselves, tuples of those; floats, complex and other
-  non-integer numbers, booleans, unhashable and self-unequal values (NaN, NaT) are refused with a
-  TypeError / ValueError naming ``group_ids[i]`` and the value.
-- DRA factors are constants: embeddings are used detached (no gradient reaches them); gradients
-  flow through rewards, on both backends.
-- rewards may be floating or integer (converted exactly to the computation dtype); booleans are
-  refused. Embeddings must be float16 / bfloat16 / float32 / float64, 2-D, with D >= 1.
-- numpy arrays with negative strides, non-native byte order or read-only memory are copied, never
-  refused; inputs are never written and outputs never share memory with them.
-- N = 0 gives an empty result of the rewards' kind (an empty list ``[]`` is accepted as
-  embeddings with no rows).
-- Non-finite values are not checked (no host synchronisation on CUDA): a NaN / inf embedding makes
-  every output of its group NaN, except in a group of one, whose SMI is an empty sum (0); a NaN /
-  inf reward makes its own adjusted reward non-finite and its group's advantages NaN. Other groups
-  are never affected.
-- ``min_denominator`` lies in (0, 1]; ``eps`` is > 0 with ``scale="std"`` (eps = 0 would give 0 / 0
-  for a group of equal rewards) and >= 0 with ``scale="none"`` (where it is unused).
-- float32 advantages need squared deviations below float32's maximum (|r - mean| < 1.8e19).
+caller's kind. The input policy they enforce is docs/semantics.md's (group ids: "Group ids");
+docs/guarantees.md lists each rule with the test that proves it. Two facts shape the code: no
+input is ever written (awkward numpy arrays are copied, never refused), and nothing is read back
+from a CUDA device to check it (non-finite values are not checked).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Hashable, Mapping
@@ -129,14 +107,6 @@ def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
 
 
 # ----------------------------------------------------------------------------- conversion
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return "torch"
-    if isinstance(value, np.ndarray):
-        return "numpy"
-    return "sequence"
 
 
 def _to_tensor(value: Any, name: str) -> torch.Tensor:
@@ -243,7 +213,7 @@ def checked_data(
         n = r.shape[0]
     if embeddings is not None:
         e = _to_tensor(embeddings, "embeddings")
-        if e.shape == (0,) and _kind(embeddings) == "sequence":
+        if e.shape == (0,) and not isinstance(embeddings, (torch.Tensor, np.ndarray)):
             e = e.reshape(0, 1)  # an empty list: N = 0 rows (D is not expressible)
         _check_embeddings(e, n)
         # NOTE: DRA factors are constants (docs/semantics.md, "Gradients"): the paper divides
@@ -279,10 +249,9 @@ def _check_kinds(**values: Any) -> torch.device:
 
 def convert_out(result: torch.Tensor, like: Any) -> Any:
     """``result`` as the kind of ``like``: the tensor itself, a numpy array or a list."""
-    kind = _kind(like)
-    if kind == "torch":
+    if isinstance(like, torch.Tensor):
         return result
-    if kind == "numpy":
+    if isinstance(like, np.ndarray):
         return result.cpu().numpy()
     return result.cpu().tolist()
 
@@ -356,15 +325,11 @@ def id_values(group_ids: Any, n: int | None, device: torch.device) -> torch.Tens
         ids = _host_ids(group_ids)
         if not isinstance(ids, list):
             ids = torch.from_numpy(_torch_compatible(ids)).to(device)
-    _check_id_count(len(ids), n)
-    return ids
-
-
-def _check_id_count(found: int, n: int | None) -> None:
-    if n is not None and found != n:
+    if n is not None and len(ids) != n:
         raise ValueError(
-            f"group_ids has {found} entries but rewards has {n}; one id per completion"
+            f"group_ids has {len(ids)} entries but rewards has {n}; one id per completion"
         )
+    return ids
 
 
 def _check_id_tensor(ids: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -480,31 +445,23 @@ def _list_ids(labels: list) -> np.ndarray | list:
     return labels
 
 
+# What the rule says about values of a type, by the first of these classes it is a subclass of.
+_ID_CLASSES = (
+    ((str, bytes), "valid"),
+    ((tuple, frozenset), "container"),
+    ((bool, np.bool_), "bool"),
+    ((np.datetime64, np.timedelta64), "time"),  # before the integers: timedelta64 is one
+    ((int, np.integer, numbers.Integral), "valid"),
+    ((numbers.Number, np.number), "number"),
+    ((torch.Tensor, np.ndarray), "array"),
+)
+
+
+@functools.cache
 def _id_kind(cls: type) -> str:
-    """What the rule says about values of type ``cls`` (memoised: only the type is looked at)."""
-    kind = _ID_KINDS.get(cls)
-    if kind is None:
-        if issubclass(cls, (str, bytes)):
-            kind = "valid"
-        elif issubclass(cls, (tuple, frozenset)):
-            kind = "container"
-        elif issubclass(cls, (bool, np.bool_)):
-            kind = "bool"
-        elif issubclass(cls, (np.datetime64, np.timedelta64)):  # timedelta64: a numpy integer
-            kind = "time"
-        elif issubclass(cls, (int, np.integer, numbers.Integral)):
-            kind = "valid"
-        elif issubclass(cls, (numbers.Number, np.number)):
-            kind = "number"
-        elif issubclass(cls, (torch.Tensor, np.ndarray)):
-            kind = "array"
-        else:
-            kind = "other"  # hashable and equal to itself, checked value by value
-        _ID_KINDS[cls] = kind
-    return kind
-
-
-_ID_KINDS: dict[type, str] = {}
+    """The rule's kind of values of type ``cls`` (memoised: only the type is looked at); "other":
+    hashable and equal to itself, checked value by value."""
+    return next((kind for bases, kind in _ID_CLASSES if issubclass(cls, bases)), "other")
 
 
 def _id_problem(value: Any) -> tuple[type[Exception], str] | None:
@@ -578,16 +535,12 @@ def _label_codes(labels: list[Hashable]) -> tuple[list[int], int]:
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
     """``cuda`` and ``cuda:0`` are the same device when 0 is the current one."""
-    if a.type != b.type:
-        return False
-    if a.index is None or b.index is None:
-        if a.type != "cuda":
-            return a.index == b.index
+    if a.type == b.type == "cuda" and (a.index is None or b.index is None):
         current = torch.cuda.current_device()
         return (current if a.index is None else a.index) == (
             current if b.index is None else b.index
         )
-    return a.index == b.index
+    return a == b
 
 
 def hinted_codes(ids: torch.Tensor, num_groups: int, check_range: bool = True) -> Groups:

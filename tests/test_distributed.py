@@ -9,6 +9,7 @@ concatenation. All layouts of one world size run in one spawn to keep the cost a
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import pathlib
 import time
@@ -285,6 +286,14 @@ def test_hint_refuses_labels() -> None:
         distributed.adjust_rewards([1.0], [[1.0]], ["a"], num_groups=1)
 
 
+def test_signatures_are_the_core_functions_plus_process_group() -> None:
+    for name in ("smi_scores", "adjust_rewards", "dra_advantages"):
+        core = inspect.signature(getattr(dra_kernels, name), eval_str=True).parameters
+        ours = inspect.signature(getattr(distributed, name)).parameters
+        assert list(ours) == [*core, "process_group"]
+        assert all(ours[k] == p for k, p in core.items()) and ours["process_group"].default is None
+
+
 def test_payload_bytes() -> None:
     assert distributed.allreduce_payload_bytes(64, 512) == 64 * 513 * 4
     assert distributed.allreduce_payload_bytes(3, 7, torch.float64) == 3 * 8 * 8
@@ -420,6 +429,7 @@ def _error_cases(world: int) -> dict[str, dict[str, Any]]:
             "own": "group_ids labels must be picklable to be compared across ranks",
         },
         "unknown backend on one rank": {"overrides": {0: {"backend": "cuda"}}},
+        "unknown keyword on one rank": {"overrides": {1: {"min_denom": 0.5}}},
         "backend triton across ranks": {  # the kernel runs in one process only
             "overrides": {last: {"backend": "triton"}},
             "refused": ("ValueError", "backend='triton' runs in one process only"),
