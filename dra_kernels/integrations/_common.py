@@ -10,21 +10,28 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PatchOnImport", "env_flag", "import_object"]
+__all__ = ["PatchOnImport", "env_flag", "import_object", "read_flag"]
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
+
+_FLAGS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
+
+
+def read_flag(text: str) -> bool | None:
+    """``True`` for ``1/true/yes/on``, ``False`` for ``0/false/no/off`` (any case), else None."""
+    return _FLAGS.get(text.strip().lower())
 
 
 def env_flag(name: str) -> bool:
-    """An on/off environment variable: unset or ``0/false/no/off`` is off, ``1/true/yes/on`` is
-    on (any case); anything else raises, so a typo never silently trains without (or with) DRA."""
+    """An on/off environment variable: unset, empty or :func:`read_flag` false is off; anything
+    that is not a flag raises, so a typo never silently trains without (or with) DRA."""
     value = os.environ.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{name} must be one of 1/true/yes/on or 0/false/no/off, got {value!r}")
+    flag = read_flag(value) if value else False
+    if flag is None:
+        raise ValueError(f"{name} must be one of 1/true/yes/on or 0/false/no/off, got {value!r}")
+    return flag
 
 
 def import_object(spec: str, what: str) -> Any:

@@ -1,42 +1,15 @@
-"""DRA for OpenRLHF (0.11.x): a thin adapter over :class:`dra_kernels.step.DRAStep`, at the
-experience maker's advantage step.
+"""DRA for OpenRLHF (0.11.x), at the experience maker's advantage step. See
+docs/integrations/openrlhf.md (turning it on, the options, what runs where, the metrics).
 
-OpenRLHF calls its reward function once per sample, so DRA cannot live there. The one place where
-every completion of a prompt's group is at hand (its tokens, its reward, its rollout position) is
-``RemoteExperienceMaker.compute_advantages_and_returns`` in
-``openrlhf/trainer/ppo_utils/experience_maker.py``. :func:`install` wraps that method: before the
-original runs (length penalties, then the group estimator), the wrapper decodes each response with
-the maker's tokenizer and runs one DRA step over groups ``rollout_position //
-n_samples_per_prompt`` (one embedder call, one SMI pass); ``experience.rewards`` becomes the
-step's adjusted rewards, which only the advantages use. After the original ran, OpenRLHF's own
-reward metrics (``info["reward"]``, ``info["group_reward_std"]``) are put back to what they are
-without DRA; the step's metrics are logged under :data:`dra_kernels.step.METRICS`.
-
-The maker lives in OpenRLHF's trainer actor, a Ray worker process, so the patch must be installed
-there: :func:`setup_hook` is a Ray ``worker_process_setup_hook`` that installs it when the
-environment variable ``DRA_KERNELS_OPENRLHF`` is on (off by default), and
-``python -m dra_kernels.integrations.openrlhf_launch`` wires that hook into
-``openrlhf.cli.train_ppo_ray``. See docs/integrations/openrlhf.md.
-
-Environment variables (read by :func:`config_from_env`; the launcher's ``--dra.*`` flags set them):
-
-- ``DRA_KERNELS_OPENRLHF``: ``1/true/yes/on`` turns DRA on; unset, empty or ``0/false/no/off``
-  leaves OpenRLHF untouched. Any other value is an error.
-- ``DRA_KERNELS_OPENRLHF_EMBEDDER``: ``package.module:factory``, a zero-argument callable (a class
-  counts) returning the embedder, a callable ``list[str] -> [N, D]`` array or tensor (or an object
-  with ``encode``). Unset: :class:`dra_kernels.embed.Embedder`, configured by the options below.
-- ``DRA_KERNELS_OPENRLHF_OPTIONS``: a JSON object of the embedder's options (the fields of
-  :class:`dra_kernels.embed.EmbedderConfig`) and of where it runs (``placement``, ``num_gpus``,
-  ``placement_timeout``; see :mod:`dra_kernels.integrations._placement`), e.g.
-  ``{"model": "jinaai/jina-embeddings-v2-small-en", "trust_remote_code": true}``.
-- :data:`STEP_VARIABLES`: the step's options ``min_denominator``, ``backend``, ``measure``,
-  ``eta``, ``lam``, one variable each (``DRA_KERNELS_OPENRLHF_MIN_DENOMINATOR``...).
-
-Every value is checked by the core's rules when the configuration is read (:class:`DRAStep`),
-errors naming the launcher's flag and, for the step's options, the variable it came from.
-The embedder is built when the experience maker is constructed (in the trainer actor, after
-OpenRLHF's driver has reserved every GPU and before the first rollout). The trainer actor holds no
-GPU, so with ``placement=auto`` it goes to a Ray actor holding ``num_gpus`` of a cluster GPU.
+OpenRLHF calls its reward function once per sample; every completion of a group is at hand only in
+``RemoteExperienceMaker.compute_advantages_and_returns``, which :func:`install` wraps: one DRA step
+over groups ``rollout_position // n_samples_per_prompt`` replaces ``experience.rewards`` (which only
+the advantages use) before the original runs; after it, OpenRLHF's own reward metrics are put back
+to their raw values. The maker lives in OpenRLHF's trainer actor (a Ray worker), so
+:func:`setup_hook`, a Ray ``worker_process_setup_hook``, installs it there when
+``DRA_KERNELS_OPENRLHF`` is on; ``python -m dra_kernels.integrations.openrlhf_launch`` wires the
+hook in and sets the variables from ``--dra.*`` flags (read by :func:`config_from_env`). The
+embedder is built with the maker (before the first rollout), where the placement says.
 """
 
 from __future__ import annotations
@@ -57,9 +30,10 @@ from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig
 from dra_kernels.integrations._common import PatchOnImport, env_flag, import_object
 from dra_kernels.integrations._placement import (
     PLACEMENT_OPTIONS,
+    Deferred,
     PlacementOptions,
-    build_embed_fn,
-    check_device,
+    place_step,
+    read_placement,
 )
 from dra_kernels.step import DRAStep, StepResult
 
@@ -126,12 +100,6 @@ def _spell(name: str) -> str:
     return f"{PREFIX}{name} ({variable})" if variable else PREFIX + name
 
 
-def _built_with_the_maker(texts: list[str]) -> Any:
-    """Stands for the user's embedder (``DRA_KERNELS_OPENRLHF_EMBEDDER``) in the step until the
-    experience maker builds it where the placement says (:meth:`DRAConfig.placed_step`)."""
-    raise RuntimeError("the DRA embedder is built when OpenRLHF's experience maker is")
-
-
 @dataclass
 class DRAConfig:
     """What the patched advantage step does.
@@ -159,25 +127,16 @@ class DRAConfig:
     def placed_step(self) -> DRAStep:
         """The step with its embedder built where the placement rules say (on the first call)."""
         if not self._placed:
-            step, embedder = self.step, self.step.embedder
-            if self.embedder_factory is not None or embedder is None:
-                embedder = EmbedderConfig()
-            if isinstance(embedder, EmbedderConfig):
-                step = step.with_embedder(
-                    build_embed_fn(
-                        config=embedder,
-                        factory=self.embedder_factory,
-                        device=self.device,
-                        options=self.placement,
-                        prefix=PREFIX,
-                        hint=_PLACEMENT_HINT,
-                    )
-                )
+            step = place_step(
+                self.step,
+                factory=self.embedder_factory,
+                device=self.device,
+                options=self.placement,
+                prefix=PREFIX,
+                hint=_PLACEMENT_HINT,
+            )
             self._placed.append(step)
         return self._placed[0]
-
-
-# ----------------------------------------------------------------------------- configuration
 
 
 def config_from_env() -> DRAConfig | None:
@@ -209,22 +168,11 @@ def config_from_env() -> DRAConfig | None:
             "valid: "
             + ", ".join(PREFIX + key for key in ("enable", "embedder", *OPTIONS, *STEP_VARIABLES))
         )
-    placement = PlacementOptions.from_options(
-        {k: options.pop(k, None) for k in PLACEMENT_OPTIONS}, prefix=PREFIX
-    )
-    device = None
-    if factory is None:
-        # NOTE: the device is placed (the trainer actor holds no GPU), not checked as the built-in
-        # embedder's own device; with a factory it stays an embedder option, which the step
-        # refuses for the user's own embedder.
-        device = check_device(options.pop("device", None), prefix=PREFIX)
+    device, placement = read_placement(options, custom=factory is not None, prefix=PREFIX)
     for name, variable in STEP_VARIABLES.items():
         options[name] = _read_variable(variable)
-    # NOTE: workaround: DRAStep.from_options takes an embedder object, not a factory (it would
-    # build a class at once, here in OpenRLHF's driver); a stand-in says "the user's own" so that
-    # the step refuses the built-in embedder's options, and the maker builds the real one.
     step = DRAStep.from_options(
-        options, spell=_spell, embedder=None if factory is None else _built_with_the_maker
+        options, spell=_spell, embedder=None if factory is None else Deferred(spec)
     )
     return DRAConfig(step=step, embedder_factory=factory, device=device, placement=placement)
 
@@ -259,12 +207,8 @@ def options_from_env() -> dict[str, Any]:
 
 
 def _response_token_ids(experience: Any, row: int) -> torch.Tensor:
-    """Token ids of row ``row``'s response: the tokens under ``action_mask``.
-
-    ``action_mask`` ``[B, A]`` covers the last ``A`` positions of ``sequences`` ``[B, T]`` (in
-    0.11.x ``A = T - 1``: ``action_mask[:, j]`` marks ``sequences[:, j + 1]``). In multi-turn agent
-    rollouts the environment's tokens between turns are masked out, so only generated tokens count.
-    """
+    """Token ids of row ``row``'s response: the tokens under ``action_mask`` ``[B, A]``, which
+    covers the last ``A`` positions of ``sequences`` (environment tokens between turns masked)."""
     sequences, action_mask = experience.sequences, experience.action_mask
     width = action_mask.size(1)
     if width > sequences.size(1):
@@ -376,11 +320,8 @@ def apply_dra_to_experiences(
 def _raw_reward_metrics(
     experiences: Sequence[Any], raw: Sequence[torch.Tensor], n_samples: int, args: Any
 ) -> None:
-    """Put OpenRLHF's own reward metrics back to what they are without DRA, after the original
-    method ran on the adjusted rewards: ``info["reward"]`` (``rollout/reward_mean``...) is the
-    raw reward after OpenRLHF's length penalties (its ``apply_length_penalties``, run on copies
-    holding the raw rewards), ``info["group_reward_std"]`` the spread of those within each group.
-    """
+    """OpenRLHF's own ``info["reward"]`` and ``info["group_reward_std"]`` as without DRA: from
+    the raw rewards after OpenRLHF's ``apply_length_penalties`` (run on copies)."""
     copies = [
         SimpleNamespace(
             rewards=r.to(torch.promote_types(r.dtype, torch.float32), copy=True),
@@ -407,8 +348,7 @@ def _raw_reward_metrics(
 
 # ----------------------------------------------------------------------------- patching
 
-_state: dict[str, Any] = {"config": None}
-_warned_single = False
+_state: dict[str, Any] = {"config": None, "warned_single": False}
 
 
 def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -416,14 +356,13 @@ def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
     def compute_advantages_and_returns(
         self: Any, experiences: list[Any], *args: Any, **kwargs: Any
     ):
-        global _warned_single
         config = _state["config"]
         if config is None or not experiences:
             return original(self, experiences, *args, **kwargs)
         n_samples = int(self.strategy.args.rollout.n_samples_per_prompt)
         if n_samples <= 1:
-            if not _warned_single:
-                _warned_single = True
+            if not _state["warned_single"]:
+                _state["warned_single"] = True
                 logger.warning(
                     "DRA is on but n_samples_per_prompt=%d: every group has one completion, "
                     "SMI = 0 and rewards are unchanged",
@@ -446,9 +385,8 @@ def _wrap_init(original: Callable[..., Any]) -> Callable[..., Any]:
         original(self, *args, **kwargs)
         config = _state["config"]
         if config is not None:
-            # NOTE: built here, in the trainer actor once OpenRLHF's driver has reserved every GPU
-            # (its actor groups and vLLM engines exist) and before the first rollout, so a model
-            # or placement error stops the run at start-up.
+            # NOTE: in the trainer actor once every GPU is reserved, before the first rollout: a
+            # model or placement error stops the run at start-up.
             config.placed_step().embed_fn()
 
     __init__.__dra_original__ = original  # type: ignore[attr-defined]
@@ -457,7 +395,7 @@ def _wrap_init(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _patch_module(module: Any) -> None:
     cls = getattr(module, TARGET_CLASS, None)
-    method = getattr(cls, TARGET_METHOD, None) if cls is not None else None
+    method = getattr(cls, TARGET_METHOD, None)
     if method is None:
         raise RuntimeError(
             f"{TARGET_MODULE}.{TARGET_CLASS}.{TARGET_METHOD} not found: this OpenRLHF version is "
@@ -470,8 +408,8 @@ def _patch_module(module: Any) -> None:
 
 
 _FINDER = PatchOnImport({TARGET_MODULE: _patch_module})
-"""Patches the experience maker when (and only if) its module is imported.
-NOTE: importing it eagerly would pull deepspeed into every Ray worker, vLLM's included."""
+"""Patches the experience maker when (and only if) its module is imported (importing it would pull
+deepspeed into every Ray worker)."""
 
 
 def install(
@@ -481,11 +419,8 @@ def install(
     **options: Any,
 ) -> DRAConfig:
     """Turn DRA on in this process: wrap ``RemoteExperienceMaker.compute_advantages_and_returns``
-    (DRA before the original) and ``RemoteExperienceMaker.__init__`` (the embedder is built when
-    the maker is, before any rollout).
-
-    Patches the class now if its module is imported, else when it is imported. Calling it again
-    replaces the configuration; the methods are wrapped once.
+    (DRA before the original) and its ``__init__`` (the embedder built with the maker), now if
+    its module is imported, else when it is. Calling it again replaces the configuration.
 
     Args:
         embedder: callable ``list[str] -> [N, D]`` or object with ``encode``; ``None`` uses
@@ -515,10 +450,9 @@ def uninstall() -> None:
     """Turn DRA off in this process and restore the original methods."""
     _state["config"] = None
     _FINDER.uninstall()
-    module = sys.modules.get(TARGET_MODULE)
-    cls = getattr(module, TARGET_CLASS, None) if module is not None else None
-    method = getattr(cls, TARGET_METHOD, None) if cls is not None else None
-    if method is not None and hasattr(method, "__dra_original__"):
+    cls = getattr(sys.modules.get(TARGET_MODULE), TARGET_CLASS, None)
+    method = getattr(cls, TARGET_METHOD, None)
+    if hasattr(method, "__dra_original__"):
         setattr(cls, TARGET_METHOD, method.__dra_original__)
     if cls is not None and hasattr(cls.__init__, "__dra_original__"):
         cls.__init__ = cls.__init__.__dra_original__
@@ -530,12 +464,9 @@ def is_installed() -> bool:
 
 
 def setup_hook() -> None:
-    """Ray ``worker_process_setup_hook``: install DRA when ``DRA_KERNELS_OPENRLHF`` is on.
-
-    Use as ``runtime_env={"worker_process_setup_hook":
-    "dra_kernels.integrations.openrlhf.setup_hook", "env_vars": {"DRA_KERNELS_OPENRLHF": "1"}}``.
-    Does nothing when the variable is unset or off.
-    """
+    """Ray ``worker_process_setup_hook``: install DRA when ``DRA_KERNELS_OPENRLHF`` is on (set
+    ``runtime_env={"worker_process_setup_hook": "dra_kernels.integrations.openrlhf.setup_hook",
+    "env_vars": {"DRA_KERNELS_OPENRLHF": "1"}}``)."""
     config = config_from_env()
     if config is not None:
         install(config=config)
