@@ -1,39 +1,14 @@
 """DRA for TRL's experimental ``AsyncGRPOTrainer`` (``trl.experimental.async_grpo``; supported:
-``trl>=1.16,<1.17``).
+``trl>=1.16,<1.17``). See docs/integrations/trl_async.md.
 
-A thin adapter over :class:`dra_kernels.step.DRAStep`, like :mod:`dra_kernels.integrations.trl`:
-the ``dra_*`` keywords are the step's options (checked before the trainer's own ``__init__``, so
-before any model loads, each error naming the keyword), and each prompt group is one step.
-
-Where it plugs in: ``AsyncGRPOTrainer`` derives from TRL's ``_BaseTrainer``, not from
-``GRPOTrainer``, and computes no rewards itself. On the main process it builds an
-``AsyncRolloutWorker``, which spawns a child process (CUDA hidden from it) running an
-``_AsyncRolloutLoop``: the loop generates through a vLLM server, collects each prompt's
-``num_generations`` conversations into a ``RolloutGroup`` and scores it in
-``_AsyncRolloutLoop._score_group``, which runs the reward functions, sums their columns, computes
-the group's advantages and returns one ``RolloutSample`` per training row, each carrying its
-advantage and TRL's reward metrics. The worker picks the loop class from its class attribute
-``_loop_cls`` and forwards its constructor's keywords to the loop, as TRL's own
-``HarnessRolloutWorker`` does. So:
-
-- :class:`DRARolloutLoop` is TRL's loop whose ``_score_group`` runs TRL's own scoring, then one
-  DRA step over the group (the raw rewards, the completions' texts embedded in the worker's
-  process), and replaces each sample's advantage with TRL's advantage of the adjusted rewards
-  (:func:`async_advantages`). TRL's reward metrics in the samples stay those of the raw rewards.
-  The step's :data:`~dra_kernels.step.METRICS` go to the trainer the way the worker sends its
-  own: ``_push_metrics``, onto the queue the trainer drains in ``log``.
-- :class:`DRARolloutWorker` is TRL's worker with that loop and a ``dra_step`` keyword, which
-  travels to the child process with the loop's other keywords (pickled).
-- :class:`DRAAsyncGRPOTrainer` checks the options, lets ``AsyncGRPOTrainer.__init__`` build
-  everything, then swaps the default worker, not yet started, for a :class:`DRARolloutWorker`
-  with the very same keywords plus the step.
-
-The embedder is built in the worker's process, when the loop is constructed there (before it
-reports ready): the step travels as its configuration (an
-:class:`~dra_kernels.embed.EmbedderConfig`, or your function or class), never as a loaded
-model. TRL starts that process with ``CUDA_VISIBLE_DEVICES=""``, so the embedder runs on its CPU.
-
-This module imports TRL; :mod:`dra_kernels` itself never does.
+``AsyncGRPOTrainer`` scores rewards in a rollout worker's child process (CUDA hidden from it):
+its ``_AsyncRolloutLoop._score_group`` scores a prompt's group and computes its advantages. The
+worker builds its loop from its class attribute ``_loop_cls`` with its constructor's keywords, so
+:class:`DRARolloutLoop` runs TRL's scoring, then one DRA step over the group (embedded in the
+worker's process, on its CPU) and replaces each sample's advantage with TRL's advantage of the
+adjusted rewards; :class:`DRARolloutWorker` carries the step (pickled, as its configuration, never
+a loaded model) to that loop; :class:`DRAAsyncGRPOTrainer` swaps TRL's default worker, not yet
+started, for one. The step's metrics reach the trainer through the loop's ``_push_metrics``.
 """
 
 from __future__ import annotations
@@ -46,8 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-# NOTE: first: without TRL, it raises the ImportError that says how to install it (and it warns
-# about an untested TRL version).
+# NOTE: first: without TRL it says how to install it (and it checks TRL's version).
 from dra_kernels.integrations.trl import (
     OPTION_PREFIX,
     POLICY,
@@ -168,21 +142,16 @@ def worker_step(embedder: Any, options: dict[str, Any]) -> DRAStep:
 
 
 class DRARolloutLoop(_AsyncRolloutLoop):
-    """TRL's asynchronous rollout loop with Diversity-aware Reward Adjustment in
-    ``_score_group``. Lives in the rollout worker's process.
+    """TRL's asynchronous rollout loop with DRA in ``_score_group``, in the worker's process.
 
     Args:
         dra_step: the DRA step, with a text embedder (built here, before the loop reports ready).
         **loop_kwargs: TRL's ``_AsyncRolloutLoop`` keywords, unchanged.
 
-    For each group: TRL's ``_score_group`` runs unchanged (reward functions, their sum, TRL's
-    metrics and samples); then the step runs once over the group's raw rewards (each
-    conversation's ``reward``, NaN where unscorable) and its completions' texts
-    (:func:`~dra_kernels.integrations.trl.completion_text`), and each sample's advantage becomes
-    :func:`async_advantages` of the adjusted rewards. A conversation that yielded no training row
-    has no sample to carry its reward: it is embedded with its group but left out of the
-    rewards (as an unscorable one); TRL's own loop always yields one (every generated token is
-    trained). The step's metrics are pushed with ``_push_metrics``, one value per group.
+    Per group, after TRL's own ``_score_group``: one step over the raw rewards (NaN where
+    unscorable, or where a conversation yielded no training row) and the completions' texts; each
+    sample's advantage becomes :func:`async_advantages` of the adjusted rewards; the step's
+    metrics are pushed with ``_push_metrics``, one value per group.
     """
 
     def __init__(self, *, dra_step: DRAStep, **loop_kwargs: Any) -> None:
