@@ -10,9 +10,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PatchOnImport", "env_flag", "import_object", "read_flag"]
-
-
 _FLAGS = {
     **dict.fromkeys(("1", "true", "yes", "on"), True),
     **dict.fromkeys(("0", "false", "no", "off"), False),

@@ -27,23 +27,6 @@ import torch
 from dra_kernels.embed import EmbedderConfig, EmbedStats
 from dra_kernels.step import DRAStep, EmbedFn, as_embed_fn
 
-__all__ = [
-    "PLACEMENTS",
-    "PLACEMENT_OPTIONS",
-    "ClusterView",
-    "Deferred",
-    "Placement",
-    "PlacementOptions",
-    "RayEmbedder",
-    "build_embed_fn",
-    "check_device",
-    "decide_placement",
-    "find_gpu_slot",
-    "observe_cluster",
-    "place_step",
-    "read_placement",
-]
-
 logger = logging.getLogger(__name__)
 
 PLACEMENTS = ("auto", "local", "ray")
@@ -202,6 +185,7 @@ def decide_placement(
     kind = None if device is None else torch.device(device).type
     index = None if device is None else torch.device(device).index
     gpu_in_cluster = view.ray_initialized and view.cluster_gpus > 0
+    actor = Placement("ray", "cuda", float(options.num_gpus), False)
     if options.placement == "ray":
         if not view.ray_initialized:
             raise ValueError(
@@ -220,7 +204,7 @@ def decide_placement(
                 f"{prefix}placement=ray: the Ray cluster has no GPU for the embedder's actor; set "
                 f"{prefix}device=cpu for an actor on a CPU, or {prefix}placement=local"
             )
-        return Placement("ray", None if custom else "cuda", float(options.num_gpus), False)
+        return dataclasses.replace(actor, device=None) if custom else actor
     if options.placement == "auto" and custom:
         return Placement("local", None, 0.0, not view.local_cuda)
     if kind == "cpu":
@@ -230,7 +214,7 @@ def decide_placement(
     if kind == "cuda" and not view.local_cuda:
         if options.placement == "auto" and index is None:
             if gpu_in_cluster:
-                return Placement("ray", "cuda", float(options.num_gpus), False)
+                return actor
             raise ValueError(
                 f"{prefix}device={device!r}: there is no GPU in this process nor in a Ray cluster; "
                 f"use {prefix}device=cpu or auto"
@@ -240,13 +224,10 @@ def decide_placement(
             f"cluster use {prefix}device=cuda with {prefix}placement=auto or ray, else "
             f"{prefix}device=cpu"
         )
-    if kind == "cuda":
+    if view.local_cuda:  # device cuda (seen here) or auto
         return Placement("local", device, 0.0, False)
-    # device None (auto)
-    if view.local_cuda:
-        return Placement("local", None, 0.0, False)
     if options.placement == "auto" and gpu_in_cluster:
-        return Placement("ray", "cuda", float(options.num_gpus), False)
+        return actor
     return Placement("local", None, 0.0, True)
 
 
@@ -260,26 +241,19 @@ def find_gpu_slot(
     eps = 1e-9
     if float(available.get("GPU", 0.0)) + eps >= num_gpus:
         return (None, None)
-    best: tuple[float, str, int] | None = None
-    for key, value in available.items():
-        match = _BUNDLE_GPU.match(key)
-        if match is None or float(value) + eps < num_gpus:
-            continue
-        candidate = (-float(value), match.group(2), int(match.group(1)))
-        if best is None or candidate < best:
-            best = candidate
-    return None if best is None else (best[1], best[2])
+    bundles = [
+        (-float(value), match.group(2), int(match.group(1)))
+        for key, value in available.items()
+        if (match := _BUNDLE_GPU.match(key)) and float(value) + eps >= num_gpus
+    ]
+    return min(bundles)[1:] if bundles else None
 
 
 # ----------------------------------------------------------------------------- the Ray actor
 
 
 class _EmbedderServer:
-    """The embedder inside a Ray actor. ``__init__`` is empty so that scheduling can be awaited
-    apart from the model's loading."""
-
-    def __init__(self) -> None:
-        self._embed: EmbedFn | None = None
+    """The embedder inside a Ray actor, loaded by :meth:`load` once Ray scheduled it."""
 
     def ready(self) -> dict[str, Any]:
         import ray
@@ -294,8 +268,6 @@ class _EmbedderServer:
         return f"{self._embed.__self__.model_name} on {self._embed.__self__.model.device}"
 
     def encode(self, texts: list[str]) -> tuple[Any, Any]:
-        if self._embed is None:
-            raise RuntimeError("the embedder actor was not loaded")
         out = self._embed(texts)
         # NOTE: a tensor, not a numpy array: Ray hands numpy arrays back read-only (zero copy).
         out = out.detach() if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))

@@ -177,14 +177,8 @@ class DRARewardsMixin:
               so no ``dra_*`` embedder option may be passed with it.
 
             Each process embeds only its own completions.
-        dra_min_denominator: lower clamp of ``1 + SMI`` (see :func:`dra_kernels.adjust_rewards`).
-        dra_measure: the SMI measure: ``"graph_cut"`` (default, the paper's),
-            ``"facility_location"`` or ``"log_det"`` (docs/measures.md).
-        dra_eta: the measure's query magnification ``eta`` (facility location, log-det;
-            default 1.0).
-        dra_lam: log-det's ridge ``lam`` (default 1.0).
-        dra_backend: ``"auto"`` (default: the Triton kernel for CUDA tensors in one process),
-            ``"torch"`` or ``"triton"``; across processes the torch sums run.
+        dra_min_denominator, dra_measure, dra_eta, dra_lam, dra_backend: the step's options
+            (:class:`dra_kernels.step.DRAStep`; the measures in docs/measures.md).
         dra_model, dra_trust_remote_code, dra_long_text, dra_window_tokens, dra_window_overlap,
             dra_max_tokens, dra_batch_size, dra_device, dra_dtype: the
             :class:`dra_kernels.embed.EmbedderConfig` fields of the same name without ``dra_``
@@ -251,10 +245,13 @@ class DRARewardsMixin:
             else self.args.per_device_eval_batch_size
         )
         device = self.accelerator.device
-        pad_id = self._tokenizer.pad_token_id
-        pad_id = 0 if pad_id is None else pad_id
+        pad_id = self._tokenizer.pad_token_id or 0
         model = self.model
-        keep = {"logits_to_keep": 1} if self._dra_accepts_logits_to_keep() else {}
+        base = self.accelerator.unwrap_model(model)
+        base = base.get_base_model() if is_peft_model(base) else base
+        # NOTE: with logits_to_keep the forward makes one logit, not one per token
+        accepts = "logits_to_keep" in inspect.signature(base.forward).parameters
+        keep = {"logits_to_keep": 1} if accepts else {}
         was_training = model.training
         rows = []
         model.eval()  # NOTE: no dropout; restored below, TRL reads the mode from model.training
@@ -292,17 +289,6 @@ class DRARewardsMixin:
         finally:
             model.train(was_training)
         return torch.cat(rows, dim=0)
-
-    def _dra_accepts_logits_to_keep(self) -> bool:
-        """Whether the policy's forward takes ``logits_to_keep`` (then only one logit is made)."""
-        accepts = getattr(self, "_dra_logits_to_keep", None)
-        if accepts is None:
-            model = self.accelerator.unwrap_model(self.model)
-            if is_peft_model(model):
-                model = model.get_base_model()
-            accepts = "logits_to_keep" in inspect.signature(model.forward).parameters
-            self._dra_logits_to_keep = accepts
-        return accepts
 
     # ------------------------------------------------------------------------- rewards
 

@@ -219,29 +219,13 @@ class DRAAsyncGRPOTrainer(AsyncGRPOTrainer):
     """TRL's ``AsyncGRPOTrainer`` with Diversity-aware Reward Adjustment.
 
     Takes every ``AsyncGRPOTrainer`` argument but ``rollout_worker`` (it builds its own, a
-    :class:`DRARolloutWorker`), plus ``embedder`` and the ``dra_*`` options (keyword only), all
-    checked before ``AsyncGRPOTrainer.__init__`` runs, so before any model is loaded.
-
-    Args:
-        embedder: what embeds the completions, in the rollout worker's process, on its CPU:
-
-            - ``None`` (default): :class:`dra_kernels.embed.Embedder` built from the ``dra_*``
-              options (by default the bundled all-MiniLM-L6-v2, every token read in windows);
-            - a sentence-transformers model name or directory (shorthand for ``dra_model=``);
-            - a function ``list[str] -> [N, D]``, an object with an ``encode(texts)`` method, or
-              a class of either (built in the worker's process): it is pickled to that process,
-              so a module-level function or class, not a lambda or a closure.
-
-            ``"policy"`` is refused: the worker's process holds no policy.
-        dra_min_denominator, dra_measure, dra_eta, dra_lam, dra_backend: the step's options, as
-            for :class:`dra_kernels.integrations.trl.DRARewardsMixin` (``dra_backend="triton"``
-            is refused: the worker has no GPU).
-        dra_model, dra_trust_remote_code, dra_long_text, dra_window_tokens, dra_window_overlap,
-            dra_max_tokens, dra_batch_size, dra_dtype: the
-            :class:`dra_kernels.embed.EmbedderConfig` fields of the same name without ``dra_``;
-            ``dra_device`` may only be ``"cpu"``.
-        *args: passed to ``AsyncGRPOTrainer`` unchanged.
-        **kwargs: passed to ``AsyncGRPOTrainer`` unchanged.
+    :class:`DRARolloutWorker`), plus the ``embedder`` and ``dra_*`` keywords of
+    :class:`dra_kernels.integrations.trl.DRARewardsMixin`, all checked before
+    ``AsyncGRPOTrainer.__init__`` runs (:func:`worker_step`). The embedder runs in the rollout
+    worker's process, on its CPU: ``embedder="policy"`` (no policy there), ``dra_backend="triton"``
+    and a ``dra_device`` other than ``"cpu"`` are refused, and the embedder (a function, an object
+    with ``encode``, or a class of either, built there) is pickled to that process: a module-level
+    function or class, not a lambda or a closure.
 
     Example (the DRA paper's embedder)::
 

@@ -165,29 +165,19 @@ def settings_from_config(config: Any) -> DRASettings | None:
 
 
 def _config_group(config: Any) -> dict[str, Any]:
-    if config is None:
-        return {}
-    group = config.get("dra") if hasattr(config, "get") else None
-    if group is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
-        if isinstance(group, DictConfig):
-            group = OmegaConf.to_container(group, resolve=True)
-    except ImportError:
-        pass
-    if not isinstance(group, Mapping):
+    group = config.get("dra") if hasattr(config, "get") else None
+    if isinstance(group, DictConfig):
+        group = OmegaConf.to_container(group, resolve=True)
+    if group is not None and not isinstance(group, Mapping):
         raise ValueError(f"'dra' in the verl configuration must be a group of keys, got {group!r}")
-    return dict(group)
+    return dict(group or {})
 
 
 @functools.lru_cache(maxsize=1)
 def _default_embed_fn() -> Callable[[list[str]], Any]:
     return EmbedderConfig().build().encode
-
-
-# ----------------------------------------------------------------------------- the batch function
 
 
 def apply_dra(
@@ -384,9 +374,6 @@ def _check_vocabulary(token_ids: torch.Tensor, tokenizer: Any) -> None:
             f"(ids found from {low} to {high}): the tokenizer does not match the policy model "
             "that generated the batch; pass the trainer's own tokenizer"
         )
-
-
-# ----------------------------------------------------------------------------- the v1 trainer hook
 
 
 def session_finals(keys: Sequence[str]) -> np.ndarray:
