@@ -62,26 +62,22 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENV_ENABLE = "DRA_KERNELS_OPENRLHF"
+"""``1/true/yes/on`` turns DRA on; unset, empty or ``0/false/no/off`` leaves OpenRLHF untouched."""
 ENV_EMBEDDER = "DRA_KERNELS_OPENRLHF_EMBEDDER"
-ENV_MIN_DENOMINATOR = "DRA_KERNELS_OPENRLHF_MIN_DENOMINATOR"
-ENV_BACKEND = "DRA_KERNELS_OPENRLHF_BACKEND"
+"""``package.module:factory`` of a zero-argument callable (a class counts) building the embedder."""
 ENV_OPTIONS = "DRA_KERNELS_OPENRLHF_OPTIONS"
-ENV_MEASURE = "DRA_KERNELS_OPENRLHF_MEASURE"
-ENV_ETA = "DRA_KERNELS_OPENRLHF_ETA"
-ENV_LAM = "DRA_KERNELS_OPENRLHF_LAM"
+"""A JSON object of the embedder's options and of the placement's (:data:`OPTIONS`)."""
+STEP_VARIABLES: dict[str, str] = {
+    name: f"{ENV_ENABLE}_{name.upper()}"
+    for name in ("min_denominator", "backend", "measure", "eta", "lam")
+}
+"""The step's options OpenRLHF takes, each from its own variable (set by ``--dra.<name>``)."""
+ENV_MIN_DENOMINATOR, ENV_BACKEND, ENV_MEASURE, ENV_ETA, ENV_LAM = STEP_VARIABLES.values()
 
 PREFIX = "--dra."
 """How the launcher spells the options (``--dra.model``); used in every error message."""
 OPTIONS: tuple[str, ...] = (*EMBEDDER_OPTIONS, *PLACEMENT_OPTIONS)
 """Keys of ``DRA_KERNELS_OPENRLHF_OPTIONS`` (each also a ``--dra.<key>`` flag of the launcher)."""
-STEP_VARIABLES: dict[str, str] = {
-    "min_denominator": ENV_MIN_DENOMINATOR,
-    "backend": ENV_BACKEND,
-    "measure": ENV_MEASURE,
-    "eta": ENV_ETA,
-    "lam": ENV_LAM,
-}
-"""The step's options OpenRLHF takes, each from its own variable (set by ``--dra.<name>``)."""
 _PLACEMENT_HINT = (
     "OpenRLHF's colocated runs (--train.colocate_all, --train.colocate_actor_ref) keep room in "
     "each GPU's placement-group bundle (its actors hold 0.2 each); without colocation every "
@@ -105,14 +101,12 @@ class DRAConfig:
     """What the patched advantage step does.
 
     Args:
-        step: the DRA step (options checked by the core's rules at construction). Its embedder is
-            the built-in embedder's :class:`~dra_kernels.embed.EmbedderConfig` (or ``None``, the
-            default one), placed and built with the experience maker, or the user's embedding
-            function or object, used as it is.
-        embedder_factory: zero-argument callable building the user's own embedder (a callable,
-            or an object with ``encode``) where the placement says, instead of the step's.
-        device: the device option (``None``: auto), placed by
-            :mod:`dra_kernels.integrations._placement`.
+        step: the DRA step. Its built-in embedder (an :class:`~dra_kernels.embed.EmbedderConfig`,
+            or ``None``) is placed and built with the experience maker; the user's own embedding
+            function or object is used as it is.
+        embedder_factory: zero-argument callable building the user's own embedder where the
+            placement says, instead of the step's.
+        device: the device option (``None``: auto), placed, not given to the embedder.
         placement: where the embedder runs (this process, or a Ray actor on a GPU share).
         skip_special_tokens: passed to the tokenizer's ``batch_decode``.
     """
@@ -141,14 +135,11 @@ class DRAConfig:
 
 def config_from_env() -> DRAConfig | None:
     """The configuration the environment asks for, or ``None`` when DRA is off (the default).
-
-    Every value is checked here, by the core's rules, without loading a model or starting
-    anything: the launcher calls this in OpenRLHF's driver before ``ray.init``.
+    Every value is checked, nothing loaded or started (the launcher calls it before ``ray.init``).
 
     Raises:
-        ValueError, TypeError: a bad value, or an unknown option in ``DRA_KERNELS_OPENRLHF_OPTIONS``
-            (the message lists the valid ones), each named as the launcher's flag ``--dra.x``
-            (with its variable for the step's options).
+        ValueError, TypeError: a bad value or an unknown option (the valid ones listed), named as
+            the launcher's flag ``--dra.x`` (with its variable for the step's options).
     """
     if not env_flag(ENV_ENABLE):
         return None
@@ -275,13 +266,9 @@ def apply_dra_to_experiences(
     experiences: Sequence[Any], tokenizer: Any, n_samples_per_prompt: int, config: DRAConfig
 ) -> StepResult | None:
     """Replace each ``experience.rewards`` by its DRA-adjusted value, in place: one step of
-    ``config``'s :class:`~dra_kernels.step.DRAStep` (one embedder call, one SMI pass).
-
-    Groups are rollout positions ``experience.index[i] // n_samples_per_prompt``, as OpenRLHF's
-    own ``rewards.reshape(-1, n_samples_per_prompt)`` after restoring rollout order. Each of the
-    step's metrics (:data:`dra_kernels.step.METRICS`) goes into ``experience.info`` under its name,
-    repeated per sample: OpenRLHF averages ``info`` entries over samples, so it logs the step's
-    value.
+    ``config``'s :class:`~dra_kernels.step.DRAStep` over groups ``experience.index[i] //
+    n_samples_per_prompt`` (OpenRLHF's own). Each of the step's metrics goes into
+    ``experience.info``, repeated per sample (OpenRLHF logs the mean over samples).
 
     Args:
         experiences: OpenRLHF ``Experience`` batches (``sequences``, ``action_mask``, ``rewards``,
@@ -423,12 +410,11 @@ def install(
     its module is imported, else when it is. Calling it again replaces the configuration.
 
     Args:
-        embedder: callable ``list[str] -> [N, D]`` or object with ``encode``; ``None`` uses
-            :mod:`dra_kernels.embed`'s default, placed and built with the experience maker.
-        config: a full :class:`DRAConfig` (then ``embedder`` must be left out).
+        embedder: callable ``list[str] -> [N, D]`` or object with ``encode``; ``None``: the
+            default embedder, placed and built with the experience maker.
+        config: a full :class:`DRAConfig` (then neither ``embedder`` nor options).
         **options: the step's options by name (``min_denominator``, ``backend``, ``measure``,
-            ``eta``, ``lam``; ``None``: the default), checked here by the core's rules
-            (:class:`dra_kernels.step.DRAStep`).
+            ``eta``, ``lam``; ``None``: the default), checked here.
 
     Returns:
         The configuration in force.

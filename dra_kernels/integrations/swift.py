@@ -77,24 +77,20 @@ def register(embedder: Any = None, **options: Any) -> DRAStep:
     file passed with ``--external_plugins``.
 
     Args:
-        embedder: what embeds the completions: ``None`` (default) for
-            :class:`dra_kernels.embed.Embedder`, configured by the embedder options below (by
-            default the bundled all-MiniLM-L6-v2, every token read, on each process's device);
-            or a function ``list[str] -> [N, D]`` (torch tensor, numpy array or nested list) or an
-            object with ``encode(texts)``, used as given (then no embedder option applies).
-        **options: the step's options ``min_denominator``, ``measure``, ``eta``, ``lam``,
-            ``backend``, and the built-in embedder's ``model``, ``trust_remote_code``,
-            ``long_text``, ``window_tokens``, ``window_overlap``, ``max_tokens``, ``batch_size``,
-            ``device``, ``dtype`` (:class:`dra_kernels.embed.EmbedderConfig`).
+        embedder: ``None`` (default) for :class:`dra_kernels.embed.Embedder` from the embedder
+            options (the bundled all-MiniLM-L6-v2, every token read, on each process's device);
+            or a function ``list[str] -> [N, D]`` or an object with ``encode(texts)``, used as
+            given (no embedder option then).
+        **options: the step's options (``min_denominator``, ``measure``, ``eta``, ``lam``,
+            ``backend``) and the :class:`dra_kernels.embed.EmbedderConfig` fields.
 
     Returns:
         The step every GRPO trainer built afterwards in this process uses.
 
     Raises:
-        ValueError, TypeError: a bad or unknown option (named as typed, the valid ones listed),
-            ``scale`` / ``eps`` (ms-swift's ``--scale_rewards`` decides), or another class
-            already registered for ``"grpo"``. ImportError: the built-in embedder without the
-            ``embed`` extra.
+        ValueError, TypeError: a bad or unknown option (the valid ones listed), ``scale`` /
+            ``eps`` (``--scale_rewards`` decides), or another class registered for ``"grpo"``.
+        ImportError: the built-in embedder without the ``embed`` extra.
 
     Example (the DRA paper's embedder)::
 

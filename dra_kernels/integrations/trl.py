@@ -108,17 +108,14 @@ def keyword_step(
     advantages: str = "TRL computes the advantages; set GRPOConfig's scale_rewards instead",
     device: str | None = None,
 ) -> tuple[DRAStep, bool]:
-    """The step that a TRL trainer's ``embedder`` and ``dra_*`` keywords describe, checked
-    without loading anything; and whether the policy embeds (then the step is given embeddings,
-    not texts).
+    """``(step, policy)``: the step that a TRL trainer's ``embedder`` and ``dra_*`` keywords
+    describe, checked without loading anything, and whether the policy embeds.
 
     Args:
         embedder: the trainer's ``embedder`` argument (see :class:`DRARewardsMixin`).
         options: the ``dra_*`` keywords, spelled with their prefix.
-        advantages: why ``dra_scale`` / ``dra_eps`` are refused (the trainer computes the
-            advantages), said in the error.
-        device: where the SMI will run, when known at start-up: the backend is checked against
-            it (:meth:`dra_kernels.step.DRAStep.from_options`).
+        advantages: why ``dra_scale`` / ``dra_eps`` are refused, said in the error.
+        device: where the SMI will run, if known: the backend is checked against it.
 
     Raises:
         ValueError, TypeError: an option or a combination that cannot apply, naming the keyword;
@@ -160,23 +157,16 @@ class DRARewardsMixin:
     """Adds Diversity-aware Reward Adjustment to a ``GRPOTrainer`` (or a subclass of it).
 
     Put it first in the bases: ``class MyTrainer(DRARewardsMixin, MyGRPOTrainer)``. Every option
-    below is checked before the trainer's own ``__init__`` runs, so before any model is loaded.
+    is checked before the trainer's own ``__init__`` runs, so before any model is loaded.
 
     Args:
-        embedder: what embeds the completions.
-
-            - ``None`` (default): :class:`dra_kernels.embed.Embedder` built from the ``dra_*``
-              options (by default the bundled all-MiniLM-L6-v2, every token read in windows), on
-              the trainer's device unless ``dra_device`` says otherwise;
-            - a sentence-transformers model name or directory: the same, with that model
-              (shorthand for ``dra_model=``);
-            - ``"policy"``: the mean of the policy's own last hidden states over each completion's
-              tokens, from one extra no-grad forward over prompt + completion per batch;
-            - a function ``list[str] -> [N, D]`` (torch tensor, numpy array or nested list), or an
-              object with an ``encode(texts)`` method (a ``SentenceTransformer``): used as given,
-              so no ``dra_*`` embedder option may be passed with it.
-
-            Each process embeds only its own completions.
+        embedder: what embeds each process's completions: ``None`` (default) for
+            :class:`dra_kernels.embed.Embedder` from the ``dra_*`` options (the bundled
+            all-MiniLM-L6-v2, every token read), on the trainer's device; a sentence-transformers
+            model name or directory (shorthand for ``dra_model=``); ``"policy"``, the mean of the
+            policy's own last hidden states over each completion (one extra no-grad forward per
+            batch); or a function ``list[str] -> [N, D]`` or an object with ``encode(texts)``,
+            used as given (no ``dra_*`` embedder option then).
         dra_min_denominator, dra_measure, dra_eta, dra_lam, dra_backend: the step's options
             (:class:`dra_kernels.step.DRAStep`; the measures in docs/measures.md).
         dra_model, dra_trust_remote_code, dra_long_text, dra_window_tokens, dra_window_overlap,
@@ -351,10 +341,8 @@ class DRARewardsMixin:
 
 
 class DRAGRPOTrainer(DRARewardsMixin, GRPOTrainer):
-    """``trl.GRPOTrainer`` with Diversity-aware Reward Adjustment.
-
-    Takes every ``GRPOTrainer`` argument, plus ``embedder`` and the ``dra_*`` options (keyword
-    only, see :class:`DRARewardsMixin`).
+    """``trl.GRPOTrainer`` with Diversity-aware Reward Adjustment: every ``GRPOTrainer`` argument,
+    plus ``embedder`` and the ``dra_*`` options (keyword only, see :class:`DRARewardsMixin`).
 
     Example::
 

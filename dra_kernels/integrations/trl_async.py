@@ -114,9 +114,8 @@ def check_picklable(step: DRAStep) -> None:
 
 
 def worker_step(embedder: Any, options: dict[str, Any]) -> DRAStep:
-    """The step that ``embedder`` and the ``dra_*`` keywords describe, for TRL's rollout worker:
-    checked as for ``DRAGRPOTrainer`` (:func:`dra_kernels.integrations.trl.keyword_step`, nothing
-    loaded), against a CPU (the worker's process sees no GPU), and for pickling.
+    """The step that ``embedder`` and the ``dra_*`` keywords describe, checked as for
+    ``DRAGRPOTrainer`` (nothing loaded), against a CPU (the worker's) and for pickling.
 
     Raises:
         ValueError, TypeError: an option that cannot apply in the worker, naming the keyword;

@@ -138,9 +138,8 @@ def settings_from_config(config: Any) -> DRASettings | None:
         config: the trainer's configuration (an OmegaConf ``DictConfig``, a mapping, or ``None``).
 
     Raises:
-        ValueError, TypeError: an unknown key under ``dra`` (the message lists the valid keys,
-            spelled ``dra.x``), a bad value (the message names its key), or a bad value of
-            ``DRA_KERNELS_VERL``.
+        ValueError, TypeError: an unknown key under ``dra`` (the valid keys listed), a bad value
+            (its key named), or a bad value of ``DRA_KERNELS_VERL``.
     """
     group = _config_group(config)
     enable = group.pop("enable", False)
@@ -195,35 +194,28 @@ def apply_dra(
 ) -> dict[str, float]:
     """Diversity-aware reward adjustment of a verl batch, one :class:`~dra_kernels.step.DRAStep`.
 
-    For each row with a non-empty response: decodes the valid response tokens (as verl's reward
-    managers do), embeds the texts, reads the scalar score (the row sum of the score tensor over
-    the valid response tokens), runs the step over the rows grouped by ``uid`` (one SMI pass) and
-    writes the change at the last valid response token. A score that sits at the last token only
-    (verl's layout) becomes exactly the step's adjusted score; other tokens are never touched.
-
-    Each rewritten score key gets a new tensor; nothing else in ``data`` changes.
+    Decodes each non-empty response's valid tokens, embeds the texts, runs the step on the scores
+    (each row's sum over its valid tokens) grouped by ``uid`` and writes the change at the last
+    valid token: a score held by that token alone (verl's layout) becomes exactly the adjusted
+    score. Each rewritten score key gets a new tensor; nothing else in ``data`` changes.
 
     Args:
         data: a ``verl.DataProto`` with ``batch["responses"]`` ``[N, R]`` (right-padded token
-            ids), a response mask (``batch["attention_mask"]``, whose last ``R`` columns cover the
-            response, else ``batch["response_mask"]``, else every token counts), score tensors
-            ``[N, R]`` and ``non_tensor_batch[uid_key]`` (group ids, e.g. verl's uid strings).
+            ids), a response mask (the last ``R`` columns of ``batch["attention_mask"]``, else
+            ``batch["response_mask"]``, else all), score tensors ``[N, R]`` and
+            ``non_tensor_batch[uid_key]`` (group ids).
         tokenizer: the policy's tokenizer (anything with ``batch_decode`` and ``len``).
-        embedder: a callable ``list[str] -> [N, D]`` (tensor or array), or an object with
-            ``.encode``; ``None``: the step's embedder, else :class:`dra_kernels.embed.Embedder`
-            with the bundled model.
-        step: the DRA step to run, built once (e.g. ``DRAStep.from_options(...)``); ``None``: one
-            from the option keywords below. Not both.
-        score_keys: tensors to rewrite; the score is read from the first. Default: those of
-            :data:`SCORE_KEYS` present, read from ``token_level_scores`` or else ``rm_scores``.
+        embedder: a callable ``list[str] -> [N, D]`` or an object with ``.encode``; ``None``: the
+            step's embedder, else :class:`dra_kernels.embed.Embedder` with the bundled model.
+        step: the DRA step to run; ``None``: one from the option keywords (not both).
+        score_keys: tensors to rewrite, the score read from the first. Default: those of
+            :data:`SCORE_KEYS` present.
         uid_key: key of the group ids in ``non_tensor_batch``.
-        rows: optional ``[N]`` boolean mask of the rows that take part (e.g. not verl's synthetic
-            padding rows); the others are not embedded, not grouped and keep their scores.
-        expected_group_size: when given, groups of another size (a group split by filtering or
-            batching) raise a ``RuntimeWarning`` and are counted in ``dra/incomplete_groups``;
-            they are still adjusted within the rows present.
-        skip_special_tokens: passed to the tokenizer's ``batch_decode`` (verl's reward managers
-            use ``True``).
+        rows: optional ``[N]`` boolean mask of the rows that take part (e.g. not verl's padding
+            rows); the others keep their scores.
+        expected_group_size: when given, groups of another size warn (``RuntimeWarning``) and
+            are counted in ``dra/incomplete_groups``; they are adjusted within the rows present.
+        skip_special_tokens: passed to the tokenizer's ``batch_decode``.
         **options: the step's options by name (``min_denominator``, ``backend``, ``measure``,
             ``eta``, ``lam``; ``None``: the default), checked by the core's rules.
 
@@ -233,9 +225,8 @@ def apply_dra(
 
     Raises:
         KeyError: no ``responses``, no score tensor, or no group ids under ``uid_key``.
-        ValueError: shapes that disagree, token ids outside the tokenizer's vocabulary (a
-            tokenizer that is not the policy's), an embedder returning the wrong number of rows,
-            a bad option, or options given both in ``step`` and as keywords.
+        ValueError: shapes that disagree, token ids outside the tokenizer's vocabulary, an
+            embedder returning the wrong number of rows, or a bad option.
     """
     if step is None:
         step = DRAStep.from_options(options)
@@ -377,14 +368,9 @@ def _check_vocabulary(token_ids: torch.Tensor, tokenizer: Any) -> None:
 
 
 def session_finals(keys: Sequence[str]) -> np.ndarray:
-    """Which rows of a v1 batch are the final output of their session, verl's rule for GRPO.
-
-    Multi-output agent loops write several rows per trajectory, keyed
-    ``{uid}_{session_id}_{index}``; verl's GRPO (``compute_advantage_for_multi_trajectories``,
-    ``verl/trainer/ppo/v1/utils.py``) groups only each session's last output (the highest
-    ``index``) by ``uid`` and gives the other outputs of the session its advantage. DRA groups the
-    same rows. A key of another form is a session of its own.
-    """
+    """Which rows of a v1 batch are the final output of their session (keys
+    ``{uid}_{session_id}_{index}``, the highest ``index``; a key of another form is a session of
+    its own): verl's GRPO groups only those (``compute_advantage_for_multi_trajectories``)."""
     final: dict[str, tuple[int, int]] = {}
     for row, key in enumerate(keys):
         parts = str(key).rsplit("_", 2)
