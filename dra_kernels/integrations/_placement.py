@@ -112,14 +112,9 @@ def check_device(device: Any, *, prefix: str = "") -> str | None:
 
 @dataclass(frozen=True)
 class ClusterView:
-    """What the process that builds the embedder sees.
-
-    Attributes:
-        local_cuda: this process sees a CUDA device it may use (in a Ray actor: one that Ray
-            assigned to it).
-        ray_initialized: this process is connected to a Ray cluster.
-        cluster_gpus: GPUs of that cluster (``ray.cluster_resources()["GPU"]``), reserved or not.
-    """
+    """What the process that builds the embedder sees: a CUDA device it may use (in a Ray actor:
+    one Ray assigned to it), a connection to a Ray cluster, and the cluster's GPUs (reserved or
+    not)."""
 
     local_cuda: bool
     ray_initialized: bool
@@ -141,15 +136,9 @@ def observe_cluster() -> ClusterView:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the embedder runs.
-
-    Attributes:
-        where: ``"local"`` (this process) or ``"ray"`` (a Ray actor).
-        device: the device the embedder is built with there (``None``: the embedder's own choice,
-            CUDA when that process sees it; always ``None`` for a user's own embedder).
-        num_gpus: share of a GPU the actor holds (0.0 for ``"local"`` and for a CPU actor).
-        on_cpu: the embedder will run on a CPU (``device="cpu"``, or ``None`` with no CUDA here).
-    """
+    """Where the embedder runs: ``where`` ``"local"`` (this process) or ``"ray"`` (an actor
+    holding ``num_gpus`` of a GPU, 0 on a CPU), built with ``device`` there (``None``: its own
+    choice); ``on_cpu``: it will run on a CPU."""
 
     where: str
     device: str | None
@@ -324,14 +313,11 @@ class RayEmbedder:
             resources["num_gpus"] = placement.num_gpus
             # NOTE: Ray's view of free resources lags behind (a placement group that just became
             # ready, an actor just killed): look again until a slot shows up or time runs out.
-            slot = find_gpu_slot(ray.available_resources(), placement.num_gpus)
-            while slot is None and time.monotonic() < deadline:
+            while (slot := find_gpu_slot(ray.available_resources(), placement.num_gpus)) is None:
+                if time.monotonic() >= deadline:
+                    available = ray.available_resources()
+                    raise RuntimeError(_unschedulable(placement, options, available, prefix, hint))
                 time.sleep(0.5)
-                slot = find_gpu_slot(ray.available_resources(), placement.num_gpus)
-            if slot is None:
-                raise RuntimeError(
-                    _unschedulable(placement, options, ray.available_resources(), prefix, hint)
-                )
             if slot[0] is not None:
                 # NOTE: a bundle of the trainer's own placement group: its GPU share is free (the
                 # colocated workers hold only part of it), and outside the groups none is.
@@ -408,20 +394,11 @@ def build_embed_fn(
     view: ClusterView | None = None,
     hint: str = "",
 ) -> EmbedFn:
-    """The embedding function an integration uses, built where :func:`decide_placement` says:
-    ``Embedder.encode`` or the factory's function here, or :meth:`RayEmbedder.encode`.
-
-    Args:
-        config: the built-in embedder's :class:`~dra_kernels.embed.EmbedderConfig` (default: the
-            default one; its ``device`` is ignored, ``device`` is placed).
-        factory: zero-argument callable building the user's own embedder instead (a callable
-            ``list[str] -> [N, D]`` or an object with ``encode``).
-        device: the device option (:func:`check_device`).
-        options: the placement options (default :class:`PlacementOptions`).
-        prefix: how the integration spells option names in messages.
-        view: what this process sees (default: :func:`observe_cluster`).
-        hint: a sentence added to the error when the actor cannot be scheduled.
-    """
+    """The embedding function an integration uses, built where :func:`decide_placement` says
+    (``device``, ``options``, ``view``: default :func:`observe_cluster`): from ``config`` (the
+    built-in embedder's, default the default one; its ``device`` is ignored) or ``factory`` (a
+    zero-argument callable building the user's own), here or in a :class:`RayEmbedder`. ``prefix``
+    spells the options in messages; ``hint`` is added when the actor cannot be scheduled."""
     options = options or PlacementOptions()
     config = EmbedderConfig() if config is None else config
     device = check_device(device, prefix=prefix)

@@ -57,16 +57,8 @@ def refuse_advantage_options(names: Iterable[str], why: str, spell: str = "{}") 
 
 def check_text_embedder(step: DRAStep, *, install: str, instead: str) -> None:
     """Raise ImportError, before anything loads, when ``step``'s built-in text embedder cannot be
-    built here: sentence-transformers missing, or the bundled all-MiniLM-L6-v2 package for the
-    default model.
-
-    Args:
-        step: a step whose embedder is an :class:`~dra_kernels.embed.EmbedderConfig` (any other
-            embedder is the user's and is not checked).
-        install: the command that installs them, e.g. ``pip install -e ".[trl,embed]"``.
-        instead: what else the user may pass, e.g. ``"embedder='policy' or your own embedding
-            function"``.
-    """
+    built here (sentence-transformers, or the bundled all-MiniLM-L6-v2 for the default model,
+    missing): ``install`` says how to install them, ``instead`` what else the user may pass."""
     config = step.embedder
     if not isinstance(config, EmbedderConfig):
         return
@@ -114,20 +106,10 @@ def gathered_step(
     """One DRA step (``trainer.dra_step``) over this process's rows of a trainer's gathered batch,
     its metrics (over the whole batch) logged in ``trainer._metrics[mode]``.
 
-    Args:
-        trainer: a TRL or ms-swift ``GRPOTrainer`` (its ``accelerator``, ``reward_weights``,
-            ``num_generations`` / ``num_generations_eval`` and ``_metrics``).
-        rewards_per_func: ``[total, F]`` the gathered rewards, process-major; the step's rewards
-            (for its metrics) are their weighted sums (:func:`weighted_rewards`).
-        embeddings: ``[n, D]`` this process's completions, in its rows' order.
-        mode: ``"train"`` or ``"eval"``.
-        coverage: the embedder's read metrics for these rows, if it keeps them.
-
-    Returns:
-        The gathered ``[total]`` SMI, on ``rewards_per_func``'s device.
-
-    Raises:
-        ValueError: the batch is not one equal slice of ``n`` rows per process in whole groups.
+    ``rewards_per_func`` is the gathered ``[total, F]`` (the step's rewards, for its metrics, are
+    their weighted sums), ``embeddings`` this process's ``[n, D]``, ``coverage`` the embedder's
+    read metrics for them. Returns the gathered ``[total]`` SMI; raises ValueError when the batch
+    is not one equal slice per process in whole groups.
     """
     accelerator = trainer.accelerator
     group_size = trainer.num_generations if mode == "train" else trainer.num_generations_eval

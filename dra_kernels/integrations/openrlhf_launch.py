@@ -1,15 +1,7 @@
 """Run ``openrlhf.cli.train_ppo_ray`` with DRA available in its Ray workers.
 
-Usage (every OpenRLHF flag passes through unchanged)::
-
-    python -m dra_kernels.integrations.openrlhf_launch --dra.enable \\
-        [--dra.model NAME] [--dra.trust_remote_code] [--dra.long_text windows] \\
-        [--dra.window_tokens N] [--dra.window_overlap N] [--dra.max_tokens N] \\
-        [--dra.batch_size N] [--dra.device auto] [--dra.dtype float32] \\
-        [--dra.placement auto] [--dra.num_gpus 0.1] [--dra.placement_timeout 120] \\
-        [--dra.embedder package.module:factory] [--dra.min_denominator 0.1] \\
-        [--dra.backend auto] [--dra.measure graph_cut] [--dra.eta 1.0] [--dra.lam 1.0] \\
-        <train_ppo_ray flags>
+Usage: ``python -m dra_kernels.integrations.openrlhf_launch --dra.enable [--dra.<option> VALUE
+...] <train_ppo_ray flags>`` (the flags: :data:`FLAGS`; OpenRLHF's pass through unchanged).
 
 In the driver, before running ``train_ppo_ray`` as ``__main__``, it turns the ``--dra.*`` flags
 into the ``DRA_KERNELS_OPENRLHF*`` variables (:func:`parse_dra_args`), checks them

@@ -194,17 +194,12 @@ class DRARolloutLoop(_AsyncRolloutLoop):
 
 
 class DRARolloutWorker(AsyncRolloutWorker):
-    """TRL's ``AsyncRolloutWorker`` whose child process runs :class:`DRARolloutLoop`.
+    """TRL's ``AsyncRolloutWorker`` whose child process runs :class:`DRARolloutLoop` (built by
+    :class:`DRAAsyncGRPOTrainer`, or by you for a plain ``AsyncGRPOTrainer(rollout_worker=...)``).
 
     Args:
-        dra_step: the DRA step (:func:`worker_step` builds one from the ``dra_*`` keywords); it is
-            pickled to the child process with the other keywords, so its embedder must be
-            picklable (:func:`check_picklable`).
+        dra_step: the DRA step (:func:`worker_step`), pickled to the child process.
         **kwargs: ``AsyncRolloutWorker``'s keywords, unchanged.
-
-    :class:`DRAAsyncGRPOTrainer` builds this worker itself. Build it yourself only to pass it to
-    a plain ``AsyncGRPOTrainer(rollout_worker=...)``, with every keyword that trainer would give
-    its default worker.
     """
 
     _loop_cls = DRARolloutLoop
