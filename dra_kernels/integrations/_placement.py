@@ -145,13 +145,6 @@ class Placement:
     num_gpus: float
     on_cpu: bool
 
-    def describe(self) -> str:
-        if self.where == "local":
-            return f"in this process ({'CPU' if self.on_cpu else self.device or 'CUDA'})"
-        if self.num_gpus:
-            return f"in a Ray actor holding {self.num_gpus:g} of a GPU"
-        return "in a Ray actor on a CPU"
-
 
 def decide_placement(
     device: str | None,
@@ -236,9 +229,6 @@ def find_gpu_slot(
         if (match := _BUNDLE_GPU.match(key)) and float(value) + eps >= num_gpus
     ]
     return min(bundles)[1:] if bundles else None
-
-
-# ----------------------------------------------------------------------------- the Ray actor
 
 
 class _EmbedderServer:
@@ -338,7 +328,7 @@ class RayEmbedder:
         info["scheduled_s"] = time.monotonic() - started
         info["placement_group"], info["bundle"] = slot or (None, None)
         info["embedder"] = ray.get(actor.load.remote(config, factory, placement.device))
-        logger.info("DRA: the embedder runs %s (%s)", placement.describe(), info)
+        logger.info("DRA: the embedder runs in a Ray actor (%s; %s)", placement, info)
         return cls(actor, placement, info)
 
     def encode(self, texts: list[str]) -> Any:
@@ -373,9 +363,6 @@ def _unschedulable(
         f"{prefix}placement=local to build it in this process; {prefix}placement_timeout waits "
         "longer." + (f" {hint}" if hint else "")
     )
-
-
-# ----------------------------------------------------------------------------- the entry point
 
 
 def _build(config: Any, factory: Callable[[], Any] | None, device: str | None) -> EmbedFn:
@@ -431,16 +418,19 @@ class Deferred:
         raise RuntimeError(f"the DRA embedder {self.spec!r} is built by place_step, not here")
 
 
-def read_placement(
-    options: dict[str, Any], *, custom: bool, prefix: str
-) -> tuple[str | None, PlacementOptions]:
-    """``(device, placement options)`` popped from ``options``. The device is popped only for the
-    built-in embedder (``custom`` false): it is placed, not given to its config, which would check
-    it against this process; the user's own embedder (``custom``) refuses it as an embedder
-    option."""
+def read_step(
+    options: dict[str, Any], *, spec: str | None, spell: Any, prefix: str
+) -> tuple[DRAStep, str | None, PlacementOptions]:
+    """``(step, device, placement options)`` from a trainer's options, the user's own embedder
+    named by ``spec`` (a :class:`Deferred`) or ``None``. The device is placed for the built-in
+    embedder, not given to its config (which would check it against this process); the user's
+    own embedder refuses it as any embedder option."""
     placement = {k: options.pop(k, None) for k in PLACEMENT_OPTIONS}
     placement = PlacementOptions.from_options(placement, prefix=prefix)
-    return None if custom else check_device(options.pop("device", None), prefix=prefix), placement
+    custom = None if spec is None else Deferred(spec)
+    device = None if custom else check_device(options.pop("device", None), prefix=prefix)
+    step = DRAStep.from_options(options, spell=spell, embedder=custom)
+    return step, device, placement
 
 
 def place_step(

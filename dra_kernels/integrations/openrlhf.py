@@ -30,10 +30,9 @@ from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig
 from dra_kernels.integrations._common import PatchOnImport, env_flag, import_object
 from dra_kernels.integrations._placement import (
     PLACEMENT_OPTIONS,
-    Deferred,
     PlacementOptions,
     place_step,
-    read_placement,
+    read_step,
 )
 from dra_kernels.step import DRAStep, StepResult
 
@@ -159,12 +158,9 @@ def config_from_env() -> DRAConfig | None:
             "valid: "
             + ", ".join(PREFIX + key for key in ("enable", "embedder", *OPTIONS, *STEP_VARIABLES))
         )
-    device, placement = read_placement(options, custom=factory is not None, prefix=PREFIX)
     for name, variable in STEP_VARIABLES.items():
         options[name] = _read_variable(variable)
-    step = DRAStep.from_options(
-        options, spell=_spell, embedder=None if factory is None else Deferred(spec)
-    )
+    step, device, placement = read_step(options, spec=spec or None, spell=_spell, prefix=PREFIX)
     return DRAConfig(step=step, embedder_factory=factory, device=device, placement=placement)
 
 
@@ -194,23 +190,9 @@ def options_from_env() -> dict[str, Any]:
     return options
 
 
-# ----------------------------------------------------------------------------- the adjustment
-
-
-def _response_token_ids(experience: Any, row: int) -> torch.Tensor:
-    """Token ids of row ``row``'s response: the tokens under ``action_mask`` ``[B, A]``, which
-    covers the last ``A`` positions of ``sequences`` (environment tokens between turns masked)."""
-    sequences, action_mask = experience.sequences, experience.action_mask
-    width = action_mask.size(1)
-    if width > sequences.size(1):
-        raise ValueError(
-            f"action_mask has {width} columns but sequences only {sequences.size(1)}; "
-            "this layout of Experience is not supported"
-        )
-    return sequences[row, sequences.size(1) - width :][action_mask[row].bool()]
-
-
 def _decode_responses(experiences: Sequence[Any], tokenizer: Any, skip_special: bool) -> list[str]:
+    """The responses' texts: the tokens under ``action_mask`` ``[B, A]``, which covers the last
+    ``A`` positions of ``sequences`` (environment tokens between turns masked out)."""
     if tokenizer is None:
         raise ValueError(
             "DRA needs the experience maker's tokenizer to decode responses; it is None"
@@ -219,8 +201,15 @@ def _decode_responses(experiences: Sequence[Any], tokenizer: Any, skip_special: 
     ids: list[list[int]] = []
     dropped = 0
     for experience in experiences:
-        for row in range(experience.sequences.size(0)):
-            tokens = _response_token_ids(experience, row)
+        sequences, action_mask = experience.sequences, experience.action_mask.bool()
+        width = action_mask.size(1)
+        if width > sequences.size(1):
+            raise ValueError(
+                f"action_mask has {width} columns but sequences only {sequences.size(1)}; "
+                "this layout of Experience is not supported"
+            )
+        for row, mask in zip(sequences[:, sequences.size(1) - width :], action_mask, strict=True):
+            tokens = row[mask]
             keep = (tokens >= 0) & (tokens < vocab)
             dropped += int((~keep).sum())
             ids.append(tokens[keep].tolist())
@@ -332,8 +321,6 @@ def _raw_reward_metrics(
         if "group_reward_std" in experience.info:
             experience.info["group_reward_std"] = group_std
 
-
-# ----------------------------------------------------------------------------- patching
 
 _state: dict[str, Any] = {"config": None, "warned_single": False}
 

@@ -210,8 +210,6 @@ class DRARewardsMixin:
             step = placed_step(step, self.accelerator.device)
         self.dra_step = step
 
-    # ------------------------------------------------------------------------- embeddings
-
     def _generate(self, prompts):
         output = super()._generate(prompts)
         if self.dra_policy_embedder:
@@ -279,8 +277,6 @@ class DRARewardsMixin:
         finally:
             model.train(was_training)
         return torch.cat(rows, dim=0)
-
-    # ------------------------------------------------------------------------- rewards
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(

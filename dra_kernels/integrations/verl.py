@@ -32,7 +32,7 @@ from dra_kernels.integrations._placement import (
     Deferred,
     PlacementOptions,
     place_step,
-    read_placement,
+    read_step,
 )
 from dra_kernels.step import DRAStep
 
@@ -68,13 +68,7 @@ PREFIX = "dra."
 """How verl spells DRA's keys (``+dra.model=...`` on the command line)."""
 
 _STEP_KEYS = ("min_denominator", "backend", "measure", "eta", "lam")
-VALID_KEYS: tuple[str, ...] = (
-    "enable",
-    "embedder",
-    *_STEP_KEYS,
-    *EMBEDDER_OPTIONS,
-    *PLACEMENT_OPTIONS,
-)
+VALID_KEYS = ("enable", "embedder", *_STEP_KEYS, *EMBEDDER_OPTIONS, *PLACEMENT_OPTIONS)
 """Every key of the ``dra`` group, without the ``dra.`` prefix."""
 
 _PLACEMENT_HINT = (
@@ -156,10 +150,7 @@ def settings_from_config(config: Any) -> DRASettings | None:
     spec = group.pop("embedder", None)
     if spec is not None and (not isinstance(spec, str) or not spec.strip()):
         raise ValueError(f"{PREFIX}embedder must be 'package.module:attribute', got {spec!r}")
-    device, placement = read_placement(group, custom=spec is not None, prefix=PREFIX)
-    step = DRAStep.from_options(
-        group, spell=PREFIX + "{}", embedder=None if spec is None else Deferred(spec)
-    )
+    step, device, placement = read_step(group, spec=spec, spell=PREFIX + "{}", prefix=PREFIX)
     return DRASettings(step=step, device=device, placement=placement)
 
 
