@@ -3,6 +3,7 @@ imports from configuration, and patching a trainer module when it is imported.""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.abc
 import os
@@ -38,10 +39,7 @@ def import_object(spec: str, what: str) -> Any:
         module_name, _, attr = spec.rpartition(".")
     if not module_name or not attr:
         raise ValueError(f"{what} must look like 'package.module:attribute', got {spec!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return functools.reduce(getattr, attr.split("."), importlib.import_module(module_name))
 
 
 class PatchOnImport(importlib.abc.MetaPathFinder):

@@ -239,9 +239,7 @@ def _check_groups(experiences: Sequence[Any], positions: torch.Tensor, n_samples
     prompts = [p for e in experiences for p in (e.prompts or [])]
     if len(prompts) != n:
         return  # no prompt texts to cross-check (custom Experience producers)
-    by_position: list[Any] = [None] * n
-    for position, prompt in zip(positions.tolist(), prompts, strict=True):
-        by_position[position] = prompt
+    by_position = [prompts[i] for i in positions.argsort().tolist()]
     for start in range(0, n, n_samples):
         block = by_position[start : start + n_samples]
         if any(p != block[0] for p in block):

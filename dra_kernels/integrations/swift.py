@@ -169,9 +169,8 @@ class DRAMixin:
             embeddings, coverage = self.dra_step.embed(texts)
         with profiling_context(self, "dra_step"):
             smi = gathered_step(self, rewards_per_func, embeddings, mode=mode, coverage=coverage)
-        # NOTE: ms-swift's own step on the raw rewards logs its reward metrics and the rewards of
-        # completions.jsonl as without DRA; the same code on the adjusted rewards, its logging sent
-        # nowhere, gives the advantages. Both are cheap: [N]-sized tensor arithmetic.
+        # NOTE: on the raw rewards ms-swift logs its metrics and completions.jsonl as without DRA;
+        # on the adjusted ones, unlogged, it gives the advantages (cheap: [N]-sized arithmetic).
         super()._compute_advantages(samples, rewards_per_func, batch_encoded_inputs)
         adjusted = self.dra_step.adjust(rewards_per_func, smi)
         with self._dra_unlogged():

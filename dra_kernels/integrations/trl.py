@@ -213,8 +213,7 @@ class DRARewardsMixin:
     def _generate(self, prompts):
         output = super()._generate(prompts)
         if self.dra_policy_embedder:
-            # NOTE: TRL's _generate returns (prompt_ids, completion_ids, ...); the prompt ids are
-            # consumed by the _calculate_rewards call of the same batch.
+            # NOTE: (prompt_ids, completion_ids, ...): for _calculate_rewards of the same batch
             self._dra_prompt_ids = output[0]
         return output
 
@@ -227,10 +226,8 @@ class DRARewardsMixin:
                 f"these {len(completion_ids_list)} completions, found {found}: a subclass that "
                 "generates without calling _generate must set self._dra_prompt_ids"
             )
-        batch_size = self.dra_policy_batch_size or (
-            self.args.per_device_train_batch_size
-            if mode == "train"
-            else self.args.per_device_eval_batch_size
+        batch_size = self.dra_policy_batch_size or getattr(
+            self.args, f"per_device_{mode}_batch_size"
         )
         device = self.accelerator.device
         pad_id = self._tokenizer.pad_token_id or 0

@@ -3,12 +3,8 @@ hook runs it in verl's trainers. See docs/integrations/verl.md (the ``dra.*`` ke
 where, the metrics).
 
 verl scores one trajectory per reward call, so DRA hooks the advantage step, where every completion
-of a group is present. ``import verl`` imports this module in every verl process (the entry point);
-it wraps, when their modules are imported, ``validate_config`` and ``run_ppo`` (keys checked before
-``ray.init``), the v1 ``PPOTrainer`` (``__init__``: keys checked; ``fit``: embedder built;
-``_compute_advantage``: DRA, then the raw ``rm_scores`` put back), ``SeparateRayPPOTrainer`` of the
-async recipes (``_fit_compute_advantage`` and its subclasses' ``__init__``) and the legacy
-``RayPPOTrainer.__init__`` (refuses DRA, which it would silently skip). Each wrapper calls the
+of a group is present: ``import verl`` imports this module (the entry point), which wraps verl's
+drivers and trainers when their modules are imported (:data:`_FINDER`). Each wrapper calls the
 original unchanged unless the run asks for DRA (``+dra.enable=true`` or ``DRA_KERNELS_VERL=1``).
 """
 
@@ -83,10 +79,8 @@ class DRASettings:
     """DRA options of a verl run, read from the ``dra`` configuration group.
 
     Attributes:
-        step: the :class:`~dra_kernels.step.DRAStep` (its options checked by the core's rules);
-            its embedder is built by :meth:`build_step`.
-        device: the ``dra.device`` option (``None``: auto), placed by
-            :mod:`dra_kernels.integrations._placement`.
+        step: the :class:`~dra_kernels.step.DRAStep`; its embedder is built by :meth:`build_step`.
+        device: the ``dra.device`` option (``None``: auto), placed, not given to the embedder.
         placement: where the embedder runs (``dra.placement``, ``dra.num_gpus``,
             ``dra.placement_timeout``).
     """
@@ -459,9 +453,8 @@ def _compute_advantage_with_dra(
 
     put("rm_scores", adjusted)
     out = original(trainer, batch, metrics)
-    # NOTE: verl's _compute_advantage (verl/trainer/ppo/v1/trainer_base.py) writes back only
-    # advantages and returns, and token_level_rewards (= rm_scores - KL) with use_kl_in_reward;
-    # _compute_metrics reads rm_scores and token_level_rewards after it.
+    # NOTE: verl's step writes back advantages, returns and, with use_kl_in_reward,
+    # token_level_rewards (= rm_scores - KL); its _compute_metrics reads them after it.
     put("rm_scores", raw_scores)
     if trainer.config.algorithm.use_kl_in_reward:
         rewards, _ = _padded(get("token_level_rewards")["token_level_rewards"], 0.0)
