@@ -22,15 +22,6 @@ from accelerate.utils import gather
 from dra_kernels.embed import DEFAULT_MODEL, EmbedderConfig
 from dra_kernels.step import DRAStep
 
-__all__ = [
-    "check_text_embedder",
-    "check_trainer",
-    "gathered_step",
-    "placed_step",
-    "refuse_advantage_options",
-    "weighted_rewards",
-]
-
 _BUNDLED = (None, DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}")
 
 

@@ -415,7 +415,7 @@ def _compute_advantage_with_dra(
         )
 
     data = get("uid", "responses", "rm_scores")
-    present = set(data.keys())
+    present = set(data.keys())  # NOTE: a TensorDict refuses `in`
     missing = [k for k in ("uid", "responses", "rm_scores") if k not in present]
     if missing:
         raise KeyError(
