@@ -305,8 +305,7 @@ class RayEmbedder:
             # ready, an actor just killed): look again until a slot shows up or time runs out.
             while (slot := find_gpu_slot(ray.available_resources(), placement.num_gpus)) is None:
                 if time.monotonic() >= deadline:
-                    available = ray.available_resources()
-                    raise RuntimeError(_unschedulable(placement, options, available, prefix, hint))
+                    raise RuntimeError(_unschedulable(placement, options, prefix, hint))
                 time.sleep(0.5)
             if slot[0] is not None:
                 # NOTE: a bundle of the trainer's own placement group: its GPU share is free (the
@@ -322,9 +321,7 @@ class RayEmbedder:
             info = ray.get(actor.ready.remote(), timeout=wait)
         except ray.exceptions.GetTimeoutError:
             ray.kill(actor)
-            raise RuntimeError(
-                _unschedulable(placement, options, ray.available_resources(), prefix, hint)
-            ) from None
+            raise RuntimeError(_unschedulable(placement, options, prefix, hint)) from None
         info["scheduled_s"] = time.monotonic() - started
         info["placement_group"], info["bundle"] = slot or (None, None)
         info["embedder"] = ray.get(actor.load.remote(config, factory, placement.device))
@@ -344,13 +341,10 @@ class RayEmbedder:
         ray.kill(self.actor)
 
 
-def _unschedulable(
-    placement: Placement,
-    options: PlacementOptions,
-    available: Mapping[str, float],
-    prefix: str,
-    hint: str,
-) -> str:
+def _unschedulable(placement: Placement, options: PlacementOptions, prefix: str, hint: str) -> str:
+    import ray
+
+    available = ray.available_resources()
     free = float(available.get("GPU", 0.0))
     bundles = [float(v) for k, v in available.items() if _BUNDLE_GPU.match(k)]
     what = f"num_gpus={placement.num_gpus:g}" if placement.num_gpus else "1 CPU and no GPU"
@@ -428,7 +422,7 @@ def read_step(
     placement = {k: options.pop(k, None) for k in PLACEMENT_OPTIONS}
     placement = PlacementOptions.from_options(placement, prefix=prefix)
     custom = None if spec is None else Deferred(spec)
-    device = None if custom else check_device(options.pop("device", None), prefix=prefix)
+    device = check_device(options.pop("device", None), prefix=prefix) if custom is None else None
     step = DRAStep.from_options(options, spell=spell, embedder=custom)
     return step, device, placement
 
