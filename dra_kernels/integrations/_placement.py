@@ -257,15 +257,9 @@ class _EmbedderServer:
 
 
 class RayEmbedder:
-    """An embedder served by a Ray actor.
-
-    :meth:`encode` sends the texts and returns the actor's ``[N, D]`` embeddings; :attr:`last_stats`
-    then holds the actor's :class:`~dra_kernels.embed.EmbedStats` of that call (``None`` for an
-    embedder that keeps none), so ``embed_metrics(self.encode)`` works as for a local
-    :class:`~dra_kernels.embed.Embedder`.
-
-    Build it with :func:`build_embed_fn` (or :meth:`start`).
-    """
+    """An embedder served by a Ray actor (built by :func:`build_embed_fn`): :meth:`encode` returns
+    the actor's ``[N, D]`` embeddings and keeps its :class:`~dra_kernels.embed.EmbedStats` in
+    :attr:`last_stats`, so ``embed_metrics(self.encode)`` works as for a local embedder."""
 
     def __init__(self, actor: Any, placement: Placement, info: dict[str, Any]) -> None:
         self.actor = actor
@@ -287,9 +281,8 @@ class RayEmbedder:
         """Start the actor, wait until Ray schedules it, then load the embedder in it.
 
         Raises:
-            RuntimeError: no GPU share of ``placement.num_gpus`` showed up free, or Ray did not
-                start the actor, within ``options.placement_timeout`` seconds (a started actor is
-                killed; the message says what to change).
+            RuntimeError: no GPU share showed up free, or Ray did not start the actor, within
+                ``options.placement_timeout`` seconds (the message says what to change).
         """
         import ray
         from ray.util.placement_group import PlacementGroup

@@ -579,11 +579,9 @@ def _refuse_unhooked(trainer: Any, config: Any) -> None:
         return
     raise RuntimeError(
         f"DRA was asked for (dra.enable or {ENV_VAR}) but {type(trainer).__name__} is verl's "
-        "legacy trainer, or a subclass with an advantage step of its own, which the dra-kernels "
-        "plugin does not hook; use the v1 trainer (trainer.use_v1=true, verl's default), a "
-        "recipe whose trainer uses SeparateRayPPOTrainer._fit_compute_advantage (one_step_off_"
-        "policy, fully_async_policy), or call dra_kernels.integrations.verl.apply_dra in your "
-        "own advantage step"
+        "legacy trainer, or a subclass with an advantage step of its own, which the plugin does "
+        "not hook; use the v1 trainer (trainer.use_v1=true), an async recipe (one_step_off_policy, "
+        "fully_async_policy) or dra_kernels.integrations.verl.apply_dra in your advantage step"
     )
 
 
