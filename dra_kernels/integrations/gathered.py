@@ -3,7 +3,7 @@ of ms-swift's (a subclass of it) share.
 
 Both gather the ``[global batch, reward functions]`` matrix process-major (process ``p`` of ``P``
 holds rows ``p * n`` to ``(p + 1) * n - 1``) and normalise it in contiguous groups of ``G`` rows.
-Each process embeds only its own completions; :func:`gathered_step` runs the DRA step on them (one
+Each process embeds only its own completions; :func:`smi` runs the DRA step on them (one
 SMI pass, across processes through :mod:`dra_kernels.distributed`) and gathers the SMI of the whole
 batch, by which the adapter divides every reward column. Imports accelerate, never a trainer.
 """
@@ -86,7 +86,7 @@ def weighted_rewards(
     return out
 
 
-def gathered_step(
+def smi(
     trainer: Any,
     rewards_per_func: torch.Tensor,
     embeddings: torch.Tensor,
@@ -94,8 +94,8 @@ def gathered_step(
     mode: str,
     coverage: Mapping[str, float] | None = None,
 ) -> torch.Tensor:
-    """One DRA step (``trainer.dra_step``) over this process's rows of a trainer's gathered batch,
-    its metrics (over the whole batch) logged in ``trainer._metrics[mode]``.
+    """The gathered SMI of one DRA step (``trainer.dra_step``) over this process's rows of a
+    trainer's gathered batch, its metrics (over the whole batch) logged in ``trainer._metrics``.
 
     ``rewards_per_func`` is the gathered ``[total, F]`` (the step's rewards, for its metrics, are
     their weighted sums), ``embeddings`` this process's ``[n, D]``, ``coverage`` the embedder's

@@ -39,13 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without ms-swift
         f"imports without declaring it); import failed with: {exc}"
     ) from exc
 
-from dra_kernels.integrations.gathered import (
-    check_text_embedder,
-    check_trainer,
-    gathered_step,
-    placed_step,
-    refuse_advantage_options,
-)
+from dra_kernels.integrations import gathered
 from dra_kernels.step import DRAStep
 
 __all__ = [
@@ -67,7 +61,7 @@ TRAINER = f"{__name__}.DRAGRPOTrainer"
 _SWIFT_TRAINER = "swift.rlhf_trainers.GRPOTrainer"  # ms-swift's own entry
 _registered: list[DRAStep] = []
 
-check_trainer(
+gathered.check_trainer(
     GRPOTrainer, ("_compute_advantages",), f"ms-swift{SUPPORTED_SWIFT}", swift.__version__
 )
 
@@ -97,10 +91,12 @@ def register(embedder: Any = None, **options: Any) -> DRAStep:
         register(model="jinaai/jina-embeddings-v2-small-en", trust_remote_code=True)
     """
     why = "ms-swift computes the advantages; set --scale_rewards instead"
-    refuse_advantage_options(options, why)
+    gathered.refuse_advantage_options(options, why)
     step = DRAStep.from_options(options, embedder=embedder)
     install = 'pip install -e ".[swift,embed]"'
-    check_text_embedder(step, install=install, instead="embedder=<your embedding function>")
+    gathered.check_text_embedder(
+        step, install=install, instead="embedder=<your embedding function>"
+    )
     current = TrainerFactory.TRAINER_MAPPING.get("grpo")
     if current not in (_SWIFT_TRAINER, TRAINER):
         raise ValueError(
@@ -153,7 +149,7 @@ class DRAMixin:
                 "DRA divides the rewards, and this GRPO run has none (no reward function, reward "
                 "model or gym reward: teacher-only OPD-RL)"
             )
-        self.dra_step = placed_step(step, self.accelerator.device)
+        self.dra_step = gathered.placed_step(step, self.accelerator.device)
 
     def _compute_advantages(self, samples, rewards_per_func, batch_encoded_inputs):
         if self.dynamic_num_samples:
@@ -168,7 +164,7 @@ class DRAMixin:
         with torch.no_grad(), profiling_context(self, "dra_embed"):
             embeddings, coverage = self.dra_step.embed(texts)
         with profiling_context(self, "dra_step"):
-            smi = gathered_step(self, rewards_per_func, embeddings, mode=mode, coverage=coverage)
+            smi = gathered.smi(self, rewards_per_func, embeddings, mode=mode, coverage=coverage)
         # NOTE: on the raw rewards ms-swift logs its metrics and completions.jsonl as without DRA;
         # on the adjusted ones, unlogged, it gives the advantages (cheap: [N]-sized arithmetic).
         super()._compute_advantages(samples, rewards_per_func, batch_encoded_inputs)

@@ -31,14 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without trl
     ) from exc
 
 from dra_kernels.embed import EMBEDDER_OPTIONS, pool_hidden_states
-from dra_kernels.integrations.gathered import (
-    check_text_embedder,
-    check_trainer,
-    gathered_step,
-    placed_step,
-    refuse_advantage_options,
-    weighted_rewards,
-)
+from dra_kernels.integrations import gathered
 from dra_kernels.step import DRAStep
 
 __all__ = [
@@ -64,7 +57,7 @@ OPTION_PREFIX = "dra_"
 _AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 _POLICY_OPTIONS = (f"{OPTION_PREFIX}batch_size",)
 
-check_trainer(
+gathered.check_trainer(
     GRPOTrainer, ("_calculate_rewards", "_generate"), f"trl{SUPPORTED_TRL}", trl.__version__
 )
 
@@ -123,7 +116,7 @@ def keyword_step(
     """
     fields = {key[len(OPTION_PREFIX) :]: value for key, value in options.items()}
     spell = OPTION_PREFIX + "{}"
-    refuse_advantage_options(fields, advantages, spell)
+    gathered.refuse_advantage_options(fields, advantages, spell)
     given = sorted(key for key, value in options.items() if value is not None)
     if isinstance(embedder, str) and embedder == POLICY:
         extra = [key for key in given if key[len(OPTION_PREFIX) :] in EMBEDDER_OPTIONS]
@@ -148,7 +141,7 @@ def keyword_step(
             fields["model"] = embedder
         step = DRAStep.from_options(fields, spell=spell, device=device)
         instead = f"embedder={POLICY!r} or your own embedding function"
-        check_text_embedder(step, install='pip install -e ".[trl,embed]"', instead=instead)
+        gathered.check_text_embedder(step, install='pip install -e ".[trl,embed]"', instead=instead)
         return step, False
     return DRAStep.from_options(fields, spell=spell, embedder=embedder, device=device), False
 
@@ -207,7 +200,7 @@ class DRARewardsMixin:
                 )
             step = step.with_embedder(None)
         else:
-            step = placed_step(step, self.accelerator.device)
+            step = gathered.placed_step(step, self.accelerator.device)
         self.dra_step = step
 
     def _generate(self, prompts):
@@ -288,7 +281,7 @@ class DRARewardsMixin:
                 texts = [completion_text(c) for c in completions]
                 embeddings, coverage = self.dra_step.embed(texts)
         with profiling_context(self, "dra_step"):
-            smi = gathered_step(self, rewards_per_func, embeddings, mode=mode, coverage=coverage)
+            smi = gathered.smi(self, rewards_per_func, embeddings, mode=mode, coverage=coverage)
         self._dra_raw = (mode, rewards_per_func)
         return self.dra_step.adjust(rewards_per_func, smi)
 
@@ -312,7 +305,7 @@ class DRARewardsMixin:
             for _ in range(min(len(column), len(logged))):
                 logged.pop()
             logged.extend(column.tolist())
-        rewards = weighted_rewards(rewards_per_func, self.reward_weights)
+        rewards = gathered.weighted_rewards(rewards_per_func, self.reward_weights)
         metrics["reward"][-1] = torch.nanmean(rewards).item()
         metrics["reward_std"][-1] = nanstd(rewards).item()
         if self.multi_objective_aggregation == "sum_then_normalize":
@@ -327,7 +320,7 @@ class DRARewardsMixin:
             mean = torch.nanmean(grouped, dim=1, keepdim=True)
             spread = nanstd(grouped, dim=1, keepdim=True) if group_size > 1 else 0.0 * mean
             normalised = ((grouped - mean) / (spread + 1e-4)).view(rewards_per_func.shape)
-            summed = weighted_rewards(normalised, self.reward_weights, rewards_per_func)
+            summed = gathered.weighted_rewards(normalised, self.reward_weights, rewards_per_func)
             std = nanstd(summed) if summed.numel() > 1 else torch.zeros(())
         zero = torch.isclose(std, torch.zeros_like(std)).float().mean().item()
         metrics["frac_reward_zero_std"][-1] = zero
