@@ -3,6 +3,7 @@ imports from configuration, and patching a trainer module when it is imported.""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.abc
 import os
@@ -10,21 +11,25 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PatchOnImport", "env_flag", "import_object"]
+_FLAGS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
+
+def read_flag(text: str) -> bool | None:
+    """``True`` for ``1/true/yes/on``, ``False`` for ``0/false/no/off`` (any case), else None."""
+    return _FLAGS.get(text.strip().lower())
 
 
 def env_flag(name: str) -> bool:
-    """An on/off environment variable: unset or ``0/false/no/off`` is off, ``1/true/yes/on`` is
-    on (any case); anything else raises, so a typo never silently trains without (or with) DRA."""
+    """An on/off environment variable: unset, empty or :func:`read_flag` false is off; anything
+    that is not a flag raises, so a typo never silently trains without (or with) DRA."""
     value = os.environ.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{name} must be one of 1/true/yes/on or 0/false/no/off, got {value!r}")
+    flag = read_flag(value) if value else False
+    if flag is None:
+        raise ValueError(f"{name} must be one of 1/true/yes/on or 0/false/no/off, got {value!r}")
+    return flag
 
 
 def import_object(spec: str, what: str) -> Any:
@@ -34,10 +39,7 @@ def import_object(spec: str, what: str) -> Any:
         module_name, _, attr = spec.rpartition(".")
     if not module_name or not attr:
         raise ValueError(f"{what} must look like 'package.module:attribute', got {spec!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return functools.reduce(getattr, attr.split("."), importlib.import_module(module_name))
 
 
 class PatchOnImport(importlib.abc.MetaPathFinder):

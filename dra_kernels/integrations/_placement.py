@@ -1,23 +1,12 @@
-"""Where a trainer integration's embedder runs: in this process, or in a Ray actor on a GPU share.
+"""Where verl's and OpenRLHF's embedder runs: in this process, or in a Ray actor on a GPU share.
 
-verl's driver (the ``TaskRunner`` actor) and OpenRLHF's trainer actor reserve no GPU, so an
-embedder built there runs on their CPU (256 texts of ~3,200 tokens took 54-62 s per encode on two
-cores with the bundled model). This module decides where the embedder goes and builds it there:
-
-1. :func:`decide_placement`, a pure function of the options and of what this process sees
-   (:class:`ClusterView`: CUDA here, Ray initialised, GPUs in the Ray cluster), returns a
-   :class:`Placement`: ``"local"`` (this process, on ``device``) or ``"ray"`` (an actor holding
-   ``num_gpus`` of a GPU, or a CPU actor when the device asked for is ``"cpu"``).
-2. :func:`build_embed_fn` applies it: builds the embedder here, or starts :class:`RayEmbedder`'s
-   actor, waits for Ray to schedule it (at most ``placement_timeout`` seconds), then loads the model
-   inside it. The actor goes on a GPU share that is free outside placement groups if there is one,
-   else into the placement-group bundle with the largest free GPU share (verl and OpenRLHF reserve
-   their GPUs in placement groups whose bundles their colocated workers only partly use). When
-   nothing can hold it, the error says what to change; it never falls back to the CPU on its own.
-
-Options (same names in every integration, spelled ``dra.x`` in verl and ``--dra.x`` in OpenRLHF):
-``placement`` (``auto``, ``local`` or ``ray``), ``num_gpus`` (share of one GPU the actor holds,
-default 0.1) and ``placement_timeout`` (seconds to wait for Ray to schedule the actor, default 120).
+Their driver (verl's ``TaskRunner``) and trainer actor (OpenRLHF's) reserve no GPU, so an embedder
+built there runs on a CPU (:data:`CPU_COST_NOTE`). :func:`decide_placement` (pure) says where it
+goes, :func:`build_embed_fn` builds it there: here, or in :class:`RayEmbedder`'s actor on a GPU
+share free outside placement groups, else in the placement-group bundle with the largest free share
+(verl and OpenRLHF reserve their GPUs in bundles their colocated workers only partly use). It never
+falls back to a CPU on its own. Options, the same in both (``dra.x`` / ``--dra.x``): ``placement``
+(``auto``, ``local``, ``ray``), ``num_gpus`` (the actor's GPU share) and ``placement_timeout``.
 """
 
 from __future__ import annotations
@@ -35,32 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dra_kernels.step import EmbedFn, as_embed_fn
-
-__all__ = [
-    "DEFAULT_NUM_GPUS",
-    "DEFAULT_PLACEMENT_TIMEOUT",
-    "PLACEMENTS",
-    "PLACEMENT_OPTIONS",
-    "ClusterView",
-    "Placement",
-    "PlacementOptions",
-    "RayEmbedder",
-    "build_embed_fn",
-    "check_device",
-    "decide_placement",
-    "find_gpu_slot",
-    "observe_cluster",
-]
+from dra_kernels.embed import EmbedderConfig, EmbedStats
+from dra_kernels.step import DRAStep, EmbedFn, as_embed_fn
 
 logger = logging.getLogger(__name__)
 
 PLACEMENTS = ("auto", "local", "ray")
-DEFAULT_NUM_GPUS = 0.1
-"""GPU share of the embedder's actor: a small encoder (all-MiniLM-L6-v2, 23M parameters;
-jina-embeddings-v2-small-en, 33M) needs well under 1 GB of weights and activations per batch."""
-DEFAULT_PLACEMENT_TIMEOUT = 120.0
-
 CPU_COST_NOTE = (
     "measured with the bundled model on 2 CPU cores: 54-62 s per encode of 256 texts of "
     "~3,200 tokens, growing linearly with the tokens embedded"
@@ -82,8 +51,8 @@ class PlacementOptions:
     """
 
     placement: str = "auto"
-    num_gpus: float = DEFAULT_NUM_GPUS
-    placement_timeout: float = DEFAULT_PLACEMENT_TIMEOUT
+    num_gpus: float = 0.1  # NOTE: a small encoder (23-33M parameters) needs well under 1 GB
+    placement_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
@@ -122,11 +91,8 @@ def _is_number(value: Any) -> bool:
 
 
 def check_device(device: Any, *, prefix: str = "") -> str | None:
-    """The device option, normalised (``"auto"`` -> ``None``), checked for its form only.
-
-    Whether this process sees that device is not checked here: with a Ray placement the embedder
-    runs elsewhere. ``"cpu"``, ``"cuda"`` and ``"cuda:N"`` are placed by :func:`decide_placement`;
-    other torch device types (``"mps"``, ``"xpu"``...) run in this process only.
+    """The device option, normalised (``"auto"`` -> ``None``), checked for its form only (with a
+    Ray placement the embedder runs elsewhere); devices other than CPU and CUDA stay local.
 
     Raises:
         TypeError, ValueError: not a device string (the message names ``prefix + "device"``).
@@ -146,14 +112,9 @@ def check_device(device: Any, *, prefix: str = "") -> str | None:
 
 @dataclass(frozen=True)
 class ClusterView:
-    """What the process that builds the embedder sees.
-
-    Attributes:
-        local_cuda: this process sees a CUDA device it may use (in a Ray actor: one that Ray
-            assigned to it).
-        ray_initialized: this process is connected to a Ray cluster.
-        cluster_gpus: GPUs of that cluster (``ray.cluster_resources()["GPU"]``), reserved or not.
-    """
+    """What the process that builds the embedder sees: a CUDA device it may use (in a Ray actor:
+    one Ray assigned to it), a connection to a Ray cluster, and the cluster's GPUs (reserved or
+    not)."""
 
     local_cuda: bool
     ray_initialized: bool
@@ -175,27 +136,14 @@ def observe_cluster() -> ClusterView:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the embedder runs.
-
-    Attributes:
-        where: ``"local"`` (this process) or ``"ray"`` (a Ray actor).
-        device: the device the embedder is built with there (``None``: the embedder's own choice,
-            CUDA when that process sees it; always ``None`` for a user's own embedder).
-        num_gpus: share of a GPU the actor holds (0.0 for ``"local"`` and for a CPU actor).
-        on_cpu: the embedder will run on a CPU (``device="cpu"``, or ``None`` with no CUDA here).
-    """
+    """Where the embedder runs: ``where`` ``"local"`` (this process) or ``"ray"`` (an actor
+    holding ``num_gpus`` of a GPU, 0 on a CPU), built with ``device`` there (``None``: its own
+    choice); ``on_cpu``: it will run on a CPU."""
 
     where: str
     device: str | None
     num_gpus: float
     on_cpu: bool
-
-    def describe(self) -> str:
-        if self.where == "local":
-            return f"in this process ({'CPU' if self.on_cpu else self.device or 'CUDA'})"
-        if self.num_gpus:
-            return f"in a Ray actor holding {self.num_gpus:g} of a GPU"
-        return "in a Ray actor on a CPU"
 
 
 def decide_placement(
@@ -208,27 +156,18 @@ def decide_placement(
 ) -> Placement:
     """Where the embedder runs; a pure function (nothing is started or imported).
 
-    Args:
-        device: the device option, normalised by :func:`check_device` (``None`` = auto).
-        options: the placement options.
-        view: what this process sees (:func:`observe_cluster`).
-        custom: the embedder is the user's own (built from a factory, which picks its device):
-            ``placement="auto"`` keeps it in this process, ``"ray"`` builds it in the actor.
-        prefix: how the caller spells option names in messages (``"dra."``, ``"--dra."``).
-
-    Returns:
-        The :class:`Placement`. With ``placement="auto"`` the embedder never runs on a CPU while
-        this process or the Ray cluster has a GPU, unless ``device="cpu"`` asks for it.
+    ``device`` is the option normalised by :func:`check_device` (``None``: auto); ``custom``: the
+    user's own embedder, which picks its device (``"auto"`` keeps it here); ``prefix``: how the
+    caller spells the options in messages. With ``placement="auto"`` the embedder never runs on a
+    CPU while this process or the Ray cluster has a GPU, unless ``device="cpu"`` asks for it.
 
     Raises:
-        ValueError: a combination that cannot run: a CUDA device this process does not see with
-            ``placement="local"`` (or an explicit index with ``"auto"``), ``placement="ray"``
-            without Ray or, for a GPU actor, without a GPU in the cluster, ``device="cuda"`` when
-            no GPU exists anywhere, a device index other than 0 for an actor.
+        ValueError: a combination that cannot run (the message says what to change).
     """
     kind = None if device is None else torch.device(device).type
     index = None if device is None else torch.device(device).index
     gpu_in_cluster = view.ray_initialized and view.cluster_gpus > 0
+    actor = Placement("ray", "cuda", float(options.num_gpus), False)
     if options.placement == "ray":
         if not view.ray_initialized:
             raise ValueError(
@@ -247,7 +186,7 @@ def decide_placement(
                 f"{prefix}placement=ray: the Ray cluster has no GPU for the embedder's actor; set "
                 f"{prefix}device=cpu for an actor on a CPU, or {prefix}placement=local"
             )
-        return Placement("ray", None if custom else "cuda", float(options.num_gpus), False)
+        return dataclasses.replace(actor, device=None) if custom else actor
     if options.placement == "auto" and custom:
         return Placement("local", None, 0.0, not view.local_cuda)
     if kind == "cpu":
@@ -257,7 +196,7 @@ def decide_placement(
     if kind == "cuda" and not view.local_cuda:
         if options.placement == "auto" and index is None:
             if gpu_in_cluster:
-                return Placement("ray", "cuda", float(options.num_gpus), False)
+                return actor
             raise ValueError(
                 f"{prefix}device={device!r}: there is no GPU in this process nor in a Ray cluster; "
                 f"use {prefix}device=cpu or auto"
@@ -267,50 +206,33 @@ def decide_placement(
             f"cluster use {prefix}device=cuda with {prefix}placement=auto or ray, else "
             f"{prefix}device=cpu"
         )
-    if kind == "cuda":
+    if view.local_cuda:  # device cuda (seen here) or auto
         return Placement("local", device, 0.0, False)
-    # device None (auto)
-    if view.local_cuda:
-        return Placement("local", None, 0.0, False)
     if options.placement == "auto" and gpu_in_cluster:
-        return Placement("ray", "cuda", float(options.num_gpus), False)
+        return actor
     return Placement("local", None, 0.0, True)
 
 
 def find_gpu_slot(
     available: Mapping[str, float], num_gpus: float
 ) -> tuple[str | None, int | None] | None:
-    """Where a GPU share of ``num_gpus`` is free now, from ``ray.available_resources()``.
-
-    Returns:
-        ``(None, None)`` when ``num_gpus`` is free outside placement groups (preferred: the share
-        is on a GPU nobody else reserved); ``(placement group id hex, bundle index)`` of the bundle
-        with the largest free GPU share that holds ``num_gpus`` (ties: the lowest id and index);
-        ``None`` when no such share exists now.
-    """
+    """Where a GPU share of ``num_gpus`` is free now, from ``ray.available_resources()``:
+    ``(None, None)`` outside placement groups (preferred), else ``(placement group id hex, bundle
+    index)`` of the bundle with the largest free share (ties: the lowest id, then index), else
+    ``None``."""
     eps = 1e-9
     if float(available.get("GPU", 0.0)) + eps >= num_gpus:
         return (None, None)
-    best: tuple[float, str, int] | None = None
-    for key, value in available.items():
-        match = _BUNDLE_GPU.match(key)
-        if match is None or float(value) + eps < num_gpus:
-            continue
-        candidate = (-float(value), match.group(2), int(match.group(1)))
-        if best is None or candidate < best:
-            best = candidate
-    return None if best is None else (best[1], best[2])
-
-
-# ----------------------------------------------------------------------------- the Ray actor
+    bundles = [
+        (-float(value), match.group(2), int(match.group(1)))
+        for key, value in available.items()
+        if (match := _BUNDLE_GPU.match(key)) and float(value) + eps >= num_gpus
+    ]
+    return min(bundles)[1:] if bundles else None
 
 
 class _EmbedderServer:
-    """The embedder inside a Ray actor. ``__init__`` is empty so that scheduling can be awaited
-    apart from the model's loading."""
-
-    def __init__(self) -> None:
-        self._embed: EmbedFn | None = None
+    """The embedder inside a Ray actor, loaded by :meth:`load` once Ray scheduled it."""
 
     def ready(self) -> dict[str, Any]:
         import ray
@@ -319,38 +241,25 @@ class _EmbedderServer:
         return {"node": context.get_node_id(), "gpu_ids": ray.get_gpu_ids(), "pid": os.getpid()}
 
     def load(self, config: Any, factory: Callable[[], Any] | None, device: str | None) -> str:
+        self._embed = _build(config, factory, device)
         if factory is not None:
-            self._embed = as_embed_fn(factory(), f"what the embedder factory {factory!r} returned")
-            return f"{getattr(factory, '__name__', factory)!s} (user embedder)"
-        config = dataclasses.replace(config, device=device)
-        embedder = config.build()
-        self._embed = embedder.encode
-        return f"{embedder.model_name} on {embedder.model.device}"
+            return f"{factory!r} (user embedder)"
+        return f"{self._embed.__self__.model_name} on {self._embed.__self__.model.device}"
 
     def encode(self, texts: list[str]) -> tuple[Any, Any]:
-        from dra_kernels.embed import EmbedStats
-
-        if self._embed is None:
-            raise RuntimeError("the embedder actor was not loaded")
         out = self._embed(texts)
         # NOTE: a tensor, not a numpy array: Ray hands numpy arrays back read-only (zero copy).
         out = out.detach() if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
-        out = out.to("cpu")
+        out = out.cpu()
         owner = getattr(self._embed, "__self__", self._embed)
         stats = getattr(owner, "last_stats", None)
         return out, stats if isinstance(stats, EmbedStats) else None
 
 
 class RayEmbedder:
-    """An embedder served by a Ray actor.
-
-    :meth:`encode` sends the texts and returns the actor's ``[N, D]`` embeddings; :attr:`last_stats`
-    then holds the actor's :class:`~dra_kernels.embed.EmbedStats` of that call (``None`` for an
-    embedder that keeps none), so ``embed_metrics(self.encode)`` works as for a local
-    :class:`~dra_kernels.embed.Embedder`.
-
-    Build it with :func:`build_embed_fn` (or :meth:`start`).
-    """
+    """An embedder served by a Ray actor (built by :func:`build_embed_fn`): :meth:`encode` returns
+    the actor's ``[N, D]`` embeddings and keeps its :class:`~dra_kernels.embed.EmbedStats` in
+    :attr:`last_stats`, so ``embed_metrics(self.encode)`` works as for a local embedder."""
 
     def __init__(self, actor: Any, placement: Placement, info: dict[str, Any]) -> None:
         self.actor = actor
@@ -372,9 +281,8 @@ class RayEmbedder:
         """Start the actor, wait until Ray schedules it, then load the embedder in it.
 
         Raises:
-            RuntimeError: no GPU share of ``placement.num_gpus`` showed up free, or Ray did not
-                start the actor, within ``options.placement_timeout`` seconds (a started actor is
-                killed; the message says what to change).
+            RuntimeError: no GPU share showed up free, or Ray did not start the actor, within
+                ``options.placement_timeout`` seconds (the message says what to change).
         """
         import ray
         from ray.util.placement_group import PlacementGroup
@@ -388,14 +296,10 @@ class RayEmbedder:
             resources["num_gpus"] = placement.num_gpus
             # NOTE: Ray's view of free resources lags behind (a placement group that just became
             # ready, an actor just killed): look again until a slot shows up or time runs out.
-            slot = find_gpu_slot(ray.available_resources(), placement.num_gpus)
-            while slot is None and time.monotonic() < deadline:
+            while (slot := find_gpu_slot(ray.available_resources(), placement.num_gpus)) is None:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(_unschedulable(placement, options, prefix, hint))
                 time.sleep(0.5)
-                slot = find_gpu_slot(ray.available_resources(), placement.num_gpus)
-            if slot is None:
-                raise RuntimeError(
-                    _unschedulable(placement, options, ray.available_resources(), prefix, hint)
-                )
             if slot[0] is not None:
                 # NOTE: a bundle of the trainer's own placement group: its GPU share is free (the
                 # colocated workers hold only part of it), and outside the groups none is.
@@ -410,22 +314,11 @@ class RayEmbedder:
             info = ray.get(actor.ready.remote(), timeout=wait)
         except ray.exceptions.GetTimeoutError:
             ray.kill(actor)
-            raise RuntimeError(
-                _unschedulable(placement, options, ray.available_resources(), prefix, hint)
-            ) from None
+            raise RuntimeError(_unschedulable(placement, options, prefix, hint)) from None
         info["scheduled_s"] = time.monotonic() - started
-        info["placement_group"] = None if slot is None else slot[0]
-        info["bundle"] = None if slot is None else slot[1]
+        info["placement_group"], info["bundle"] = slot or (None, None)
         info["embedder"] = ray.get(actor.load.remote(config, factory, placement.device))
-        logger.info(
-            "DRA: the embedder runs %s (%s; node %s, GPU ids %s, placement group %s bundle %s)",
-            placement.describe(),
-            info["embedder"],
-            info["node"],
-            info["gpu_ids"],
-            info["placement_group"],
-            info["bundle"],
-        )
+        logger.info("DRA: the embedder runs in a Ray actor (%s; %s)", placement, info)
         return cls(actor, placement, info)
 
     def encode(self, texts: list[str]) -> Any:
@@ -441,13 +334,10 @@ class RayEmbedder:
         ray.kill(self.actor)
 
 
-def _unschedulable(
-    placement: Placement,
-    options: PlacementOptions,
-    available: Mapping[str, float],
-    prefix: str,
-    hint: str,
-) -> str:
+def _unschedulable(placement: Placement, options: PlacementOptions, prefix: str, hint: str) -> str:
+    import ray
+
+    available = ray.available_resources()
     free = float(available.get("GPU", 0.0))
     bundles = [float(v) for k, v in available.items() if _BUNDLE_GPU.match(k)]
     what = f"num_gpus={placement.num_gpus:g}" if placement.num_gpus else "1 CPU and no GPU"
@@ -462,7 +352,10 @@ def _unschedulable(
     )
 
 
-# ----------------------------------------------------------------------------- the entry point
+def _build(config: Any, factory: Callable[[], Any] | None, device: str | None) -> EmbedFn:
+    if factory is not None:
+        return as_embed_fn(factory(), f"what the embedder factory {factory!r} returned")
+    return dataclasses.replace(config, device=device).build().encode
 
 
 def build_embed_fn(
@@ -475,25 +368,11 @@ def build_embed_fn(
     view: ClusterView | None = None,
     hint: str = "",
 ) -> EmbedFn:
-    """The embedding function an integration uses, built where :func:`decide_placement` says.
-
-    Args:
-        config: the :class:`~dra_kernels.embed.EmbedderConfig` of the default embedder (its
-            ``device`` is ignored: ``device`` below is placed); ignored when ``factory`` is given.
-        factory: zero-argument callable building the user's own embedder (a callable
-            ``list[str] -> [N, D]`` or an object with ``encode``), or ``None``.
-        device: the device option (:func:`check_device`).
-        options: the placement options (default :class:`PlacementOptions`).
-        prefix: how the integration spells option names in messages.
-        view: what this process sees (default: :func:`observe_cluster`).
-        hint: a sentence added to the error when the actor cannot be scheduled.
-
-    Returns:
-        ``Embedder.encode`` (local), the factory's function (local), or
-        :meth:`RayEmbedder.encode`.
-    """
-    from dra_kernels.embed import EmbedderConfig
-
+    """The embedding function an integration uses, built where :func:`decide_placement` says
+    (``device``, ``options``, ``view``: default :func:`observe_cluster`): from ``config`` (the
+    built-in embedder's, default the default one; its ``device`` is ignored) or ``factory`` (a
+    zero-argument callable building the user's own), here or in a :class:`RayEmbedder`. ``prefix``
+    spells the options in messages; ``hint`` is added when the actor cannot be scheduled."""
     options = options or PlacementOptions()
     config = EmbedderConfig() if config is None else config
     device = check_device(device, prefix=prefix)
@@ -504,23 +383,60 @@ def build_embed_fn(
             placement, options, config=config, factory=factory, prefix=prefix, hint=hint
         ).encode
     if placement.on_cpu:
-        if view.ray_initialized and view.cluster_gpus > 0:
-            logger.warning(
-                "DRA: the embedder runs on this process's CPU (%sdevice=%s, %splacement=%s) "
-                "although the Ray cluster has %g GPU(s) (%s)",
-                prefix,
-                device,
-                prefix,
-                options.placement,
-                view.cluster_gpus,
-                CPU_COST_NOTE,
-            )
-        else:
-            logger.info(
-                "DRA: the embedder runs on this process's CPU, %s (%s)",
-                "as asked" if device == "cpu" else "no GPU in this process nor in a Ray cluster",
-                CPU_COST_NOTE,
-            )
-    if factory is not None:
-        return as_embed_fn(factory(), f"what the embedder factory {factory!r} returned")
-    return dataclasses.replace(config, device=placement.device).build().encode
+        gpus = view.cluster_gpus if view.ray_initialized else 0.0
+        logger.log(
+            logging.WARNING if gpus else logging.INFO,
+            "DRA: the embedder runs on this process's CPU (%sdevice=%s, %splacement=%s; %g GPU(s) "
+            "in a Ray cluster): %s",
+            *(prefix, device, prefix, options.placement, gpus, CPU_COST_NOTE),
+        )
+    return _build(config, factory, placement.device)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Stands for the user's own embedder, named by ``spec``, in a step configured in a driver:
+    :meth:`DRAStep.from_options <dra_kernels.step.DRAStep.from_options>` then refuses the built-in
+    embedder's options, and nothing is imported or built there; :func:`place_step` builds it."""
+
+    spec: str
+
+    def __call__(self, texts: list[str]) -> Any:
+        raise RuntimeError(f"the DRA embedder {self.spec!r} is built by place_step, not here")
+
+
+def read_step(
+    options: dict[str, Any], *, spec: str | None, spell: Any, prefix: str
+) -> tuple[DRAStep, str | None, PlacementOptions]:
+    """``(step, device, placement options)`` from a trainer's options, the user's own embedder
+    named by ``spec`` (a :class:`Deferred`) or ``None``. The device is placed for the built-in
+    embedder, not given to its config (which would check it against this process); the user's
+    own embedder refuses it as any embedder option."""
+    placement = {k: options.pop(k, None) for k in PLACEMENT_OPTIONS}
+    placement = PlacementOptions.from_options(placement, prefix=prefix)
+    custom = None if spec is None else Deferred(spec)
+    device = check_device(options.pop("device", None), prefix=prefix) if custom is None else None
+    step = DRAStep.from_options(options, spell=spell, embedder=custom)
+    return step, device, placement
+
+
+def place_step(
+    step: DRAStep,
+    *,
+    factory: Callable[[], Any] | None,
+    device: str | None,
+    options: PlacementOptions,
+    prefix: str,
+    hint: str,
+) -> DRAStep:
+    """``step`` with its embedder built where the placement says (:func:`build_embed_fn`): the
+    user's own from ``factory``, else the step's built-in one. A user's embedder already in the
+    step (not :class:`Deferred`) is used as it is."""
+    config = step.embedder
+    if factory is None and not isinstance(config, (EmbedderConfig, type(None))):
+        return step
+    config = config if isinstance(config, EmbedderConfig) else None
+    embed = build_embed_fn(
+        config=config, factory=factory, device=device, options=options, prefix=prefix, hint=hint
+    )
+    return step.with_embedder(embed)

@@ -1,47 +1,55 @@
 """DRA over a GRPO trainer's gathered reward matrix: what the adapters of TRL's ``GRPOTrainer`` and
 of ms-swift's (a subclass of it) share.
 
-Both trainers score each process's slice of the batch, gather the ``[global batch, reward
-functions]`` reward matrix process-major (with ``n`` completions per process, process ``p`` holds
-rows ``p * n`` to ``(p + 1) * n - 1``) and normalise it in contiguous groups of ``G`` rows: row
-``j`` is in group ``j // G``. Each process embeds only its own completions; :func:`gathered_step`
-runs the DRA step on them (one SMI pass, across processes through
-:mod:`dra_kernels.distributed`) and gathers the SMI of the whole batch, by which the adapter then
-divides every reward column (:meth:`dra_kernels.step.DRAStep.adjust`).
-
-This module imports accelerate (both trainers run on it), never a trainer framework.
+Both gather the ``[global batch, reward functions]`` matrix process-major (process ``p`` of ``P``
+holds rows ``p * n`` to ``(p + 1) * n - 1``) and normalise it in contiguous groups of ``G`` rows.
+Each process embeds only its own completions; :func:`smi` runs the DRA step on them (one
+SMI pass, across processes through :mod:`dra_kernels.distributed`) and gathers the SMI of the whole
+batch, by which the adapter divides every reward column. Imports accelerate, never a trainer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from accelerate.utils import gather
 
 from dra_kernels.embed import DEFAULT_MODEL, EmbedderConfig
-from dra_kernels.step import DRAStep, StepResult
-
-__all__ = ["check_text_embedder", "gathered_step", "placed_step", "weighted_rewards"]
+from dra_kernels.step import DRAStep
 
 _BUNDLED = (None, DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}")
 
 
+def check_trainer(trainer: type, methods: tuple[str, ...], package: str, version: str) -> None:
+    """Raise ImportError when ``trainer`` lacks a private method the adapter overrides; warn when
+    ``version`` is not the tested minor of ``package`` (spelled ``"trl>=1.16,<1.17"``)."""
+    name, _, supported = package.partition(">=")
+    if not all(hasattr(trainer, method) for method in methods):
+        raise ImportError(  # pragma: no cover - other versions
+            f"{name} {version}: {trainer.__name__} has no {' or '.join(methods)}, which DRA "
+            f"overrides; install a supported version: pip install '{package}'"
+        )
+    if not version.startswith(supported.partition(",")[0] + "."):
+        warnings.warn(f"DRA is tested with {package}, found {version}", stacklevel=3)
+
+
+def refuse_advantage_options(names: Iterable[str], why: str, spell: str = "{}") -> None:
+    """Raise ValueError for the step's ``scale`` / ``eps`` among ``names``: the trainer computes
+    the advantages (``why`` says what to set instead)."""
+    owned = sorted(spell.format(name) for name in ("scale", "eps") if name in names)
+    if owned:
+        raise ValueError(f"{', '.join(owned)}: {why}")
+
+
 def check_text_embedder(step: DRAStep, *, install: str, instead: str) -> None:
     """Raise ImportError, before anything loads, when ``step``'s built-in text embedder cannot be
-    built here: sentence-transformers missing, or the bundled all-MiniLM-L6-v2 package for the
-    default model.
-
-    Args:
-        step: a step whose embedder is an :class:`~dra_kernels.embed.EmbedderConfig` (any other
-            embedder is the user's and is not checked).
-        install: the command that installs them, e.g. ``pip install -e ".[trl,embed]"``.
-        instead: what else the user may pass, e.g. ``"embedder='policy' or your own embedding
-            function"``.
-    """
+    built here (sentence-transformers, or the bundled all-MiniLM-L6-v2 for the default model,
+    missing): ``install`` says how to install them, ``instead`` what else the user may pass."""
     config = step.embedder
     if not isinstance(config, EmbedderConfig):
         return
@@ -78,47 +86,35 @@ def weighted_rewards(
     return out
 
 
-def gathered_step(
-    step: DRAStep,
+def smi(
+    trainer: Any,
     rewards_per_func: torch.Tensor,
-    reward_weights: torch.Tensor,
     embeddings: torch.Tensor,
     *,
-    process_index: int,
-    num_processes: int,
-    group_size: int,
+    mode: str,
     coverage: Mapping[str, float] | None = None,
-) -> tuple[StepResult, torch.Tensor]:
-    """One DRA step over this process's rows of a gathered batch, and the SMI of every row.
+) -> torch.Tensor:
+    """The gathered SMI of one DRA step (``trainer.dra_step``) over this process's rows of a
+    trainer's gathered batch, its metrics (over the whole batch) logged in ``trainer._metrics``.
 
-    Args:
-        step: the DRA step.
-        rewards_per_func: ``[total, F]`` the gathered rewards, process-major.
-        reward_weights: ``[F]`` the trainer's reward weights; the step's rewards (for its metrics)
-            are the weighted sums (:func:`weighted_rewards`).
-        embeddings: ``[n, D]`` this process's completions, in its rows' order.
-        process_index, num_processes: this process and how many hold a slice.
-        group_size: ``G``, completions per prompt.
-        coverage: the embedder's read metrics for these rows, if it keeps them.
-
-    Returns:
-        ``(result, smi)``: the step's result for this process's rows (its metrics over the whole
-        batch) and the gathered ``[total]`` SMI, on ``rewards_per_func``'s device.
-
-    Raises:
-        ValueError: the batch is not ``num_processes`` equal slices of ``n`` rows in whole groups
-            of ``group_size``.
+    ``rewards_per_func`` is the gathered ``[total, F]`` (the step's rewards, for its metrics, are
+    their weighted sums), ``embeddings`` this process's ``[n, D]``, ``coverage`` the embedder's
+    read metrics for them. Returns the gathered ``[total]`` SMI; raises ValueError when the batch
+    is not one equal slice per process in whole groups.
     """
+    accelerator = trainer.accelerator
+    group_size = trainer.num_generations if mode == "train" else trainer.num_generations_eval
+    embeddings = embeddings.detach().to(accelerator.device)
     total, local = rewards_per_func.shape[0], embeddings.shape[0]
-    if total % group_size != 0 or total != local * num_processes:
+    if total % group_size != 0 or total != local * accelerator.num_processes:
         raise ValueError(
-            f"DRA expects the gathered batch ({total} rows) to be {num_processes} equal local "
-            f"slices of {local} completions, in whole groups of {group_size}"
+            f"DRA expects the gathered batch ({total} rows) to be {accelerator.num_processes} "
+            f"equal local slices of {local} completions, in whole groups of {group_size}"
         )
-    start = process_index * local
+    start = accelerator.process_index * local
     group_ids = torch.arange(start, start + local, device=embeddings.device) // group_size
-    rewards = weighted_rewards(rewards_per_func, reward_weights)[start : start + local]
-    result = step(
+    rewards = weighted_rewards(rewards_per_func, trainer.reward_weights)[start : start + local]
+    result = trainer.dra_step(
         rewards,
         group_ids,
         embeddings=embeddings,
@@ -126,4 +122,6 @@ def gathered_step(
         expected_group_size=group_size,
         coverage=coverage,
     )
-    return result, gather(result.smi.to(rewards_per_func.device))
+    for name, value in result.metrics.items():
+        trainer._metrics[mode][name].append(value)
+    return gather(result.smi.to(rewards_per_func.device))

@@ -1,42 +1,15 @@
-"""DRA for OpenRLHF (0.11.x): a thin adapter over :class:`dra_kernels.step.DRAStep`, at the
-experience maker's advantage step.
+"""DRA for OpenRLHF (0.11.x), at the experience maker's advantage step. See
+docs/integrations/openrlhf.md (turning it on, the options, what runs where, the metrics).
 
-OpenRLHF calls its reward function once per sample, so DRA cannot live there. The one place where
-every completion of a prompt's group is at hand (its tokens, its reward, its rollout position) is
-``RemoteExperienceMaker.compute_advantages_and_returns`` in
-``openrlhf/trainer/ppo_utils/experience_maker.py``. :func:`install` wraps that method: before the
-original runs (length penalties, then the group estimator), the wrapper decodes each response with
-the maker's tokenizer and runs one DRA step over groups ``rollout_position //
-n_samples_per_prompt`` (one embedder call, one SMI pass); ``experience.rewards`` becomes the
-step's adjusted rewards, which only the advantages use. After the original ran, OpenRLHF's own
-reward metrics (``info["reward"]``, ``info["group_reward_std"]``) are put back to what they are
-without DRA; the step's metrics are logged under :data:`dra_kernels.step.METRICS`.
-
-The maker lives in OpenRLHF's trainer actor, a Ray worker process, so the patch must be installed
-there: :func:`setup_hook` is a Ray ``worker_process_setup_hook`` that installs it when the
-environment variable ``DRA_KERNELS_OPENRLHF`` is on (off by default), and
-``python -m dra_kernels.integrations.openrlhf_launch`` wires that hook into
-``openrlhf.cli.train_ppo_ray``. See docs/integrations/openrlhf.md.
-
-Environment variables (read by :func:`config_from_env`; the launcher's ``--dra.*`` flags set them):
-
-- ``DRA_KERNELS_OPENRLHF``: ``1/true/yes/on`` turns DRA on; unset, empty or ``0/false/no/off``
-  leaves OpenRLHF untouched. Any other value is an error.
-- ``DRA_KERNELS_OPENRLHF_EMBEDDER``: ``package.module:factory``, a zero-argument callable (a class
-  counts) returning the embedder, a callable ``list[str] -> [N, D]`` array or tensor (or an object
-  with ``encode``). Unset: :class:`dra_kernels.embed.Embedder`, configured by the options below.
-- ``DRA_KERNELS_OPENRLHF_OPTIONS``: a JSON object of the embedder's options (the fields of
-  :class:`dra_kernels.embed.EmbedderConfig`) and of where it runs (``placement``, ``num_gpus``,
-  ``placement_timeout``; see :mod:`dra_kernels.integrations._placement`), e.g.
-  ``{"model": "jinaai/jina-embeddings-v2-small-en", "trust_remote_code": true}``.
-- :data:`STEP_VARIABLES`: the step's options ``min_denominator``, ``backend``, ``measure``,
-  ``eta``, ``lam``, one variable each (``DRA_KERNELS_OPENRLHF_MIN_DENOMINATOR``...).
-
-Every value is checked by the core's rules when the configuration is read (:class:`DRAStep`),
-errors naming the launcher's flag and, for the step's options, the variable it came from.
-The embedder is built when the experience maker is constructed (in the trainer actor, after
-OpenRLHF's driver has reserved every GPU and before the first rollout). The trainer actor holds no
-GPU, so with ``placement=auto`` it goes to a Ray actor holding ``num_gpus`` of a cluster GPU.
+OpenRLHF calls its reward function once per sample; every completion of a group is at hand only in
+``RemoteExperienceMaker.compute_advantages_and_returns``, which :func:`install` wraps: one DRA step
+over groups ``rollout_position // n_samples_per_prompt`` replaces ``experience.rewards`` (which only
+the advantages use) before the original runs; after it, OpenRLHF's own reward metrics are put back
+to their raw values. The maker lives in OpenRLHF's trainer actor (a Ray worker), so
+:func:`setup_hook`, a Ray ``worker_process_setup_hook``, installs it there when
+``DRA_KERNELS_OPENRLHF`` is on; ``python -m dra_kernels.integrations.openrlhf_launch`` wires the
+hook in and sets the variables from ``--dra.*`` flags (read by :func:`config_from_env`). The
+embedder is built with the maker (before the first rollout), where the placement says.
 """
 
 from __future__ import annotations
@@ -58,8 +31,8 @@ from dra_kernels.integrations._common import PatchOnImport, env_flag, import_obj
 from dra_kernels.integrations._placement import (
     PLACEMENT_OPTIONS,
     PlacementOptions,
-    build_embed_fn,
-    check_device,
+    place_step,
+    read_step,
 )
 from dra_kernels.step import DRAStep, StepResult
 
@@ -88,26 +61,22 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENV_ENABLE = "DRA_KERNELS_OPENRLHF"
+"""``1/true/yes/on`` turns DRA on; unset, empty or ``0/false/no/off`` leaves OpenRLHF untouched."""
 ENV_EMBEDDER = "DRA_KERNELS_OPENRLHF_EMBEDDER"
-ENV_MIN_DENOMINATOR = "DRA_KERNELS_OPENRLHF_MIN_DENOMINATOR"
-ENV_BACKEND = "DRA_KERNELS_OPENRLHF_BACKEND"
+"""``package.module:factory`` of a zero-argument callable (a class counts) building the embedder."""
 ENV_OPTIONS = "DRA_KERNELS_OPENRLHF_OPTIONS"
-ENV_MEASURE = "DRA_KERNELS_OPENRLHF_MEASURE"
-ENV_ETA = "DRA_KERNELS_OPENRLHF_ETA"
-ENV_LAM = "DRA_KERNELS_OPENRLHF_LAM"
+"""A JSON object of the embedder's options and of the placement's (:data:`OPTIONS`)."""
+STEP_VARIABLES: dict[str, str] = {
+    name: f"{ENV_ENABLE}_{name.upper()}"
+    for name in ("min_denominator", "backend", "measure", "eta", "lam")
+}
+"""The step's options OpenRLHF takes, each from its own variable (set by ``--dra.<name>``)."""
+ENV_MIN_DENOMINATOR, ENV_BACKEND, ENV_MEASURE, ENV_ETA, ENV_LAM = STEP_VARIABLES.values()
 
 PREFIX = "--dra."
 """How the launcher spells the options (``--dra.model``); used in every error message."""
 OPTIONS: tuple[str, ...] = (*EMBEDDER_OPTIONS, *PLACEMENT_OPTIONS)
 """Keys of ``DRA_KERNELS_OPENRLHF_OPTIONS`` (each also a ``--dra.<key>`` flag of the launcher)."""
-STEP_VARIABLES: dict[str, str] = {
-    "min_denominator": ENV_MIN_DENOMINATOR,
-    "backend": ENV_BACKEND,
-    "measure": ENV_MEASURE,
-    "eta": ENV_ETA,
-    "lam": ENV_LAM,
-}
-"""The step's options OpenRLHF takes, each from its own variable (set by ``--dra.<name>``)."""
 _PLACEMENT_HINT = (
     "OpenRLHF's colocated runs (--train.colocate_all, --train.colocate_actor_ref) keep room in "
     "each GPU's placement-group bundle (its actors hold 0.2 each); without colocation every "
@@ -126,25 +95,17 @@ def _spell(name: str) -> str:
     return f"{PREFIX}{name} ({variable})" if variable else PREFIX + name
 
 
-def _built_with_the_maker(texts: list[str]) -> Any:
-    """Stands for the user's embedder (``DRA_KERNELS_OPENRLHF_EMBEDDER``) in the step until the
-    experience maker builds it where the placement says (:meth:`DRAConfig.placed_step`)."""
-    raise RuntimeError("the DRA embedder is built when OpenRLHF's experience maker is")
-
-
 @dataclass
 class DRAConfig:
     """What the patched advantage step does.
 
     Args:
-        step: the DRA step (options checked by the core's rules at construction). Its embedder is
-            the built-in embedder's :class:`~dra_kernels.embed.EmbedderConfig` (or ``None``, the
-            default one), placed and built with the experience maker, or the user's embedding
-            function or object, used as it is.
-        embedder_factory: zero-argument callable building the user's own embedder (a callable,
-            or an object with ``encode``) where the placement says, instead of the step's.
-        device: the device option (``None``: auto), placed by
-            :mod:`dra_kernels.integrations._placement`.
+        step: the DRA step. Its built-in embedder (an :class:`~dra_kernels.embed.EmbedderConfig`,
+            or ``None``) is placed and built with the experience maker; the user's own embedding
+            function or object is used as it is.
+        embedder_factory: zero-argument callable building the user's own embedder where the
+            placement says, instead of the step's.
+        device: the device option (``None``: auto), placed, not given to the embedder.
         placement: where the embedder runs (this process, or a Ray actor on a GPU share).
         skip_special_tokens: passed to the tokenizer's ``batch_decode``.
     """
@@ -159,37 +120,25 @@ class DRAConfig:
     def placed_step(self) -> DRAStep:
         """The step with its embedder built where the placement rules say (on the first call)."""
         if not self._placed:
-            step, embedder = self.step, self.step.embedder
-            if self.embedder_factory is not None or embedder is None:
-                embedder = EmbedderConfig()
-            if isinstance(embedder, EmbedderConfig):
-                step = step.with_embedder(
-                    build_embed_fn(
-                        config=embedder,
-                        factory=self.embedder_factory,
-                        device=self.device,
-                        options=self.placement,
-                        prefix=PREFIX,
-                        hint=_PLACEMENT_HINT,
-                    )
-                )
+            step = place_step(
+                self.step,
+                factory=self.embedder_factory,
+                device=self.device,
+                options=self.placement,
+                prefix=PREFIX,
+                hint=_PLACEMENT_HINT,
+            )
             self._placed.append(step)
         return self._placed[0]
 
 
-# ----------------------------------------------------------------------------- configuration
-
-
 def config_from_env() -> DRAConfig | None:
     """The configuration the environment asks for, or ``None`` when DRA is off (the default).
-
-    Every value is checked here, by the core's rules, without loading a model or starting
-    anything: the launcher calls this in OpenRLHF's driver before ``ray.init``.
+    Every value is checked, nothing loaded or started (the launcher calls it before ``ray.init``).
 
     Raises:
-        ValueError, TypeError: a bad value, or an unknown option in ``DRA_KERNELS_OPENRLHF_OPTIONS``
-            (the message lists the valid ones), each named as the launcher's flag ``--dra.x``
-            (with its variable for the step's options).
+        ValueError, TypeError: a bad value or an unknown option (the valid ones listed), named as
+            the launcher's flag ``--dra.x`` (with its variable for the step's options).
     """
     if not env_flag(ENV_ENABLE):
         return None
@@ -209,23 +158,9 @@ def config_from_env() -> DRAConfig | None:
             "valid: "
             + ", ".join(PREFIX + key for key in ("enable", "embedder", *OPTIONS, *STEP_VARIABLES))
         )
-    placement = PlacementOptions.from_options(
-        {k: options.pop(k, None) for k in PLACEMENT_OPTIONS}, prefix=PREFIX
-    )
-    device = None
-    if factory is None:
-        # NOTE: the device is placed (the trainer actor holds no GPU), not checked as the built-in
-        # embedder's own device; with a factory it stays an embedder option, which the step
-        # refuses for the user's own embedder.
-        device = check_device(options.pop("device", None), prefix=PREFIX)
     for name, variable in STEP_VARIABLES.items():
         options[name] = _read_variable(variable)
-    # NOTE: workaround: DRAStep.from_options takes an embedder object, not a factory (it would
-    # build a class at once, here in OpenRLHF's driver); a stand-in says "the user's own" so that
-    # the step refuses the built-in embedder's options, and the maker builds the real one.
-    step = DRAStep.from_options(
-        options, spell=_spell, embedder=None if factory is None else _built_with_the_maker
-    )
+    step, device, placement = read_step(options, spec=spec or None, spell=_spell, prefix=PREFIX)
     return DRAConfig(step=step, embedder_factory=factory, device=device, placement=placement)
 
 
@@ -255,27 +190,9 @@ def options_from_env() -> dict[str, Any]:
     return options
 
 
-# ----------------------------------------------------------------------------- the adjustment
-
-
-def _response_token_ids(experience: Any, row: int) -> torch.Tensor:
-    """Token ids of row ``row``'s response: the tokens under ``action_mask``.
-
-    ``action_mask`` ``[B, A]`` covers the last ``A`` positions of ``sequences`` ``[B, T]`` (in
-    0.11.x ``A = T - 1``: ``action_mask[:, j]`` marks ``sequences[:, j + 1]``). In multi-turn agent
-    rollouts the environment's tokens between turns are masked out, so only generated tokens count.
-    """
-    sequences, action_mask = experience.sequences, experience.action_mask
-    width = action_mask.size(1)
-    if width > sequences.size(1):
-        raise ValueError(
-            f"action_mask has {width} columns but sequences only {sequences.size(1)}; "
-            "this layout of Experience is not supported"
-        )
-    return sequences[row, sequences.size(1) - width :][action_mask[row].bool()]
-
-
 def _decode_responses(experiences: Sequence[Any], tokenizer: Any, skip_special: bool) -> list[str]:
+    """The responses' texts: the tokens under ``action_mask`` ``[B, A]``, which covers the last
+    ``A`` positions of ``sequences`` (environment tokens between turns masked out)."""
     if tokenizer is None:
         raise ValueError(
             "DRA needs the experience maker's tokenizer to decode responses; it is None"
@@ -284,8 +201,15 @@ def _decode_responses(experiences: Sequence[Any], tokenizer: Any, skip_special: 
     ids: list[list[int]] = []
     dropped = 0
     for experience in experiences:
-        for row in range(experience.sequences.size(0)):
-            tokens = _response_token_ids(experience, row)
+        sequences, action_mask = experience.sequences, experience.action_mask.bool()
+        width = action_mask.size(1)
+        if width > sequences.size(1):
+            raise ValueError(
+                f"action_mask has {width} columns but sequences only {sequences.size(1)}; "
+                "this layout of Experience is not supported"
+            )
+        for row, mask in zip(sequences[:, sequences.size(1) - width :], action_mask, strict=True):
+            tokens = row[mask]
             keep = (tokens >= 0) & (tokens < vocab)
             dropped += int((~keep).sum())
             ids.append(tokens[keep].tolist())
@@ -315,9 +239,7 @@ def _check_groups(experiences: Sequence[Any], positions: torch.Tensor, n_samples
     prompts = [p for e in experiences for p in (e.prompts or [])]
     if len(prompts) != n:
         return  # no prompt texts to cross-check (custom Experience producers)
-    by_position: list[Any] = [None] * n
-    for position, prompt in zip(positions.tolist(), prompts, strict=True):
-        by_position[position] = prompt
+    by_position = [prompts[i] for i in positions.argsort().tolist()]
     for start in range(0, n, n_samples):
         block = by_position[start : start + n_samples]
         if any(p != block[0] for p in block):
@@ -331,13 +253,9 @@ def apply_dra_to_experiences(
     experiences: Sequence[Any], tokenizer: Any, n_samples_per_prompt: int, config: DRAConfig
 ) -> StepResult | None:
     """Replace each ``experience.rewards`` by its DRA-adjusted value, in place: one step of
-    ``config``'s :class:`~dra_kernels.step.DRAStep` (one embedder call, one SMI pass).
-
-    Groups are rollout positions ``experience.index[i] // n_samples_per_prompt``, as OpenRLHF's
-    own ``rewards.reshape(-1, n_samples_per_prompt)`` after restoring rollout order. Each of the
-    step's metrics (:data:`dra_kernels.step.METRICS`) goes into ``experience.info`` under its name,
-    repeated per sample: OpenRLHF averages ``info`` entries over samples, so it logs the step's
-    value.
+    ``config``'s :class:`~dra_kernels.step.DRAStep` over groups ``experience.index[i] //
+    n_samples_per_prompt`` (OpenRLHF's own). Each of the step's metrics goes into
+    ``experience.info``, repeated per sample (OpenRLHF logs the mean over samples).
 
     Args:
         experiences: OpenRLHF ``Experience`` batches (``sequences``, ``action_mask``, ``rewards``,
@@ -376,11 +294,8 @@ def apply_dra_to_experiences(
 def _raw_reward_metrics(
     experiences: Sequence[Any], raw: Sequence[torch.Tensor], n_samples: int, args: Any
 ) -> None:
-    """Put OpenRLHF's own reward metrics back to what they are without DRA, after the original
-    method ran on the adjusted rewards: ``info["reward"]`` (``rollout/reward_mean``...) is the
-    raw reward after OpenRLHF's length penalties (its ``apply_length_penalties``, run on copies
-    holding the raw rewards), ``info["group_reward_std"]`` the spread of those within each group.
-    """
+    """OpenRLHF's own ``info["reward"]`` and ``info["group_reward_std"]`` as without DRA: from
+    the raw rewards after OpenRLHF's ``apply_length_penalties`` (run on copies)."""
     copies = [
         SimpleNamespace(
             rewards=r.to(torch.promote_types(r.dtype, torch.float32), copy=True),
@@ -405,10 +320,7 @@ def _raw_reward_metrics(
             experience.info["group_reward_std"] = group_std
 
 
-# ----------------------------------------------------------------------------- patching
-
-_state: dict[str, Any] = {"config": None}
-_warned_single = False
+_state: dict[str, Any] = {"config": None, "warned_single": False}
 
 
 def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -416,14 +328,13 @@ def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
     def compute_advantages_and_returns(
         self: Any, experiences: list[Any], *args: Any, **kwargs: Any
     ):
-        global _warned_single
         config = _state["config"]
         if config is None or not experiences:
             return original(self, experiences, *args, **kwargs)
         n_samples = int(self.strategy.args.rollout.n_samples_per_prompt)
         if n_samples <= 1:
-            if not _warned_single:
-                _warned_single = True
+            if not _state["warned_single"]:
+                _state["warned_single"] = True
                 logger.warning(
                     "DRA is on but n_samples_per_prompt=%d: every group has one completion, "
                     "SMI = 0 and rewards are unchanged",
@@ -446,9 +357,8 @@ def _wrap_init(original: Callable[..., Any]) -> Callable[..., Any]:
         original(self, *args, **kwargs)
         config = _state["config"]
         if config is not None:
-            # NOTE: built here, in the trainer actor once OpenRLHF's driver has reserved every GPU
-            # (its actor groups and vLLM engines exist) and before the first rollout, so a model
-            # or placement error stops the run at start-up.
+            # NOTE: in the trainer actor once every GPU is reserved, before the first rollout: a
+            # model or placement error stops the run at start-up.
             config.placed_step().embed_fn()
 
     __init__.__dra_original__ = original  # type: ignore[attr-defined]
@@ -457,7 +367,7 @@ def _wrap_init(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _patch_module(module: Any) -> None:
     cls = getattr(module, TARGET_CLASS, None)
-    method = getattr(cls, TARGET_METHOD, None) if cls is not None else None
+    method = getattr(cls, TARGET_METHOD, None)
     if method is None:
         raise RuntimeError(
             f"{TARGET_MODULE}.{TARGET_CLASS}.{TARGET_METHOD} not found: this OpenRLHF version is "
@@ -470,8 +380,8 @@ def _patch_module(module: Any) -> None:
 
 
 _FINDER = PatchOnImport({TARGET_MODULE: _patch_module})
-"""Patches the experience maker when (and only if) its module is imported.
-NOTE: importing it eagerly would pull deepspeed into every Ray worker, vLLM's included."""
+"""Patches the experience maker when (and only if) its module is imported (importing it would pull
+deepspeed into every Ray worker)."""
 
 
 def install(
@@ -481,19 +391,15 @@ def install(
     **options: Any,
 ) -> DRAConfig:
     """Turn DRA on in this process: wrap ``RemoteExperienceMaker.compute_advantages_and_returns``
-    (DRA before the original) and ``RemoteExperienceMaker.__init__`` (the embedder is built when
-    the maker is, before any rollout).
-
-    Patches the class now if its module is imported, else when it is imported. Calling it again
-    replaces the configuration; the methods are wrapped once.
+    (DRA before the original) and its ``__init__`` (the embedder built with the maker), now if
+    its module is imported, else when it is. Calling it again replaces the configuration.
 
     Args:
-        embedder: callable ``list[str] -> [N, D]`` or object with ``encode``; ``None`` uses
-            :mod:`dra_kernels.embed`'s default, placed and built with the experience maker.
-        config: a full :class:`DRAConfig` (then ``embedder`` must be left out).
+        embedder: callable ``list[str] -> [N, D]`` or object with ``encode``; ``None``: the
+            default embedder, placed and built with the experience maker.
+        config: a full :class:`DRAConfig` (then neither ``embedder`` nor options).
         **options: the step's options by name (``min_denominator``, ``backend``, ``measure``,
-            ``eta``, ``lam``; ``None``: the default), checked here by the core's rules
-            (:class:`dra_kernels.step.DRAStep`).
+            ``eta``, ``lam``; ``None``: the default), checked here.
 
     Returns:
         The configuration in force.
@@ -515,10 +421,9 @@ def uninstall() -> None:
     """Turn DRA off in this process and restore the original methods."""
     _state["config"] = None
     _FINDER.uninstall()
-    module = sys.modules.get(TARGET_MODULE)
-    cls = getattr(module, TARGET_CLASS, None) if module is not None else None
-    method = getattr(cls, TARGET_METHOD, None) if cls is not None else None
-    if method is not None and hasattr(method, "__dra_original__"):
+    cls = getattr(sys.modules.get(TARGET_MODULE), TARGET_CLASS, None)
+    method = getattr(cls, TARGET_METHOD, None)
+    if hasattr(method, "__dra_original__"):
         setattr(cls, TARGET_METHOD, method.__dra_original__)
     if cls is not None and hasattr(cls.__init__, "__dra_original__"):
         cls.__init__ = cls.__init__.__dra_original__
@@ -530,12 +435,9 @@ def is_installed() -> bool:
 
 
 def setup_hook() -> None:
-    """Ray ``worker_process_setup_hook``: install DRA when ``DRA_KERNELS_OPENRLHF`` is on.
-
-    Use as ``runtime_env={"worker_process_setup_hook":
-    "dra_kernels.integrations.openrlhf.setup_hook", "env_vars": {"DRA_KERNELS_OPENRLHF": "1"}}``.
-    Does nothing when the variable is unset or off.
-    """
+    """Ray ``worker_process_setup_hook``: install DRA when ``DRA_KERNELS_OPENRLHF`` is on (set
+    ``runtime_env={"worker_process_setup_hook": "dra_kernels.integrations.openrlhf.setup_hook",
+    "env_vars": {"DRA_KERNELS_OPENRLHF": "1"}}``)."""
     config = config_from_env()
     if config is not None:
         install(config=config)

@@ -1,34 +1,13 @@
 """Run ``openrlhf.cli.train_ppo_ray`` with DRA available in its Ray workers.
 
-Usage (every OpenRLHF flag passes through unchanged)::
+Usage: ``python -m dra_kernels.integrations.openrlhf_launch --dra.enable [--dra.<option> VALUE
+...] <train_ppo_ray flags>`` (the flags: :data:`FLAGS`; OpenRLHF's pass through unchanged).
 
-    python -m dra_kernels.integrations.openrlhf_launch --dra.enable \\
-        [--dra.model NAME] [--dra.trust_remote_code] [--dra.long_text windows] \\
-        [--dra.window_tokens N] [--dra.window_overlap N] [--dra.max_tokens N] \\
-        [--dra.batch_size N] [--dra.device auto] [--dra.dtype float32] \\
-        [--dra.placement auto] [--dra.num_gpus 0.1] [--dra.placement_timeout 120] \\
-        [--dra.embedder package.module:factory] [--dra.min_denominator 0.1] \\
-        [--dra.backend auto] [--dra.measure graph_cut] [--dra.eta 1.0] [--dra.lam 1.0] \\
-        <train_ppo_ray flags>
-
-The paper's embedder: ``--dra.model jinaai/jina-embeddings-v2-small-en --dra.trust_remote_code``.
-Another SMI measure (docs/measures.md): ``--dra.measure log_det --dra.lam 0.5``.
-
-What it does, in the driver process, before running ``train_ppo_ray`` as ``__main__``:
-
-1. turns the ``--dra.*`` flags into the ``DRA_KERNELS_OPENRLHF*`` environment variables
-   (``--dra.enable`` sets ``DRA_KERNELS_OPENRLHF=1``; without it the variable decides, off when
-   unset; the embedder and placement options go, typed, into the JSON object
-   ``DRA_KERNELS_OPENRLHF_OPTIONS``);
-2. checks every value (:func:`dra_kernels.integrations.openrlhf.config_from_env`, the core's rules
-   through :class:`dra_kernels.step.DRAStep`): a typo or a bad value exits here, in seconds,
-   naming the flag (and listing the valid ones), before Ray starts or a model loads;
-3. wraps ``ray.init`` so that the ``runtime_env`` passed by ``train_ppo_ray`` (or by the user)
-   gains ``worker_process_setup_hook="dra_kernels.integrations.openrlhf.setup_hook"`` and the
-   ``DRA_KERNELS_OPENRLHF*`` variables in ``env_vars``. Each Ray worker then runs the hook, which
-   patches the experience maker when (and only if) that worker imports it.
-
-With DRA off the hook does nothing, so the run is OpenRLHF's own.
+In the driver, before running ``train_ppo_ray`` as ``__main__``, it turns the ``--dra.*`` flags
+into the ``DRA_KERNELS_OPENRLHF*`` variables (:func:`parse_dra_args`), checks them
+(:func:`dra_kernels.integrations.openrlhf.config_from_env`: a bad flag exits before Ray starts) and
+wraps ``ray.init`` so that every Ray worker gets them and runs the setup hook
+(:func:`add_dra_runtime_env`). See docs/integrations/openrlhf.md.
 """
 
 from __future__ import annotations
@@ -42,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dra_kernels.embed import EmbedderConfig
+from dra_kernels.integrations._common import read_flag
 from dra_kernels.integrations._placement import PlacementOptions
 from dra_kernels.integrations.openrlhf import (
     ENV_EMBEDDER,
@@ -85,20 +65,16 @@ FLAGS: tuple[str, ...] = (
 )
 """Every ``--dra.*`` flag the launcher takes."""
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-_NONE = ("none", "null")
-
 
 def _typed(name: str, text: str) -> Any:
     """The value of flag ``--dra.<name>`` read from its text by the option's type; text that does
     not read as that type is kept as it is, so that the check names the flag and the value."""
     annotation = _TYPES[name]
-    if "None" in annotation and text.strip().lower() in _NONE:
+    if "None" in annotation and text.strip().lower() in ("none", "null"):
         return None
     if annotation == "bool":
-        lowered = text.strip().lower()
-        return True if lowered in _TRUE else False if lowered in _FALSE else text
+        flag = read_flag(text)
+        return text if flag is None else flag
     for kind in (int, float):
         if kind.__name__ in annotation:
             try:
@@ -145,7 +121,7 @@ def parse_dra_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             if not sep:
                 following = argv[i + 1] if i + 1 < len(argv) else None
                 if _TYPES.get(name) == "bool" and (
-                    following is None or following.strip().lower() not in _TRUE + _FALSE
+                    following is None or read_flag(following) is None
                 ):
                     value = "true"
                 elif following is None:

@@ -1,56 +1,18 @@
-"""DRA for Hugging Face TRL's ``GRPOTrainer`` (supported: ``trl>=1.16,<1.17``).
+"""DRA for Hugging Face TRL's ``GRPOTrainer`` (supported: ``trl>=1.16,<1.17``). See
+docs/integrations/trl.md (the options, the embedders, several reward functions, the metrics).
 
-A thin adapter over :class:`dra_kernels.step.DRAStep`: the ``dra_*`` keywords are the step's
-options (checked before the trainer's own ``__init__``, so before any model loads, each error
-naming the keyword), and each batch is one step.
-
-Where it plugs in: reward functions run on each process's local slice of the batch, so no reward
-function sees a whole group. ``GRPOTrainer._calculate_rewards`` returns the gathered
-``[global batch, reward functions]`` matrix that the trainer then normalises per group (rows
-``j`` of the gathered batch with equal ``j // num_generations`` form one group). The override here:
-
-1. calls TRL's ``_calculate_rewards`` (the reward functions and the gather, unchanged);
-2. embeds only this process's completions: their text with the step's embedder (by default
-   :class:`dra_kernels.embed.Embedder`, configured by the ``dra_*`` keywords), or the policy's own
-   last hidden states (``embedder="policy"``, one extra no-grad forward);
-3. runs the step on this process's rows, the groups being TRL's own (integer ids ``j // G`` with
-   ``num_groups``): one SMI pass (across processes through :mod:`dra_kernels.distributed`, one
-   all-reduce of ``K x (D + 1)`` floats for graph-cut; in one process through the core's dispatch,
-   so the Triton kernel runs for CUDA tensors), then gathers the ``[global batch]`` SMI vector (as
-   TRL gathers its rewards);
-4. divides every reward column by ``max(1 + SMI, min_denominator)``.
-
-``multi_objective_aggregation``:
-
-- ``"sum_then_normalize"`` (TRL's default): TRL normalises the weighted sum of the columns;
-  dividing each column of a row by the same number divides that sum, so the rewards TRL normalises
-  are exactly :func:`dra_kernels.adjust_rewards` of the weighted summed rewards.
-- ``"normalize_then_sum"``: TRL normalises each column within its group before summing, and there
-  is no per-group sum to adjust. DRA is applied to each reward function's column (each objective
-  is diversity-adjusted, then normalised). With one reward function the two modes adjust the same
-  rewards. Any other mode is refused at construction.
-
-The policy embedder needs each completion's prompt token ids, which ``_calculate_rewards`` is not
-given: :meth:`DRARewardsMixin._generate` records the ``prompt_ids`` that TRL's ``_generate``
-returns (the very ids the completions were generated from, whether TRL tokenised the prompts, a
-``rollout_func`` returned them or an environment rendered them), and ``_calculate_rewards`` of the
-same batch consumes them.
-
-Metrics (``self._metrics[mode]``, averaged over the logging interval like TRL's own): the step's
-:data:`dra_kernels.step.METRICS` (``dra/smi/mean``, ``dra/factor/mean``,
-``dra/reward_before/mean``, ``dra/reward_after/mean``, ``dra/flat_groups_share``...), over the
-global batch. TRL's own ``reward``, ``reward_std``, ``rewards/<name>/mean``,
-``rewards/<name>/std``, ``frac_reward_zero_std`` and the logged completions' rewards keep their
-meaning: they report the rewards before DRA, as without it (only the advantages see the adjusted
-rewards), so a DRA run and a GRPO baseline compare on the same curves.
-
-This module imports TRL; :mod:`dra_kernels` itself never does.
+Reward functions see only their process's slice of the batch, so the override is
+``GRPOTrainer._calculate_rewards``, which returns the gathered ``[global batch, reward functions]``
+matrix: each process embeds its own completions (text, or the policy's last hidden states with
+``embedder="policy"``), one DRA step runs over TRL's groups (:mod:`~.gathered`), and every reward
+column is divided by ``max(1 + SMI, min_denominator)`` (with ``normalize_then_sum``, each
+objective is adjusted). TRL's own reward metrics are then recomputed from the raw rewards. The
+policy embedder needs the prompt ids, which :meth:`DRARewardsMixin._generate` records.
 """
 
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,12 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without trl
     ) from exc
 
 from dra_kernels.embed import EMBEDDER_OPTIONS, pool_hidden_states
-from dra_kernels.integrations.gathered import (
-    check_text_embedder,
-    gathered_step,
-    placed_step,
-    weighted_rewards,
-)
+from dra_kernels.integrations import gathered
 from dra_kernels.step import DRAStep
 
 __all__ = [
@@ -99,18 +56,10 @@ OPTION_PREFIX = "dra_"
 
 _AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 _POLICY_OPTIONS = (f"{OPTION_PREFIX}batch_size",)
-_TRL_OWNS = ("scale", "eps")  # TRL computes the advantages (scale_rewards), not the step
 
-if not hasattr(GRPOTrainer, "_calculate_rewards") or not hasattr(GRPOTrainer, "_generate"):
-    raise ImportError(  # pragma: no cover - other TRL versions
-        f"trl {trl.__version__}: GRPOTrainer has no _calculate_rewards or _generate, which DRA "
-        f"overrides; install a supported version: pip install 'trl{SUPPORTED_TRL}'"
-    )
-if not trl.__version__.startswith("1.16."):
-    warnings.warn(
-        f"dra_kernels.integrations.trl is tested with trl{SUPPORTED_TRL}, found {trl.__version__}",
-        stacklevel=2,
-    )
+gathered.check_trainer(
+    GRPOTrainer, ("_calculate_rewards", "_generate"), f"trl{SUPPORTED_TRL}", trl.__version__
+)
 
 
 def completion_text(completion: Any) -> str:
@@ -152,27 +101,22 @@ def keyword_step(
     advantages: str = "TRL computes the advantages; set GRPOConfig's scale_rewards instead",
     device: str | None = None,
 ) -> tuple[DRAStep, bool]:
-    """The step that a TRL trainer's ``embedder`` and ``dra_*`` keywords describe, checked
-    without loading anything; and whether the policy embeds (then the step is given embeddings,
-    not texts).
+    """``(step, policy)``: the step that a TRL trainer's ``embedder`` and ``dra_*`` keywords
+    describe, checked without loading anything, and whether the policy embeds.
 
     Args:
         embedder: the trainer's ``embedder`` argument (see :class:`DRARewardsMixin`).
         options: the ``dra_*`` keywords, spelled with their prefix.
-        advantages: why ``dra_scale`` / ``dra_eps`` are refused (the trainer computes the
-            advantages), said in the error.
-        device: where the SMI will run, when known at start-up: the backend is checked against
-            it (:meth:`dra_kernels.step.DRAStep.from_options`).
+        advantages: why ``dra_scale`` / ``dra_eps`` are refused, said in the error.
+        device: where the SMI will run, if known: the backend is checked against it.
 
     Raises:
         ValueError, TypeError: an option or a combination that cannot apply, naming the keyword;
         ImportError: the text embedder without the ``embed`` extra.
     """
     fields = {key[len(OPTION_PREFIX) :]: value for key, value in options.items()}
-    owned = sorted(OPTION_PREFIX + key for key in _TRL_OWNS if key in fields)
-    if owned:
-        raise ValueError(f"{', '.join(owned)}: {advantages}")
     spell = OPTION_PREFIX + "{}"
+    gathered.refuse_advantage_options(fields, advantages, spell)
     given = sorted(key for key, value in options.items() if value is not None)
     if isinstance(embedder, str) and embedder == POLICY:
         extra = [key for key in given if key[len(OPTION_PREFIX) :] in EMBEDDER_OPTIONS]
@@ -197,7 +141,7 @@ def keyword_step(
             fields["model"] = embedder
         step = DRAStep.from_options(fields, spell=spell, device=device)
         instead = f"embedder={POLICY!r} or your own embedding function"
-        check_text_embedder(step, install='pip install -e ".[trl,embed]"', instead=instead)
+        gathered.check_text_embedder(step, install='pip install -e ".[trl,embed]"', instead=instead)
         return step, False
     return DRAStep.from_options(fields, spell=spell, embedder=embedder, device=device), False
 
@@ -206,31 +150,18 @@ class DRARewardsMixin:
     """Adds Diversity-aware Reward Adjustment to a ``GRPOTrainer`` (or a subclass of it).
 
     Put it first in the bases: ``class MyTrainer(DRARewardsMixin, MyGRPOTrainer)``. Every option
-    below is checked before the trainer's own ``__init__`` runs, so before any model is loaded.
+    is checked before the trainer's own ``__init__`` runs, so before any model is loaded.
 
     Args:
-        embedder: what embeds the completions.
-
-            - ``None`` (default): :class:`dra_kernels.embed.Embedder` built from the ``dra_*``
-              options (by default the bundled all-MiniLM-L6-v2, every token read in windows), on
-              the trainer's device unless ``dra_device`` says otherwise;
-            - a sentence-transformers model name or directory: the same, with that model
-              (shorthand for ``dra_model=``);
-            - ``"policy"``: the mean of the policy's own last hidden states over each completion's
-              tokens, from one extra no-grad forward over prompt + completion per batch;
-            - a function ``list[str] -> [N, D]`` (torch tensor, numpy array or nested list), or an
-              object with an ``encode(texts)`` method (a ``SentenceTransformer``): used as given,
-              so no ``dra_*`` embedder option may be passed with it.
-
-            Each process embeds only its own completions.
-        dra_min_denominator: lower clamp of ``1 + SMI`` (see :func:`dra_kernels.adjust_rewards`).
-        dra_measure: the SMI measure: ``"graph_cut"`` (default, the paper's),
-            ``"facility_location"`` or ``"log_det"`` (docs/measures.md).
-        dra_eta: the measure's query magnification ``eta`` (facility location, log-det;
-            default 1.0).
-        dra_lam: log-det's ridge ``lam`` (default 1.0).
-        dra_backend: ``"auto"`` (default: the Triton kernel for CUDA tensors in one process),
-            ``"torch"`` or ``"triton"``; across processes the torch sums run.
+        embedder: what embeds each process's completions: ``None`` (default) for
+            :class:`dra_kernels.embed.Embedder` from the ``dra_*`` options (the bundled
+            all-MiniLM-L6-v2, every token read), on the trainer's device; a sentence-transformers
+            model name or directory (shorthand for ``dra_model=``); ``"policy"``, the mean of the
+            policy's own last hidden states over each completion (one extra no-grad forward per
+            batch); or a function ``list[str] -> [N, D]`` or an object with ``encode(texts)``,
+            used as given (no ``dra_*`` embedder option then).
+        dra_min_denominator, dra_measure, dra_eta, dra_lam, dra_backend: the step's options
+            (:class:`dra_kernels.step.DRAStep`; the measures in docs/measures.md).
         dra_model, dra_trust_remote_code, dra_long_text, dra_window_tokens, dra_window_overlap,
             dra_max_tokens, dra_batch_size, dra_device, dra_dtype: the
             :class:`dra_kernels.embed.EmbedderConfig` fields of the same name without ``dra_``
@@ -239,9 +170,6 @@ class DRARewardsMixin:
             size). An unknown ``dra_*`` keyword is an error listing the valid ones.
         *args: passed to the trainer unchanged.
         **kwargs: passed to the trainer unchanged.
-
-    Every option is one of :class:`dra_kernels.step.DRAStep`, checked by its rules (the core's),
-    errors naming the ``dra_*`` keyword.
 
     Example (the DRA paper's embedder)::
 
@@ -263,7 +191,7 @@ class DRARewardsMixin:
         self.dra_policy_embedder = policy
         self.dra_policy_batch_size: int | None = options.get(f"{OPTION_PREFIX}batch_size")
         self._dra_prompt_ids: list[list[int]] | None = None
-        self._dra_raw: tuple[str, torch.Tensor, int] | None = None
+        self._dra_raw: tuple[str, torch.Tensor] | None = None
         if policy:
             if self._is_vlm:
                 raise ValueError(
@@ -272,16 +200,13 @@ class DRARewardsMixin:
                 )
             step = step.with_embedder(None)
         else:
-            step = placed_step(step, self.accelerator.device)
+            step = gathered.placed_step(step, self.accelerator.device)
         self.dra_step = step
-
-    # ------------------------------------------------------------------------- embeddings
 
     def _generate(self, prompts):
         output = super()._generate(prompts)
         if self.dra_policy_embedder:
-            # NOTE: TRL's _generate returns (prompt_ids, completion_ids, ...); the prompt ids are
-            # consumed by the _calculate_rewards call of the same batch.
+            # NOTE: (prompt_ids, completion_ids, ...): for _calculate_rewards of the same batch
             self._dra_prompt_ids = output[0]
         return output
 
@@ -294,16 +219,17 @@ class DRARewardsMixin:
                 f"these {len(completion_ids_list)} completions, found {found}: a subclass that "
                 "generates without calling _generate must set self._dra_prompt_ids"
             )
-        batch_size = self.dra_policy_batch_size or (
-            self.args.per_device_train_batch_size
-            if mode == "train"
-            else self.args.per_device_eval_batch_size
+        batch_size = self.dra_policy_batch_size or getattr(
+            self.args, f"per_device_{mode}_batch_size"
         )
         device = self.accelerator.device
-        pad_id = self._tokenizer.pad_token_id
-        pad_id = 0 if pad_id is None else pad_id
+        pad_id = self._tokenizer.pad_token_id or 0
         model = self.model
-        keep = {"logits_to_keep": 1} if self._dra_accepts_logits_to_keep() else {}
+        base = self.accelerator.unwrap_model(model)
+        base = base.get_base_model() if is_peft_model(base) else base
+        # NOTE: with logits_to_keep the forward makes one logit, not one per token
+        accepts = "logits_to_keep" in inspect.signature(base.forward).parameters
+        keep = {"logits_to_keep": 1} if accepts else {}
         was_training = model.training
         rows = []
         model.eval()  # NOTE: no dropout; restored below, TRL reads the mode from model.training
@@ -342,53 +268,21 @@ class DRARewardsMixin:
             model.train(was_training)
         return torch.cat(rows, dim=0)
 
-    def _dra_accepts_logits_to_keep(self) -> bool:
-        """Whether the policy's forward takes ``logits_to_keep`` (then only one logit is made)."""
-        accepts = getattr(self, "_dra_logits_to_keep", None)
-        if accepts is None:
-            model = self.accelerator.unwrap_model(self.model)
-            if is_peft_model(model):
-                model = model.get_base_model()
-            accepts = "logits_to_keep" in inspect.signature(model.forward).parameters
-            self._dra_logits_to_keep = accepts
-        return accepts
-
-    def _dra_local_embeddings(
-        self, completions: list[Any], completion_ids_list: list[Any], mode: str
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.dra_policy_embedder:
-            out = self._dra_policy_embeddings(completion_ids_list, mode)
-            coverage = {"dra/tokens_read_share": 1.0, "dra/texts_cut": 0.0}  # every token read
-        else:
-            with torch.no_grad(), profiling_context(self, "dra_embed"):
-                out, coverage = self.dra_step.embed([completion_text(c) for c in completions])
-        return out.detach().to(self.accelerator.device), coverage
-
-    # ------------------------------------------------------------------------- rewards
-
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(
             inputs, prompts, completions, completion_ids_list
         )
         mode = "train" if self.model.training else "eval"
-        group_size = self.num_generations if mode == "train" else self.num_generations_eval
-        embeddings, coverage = self._dra_local_embeddings(completions, completion_ids_list, mode)
-        # NOTE: TRL's groups: row j of the gathered batch (process-major) is in group j // G; the
-        # rewards TRL normalises (sum_then_normalize) are the weighted sums of the columns.
+        if self.dra_policy_embedder:
+            embeddings = self._dra_policy_embeddings(completion_ids_list, mode)
+            coverage = {"dra/tokens_read_share": 1.0, "dra/texts_cut": 0.0}  # every token read
+        else:
+            with torch.no_grad(), profiling_context(self, "dra_embed"):
+                texts = [completion_text(c) for c in completions]
+                embeddings, coverage = self.dra_step.embed(texts)
         with profiling_context(self, "dra_step"):
-            result, smi = gathered_step(
-                self.dra_step,
-                rewards_per_func,
-                self.reward_weights,
-                embeddings,
-                process_index=self.accelerator.process_index,
-                num_processes=self.accelerator.num_processes,
-                group_size=group_size,
-                coverage=coverage,
-            )
-        for name, value in result.metrics.items():
-            self._metrics[mode][name].append(value)
-        self._dra_raw = (mode, rewards_per_func, group_size)
+            smi = gathered.smi(self, rewards_per_func, embeddings, mode=mode, coverage=coverage)
+        self._dra_raw = (mode, rewards_per_func)
         return self.dra_step.adjust(rewards_per_func, smi)
 
     def _generate_and_score_completions(self, inputs):
@@ -398,13 +292,10 @@ class DRARewardsMixin:
             self._dra_raw = None
         return output
 
-    def _dra_restore_reward_metrics(
-        self, mode: str, rewards_per_func: torch.Tensor, group_size: int
-    ) -> None:
-        """TRL's own reward metrics and logged rewards, which it computed from the adjusted
-        rewards, recomputed from the rewards before DRA as TRL computes them
-        (``GRPOTrainer._generate_and_score_completions``, trl 1.16): they report what they report
-        without DRA."""
+    def _dra_restore_reward_metrics(self, mode: str, rewards_per_func: torch.Tensor) -> None:
+        """TRL's own reward metrics and logged rewards recomputed from the raw rewards, as TRL
+        computes them (``GRPOTrainer._generate_and_score_completions``, trl 1.16)."""
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
         metrics = self._metrics[mode]
         for i, name in enumerate(self.reward_func_names):
             column = rewards_per_func[:, i]
@@ -414,7 +305,7 @@ class DRARewardsMixin:
             for _ in range(min(len(column), len(logged))):
                 logged.pop()
             logged.extend(column.tolist())
-        rewards = weighted_rewards(rewards_per_func, self.reward_weights)
+        rewards = gathered.weighted_rewards(rewards_per_func, self.reward_weights)
         metrics["reward"][-1] = torch.nanmean(rewards).item()
         metrics["reward_std"][-1] = nanstd(rewards).item()
         if self.multi_objective_aggregation == "sum_then_normalize":
@@ -429,17 +320,15 @@ class DRARewardsMixin:
             mean = torch.nanmean(grouped, dim=1, keepdim=True)
             spread = nanstd(grouped, dim=1, keepdim=True) if group_size > 1 else 0.0 * mean
             normalised = ((grouped - mean) / (spread + 1e-4)).view(rewards_per_func.shape)
-            summed = weighted_rewards(normalised, self.reward_weights, rewards_per_func)
+            summed = gathered.weighted_rewards(normalised, self.reward_weights, rewards_per_func)
             std = nanstd(summed) if summed.numel() > 1 else torch.zeros(())
         zero = torch.isclose(std, torch.zeros_like(std)).float().mean().item()
         metrics["frac_reward_zero_std"][-1] = zero
 
 
 class DRAGRPOTrainer(DRARewardsMixin, GRPOTrainer):
-    """``trl.GRPOTrainer`` with Diversity-aware Reward Adjustment.
-
-    Takes every ``GRPOTrainer`` argument, plus ``embedder`` and the ``dra_*`` options (keyword
-    only, see :class:`DRARewardsMixin`).
+    """``trl.GRPOTrainer`` with Diversity-aware Reward Adjustment: every ``GRPOTrainer`` argument,
+    plus ``embedder`` and the ``dra_*`` options (keyword only, see :class:`DRARewardsMixin`).
 
     Example::
 

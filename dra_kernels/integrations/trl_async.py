@@ -1,39 +1,14 @@
 """DRA for TRL's experimental ``AsyncGRPOTrainer`` (``trl.experimental.async_grpo``; supported:
-``trl>=1.16,<1.17``).
+``trl>=1.16,<1.17``). See docs/integrations/trl_async.md.
 
-A thin adapter over :class:`dra_kernels.step.DRAStep`, like :mod:`dra_kernels.integrations.trl`:
-the ``dra_*`` keywords are the step's options (checked before the trainer's own ``__init__``, so
-before any model loads, each error naming the keyword), and each prompt group is one step.
-
-Where it plugs in: ``AsyncGRPOTrainer`` derives from TRL's ``_BaseTrainer``, not from
-``GRPOTrainer``, and computes no rewards itself. On the main process it builds an
-``AsyncRolloutWorker``, which spawns a child process (CUDA hidden from it) running an
-``_AsyncRolloutLoop``: the loop generates through a vLLM server, collects each prompt's
-``num_generations`` conversations into a ``RolloutGroup`` and scores it in
-``_AsyncRolloutLoop._score_group``, which runs the reward functions, sums their columns, computes
-the group's advantages and returns one ``RolloutSample`` per training row, each carrying its
-advantage and TRL's reward metrics. The worker picks the loop class from its class attribute
-``_loop_cls`` and forwards its constructor's keywords to the loop, as TRL's own
-``HarnessRolloutWorker`` does. So:
-
-- :class:`DRARolloutLoop` is TRL's loop whose ``_score_group`` runs TRL's own scoring, then one
-  DRA step over the group (the raw rewards, the completions' texts embedded in the worker's
-  process), and replaces each sample's advantage with TRL's advantage of the adjusted rewards
-  (:func:`async_advantages`). TRL's reward metrics in the samples stay those of the raw rewards.
-  The step's :data:`~dra_kernels.step.METRICS` go to the trainer the way the worker sends its
-  own: ``_push_metrics``, onto the queue the trainer drains in ``log``.
-- :class:`DRARolloutWorker` is TRL's worker with that loop and a ``dra_step`` keyword, which
-  travels to the child process with the loop's other keywords (pickled).
-- :class:`DRAAsyncGRPOTrainer` checks the options, lets ``AsyncGRPOTrainer.__init__`` build
-  everything, then swaps the default worker, not yet started, for a :class:`DRARolloutWorker`
-  with the very same keywords plus the step.
-
-The embedder is built in the worker's process, when the loop is constructed there (before it
-reports ready): the step travels as its configuration (an
-:class:`~dra_kernels.embed.EmbedderConfig`, or your function or class), never as a loaded
-model. TRL starts that process with ``CUDA_VISIBLE_DEVICES=""``, so the embedder runs on its CPU.
-
-This module imports TRL; :mod:`dra_kernels` itself never does.
+``AsyncGRPOTrainer`` scores rewards in a rollout worker's child process (CUDA hidden from it):
+its ``_AsyncRolloutLoop._score_group`` scores a prompt's group and computes its advantages. The
+worker builds its loop from its class attribute ``_loop_cls`` with its constructor's keywords, so
+:class:`DRARolloutLoop` runs TRL's scoring, then one DRA step over the group (embedded in the
+worker's process, on its CPU) and replaces each sample's advantage with TRL's advantage of the
+adjusted rewards; :class:`DRARolloutWorker` carries the step (pickled, as its configuration, never
+a loaded model) to that loop; :class:`DRAAsyncGRPOTrainer` swaps TRL's default worker, not yet
+started, for one. The step's metrics reach the trainer through the loop's ``_push_metrics``.
 """
 
 from __future__ import annotations
@@ -46,8 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-# NOTE: first: without TRL, it raises the ImportError that says how to install it (and it warns
-# about an untested TRL version).
+# NOTE: first: without TRL it says how to install it (and it checks TRL's version).
 from dra_kernels.integrations.trl import (
     OPTION_PREFIX,
     POLICY,
@@ -140,9 +114,8 @@ def check_picklable(step: DRAStep) -> None:
 
 
 def worker_step(embedder: Any, options: dict[str, Any]) -> DRAStep:
-    """The step that ``embedder`` and the ``dra_*`` keywords describe, for TRL's rollout worker:
-    checked as for ``DRAGRPOTrainer`` (:func:`dra_kernels.integrations.trl.keyword_step`, nothing
-    loaded), against a CPU (the worker's process sees no GPU), and for pickling.
+    """The step that ``embedder`` and the ``dra_*`` keywords describe, checked as for
+    ``DRAGRPOTrainer`` (nothing loaded), against a CPU (the worker's) and for pickling.
 
     Raises:
         ValueError, TypeError: an option that cannot apply in the worker, naming the keyword;
@@ -168,21 +141,16 @@ def worker_step(embedder: Any, options: dict[str, Any]) -> DRAStep:
 
 
 class DRARolloutLoop(_AsyncRolloutLoop):
-    """TRL's asynchronous rollout loop with Diversity-aware Reward Adjustment in
-    ``_score_group``. Lives in the rollout worker's process.
+    """TRL's asynchronous rollout loop with DRA in ``_score_group``, in the worker's process.
 
     Args:
         dra_step: the DRA step, with a text embedder (built here, before the loop reports ready).
         **loop_kwargs: TRL's ``_AsyncRolloutLoop`` keywords, unchanged.
 
-    For each group: TRL's ``_score_group`` runs unchanged (reward functions, their sum, TRL's
-    metrics and samples); then the step runs once over the group's raw rewards (each
-    conversation's ``reward``, NaN where unscorable) and its completions' texts
-    (:func:`~dra_kernels.integrations.trl.completion_text`), and each sample's advantage becomes
-    :func:`async_advantages` of the adjusted rewards. A conversation that yielded no training row
-    has no sample to carry its reward: it is embedded with its group but left out of the
-    rewards (as an unscorable one); TRL's own loop always yields one (every generated token is
-    trained). The step's metrics are pushed with ``_push_metrics``, one value per group.
+    Per group, after TRL's own ``_score_group``: one step over the raw rewards (NaN where
+    unscorable, or where a conversation yielded no training row) and the completions' texts; each
+    sample's advantage becomes :func:`async_advantages` of the adjusted rewards; the step's
+    metrics are pushed with ``_push_metrics``, one value per group.
     """
 
     def __init__(self, *, dra_step: DRAStep, **loop_kwargs: Any) -> None:
@@ -226,17 +194,12 @@ class DRARolloutLoop(_AsyncRolloutLoop):
 
 
 class DRARolloutWorker(AsyncRolloutWorker):
-    """TRL's ``AsyncRolloutWorker`` whose child process runs :class:`DRARolloutLoop`.
+    """TRL's ``AsyncRolloutWorker`` whose child process runs :class:`DRARolloutLoop` (built by
+    :class:`DRAAsyncGRPOTrainer`, or by you for a plain ``AsyncGRPOTrainer(rollout_worker=...)``).
 
     Args:
-        dra_step: the DRA step (:func:`worker_step` builds one from the ``dra_*`` keywords); it is
-            pickled to the child process with the other keywords, so its embedder must be
-            picklable (:func:`check_picklable`).
+        dra_step: the DRA step (:func:`worker_step`), pickled to the child process.
         **kwargs: ``AsyncRolloutWorker``'s keywords, unchanged.
-
-    :class:`DRAAsyncGRPOTrainer` builds this worker itself. Build it yourself only to pass it to
-    a plain ``AsyncGRPOTrainer(rollout_worker=...)``, with every keyword that trainer would give
-    its default worker.
     """
 
     _loop_cls = DRARolloutLoop
@@ -250,29 +213,13 @@ class DRAAsyncGRPOTrainer(AsyncGRPOTrainer):
     """TRL's ``AsyncGRPOTrainer`` with Diversity-aware Reward Adjustment.
 
     Takes every ``AsyncGRPOTrainer`` argument but ``rollout_worker`` (it builds its own, a
-    :class:`DRARolloutWorker`), plus ``embedder`` and the ``dra_*`` options (keyword only), all
-    checked before ``AsyncGRPOTrainer.__init__`` runs, so before any model is loaded.
-
-    Args:
-        embedder: what embeds the completions, in the rollout worker's process, on its CPU:
-
-            - ``None`` (default): :class:`dra_kernels.embed.Embedder` built from the ``dra_*``
-              options (by default the bundled all-MiniLM-L6-v2, every token read in windows);
-            - a sentence-transformers model name or directory (shorthand for ``dra_model=``);
-            - a function ``list[str] -> [N, D]``, an object with an ``encode(texts)`` method, or
-              a class of either (built in the worker's process): it is pickled to that process,
-              so a module-level function or class, not a lambda or a closure.
-
-            ``"policy"`` is refused: the worker's process holds no policy.
-        dra_min_denominator, dra_measure, dra_eta, dra_lam, dra_backend: the step's options, as
-            for :class:`dra_kernels.integrations.trl.DRARewardsMixin` (``dra_backend="triton"``
-            is refused: the worker has no GPU).
-        dra_model, dra_trust_remote_code, dra_long_text, dra_window_tokens, dra_window_overlap,
-            dra_max_tokens, dra_batch_size, dra_dtype: the
-            :class:`dra_kernels.embed.EmbedderConfig` fields of the same name without ``dra_``;
-            ``dra_device`` may only be ``"cpu"``.
-        *args: passed to ``AsyncGRPOTrainer`` unchanged.
-        **kwargs: passed to ``AsyncGRPOTrainer`` unchanged.
+    :class:`DRARolloutWorker`), plus the ``embedder`` and ``dra_*`` keywords of
+    :class:`dra_kernels.integrations.trl.DRARewardsMixin`, all checked before
+    ``AsyncGRPOTrainer.__init__`` runs (:func:`worker_step`). The embedder runs in the rollout
+    worker's process, on its CPU: ``embedder="policy"`` (no policy there), ``dra_backend="triton"``
+    and a ``dra_device`` other than ``"cpu"`` are refused, and the embedder (a function, an object
+    with ``encode``, or a class of either, built there) is pickled to that process: a module-level
+    function or class, not a lambda or a closure.
 
     Example (the DRA paper's embedder)::
 

@@ -1,68 +1,11 @@
-"""DRA for verl (0.9.x): adjust a DataProto batch, and a ``verl.plugins`` hook for verl's trainers.
+"""DRA for verl (0.9.x): :func:`apply_dra` adjusts a ``DataProto`` batch, and a ``verl.plugins``
+hook runs it in verl's trainers. See docs/integrations/verl.md (the ``dra.*`` keys, what runs
+where, the metrics).
 
-verl scores one trajectory per reward call, so DRA cannot live in a reward function: it needs every
-completion of a prompt's group at once. Two ways in:
-
-- :func:`apply_dra`: adjusts the scores of a :class:`verl.DataProto` in place of its score tensors
-  (``token_level_scores`` / ``rm_scores`` / ``token_level_rewards``): decodes each valid response
-  with the tokenizer, runs one :class:`~dra_kernels.step.DRAStep` over the texts grouped by
-  ``non_tensor_batch["uid"]`` (one SMI pass) and writes ``r / max(1 + SMI, min_denominator)`` at
-  the last valid response token; returns the step's metrics. For custom trainers.
-- The plugin: installing dra-kernels registers this module under the ``verl.plugins`` entry-point
-  group, which ``import verl`` imports in every verl process. It wraps, when their modules are
-  imported:
-
-  - ``verl.utils.config.validate_config`` and ``verl.trainer.main_ppo.run_ppo`` (the drivers of
-    ``main_ppo`` and of the one_step_off_policy / fully_async_policy recipes: every ``dra.*`` key
-    is checked before ``ray.init``);
-  - of verl's v1 trainer ``PPOTrainer`` (``verl/trainer/ppo/v1/trainer_base.py``, all
-    ``trainer.v1.trainer_mode`` values), ``__init__`` (the keys checked again), ``fit`` (the
-    embedder built, before the first rollout) and ``_compute_advantage`` (verl computes the
-    advantages from DRA's scores, then the raw ``rm_scores`` are put back in TransferQueue, so
-    verl's own ``critic/score/*`` and ``critic/rewards/*`` report the raw scores);
-  - of ``SeparateRayPPOTrainer`` (``verl/experimental/separation/ray_trainer.py``), the legacy-
-    layout base of the recipes' ``OneStepOffRayTrainer`` and ``FullyAsyncTrainer``,
-    ``_fit_compute_advantage`` (the same on the batch's ``DataProto``: advantages from DRA's
-    scores, the raw ``token_level_scores`` / ``token_level_rewards`` put back; the embedder built
-    at the first call) and its subclasses' ``__init__`` (the keys checked);
-  - ``RayPPOTrainer.__init__`` (``trainer.use_v1=false``): a run that asks for DRA with a legacy
-    trainer whose advantage step is not the hooked one fails at start-up instead of silently
-    training without it.
-
-  ``dra/*`` metrics are logged with verl's. Each wrapper calls the original unchanged unless the
-  run asked for DRA: ``+dra.enable=true`` in the Hydra configuration, or ``DRA_KERNELS_VERL=1``
-  in the environment of the trainer process.
-
-Configuration keys (all under the top-level ``dra`` group; Hydra needs the ``+`` to add them)::
-
-    dra.enable             false    turn DRA on
-    dra.embedder           null     "module:attr" of a callable list[str] -> [N, D], of an object
-                                    with .encode(list[str]), or of a class building one with no
-                                    args; null: dra_kernels.embed.Embedder, configured by:
-    dra.model              null     name or local directory (null: bundled all-MiniLM-L6-v2)
-    dra.trust_remote_code  false    for models with custom code (jina-embeddings-v2 needs it)
-    dra.long_text          windows  windows | head | head_tail
-    dra.window_tokens      null     tokens per window (null: the model's max_seq_length)
-    dra.window_overlap     0        tokens shared by consecutive windows
-    dra.max_tokens         null     tokens read per completion at most (null: all)
-    dra.batch_size         32       windows per forward pass
-    dra.device             null     cpu | cuda | cuda:N | auto (null = auto; see placement)
-    dra.dtype              null     float32 | float16 | bfloat16
-    dra.placement          auto     auto | local | ray: where the embedder runs
-    dra.num_gpus           0.1      share of a GPU the embedder's Ray actor holds
-    dra.placement_timeout  120      seconds to wait for Ray to schedule that actor
-    dra.min_denominator    0.1      lower clamp of 1 + SMI
-    dra.backend            auto     auto | torch | triton
-    dra.measure            graph_cut  graph_cut | facility_location | log_det (docs/measures.md;
-                                    log_det runs on torch: not with backend=triton)
-    dra.eta                1.0      facility_location / log_det query magnification
-    dra.lam                1.0      log_det ridge
-
-``enable``, ``embedder``, ``device`` and the placement keys are this adapter's; the others are
-:class:`~dra_kernels.step.DRAStep`'s options (:meth:`~dra_kernels.step.DRAStep.from_options`, the
-core's rules), checked at start-up. Placement is explained in
-:mod:`dra_kernels.integrations._placement` (verl's TaskRunner has no GPU: with ``placement=auto``
-the embedder goes to a Ray actor on a share of a cluster GPU).
+verl scores one trajectory per reward call, so DRA hooks the advantage step, where every completion
+of a group is present: ``import verl`` imports this module (the entry point), which wraps verl's
+drivers and trainers when their modules are imported (:data:`_FINDER`). Each wrapper calls the
+original unchanged unless the run asks for DRA (``+dra.enable=true`` or ``DRA_KERNELS_VERL=1``).
 """
 
 from __future__ import annotations
@@ -82,9 +25,10 @@ from dra_kernels.embed import EMBEDDER_OPTIONS, EmbedderConfig
 from dra_kernels.integrations._common import PatchOnImport, env_flag, import_object
 from dra_kernels.integrations._placement import (
     PLACEMENT_OPTIONS,
+    Deferred,
     PlacementOptions,
-    build_embed_fn,
-    check_device,
+    place_step,
+    read_step,
 )
 from dra_kernels.step import DRAStep
 
@@ -109,34 +53,18 @@ ENV_VAR = "DRA_KERNELS_VERL"
 """Environment variable that turns DRA on in the verl trainer process (``1``/``true``/``on``)."""
 
 SCORE_KEYS = ("token_level_scores", "rm_scores", "token_level_rewards")
-"""Score tensors of a verl batch that :func:`apply_dra` rewrites when present. The score is read
-from the first of ``token_level_scores`` / ``rm_scores`` present (the reward before any KL
-penalty); the same per-row change goes to every one present, so ``token_level_rewards = scores -
-KL`` stays consistent."""
+"""Score tensors that :func:`apply_dra` rewrites when present: the score is read from the first of
+the first two present (before any KL penalty), the same per-row change goes to each."""
 
-_V1_MODULE = "verl.trainer.ppo.v1.trainer_base"
-_LEGACY_MODULE = "verl.trainer.ppo.ray_trainer"
-_SEPARATION_MODULE = "verl.experimental.separation.ray_trainer"
-_CONFIG_MODULE = "verl.utils.config"
-_DRIVER_MODULE = "verl.trainer.main_ppo"
 _RAW_SCORES = "dra_kernels_raw_scores"
 _WRAPPED = "__dra_kernels_wrapped__"
 _STATE = "_dra_kernels_state"
-
-
-# ----------------------------------------------------------------------------- settings
 
 PREFIX = "dra."
 """How verl spells DRA's keys (``+dra.model=...`` on the command line)."""
 
 _STEP_KEYS = ("min_denominator", "backend", "measure", "eta", "lam")
-VALID_KEYS: tuple[str, ...] = (
-    "enable",
-    "embedder",
-    *_STEP_KEYS,
-    *EMBEDDER_OPTIONS,
-    *PLACEMENT_OPTIONS,
-)
+VALID_KEYS = ("enable", "embedder", *_STEP_KEYS, *EMBEDDER_OPTIONS, *PLACEMENT_OPTIONS)
 """Every key of the ``dra`` group, without the ``dra.`` prefix."""
 
 _PLACEMENT_HINT = (
@@ -147,32 +75,12 @@ _PLACEMENT_HINT = (
 
 
 @dataclass(frozen=True)
-class _Named:
-    """The user's embedder as ``dra.embedder`` names it (``"package.module:attribute"``), not
-    imported: :meth:`DRASettings.build_step` imports and places it."""
-
-    # NOTE: a stand-in, so that DRAStep.from_options applies the core's rule (embedder options do
-    # not apply to the user's own embedder) at start-up without importing the user's module or
-    # building its class in verl's driver. from_options takes only a built embedder.
-    spec: str
-
-    def __call__(self, texts: list[str]) -> Any:
-        raise RuntimeError(
-            f"{PREFIX}embedder={self.spec!r} is built where {PREFIX}placement says: use the step "
-            "that DRASettings.build_step() returns"
-        )
-
-
-@dataclass(frozen=True)
 class DRASettings:
     """DRA options of a verl run, read from the ``dra`` configuration group.
 
     Attributes:
-        step: the :class:`~dra_kernels.step.DRAStep` (``dra.min_denominator``, ``dra.backend``,
-            ``dra.measure``, ``dra.eta``, ``dra.lam`` and the built-in embedder's options, checked
-            by the core's rules); its embedder is built by :meth:`build_step`.
-        device: the ``dra.device`` option (``None``: auto), placed by
-            :mod:`dra_kernels.integrations._placement` rather than given to the embedder's config.
+        step: the :class:`~dra_kernels.step.DRAStep`; its embedder is built by :meth:`build_step`.
+        device: the ``dra.device`` option (``None``: auto), placed, not given to the embedder.
         placement: where the embedder runs (``dra.placement``, ``dra.num_gpus``,
             ``dra.placement_timeout``).
     """
@@ -186,53 +94,40 @@ class DRASettings:
         """``dra.embedder``: ``"module:attr"`` of the user's own embedder, or ``None`` (the
         built-in :class:`dra_kernels.embed.Embedder`)."""
         named = self.step.embedder
-        return named.spec if isinstance(named, _Named) else None
+        return named.spec if isinstance(named, Deferred) else None
 
     def build_step(self) -> DRAStep:
         """The step with its embedder built where the placement rules say (this process, or a
         Ray actor on a GPU share); loads a model: call once per run."""
-        config, factory = self.step.embedder, None
-        if isinstance(config, _Named):
-            config, factory = None, _factory(import_object(config.spec, f"{PREFIX}embedder"))
-        embed = build_embed_fn(
-            config=config,
+        factory = None
+        if self.embedder is not None:
+            # NOTE: a class is built (in the actor, if placed there); anything else is the embedder
+            obj = import_object(self.embedder, f"{PREFIX}embedder")
+            factory = obj if isinstance(obj, type) else (lambda: obj)
+        return place_step(
+            self.step,
             factory=factory,
             device=self.device,
             options=self.placement,
             prefix=PREFIX,
             hint=_PLACEMENT_HINT,
         )
-        return self.step.with_embedder(embed)
-
-
-def _factory(obj: Any) -> Callable[[], Any]:
-    """A zero-argument builder of what ``dra.embedder`` names: a class is built, a function or an
-    object is the embedder itself."""
-    if isinstance(obj, type):
-        return obj
-    return functools.partial(_identity, obj)
-
-
-def _identity(obj: Any) -> Any:
-    return obj
 
 
 def settings_from_config(config: Any) -> DRASettings | None:
     """DRA settings of a run, or ``None`` when the run did not ask for DRA.
 
     DRA is on when ``config.dra.enable`` is true or the environment variable ``DRA_KERNELS_VERL``
-    is ``1``/``true``/``yes``/``on``. Other keys of ``config.dra`` set the options: the step's go
-    to :meth:`DRAStep.from_options <dra_kernels.step.DRAStep.from_options>` (the core's rules,
-    errors spelled ``dra.x``), the placement keys to
-    :mod:`~dra_kernels.integrations._placement`. Nothing is loaded or started.
+    is ``1``/``true``/``yes``/``on``. The other keys of ``config.dra`` are checked by the core's
+    rules (:meth:`DRAStep.from_options <dra_kernels.step.DRAStep.from_options>`, errors spelled
+    ``dra.x``) and the placement's. Nothing is loaded or started.
 
     Args:
         config: the trainer's configuration (an OmegaConf ``DictConfig``, a mapping, or ``None``).
 
     Raises:
-        ValueError, TypeError: an unknown key under ``dra`` (the message lists the valid keys,
-            spelled ``dra.x``), a bad value (the message names its key), or a bad value of
-            ``DRA_KERNELS_VERL``.
+        ValueError, TypeError: an unknown key under ``dra`` (the valid keys listed), a bad value
+            (its key named), or a bad value of ``DRA_KERNELS_VERL``.
     """
     group = _config_group(config)
     enable = group.pop("enable", False)
@@ -249,45 +144,24 @@ def settings_from_config(config: Any) -> DRASettings | None:
     spec = group.pop("embedder", None)
     if spec is not None and (not isinstance(spec, str) or not spec.strip()):
         raise ValueError(f"{PREFIX}embedder must be 'package.module:attribute', got {spec!r}")
-    placement = PlacementOptions.from_options(
-        {k: group.pop(k, None) for k in PLACEMENT_OPTIONS}, prefix=PREFIX
-    )
-    device = check_device(group.get("device"), prefix=PREFIX)
-    if spec is None:
-        # NOTE: dra.device is placed, not given to the embedder's config, which would check it
-        # against this process (verl's driver sees no GPU). With dra.embedder it stays, and the
-        # step refuses it as any embedder option.
-        group.pop("device", None)
-    step = DRAStep.from_options(
-        group, spell=PREFIX + "{}", embedder=None if spec is None else _Named(spec)
-    )
+    step, device, placement = read_step(group, spec=spec, spell=PREFIX + "{}", prefix=PREFIX)
     return DRASettings(step=step, device=device, placement=placement)
 
 
 def _config_group(config: Any) -> dict[str, Any]:
-    if config is None:
-        return {}
-    group = config.get("dra") if hasattr(config, "get") else None
-    if group is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
-        if isinstance(group, DictConfig):
-            group = OmegaConf.to_container(group, resolve=True)
-    except ImportError:
-        pass
-    if not isinstance(group, Mapping):
+    group = config.get("dra") if hasattr(config, "get") else None
+    if isinstance(group, DictConfig):
+        group = OmegaConf.to_container(group, resolve=True)
+    if group is not None and not isinstance(group, Mapping):
         raise ValueError(f"'dra' in the verl configuration must be a group of keys, got {group!r}")
-    return dict(group)
+    return dict(group or {})
 
 
 @functools.lru_cache(maxsize=1)
 def _default_embed_fn() -> Callable[[list[str]], Any]:
     return EmbedderConfig().build().encode
-
-
-# ----------------------------------------------------------------------------- the batch function
 
 
 def apply_dra(
@@ -305,53 +179,39 @@ def apply_dra(
 ) -> dict[str, float]:
     """Diversity-aware reward adjustment of a verl batch, one :class:`~dra_kernels.step.DRAStep`.
 
-    For each row with a non-empty response: decodes the valid response tokens (as verl's reward
-    managers do), embeds the texts, reads the scalar score (the row sum of the score tensor over
-    the valid response tokens), runs the step over the rows grouped by ``uid`` (one SMI pass) and
-    writes the change at the last valid response token. A score that sits at the last token only
-    (verl's layout) becomes exactly the step's adjusted score; other tokens are never touched.
-
-    Nothing else in ``data`` changes: each rewritten score key gets a new tensor (the old tensor is
-    not modified), other keys and ``non_tensor_batch`` stay as they are.
+    Decodes each non-empty response's valid tokens, embeds the texts, runs the step on the scores
+    (each row's sum over its valid tokens) grouped by ``uid`` and writes the change at the last
+    valid token: a score held by that token alone (verl's layout) becomes exactly the adjusted
+    score. Each rewritten score key gets a new tensor; nothing else in ``data`` changes.
 
     Args:
         data: a ``verl.DataProto`` with ``batch["responses"]`` ``[N, R]`` (right-padded token
-            ids), a response mask (``batch["attention_mask"]``, whose last ``R`` columns cover the
-            response, else ``batch["response_mask"]``, else every token counts), score tensors
-            ``[N, R]`` and ``non_tensor_batch[uid_key]`` (group ids, e.g. verl's uid strings).
+            ids), a response mask (the last ``R`` columns of ``batch["attention_mask"]``, else
+            ``batch["response_mask"]``, else all), score tensors ``[N, R]`` and
+            ``non_tensor_batch[uid_key]`` (group ids).
         tokenizer: the policy's tokenizer (anything with ``batch_decode`` and ``len``).
-        embedder: a callable ``list[str] -> [N, D]`` (tensor or array), or an object with
-            ``.encode``; ``None``: the step's embedder, else :class:`dra_kernels.embed.Embedder`
-            with the bundled model.
-        step: the DRA step to run, built once (e.g. ``DRAStep.from_options(...)``); ``None``: one
-            from the option keywords below. Not both.
-        score_keys: tensors to rewrite; the score is read from the first. Default: those of
-            :data:`SCORE_KEYS` present, read from ``token_level_scores`` or else ``rm_scores``.
+        embedder: a callable ``list[str] -> [N, D]`` or an object with ``.encode``; ``None``: the
+            step's embedder, else :class:`dra_kernels.embed.Embedder` with the bundled model.
+        step: the DRA step to run; ``None``: one from the option keywords (not both).
+        score_keys: tensors to rewrite, the score read from the first. Default: those of
+            :data:`SCORE_KEYS` present.
         uid_key: key of the group ids in ``non_tensor_batch``.
-        rows: optional ``[N]`` boolean mask of the rows that take part (e.g. not verl's synthetic
-            padding rows); the others are not embedded, not grouped and keep their scores.
-        expected_group_size: when given, groups of another size (a group split by filtering or
-            batching) raise a ``RuntimeWarning`` and are counted in ``dra/incomplete_groups``;
-            they are still adjusted within the rows present.
-        skip_special_tokens: passed to the tokenizer's ``batch_decode`` (verl's reward managers
-            use ``True``).
+        rows: optional ``[N]`` boolean mask of the rows that take part (e.g. not verl's padding
+            rows); the others keep their scores.
+        expected_group_size: when given, groups of another size warn (``RuntimeWarning``) and
+            are counted in ``dra/incomplete_groups``; they are adjusted within the rows present.
+        skip_special_tokens: passed to the tokenizer's ``batch_decode``.
         **options: the step's options by name (``min_denominator``, ``backend``, ``measure``,
-            ``eta``, ``lam``; ``None``: the default),
-            checked by the core's rules as in :func:`dra_kernels.adjust_rewards`.
+            ``eta``, ``lam``; ``None``: the default), checked by the core's rules.
 
     Returns:
-        The step's metrics (:data:`dra_kernels.step.METRICS`): ``dra/rows``, ``dra/groups``,
-        ``dra/incomplete_groups``, ``dra/flat_groups_share``, ``dra/smi/mean``, ``dra/smi/max``,
-        ``dra/factor/mean``, ``dra/factor/min`` (the factor ``1 / max(1 + SMI,
-        min_denominator)``), ``dra/reward_before/mean``, ``dra/reward_after/mean``, and, for an
-        embedder that counts what it reads (:class:`dra_kernels.embed.Embedder`, also behind a
-        Ray actor), ``dra/tokens_read_share`` and ``dra/texts_cut``.
+        The step's metrics (:data:`dra_kernels.step.METRICS`; ``dra/tokens_read_share`` and
+        ``dra/texts_cut`` only for an embedder that counts what it reads).
 
     Raises:
         KeyError: no ``responses``, no score tensor, or no group ids under ``uid_key``.
-        ValueError: shapes that disagree, token ids outside the tokenizer's vocabulary (a
-            tokenizer that is not the policy's), an embedder returning the wrong number of rows,
-            a bad option, or options given both in ``step`` and as keywords.
+        ValueError: shapes that disagree, token ids outside the tokenizer's vocabulary, an
+            embedder returning the wrong number of rows, or a bad option.
     """
     if step is None:
         step = DRAStep.from_options(options)
@@ -492,18 +352,10 @@ def _check_vocabulary(token_ids: torch.Tensor, tokenizer: Any) -> None:
         )
 
 
-# ----------------------------------------------------------------------------- the v1 trainer hook
-
-
 def session_finals(keys: Sequence[str]) -> np.ndarray:
-    """Which rows of a v1 batch are the final output of their session, verl's rule for GRPO.
-
-    Multi-output agent loops write several rows per trajectory, keyed
-    ``{uid}_{session_id}_{index}``; verl's GRPO (``compute_advantage_for_multi_trajectories``,
-    ``verl/trainer/ppo/v1/utils.py``) groups only each session's last output (the highest
-    ``index``) by ``uid`` and gives the other outputs of the session its advantage. DRA groups the
-    same rows. A key of another form is a session of its own.
-    """
+    """Which rows of a v1 batch are the final output of their session (keys
+    ``{uid}_{session_id}_{index}``, the highest ``index``; a key of another form is a session of
+    its own): verl's GRPO groups only those (``compute_advantage_for_multi_trajectories``)."""
     final: dict[str, tuple[int, int]] = {}
     for row, key in enumerate(keys):
         parts = str(key).rsplit("_", 2)
@@ -525,15 +377,9 @@ def _dra_scores(
     non_tensor: Mapping[str, np.ndarray],
     rows: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """One DRA step over a trainer's batch, as both hooks run it: the adjusted scores.
-
-    ``tensors`` holds ``responses``, the response mask (``attention_mask`` and/or
-    ``response_mask``, as :func:`apply_dra` reads them) and the raw ``rm_scores`` ``[N, R]``,
-    which are not modified; ``non_tensor`` the group ids under ``uid``. Runs :func:`apply_dra`
-    with the trainer's tokenizer, its ``rollout.n`` as the expected group size and ``rows`` (the
-    rows that take part), logs the step's metrics into ``metrics`` and returns the adjusted
-    scores, a new ``[N, R]`` tensor.
-    """
+    """The adjusted ``rm_scores`` (a new tensor) of :func:`apply_dra` over ``tensors`` (responses,
+    response mask, raw ``rm_scores``) and ``non_tensor`` (``uid``), as both hooks run it; the
+    step's metrics go into ``metrics``."""
     from tensordict import TensorDict
     from verl import DataProto
 
@@ -557,25 +403,19 @@ def _dra_scores(
 def _compute_advantage_with_dra(
     trainer: Any, batch: Any, metrics: dict, step: DRAStep, tq: Any, original: Callable
 ) -> Any:
-    """verl's advantage step on DRA's scores; verl's own score metrics stay raw.
-
-    Reads ``uid``, ``responses`` and ``rm_scores`` from TransferQueue, runs the step
-    (:func:`_dra_scores`, padding rows left out), writes the adjusted ``rm_scores``, runs verl's
-    ``_compute_advantage`` (which reads them: advantages and returns come from the adjusted
-    scores), then puts the raw ``rm_scores`` back, and, with ``algorithm.use_kl_in_reward``, the
-    ``token_level_rewards`` verl wrote as ``raw - KL``. verl's ``_compute_metrics`` and rollout
-    dumps read those two after this step (``critic/score/*``, ``critic/rewards/*``), so they
-    report what they report without DRA; the adjusted values are logged as ``dra/*``.
-    """
+    """verl's v1 advantage step on DRA's scores (in TransferQueue); then the raw ``rm_scores``
+    (and ``raw - KL`` ``token_level_rewards``) are put back for verl's own metrics and dumps."""
     from tensordict import TensorDict
 
     n = len(batch)
-    data = tq.kv_batch_get(
-        keys=batch.keys,
-        partition_id=batch.partition_id,
-        select_fields=["uid", "responses", "rm_scores"],
-    )
-    present = set(data.keys())
+
+    def get(*names: str) -> Any:
+        return tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=names
+        )
+
+    data = get("uid", "responses", "rm_scores")
+    present = set(data.keys())  # NOTE: a TensorDict refuses `in`
     missing = [k for k in ("uid", "responses", "rm_scores") if k not in present]
     if missing:
         raise KeyError(
@@ -613,15 +453,11 @@ def _compute_advantage_with_dra(
 
     put("rm_scores", adjusted)
     out = original(trainer, batch, metrics)
-    # NOTE: verl's _compute_advantage (verl/trainer/ppo/v1/trainer_base.py) writes back only
-    # advantages and returns, and token_level_rewards (= rm_scores - KL) with use_kl_in_reward;
-    # _compute_metrics reads rm_scores and token_level_rewards after it.
+    # NOTE: verl's step writes back advantages, returns and, with use_kl_in_reward,
+    # token_level_rewards (= rm_scores - KL); its _compute_metrics reads them after it.
     put("rm_scores", raw_scores)
     if trainer.config.algorithm.use_kl_in_reward:
-        written = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=["token_level_rewards"]
-        )
-        rewards, _ = _padded(written["token_level_rewards"], 0.0)
+        rewards, _ = _padded(get("token_level_rewards")["token_level_rewards"], 0.0)
         put("token_level_rewards", (rewards.double() - change).to(rewards.dtype))
     return out
 
@@ -629,17 +465,9 @@ def _compute_advantage_with_dra(
 def _fit_compute_advantage_with_dra(
     trainer: Any, batch: Any, step: DRAStep, original: Callable
 ) -> Any:
-    """verl's legacy-layout advantage step (``SeparateRayPPOTrainer._fit_compute_advantage``) on
-    DRA's scores; the batch's score tensors stay raw.
-
-    verl's method writes ``trainer.reward_tensor`` (the reward step's ``rm_scores``) to
-    ``token_level_scores``, then ``token_level_rewards`` (the same, or minus the KL penalty with
-    ``algorithm.use_kl_in_reward``) and computes the advantages from them. The hook hands it the
-    adjusted scores (:func:`_dra_scores` over the batch's ``uid`` groups, metrics logged into
-    ``trainer.metrics``), then writes the raw ``token_level_scores`` and ``raw - KL`` (or raw)
-    ``token_level_rewards`` into the batch it returns: verl's ``compute_data_metrics``
-    (``critic/score/*``, ``critic/rewards/*``) and rollout dumps read those later.
-    """
+    """``SeparateRayPPOTrainer._fit_compute_advantage`` on DRA's scores (it reads
+    ``trainer.reward_tensor``); the returned batch holds the raw ``token_level_scores`` and
+    ``raw - KL`` ``token_level_rewards`` again, for verl's own metrics and dumps."""
     raw = trainer.reward_tensor
     present = set(batch.batch.keys())
     keys = ("responses", "attention_mask", "response_mask")
@@ -680,28 +508,20 @@ def _config_argument(args: tuple, kwargs: dict) -> Any:
     return kwargs["config"] if "config" in kwargs else (args[0] if args else None)
 
 
-def _patch_v1(module: Any) -> None:
-    """Wraps three methods of ``PPOTrainer``, each a no-op unless the run asks for DRA:
+def _wrapped(fn: Callable) -> Callable:
+    setattr(fn, _WRAPPED, True)
+    return fn
 
-    - ``__init__``: checks every ``dra.*`` key (the trainer's construction, in the TaskRunner,
-      before any worker or model starts; ``main_ppo``'s driver checks them even earlier, in
-      ``validate_config``);
-    - ``fit``: builds the embedder where the placement rules say (a Ray actor on a GPU share when
-      the cluster has GPUs), once verl's workers hold their GPUs and before the first rollout;
-    - ``_compute_advantage``: runs verl's own step on DRA's scores, then puts the raw scores
-      back for verl's metrics (:func:`_compute_advantage_with_dra`).
-    """
+
+def _patch_v1(module: Any) -> None:
+    """``PPOTrainer``, each a no-op unless the run asks for DRA: ``__init__`` checks the keys,
+    ``fit`` builds the embedder (once verl's workers hold their GPUs, before the first rollout),
+    ``_compute_advantage`` runs DRA (:func:`_compute_advantage_with_dra`)."""
     trainer_cls = module.PPOTrainer
     if getattr(trainer_cls._compute_advantage, _WRAPPED, False):
         return
-    original_init = trainer_cls.__init__
     original_fit = trainer_cls.fit
     original_advantage = trainer_cls._compute_advantage
-
-    @functools.wraps(original_init)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        settings_from_config(_config_argument(args, kwargs))
-        original_init(self, *args, **kwargs)
 
     @functools.wraps(original_fit)
     def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -720,13 +540,11 @@ def _patch_v1(module: Any) -> None:
             self, batch, metrics, step, module.tq, original_advantage
         )
 
-    for name, wrapper in (
-        ("__init__", __init__),
-        ("fit", fit),
-        ("_compute_advantage", _compute_advantage),
-    ):
-        setattr(wrapper, _WRAPPED, True)
-        setattr(trainer_cls, name, wrapper)
+    trainer_cls.__init__ = _checked_init(
+        trainer_cls.__init__, lambda _, config: settings_from_config(config)
+    )
+    trainer_cls.fit = _wrapped(fit)
+    trainer_cls._compute_advantage = _wrapped(_compute_advantage)
 
 
 def _check_config_first(name: str) -> Callable[[Any], None]:
@@ -743,8 +561,7 @@ def _check_config_first(name: str) -> Callable[[Any], None]:
             settings_from_config(_config_argument(args, kwargs))
             return original(*args, **kwargs)
 
-        setattr(checked, _WRAPPED, True)
-        setattr(module, name, checked)
+        setattr(module, name, _wrapped(checked))
         package = sys.modules.get(module.__name__.rpartition(".")[0])
         if package is not None and getattr(package, name, None) is original:
             setattr(package, name, checked)
@@ -753,52 +570,44 @@ def _check_config_first(name: str) -> Callable[[Any], None]:
 
 
 def _refuse_unhooked(trainer: Any, config: Any) -> None:
-    """Start-up check of a legacy-layout trainer: every ``dra.*`` key; with DRA on, the trainer
-    must take its advantage step from the hooked ``SeparateRayPPOTrainer._fit_compute_advantage``
-    (one_step_off_policy, fully_async_policy), else it would train without DRA."""
+    """Every ``dra.*`` key checked; with DRA on, a legacy-layout trainer must take its advantage
+    step from the hooked ``SeparateRayPPOTrainer._fit_compute_advantage``, else it would train
+    without DRA."""
     if settings_from_config(config) is None:
         return
     if getattr(getattr(type(trainer), "_fit_compute_advantage", None), _WRAPPED, False):
         return
     raise RuntimeError(
         f"DRA was asked for (dra.enable or {ENV_VAR}) but {type(trainer).__name__} is verl's "
-        "legacy trainer, or a subclass with an advantage step of its own, which the dra-kernels "
-        "plugin does not hook; use the v1 trainer (trainer.use_v1=true, verl's default), a "
-        "recipe whose trainer uses SeparateRayPPOTrainer._fit_compute_advantage (one_step_off_"
-        "policy, fully_async_policy), or call dra_kernels.integrations.verl.apply_dra in your "
-        "own advantage step"
+        "legacy trainer, or a subclass with an advantage step of its own, which the plugin does "
+        "not hook; use the v1 trainer (trainer.use_v1=true), an async recipe (one_step_off_policy, "
+        "fully_async_policy) or dra_kernels.integrations.verl.apply_dra in your advantage step"
     )
 
 
-def _checked_init(original: Callable) -> Callable:
+def _checked_init(original: Callable, check: Callable[[Any, Any], Any] = _refuse_unhooked):
+    """``original`` (an ``__init__``) after ``check(self, config)``."""
+
     @functools.wraps(original)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        _refuse_unhooked(self, _config_argument(args, kwargs))
+        check(self, _config_argument(args, kwargs))
         original(self, *args, **kwargs)
 
-    setattr(__init__, _WRAPPED, True)
-    return __init__
+    return _wrapped(__init__)
 
 
 def _patch_legacy(module: Any) -> None:
-    """``RayPPOTrainer.__init__`` refuses a run that asks for DRA unless the trainer is hooked
-    (:func:`_refuse_unhooked`)."""
+    """``RayPPOTrainer.__init__`` refuses DRA unless the trainer is hooked."""
     trainer_cls = module.RayPPOTrainer
     if not getattr(trainer_cls.__init__, _WRAPPED, False):
         trainer_cls.__init__ = _checked_init(trainer_cls.__init__)
 
 
 def _patch_separation(module: Any) -> None:
-    """``SeparateRayPPOTrainer`` (``verl/experimental/separation/ray_trainer.py``), the base of the
-    one_step_off_policy and fully_async_policy trainers, each a no-op unless the run asks for DRA:
-
-    - ``_fit_compute_advantage``: verl's step on DRA's scores, the batch's scores raw again after
-      it (:func:`_fit_compute_advantage_with_dra`); the embedder is built at the first call;
-    - the ``__init__`` of every subclass defined later (``OneStepOffRayTrainer``,
-      ``FullyAsyncTrainer``, ``FullyAsyncRollouter`` do not call ``RayPPOTrainer.__init__``):
-      checks the keys and refuses a subclass with its own advantage step
-      (:func:`_refuse_unhooked`), before any worker or model starts.
-    """
+    """``SeparateRayPPOTrainer``, the base of the async recipes' trainers, each a no-op unless the
+    run asks for DRA: ``_fit_compute_advantage`` runs DRA (the embedder built at the first call),
+    and the ``__init__`` of every subclass defined later (they do not call
+    ``RayPPOTrainer.__init__``) checks the keys (:func:`_refuse_unhooked`)."""
     base = module.SeparateRayPPOTrainer
     original = base._fit_compute_advantage
     if getattr(original, _WRAPPED, False):
@@ -819,18 +628,17 @@ def _patch_separation(module: Any) -> None:
         if init is not None and not getattr(init, _WRAPPED, False):
             cls.__init__ = _checked_init(init)
 
-    setattr(_fit_compute_advantage, _WRAPPED, True)
-    base._fit_compute_advantage = _fit_compute_advantage
+    base._fit_compute_advantage = _wrapped(_fit_compute_advantage)
     base.__init_subclass__ = classmethod(__init_subclass__)
 
 
 _FINDER = PatchOnImport(
     {
-        _CONFIG_MODULE: _check_config_first("validate_config"),
-        _DRIVER_MODULE: _check_config_first("run_ppo"),
-        _V1_MODULE: _patch_v1,
-        _LEGACY_MODULE: _patch_legacy,
-        _SEPARATION_MODULE: _patch_separation,
+        "verl.utils.config": _check_config_first("validate_config"),
+        "verl.trainer.main_ppo": _check_config_first("run_ppo"),
+        "verl.trainer.ppo.v1.trainer_base": _patch_v1,
+        "verl.trainer.ppo.ray_trainer": _patch_legacy,
+        "verl.experimental.separation.ray_trainer": _patch_separation,
     }
 )
 """Patches verl's trainer modules right after they are first imported (never imports them)."""
