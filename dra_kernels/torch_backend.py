@@ -1,15 +1,13 @@
 """The torch backend: what ``backend="torch"`` runs, on every device, tuned for speed.
 
 It computes what :mod:`dra_kernels.reference` (the spec) defines, and is tested against it, on
-already-validated tensors (:mod:`dra_kernels.inputs`) with dense group codes ``0 .. K - 1``.
-Nothing builds an ``N x N`` matrix or pads groups: the cost is linear in ``N`` thanks to
-
-    SMI_i = u_i . (sum over j in g(i) of u_j) - |u_i|^2,   u_i = e_i / |e_i|  (0 for a zero row)
-
-float16 / bfloat16 / float32 inputs are computed in float32, float64 inputs in float64. On CPU,
-groups of at most ``_BLOCK_ROWS`` rows take batched matrix products straight from the embeddings
-(:func:`_smi_cpu`); larger groups, and every group on other devices, take chunked unit rows with
-float64 group sums (:func:`group_unit_sums`, :func:`smi_from_sums`).
+already-validated tensors (:mod:`dra_kernels.inputs`) with dense group codes ``0 .. K - 1``, in
+float32 (float64 for float64 inputs). No ``N x N`` matrix, no padding: the cost is linear in
+``N`` thanks to ``SMI_i = u_i . (sum over j in g(i) of u_j) - |u_i|^2``, ``u_i = e_i / |e_i|``
+(0 for a zero row). On CPU, groups of at most ``_BLOCK_ROWS`` rows take batched matrix products
+straight from the embeddings (:func:`_smi_cpu`); larger groups, and every group on other
+devices, take chunked unit rows with float64 group sums (:func:`group_unit_sums`,
+:func:`smi_from_sums`).
 """
 
 from __future__ import annotations
@@ -239,12 +237,10 @@ def _exact_unit_rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _cpu_scales(
     embeddings: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """``(scale [N], weight [N] or None, patch index [N] or None, patch rows [P, D])``.
-
-    ``scale_i = 1 / |e_i|``, ``weight_i = |u_i|^2`` (1, or 0 for a zero row; None: all 1). Rows
-    of unsafe norm are replaced by their exact unit rows with scale 1 (``patch index_i``: their
-    row in the patch, else -1). A NaN row keeps a NaN scale: its whole group comes out NaN.
-    """
+    """``(scale [N], weight [N] or None, patch index [N] or None, patch rows [P, D])``:
+    ``scale_i = 1 / |e_i|``, ``weight_i = |u_i|^2`` (None: all 1). Rows of unsafe norm are
+    replaced by their exact unit rows with scale 1 (``patch index_i``: their row in the patch,
+    else -1). A NaN row keeps a NaN scale: its whole group comes out NaN."""
     norm = _row_norms(embeddings, dtype)
     low, high = _SAFE_NORM[dtype]
     lowest, highest = torch.aminmax(norm)  # NaN if any norm is NaN
@@ -377,12 +373,8 @@ def _block_smi(
     d = embeddings.shape[1]
     # NOTE: a contiguous input is read in place, all groups at once (chunks would only add ops);
     # anything else goes through a reused buffer of at most _BLOCK_CHUNK_ROWS rows.
-    in_place = (
-        rows is None
-        and embeddings.dtype == dtype
-        and embeddings.is_contiguous()
-        and patch_at is None
-    )
+    in_place = rows is None and embeddings.dtype == dtype and embeddings.is_contiguous()
+    in_place = in_place and patch_at is None
     if in_place and gram:
         return _gram_smi(embeddings.view(-1, g, d), dtype, plus_one)
     if in_place and weight is None:
@@ -561,12 +553,9 @@ def group_advantages(
 
 def group_std(squares: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Unbiased standard deviations from per-group sums of squared deviations and row counts
-    (0 for a group of one row).
-
-    Where the standard deviation is 0 (a group of one row, or of equal rewards) its gradient is
-    taken as 0, the limit of the advantages' derivatives there, instead of the ``0 * inf = NaN``
-    that ``sqrt`` gives at 0: otherwise one such group makes every reward's gradient NaN.
-    """
+    (0 for a group of one row). Where it is 0 its gradient is taken as 0, the limit of the
+    advantages' derivatives, not the ``0 * inf = NaN`` of ``sqrt`` at 0, which would make every
+    reward's gradient NaN."""
     variance = squares / (counts - 1).clamp(min=1)
     zero = variance == 0
     return torch.where(zero, 0.0, torch.sqrt(torch.where(zero, 1.0, variance)))
