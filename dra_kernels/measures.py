@@ -1,11 +1,9 @@
 """SMI measures beyond Graph-Cut: facility-location and log-determinant mutual information.
 
-For row ``i`` of group ``C`` the SMI is the submodular mutual information ``I_f({i}; Q)`` with
-``Q = C \\ {i}``, ground set ``V = C`` and the cosine similarities ``s`` of the group's unit rows
-(exactly what submodlib's ``FacilityLocationMutualInformationFunction`` and
-``LogDeterminantMutualInformationFunction`` compute with those kernels, evaluated at ``{i}``).
-The closed forms, their derivation and the edge-case rules are in ``docs/semantics.md``
-("Other SMI measures"):
+For row ``i`` of group ``C`` the SMI is ``I_f({i}; C \\ {i})`` over ground set ``C`` with the
+cosines ``s`` of the group's unit rows, as submodlib's ``FacilityLocationMutualInformationFunction``
+and ``LogDeterminantMutualInformationFunction`` compute it with those kernels. Closed forms,
+derivations and edge-case rules: ``docs/semantics.md`` ("Other SMI measures"):
 
 - ``"graph_cut"`` (the default): ``sum_{j != i} s_ij``, :func:`dra_kernels.torch_backend.smi_scores`
   bit for bit;
@@ -13,13 +11,10 @@ The closed forms, their derivation and the edge-case rules are in ``docs/semanti
 - ``"log_det"``: ``-log(1 - eta^2 + eta^2 / w_i)`` with
   ``w_i = (s_ii + lam) * [(S_C + lam I)^-1]_ii`` (for ``eta = 1``: ``log w_i``).
 
-Unlike Graph-Cut these are not linear in ``s``, so each group's ``G x G`` cosine matrix is built:
-memory ``O(sum of G_g^2)`` over the groups, never ``N x N``, and no group is padded. Groups are
-bucketed by exact size (one batched product, and for log-det one batched Cholesky factorisation,
-per size and chunk), so a group's result is computed from its own rows only (its bits may still
-depend on the batch it shares: a BLAS may round one matrix of a batched product differently with
-the batch size). Both measures are computed in float64 whatever the input dtype (see
-:func:`smi_by_measure`).
+These are not linear in ``s``, so each group's ``G x G`` cosine matrix is built (memory
+``O(sum of G_g^2)``, never ``N x N``, no padding), in float64 whatever the input dtype. Groups are
+bucketed by exact size, one batched product (and Cholesky factorisation) per size and chunk, so a
+group's result depends on its own rows only (to the rounding a BLAS may vary with batch size).
 """
 
 from __future__ import annotations
@@ -148,15 +143,13 @@ def smi_by_measure(
     smi = torch.zeros(n, dtype=out_dtype, device=embeddings.device)
     if n == 0:
         return smi
-    # NOTE: both measures work in float64 (cosines, minima, factorisation): the log-det ridge
-    # matrix S_C + lam I has condition number up to (G + lam) / lam, which would amplify the
-    # float32 rounding of the cosines (about 1e-7) to about G * 1e-7 / lam in the result. It
-    # costs nothing here: float16 / bfloat16 / float32 rows are upcast exactly, chunk by chunk
-    # into a reused buffer, and their float64 Gram matrix is scaled by the row norms (products of
-    # float32 numbers are exact in float64, where neither |x|^2 nor x_i . x_j can overflow or
-    # underflow), which is faster on CPU than a fresh [N, D] array of unit rows. Float64 rows
-    # take the torch backend's unit rows (exact for extreme norms).
+    # NOTE: float64 throughout: S_C + lam I has condition number up to (G + lam) / lam, which
+    # would amplify float32 cosine rounding (1e-7) to G * 1e-7 / lam. Narrower rows are upcast
+    # exactly chunk by chunk, and their Gram matrix scaled by the row norms (float32 products
+    # are exact in float64 and cannot overflow there), faster on CPU than fresh unit rows.
+    # Float64 rows take the torch backend's unit rows (exact for extreme norms).
     raw = embeddings.dtype != torch.float64
+    compute = _facility_location if measure == "facility_location" else _log_det
     source = embeddings if raw else torch_backend.unit_rows(embeddings, torch.float64)
     counts, histogram = _size_histogram(codes, num_groups)
     sizes = counts.index_select(0, codes)
@@ -181,19 +174,11 @@ def smi_by_measure(
             buffer = torch.empty(min(step, groups) * g, d, dtype=torch.float64, device=smi.device)
         for first in range(0, groups, step):
             last = min(first + step, groups)
-            if contiguous:
-                index = slice(first * g, last * g)
-                x = source[index]
-            else:
-                index = rows[first * g : last * g]
-                x = source.index_select(0, index)
+            index = slice(first * g, last * g) if contiguous else rows[first * g : last * g]
+            x = source[index] if contiguous else source.index_select(0, index)
             if buffer is not None:
                 x = buffer[: x.shape[0]].copy_(x)
-            x = x.view(-1, g, d)
-            if measure == "facility_location":
-                values = _facility_location(x, eta, raw=raw)
-            else:
-                values = _log_det(x, eta, lam, raw=raw)
+            values = compute(x.view(-1, g, d), eta, lam, raw=raw)
             smi[index] = values.reshape(-1).to(out_dtype)
     return smi
 
@@ -219,11 +204,10 @@ def _size_histogram(
 def _size_histogram_in_one_copy(
     codes: torch.Tensor, num_groups: int
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """:func:`_size_histogram` with one host synchronisation (the one of a call on CUDA): the
-    range of the codes and the histogram of group sizes come back in one copy of ``N + 3``
-    integers (``torch.unique`` and ``bincount`` would each wait for the device, their output
-    sizes depending on the data). Out-of-range codes are clamped for the counts, so that nothing
-    indexes out of bounds before the check has raised. Runs on any device (tested on CPU)."""
+    """:func:`_size_histogram` with one host synchronisation (a call's only one on CUDA): the
+    codes' range and the size histogram come back in one copy of ``N + 3`` integers (``unique``
+    and ``bincount`` would each wait for the device). Codes are clamped for the counts, so nothing
+    indexes out of bounds before the check raises. Runs on any device (tested on CPU)."""
     bounds = torch.stack(torch.aminmax(codes))
     counts = torch_backend.group_counts(codes.clamp(0, num_groups - 1), num_groups)
     groups_of_size = torch.zeros(codes.numel() + 1, dtype=torch.int64, device=codes.device)
@@ -243,11 +227,9 @@ def _histogram_list(groups_of_size: torch.Tensor) -> list[tuple[int, int]]:
 def _cosines(x: torch.Tensor, raw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(S [B, G, G], |u_i|^2 [B, G] (0 or 1), NaN groups [B])`` for groups ``x [B, G, D]``.
 
-    ``x``: unit rows (``raw=False``), or finite-range rows whose Gram matrix cannot overflow
-    (``raw=True``: float64 upcasts of float32 rows), scaled here by their norms. The diagonal is
-    set to exactly ``|u_i|^2`` (1, or 0 for a zero row); a group with a NaN or inf row gets
-    ``S = 0`` (its results are replaced by NaN afterwards).
-    """
+    ``x``: unit rows, or (``raw``) float64 upcasts of narrower rows, scaled here by their norms.
+    The diagonal is set to exactly ``|u_i|^2``; a group with a NaN or inf row gets ``S = 0`` (its
+    results are replaced by NaN afterwards)."""
     s = torch.bmm(x, x.transpose(1, 2))
     diagonal = s.diagonal(dim1=1, dim2=2)
     if raw:  # |x_i|^2: 0 for a zero row, inf or NaN for a row holding inf or NaN
@@ -264,10 +246,6 @@ def _cosines(x: torch.Tensor, raw: bool) -> tuple[torch.Tensor, torch.Tensor, to
     return s, weight, nan_groups
 
 
-def _poison(values: torch.Tensor, nan_groups: torch.Tensor) -> torch.Tensor:
-    return _fill_groups(values, nan_groups, math.nan)
-
-
 def _fill_groups(values: torch.Tensor, groups: torch.Tensor, value: float) -> torch.Tensor:
     """``values[groups] = value``; on CUDA a masked fill, which does not synchronise."""
     if values.device.type != "cpu":
@@ -277,11 +255,11 @@ def _fill_groups(values: torch.Tensor, groups: torch.Tensor, value: float) -> to
     return values
 
 
-def _facility_location(x: torch.Tensor, eta: float, *, raw: bool) -> torch.Tensor:
+def _facility_location(x: torch.Tensor, eta: float, lam: float, *, raw: bool) -> torch.Tensor:
     """``FLMI_i = sum_v min(s_vi^+, (eta * max_{q != i} s_vq)^+)`` for each row of each group.
 
-    ``max_{q != i} s_vq`` is the row maximum of ``s_v`` without column ``i``: the largest value
-    of row ``v``, or its second largest where the largest sits in column ``i``.
+    ``max_{q != i} s_vq``: the largest value of row ``v``, or its second largest where the
+    largest sits in column ``i``. ``lam`` is not used.
     """
     s, _, nan_groups = _cosines(x, raw)
     top, where = s.topk(2, dim=2)  # [B, G, 2]
@@ -290,17 +268,13 @@ def _facility_location(x: torch.Tensor, eta: float, *, raw: bool) -> torch.Tenso
     best_other = torch.where(at_i, top[:, :, 1:], top[:, :, :1])  # max_{q != i} s_vq
     cap = best_other.mul_(eta).clamp_(min=0.0)
     terms = torch.minimum(s.clamp(min=0.0), cap)  # [B, v, i]
-    return _poison(terms.sum(dim=1), nan_groups)
+    return _fill_groups(terms.sum(dim=1), nan_groups, math.nan)
 
 
 def _inverse_diagonal(factor: torch.Tensor) -> torch.Tensor:
     """The diagonal of ``(L L^T)^-1`` for lower-triangular Cholesky factors ``L [B, G, G]``:
-    ``sum_k (L^-1)_ki^2``, from one batched triangular solve.
-
-    NOTE: not ``torch.cholesky_inverse``, which reads its error codes back to the host (a
-    synchronisation per chunk on CUDA) and on CPU took 2-2.6 x as long for G = 8 to 64 (chunks
-    of 42-341 groups, float64, interleaved medians), to the same values within 6e-16 relative.
-    """
+    ``sum_k (L^-1)_ki^2``, from one batched triangular solve. Not ``torch.cholesky_inverse``,
+    which syncs with the host on CUDA and took 2-2.6 x as long on CPU (G = 8 to 64)."""
     eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
     inverse = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
     return inverse.square_().sum(1)
@@ -329,4 +303,4 @@ def _log_det(x: torch.Tensor, eta: float, lam: float, *, raw: bool) -> torch.Ten
     w = (ridge * inverse_diagonal).clamp_(min=1.0)
     w = torch.minimum(w, ridge / lam)
     values = torch.log((1.0 - eta * eta) + (eta * eta) / w).neg_().add_(0.0)  # no -0.0
-    return _poison(values, nan_groups)
+    return _fill_groups(values, nan_groups, math.nan)

@@ -1,20 +1,13 @@
 """The torch backend: what ``backend="torch"`` runs, on every device, tuned for speed.
 
-It computes what :mod:`dra_kernels.reference` (the spec) defines, and is tested against it. Every
-function here works on already-validated tensors (see :mod:`dra_kernels.inputs`) whose group ids
-have been factorised into dense codes ``0 .. num_groups - 1``. Nothing builds an ``N x N`` matrix
-or pads groups: the whole computation is linear in ``N`` thanks to the identity
-
-    SMI_i = u_i . (sum over j in g(i) of u_j) - |u_i|^2
-
-with ``u_i = e_i / |e_i|`` (``u_i = 0`` for a zero row).
-
-Precision: float16 / bfloat16 / float32 inputs are computed in float32, float64 inputs in float64
-(:func:`dra_kernels.inputs.compute_dtype`).
-
-On CPU, groups of at most ``_BLOCK_ROWS`` rows take two matrix products per group straight from
-the embeddings (:func:`_smi_cpu`); larger groups, and every group on other devices, take the
-chunked unit rows with float64 group sums (:func:`group_unit_sums`, :func:`smi_from_sums`).
+It computes what :mod:`dra_kernels.reference` (the spec) defines, and is tested against it, on
+already-validated tensors (:mod:`dra_kernels.inputs`) with dense group codes ``0 .. K - 1``, in
+float32 (float64 for float64 inputs). No ``N x N`` matrix, no padding: the cost is linear in
+``N`` thanks to ``SMI_i = u_i . (sum over j in g(i) of u_j) - |u_i|^2``, ``u_i = e_i / |e_i|``
+(0 for a zero row). On CPU, groups of at most ``_BLOCK_ROWS`` rows take batched matrix products
+straight from the embeddings (:func:`_smi_cpu`); larger groups, and every group on other
+devices, take chunked unit rows with float64 group sums (:func:`group_unit_sums`,
+:func:`smi_from_sums`).
 """
 
 from __future__ import annotations
@@ -39,15 +32,12 @@ __all__ = [
     "unit_rows",
 ]
 
-# NOTE: the group sums and the dot products walk the rows in chunks small enough to stay in cache,
-# through reused buffers: on CPU a fresh N x D temporary costs about as much as the whole op
-# (page faults), and a chunk that spills the cache doubles the time of the scattered adds.
-_CHUNK_ROWS = {"cpu": 2048}
-_DEFAULT_CHUNK_ROWS = 65536
 
-
+# NOTE: rows are walked in chunks that stay in cache, through reused buffers: on CPU a fresh N x D
+# temporary costs about as much as the whole op, and a chunk that spills the cache doubles the
+# time of the scattered adds.
 def _chunk_rows(device: torch.device) -> int:
-    return _CHUNK_ROWS.get(device.type, _DEFAULT_CHUNK_ROWS)
+    return 2048 if device.type == "cpu" else 65536
 
 
 def unit_rows(embeddings: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -71,8 +61,8 @@ def unit_rows(embeddings: torch.Tensor, dtype: torch.dtype | None = None) -> tor
     return units
 
 
-# Norms for which ``x * (1 / |x|)`` is exact to rounding in that dtype (no overflow of the squares,
-# no digits lost to underflow, a normal reciprocal); rows outside take the exact float64 path.
+# Norms for which ``x * (1 / |x|)`` is exact to rounding (no overflow of the squares, no digits
+# lost to underflow, a normal reciprocal); rows outside take the exact float64 path.
 _SAFE_NORM = {torch.float32: (2.0**-60, 2.0**60), torch.float64: (2.0**-480, 2.0**480)}
 
 
@@ -86,18 +76,15 @@ def _row_norms(embeddings: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _row_scales(
     embeddings: torch.Tensor, dtype: torch.dtype, norm: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(1/|e_i|  [N, 1] (0 for unsafe rows), unsafe row indices, their unit rows)``.
-
-    ``norm``: the ``[N, 1]`` row norms of :func:`_row_norms`, when already computed.
-    """
+    """``(1/|e_i|  [N, 1] (0 for unsafe rows), unsafe row indices, their unit rows)``;
+    ``norm``: the :func:`_row_norms`, when already computed."""
     if norm is None:
         norm = _row_norms(embeddings, dtype)
     low, high = _SAFE_NORM[dtype]
     safe = (norm >= low) & (norm <= high)
     scale = torch.where(safe, 1.0 / norm, torch.zeros_like(norm))
-    # NOTE: true zero rows (scale 0 gives u = 0) and NaN rows (x * 0 stays NaN) are right as they
-    # are; finite rows with an out-of-range norm (inf when it overflowed, 0 when every square
-    # underflowed) need the exact path.
+    # NOTE: zero rows (u = 0) and NaN rows (x * 0 = NaN) are right as they are; finite rows whose
+    # norm overflowed (inf) or underflowed (0) need the exact path.
     unsafe = (~safe & (norm != 0) & ~torch.isnan(norm)).squeeze(1)
     zero_norm = torch.nonzero(norm.squeeze(1) == 0).squeeze(1)
     if zero_norm.numel():
@@ -113,11 +100,8 @@ def _unit_chunks(
     wide: bool,
     scales: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor | None, torch.Tensor]]:
-    """``(start, stop, unit rows as float64 if wide, unit rows in dtype)`` for each chunk.
-
-    ``scales``: the result of :func:`_row_scales`, when already computed. The yielded tensors
-    are buffers reused by the next chunk.
-    """
+    """``(start, stop, unit rows as float64 if wide, unit rows in dtype)`` for each chunk, in
+    buffers reused by the next chunk. ``scales``: the :func:`_row_scales`, when already computed."""
     n, d = embeddings.shape
     device = embeddings.device
     chunk = _chunk_rows(device)
@@ -151,7 +135,7 @@ def group_counts(codes: torch.Tensor, num_groups: int) -> torch.Tensor:
     """``[num_groups]`` int64 row counts of ``codes`` (without a host sync on CUDA)."""
     if codes.device.type == "cpu":
         return torch.bincount(codes, minlength=num_groups)
-    # NOTE: bincount's output size depends on the data (a host sync on CUDA); index_add_ does not.
+    # NOTE: bincount's output size depends on the data (a host sync on CUDA).
     counts = torch.zeros(num_groups, dtype=torch.int64, device=codes.device)
     return counts.index_add_(0, codes, torch.ones_like(codes))
 
@@ -175,8 +159,8 @@ def group_unit_sums(
         ``(sums [K, D] float64, counts [K] int64)``.
     """
     dtype = dtype or compute_dtype(embeddings.dtype)
-    sums = torch.zeros(num_groups, embeddings.shape[1], dtype=torch.float64,
-                       device=embeddings.device)  # fmt: skip
+    d, device = embeddings.shape[1], embeddings.device
+    sums = torch.zeros(num_groups, d, dtype=torch.float64, device=device)
     for start, stop, wide, _ in _unit_chunks(embeddings, dtype, wide=True, scales=scales):
         sums.index_add_(0, codes[start:stop], wide)
     return sums, group_counts(codes, num_groups)
@@ -193,8 +177,8 @@ def smi_from_sums(
     """``SMI_i = u_i . (S_{g(i)} - u_i)``: exactly 0 for groups of one row.
 
     ``sums``, ``counts``: from :func:`group_unit_sums` (possibly summed across processes), the
-    sums rounded to ``dtype`` for the dot products; the unit rows ``u`` are made chunk by chunk
-    from ``embeddings``, as there. Returns ``[N]`` of ``dtype``.
+    sums rounded to ``dtype`` for the dot products; the unit rows are made chunk by chunk from
+    ``embeddings``, as there. Returns ``[N]`` of ``dtype``.
     """
     dtype = dtype or compute_dtype(embeddings.dtype)
     n, d = embeddings.shape
@@ -202,47 +186,18 @@ def smi_from_sums(
     smi = torch.empty(n, dtype=dtype, device=embeddings.device)
     buffer = torch.empty(min(_chunk_rows(embeddings.device), n), d, dtype=dtype, device=sums.device)
     for start, stop, _, u in _unit_chunks(embeddings, dtype, wide=False, scales=scales):
-        _dot_with_others(u, codes[start:stop], sums, buffer, smi[start:stop])
-    return _zero_singletons(smi, codes, counts)
-
-
-def _dot_with_others(
-    u: torch.Tensor,
-    codes: torch.Tensor,
-    sums: torch.Tensor,
-    buffer: torch.Tensor,
-    out: torch.Tensor,
-) -> None:
-    """``out_i = u_i . (S_{g(i)} - u_i)`` for one chunk, through a reused buffer."""
-    others = torch.index_select(sums, 0, codes, out=buffer[: u.shape[0]])
-    others.sub_(u).mul_(u)
-    torch.sum(others, dim=1, out=out)
-
-
-def _zero_singletons(smi: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    # NOTE: S_g - u_i is already exactly 0 for a group of one (S_g rounds back to u_i); the counts
-    # make the rule explicit and independent of rounding.
+        others = torch.index_select(sums, 0, codes[start:stop], out=buffer[: u.shape[0]])
+        others.sub_(u).mul_(u)
+        torch.sum(others, dim=1, out=smi[start:stop])
+    # NOTE: S_g - u_i is already 0 for a group of one; the counts make it independent of rounding.
     return torch.where(counts.index_select(0, codes) > 1, smi, torch.zeros_like(smi))
-
-
-def _smi(
-    embeddings: torch.Tensor,
-    codes: torch.Tensor,
-    num_groups: int,
-    dtype: torch.dtype,
-    group_size: int | None = None,
-) -> torch.Tensor:
-    if embeddings.device.type == "cpu":
-        layout = _cpu_layout(codes, num_groups, group_size)
-        return _smi_cpu(embeddings, codes, num_groups, dtype, layout)
-    return _smi_chunked(embeddings, codes, num_groups, dtype)
 
 
 def _smi_chunked(
     embeddings: torch.Tensor, codes: torch.Tensor, num_groups: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """:func:`group_unit_sums` then :func:`smi_from_sums`: two passes over the embeddings, chunk
-    by chunk, without any ``[N, D]`` temporary."""
+    """:func:`group_unit_sums` then :func:`smi_from_sums`: two chunked passes, no ``[N, D]``
+    temporary."""
     scales = _row_scales(embeddings, dtype)
     sums, counts = group_unit_sums(embeddings, codes, num_groups, dtype, scales)
     return smi_from_sums(embeddings, codes, sums, counts, dtype, scales)
@@ -250,30 +205,23 @@ def _smi_chunked(
 
 # ----------------------------------------------------------------------------- the CPU path
 
-# NOTE: on CPU a group of g <= _BLOCK_ROWS rows, x its [g, D] embeddings, takes one or two
-# batched matrix products straight from the embeddings, one torch.bmm for all groups of one size:
-# no unit rows, no [N, D] temporary, no scattered adds. With s_j = 1 / |x_j|:
-#   g <= _GRAM_ROWS: the Gram matrix x x^T, whose diagonal gives the norms too (one pass):
-#       1 + SMI_j = s_j sum_i (x_j . x_i) s_i
-#   larger groups (the Gram cost grows with g): S = s^T x, then 1 + SMI_j = s_j (x_j . S)
-# Below a few thousand rows the chunked path's cost is per-op overhead, and with other work on
-# the cores each parallel op can wait for a descheduled thread: the number of ops matters as much
-# as the bytes. Equal-sized contiguous groups (the usual GRPO batch) are
-# views of the input; any other layout gathers its rows group by group size, through a reused
-# buffer. A group's result is computed from its own rows only, whatever the layout: every group
-# of g rows goes through the same products, though not in the same batch; a BLAS may round one
-# matrix of a batched product differently with the batch size, the thread count or the processor
-# (MKL does for a batch of one, see _batched), so across layouts the values agree to rounding and
-# the bits where the products are exact (tests/test_torch_backend.py). Float32 sums of up to
-# 1,024 terms stay within the test tolerances; larger groups keep the float64 sums of the chunked
-# path.
+# NOTE: on CPU a group of g <= _BLOCK_ROWS rows x ([g, D]) takes one or two batched products
+# straight from the embeddings (one torch.bmm per group size; no unit rows, no [N, D] temporary,
+# no scattered adds), as below a few thousand rows the number of ops costs as much as the bytes.
+# With s_j = 1 / |x_j|, 1 + SMI_j = s_j sum_i (x_j . x_i) s_i:
+#   g <= _GRAM_ROWS: from the Gram matrix x x^T, whose diagonal gives the norms too (one pass);
+#   larger groups (the Gram cost grows with g): from S = s^T x as s_j (x_j . S).
+# Contiguous equal groups (the usual batch) are views of the input; other layouts are gathered by
+# group size. A group's result depends on its own rows only, though a BLAS may round one matrix
+# of a batch differently with the batch size, threads or processor (see _batched): layouts agree
+# to rounding, bit for bit where the products are exact. Float32 sums of up to 1,024 terms stay
+# within the test tolerances; larger groups keep the chunked path's float64 sums.
 _BLOCK_ROWS = 1024
 _BLOCK_CHUNK_ROWS = 8192  # rows per product (a multiple of the group size; views excepted)
 _GRAM_ROWS = 8  # up to here one g x g product per group beats two skinny ones (measured)
 
-# Row norms for the Gram path (norms from its diagonal, in the computation dtype): the products
-# of two such rows neither overflow nor lose digits to subnormal round-off. Groups holding a row
-# outside (zero, NaN, inf or extreme rows) are recomputed from exact unit rows.
+# Row norms for the Gram path (from its diagonal, in the computation dtype) whose products neither
+# overflow nor lose digits to subnormals; groups holding another row are redone from exact units.
 _GRAM_SAFE_NORM = {torch.float32: (2.0**-50, 2.0**50), torch.float64: (2.0**-480, 2.0**480)}
 
 
@@ -289,13 +237,10 @@ def _exact_unit_rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _cpu_scales(
     embeddings: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """``(scale [N], weight [N] or None, patch index [N] or None, patch rows [P, D])``.
-
-    ``scale_i = 1 / |e_i|``, ``weight_i = |u_i|^2`` (1, or 0 for a zero row; None: all 1).
-    Rows whose norm lies outside the safe range are replaced by their exact unit rows
-    (:func:`_row_scales`) with scale 1: ``patch index_i`` is their row in the patch, else -1.
-    A NaN row keeps a NaN scale, so its whole group comes out NaN.
-    """
+    """``(scale [N], weight [N] or None, patch index [N] or None, patch rows [P, D])``:
+    ``scale_i = 1 / |e_i|``, ``weight_i = |u_i|^2`` (None: all 1). Rows of unsafe norm are
+    replaced by their exact unit rows with scale 1 (``patch index_i``: their row in the patch,
+    else -1). A NaN row keeps a NaN scale: its whole group comes out NaN."""
     norm = _row_norms(embeddings, dtype)
     low, high = _SAFE_NORM[dtype]
     lowest, highest = torch.aminmax(norm)  # NaN if any norm is NaN
@@ -326,9 +271,8 @@ def contiguous_group_size(codes: torch.Tensor, num_groups: int) -> int | None:
     return g if torch.equal(codes.reshape(num_groups, g), heads) else None
 
 
-# NOTE: comparing with a stored contiguous copy takes a quarter of the time of a broadcast
-# comparison at N = 256 (0.6 vs 2.4 us), which counts in a call of about 50 us; above this many
-# rows the comparison is a small part of the call and nothing is kept.
+# NOTE: comparing with a cached copy takes 0.6 us against 2.4 us for a broadcast comparison at
+# N = 256 (a call takes about 50 us); above this many rows nothing is cached.
 _CACHED_LAYOUT_ROWS = 65536
 
 
@@ -356,7 +300,7 @@ def _cpu_layout(
 ) -> tuple[int | None, torch.Tensor | None]:
     """``(g, counts)``: the group size when the rows are contiguous groups of ``g`` rows each
     (else None), and the group counts when they were needed to tell (else None).
-    ``group_size``: the :func:`contiguous_group_size` of ``codes``, when already known."""
+    ``group_size``: the :func:`contiguous_group_size`, when already known."""
     if codes.shape[0] == 0:
         return None, None
     g = group_size if group_size is not None else contiguous_group_size(codes, num_groups)
@@ -371,17 +315,17 @@ def _smi_cpu(
     codes: torch.Tensor,
     num_groups: int,
     dtype: torch.dtype,
-    layout: tuple[int | None, torch.Tensor | None] | None = None,
+    group_size: int | None,
     plus_one: bool = False,
 ) -> torch.Tensor:
     """SMI on CPU: :func:`_block_smi` for groups of at most ``_BLOCK_ROWS`` rows, the chunked
-    float64 path for larger ones, exactly 0 for groups of one row. ``layout``: the
-    :func:`_cpu_layout` of ``codes``, when already known. ``plus_one``: ``1 + SMI`` instead, as
-    the products give it (the denominator of :func:`adjust_rewards`, two ops fewer)."""
+    float64 path for larger ones, exactly 0 for groups of one row. ``group_size``: as in
+    :func:`smi_scores`. ``plus_one``: ``1 + SMI`` instead, as the products give it (the
+    denominator of :func:`adjust_rewards`, two ops fewer)."""
+    g, counts = _cpu_layout(codes, num_groups, group_size)
     n = embeddings.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=dtype)
-    g, counts = _cpu_layout(codes, num_groups) if layout is None else layout
     if g is not None and 1 < g <= _BLOCK_ROWS:
         return _block_smi(embeddings, g, dtype, plus_one=plus_one)
     smi = torch.full((n,), 1.0 if plus_one else 0.0, dtype=dtype)
@@ -417,36 +361,20 @@ def _block_smi(
     scales: tuple | None = None,
     plus_one: bool = False,
 ) -> torch.Tensor:
-    """SMI of ``rows`` (default: all rows), consecutive groups of ``g`` rows each.
-
-    Args:
-        embeddings: ``[N, D]`` input.
-        g: the group size.
-        dtype: computation dtype.
-        rows: row indices, each group's ``g`` rows together (in row order).
-        out: ``[N]`` result, written at ``rows`` (required with ``rows``).
-        scales: :func:`_cpu_scales` of the input (groups of more than ``_GRAM_ROWS`` rows;
-            computed here when not given).
-        plus_one: ``1 + SMI`` instead (see :func:`_finish`).
-
-    Returns:
-        ``out``, or a new ``[N]`` tensor when ``rows`` is None.
-    """
+    """SMI (``1 + SMI`` with ``plus_one``) of ``rows`` (default: all rows of ``embeddings``),
+    consecutive groups of ``g`` rows each in row order, in ``dtype``; written into ``out`` at
+    ``rows`` (``out`` is required with ``rows``), else returned as a new ``[N]`` tensor.
+    ``scales``: the :func:`_cpu_scales` (for ``g > _GRAM_ROWS``; computed here when not given)."""
     gram = g <= _GRAM_ROWS
     if not gram and scales is None:
         scales = _cpu_scales(embeddings, dtype)
     scale, weight, patch_at, patch = (None, None, None, None) if gram else scales
     m = embeddings.shape[0] if rows is None else rows.shape[0]
     d = embeddings.shape[1]
-    # NOTE: the products read a contiguous input in place, all groups at once: chunks would only
-    # add ops. Anything else (gathered rows, another dtype, strides, patched rows) goes through a
-    # reused buffer of at most _BLOCK_CHUNK_ROWS rows.
-    in_place = (
-        rows is None
-        and embeddings.dtype == dtype
-        and embeddings.is_contiguous()
-        and patch_at is None
-    )
+    # NOTE: a contiguous input is read in place, all groups at once (chunks would only add ops);
+    # anything else goes through a reused buffer of at most _BLOCK_CHUNK_ROWS rows.
+    in_place = rows is None and embeddings.dtype == dtype and embeddings.is_contiguous()
+    in_place = in_place and patch_at is None
     if in_place and gram:
         return _gram_smi(embeddings.view(-1, g, d), dtype, plus_one)
     if in_place and weight is None:
@@ -467,9 +395,8 @@ def _block_smi(
             target = buffer if source is None else source
             x = torch.index_select(embeddings, 0, index, out=target[: stop - start])
         if not in_place and (rows is None or source is not None):
-            # NOTE: x is a view of the input, or gathered in its own dtype: into the buffer (what
-            # index_select gathered straight into the buffer is there already). Decided from the
-            # layout, not from data pointers, which torch.func's wrapped tensors do not have.
+            # NOTE: a view of the input, or rows gathered in its own dtype, are copied into the
+            # buffer: decided from the layout, not data pointers (torch.func tensors have none).
             x = buffer[: stop - start].copy_(x)
         blocks = x.view(-1, g, d)
         if gram:
@@ -490,14 +417,13 @@ def _pick(values: torch.Tensor, index: slice | torch.Tensor) -> torch.Tensor:
     return values[index] if isinstance(index, slice) else values.index_select(0, index)
 
 
-def _batched(fn, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``fn(a, b)`` (a torch.bmm) as a batch of at least two."""
+def _batched(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.bmm(a, b)`` as a batch of at least two."""
     if a.shape[0] > 1:
-        return fn(a, b)
-    # NOTE: torch hands a batch of one to a plain (threaded) gemm, whose sums can round
-    # differently from the batched gemm of every other group of g rows: a batch of two copies
-    # keeps one code path, so a group's result never depends on the layout.
-    return fn(a.expand(2, *a.shape[1:]), b.expand(2, *b.shape[1:]))[:1]
+        return torch.bmm(a, b)
+    # NOTE: torch hands a batch of one to a plain threaded gemm, which can round differently from
+    # the batched one: two copies keep one code path, whatever the layout.
+    return torch.bmm(a.expand(2, *a.shape[1:]), b.expand(2, *b.shape[1:]))[:1]
 
 
 def _finish(cover: torch.Tensor, weight: torch.Tensor | None, plus_one: bool) -> torch.Tensor:
@@ -506,8 +432,8 @@ def _finish(cover: torch.Tensor, weight: torch.Tensor | None, plus_one: bool) ->
     None when every row is such a row. In place."""
     if weight is None:
         return cover if plus_one else cover.sub_(1.0)
-    # NOTE: rows of weight 1 get exactly what they get with weight None (x + 0 = x, x - 1), so a
-    # zero or extreme row elsewhere in the batch changes no other group's bits.
+    # NOTE: rows of weight 1 get exactly what weight None gives (x + 0 = x, x - 1): a zero or
+    # extreme row changes no other group's bits.
     return cover.add_(1.0 - weight) if plus_one else cover.sub_(weight)
 
 
@@ -515,7 +441,7 @@ def _gram_smi(blocks: torch.Tensor, dtype: torch.dtype, plus_one: bool = False) 
     """SMI (``1 + SMI`` with ``plus_one``) of each row of ``[k, g, D]`` blocks from their Gram
     matrices: ``[k * g]``."""
     d = blocks.shape[2]
-    gram = _batched(torch.bmm, blocks, blocks.transpose(1, 2))
+    gram = _batched(blocks, blocks.transpose(1, 2))
     squares = gram.diagonal(dim1=1, dim2=2)
     low, high = _GRAM_SAFE_NORM[dtype]
     lowest, highest = torch.aminmax(squares)  # NaN if any is NaN
@@ -527,12 +453,11 @@ def _gram_smi(blocks: torch.Tensor, dtype: torch.dtype, plus_one: bool = False) 
         x = blocks.index_select(0, groups)
         flat, patched = x.view(-1, d), torch.nonzero(bad.index_select(0, groups).view(-1))
         flat[patched.squeeze(1)] = _exact_unit_rows(flat[patched.squeeze(1)], dtype)
-        gram[groups] = _batched(torch.bmm, x, x.transpose(1, 2))
+        gram[groups] = _batched(x, x.transpose(1, 2))
         squares = gram.diagonal(dim1=1, dim2=2)
         scale = torch.where(squares > 0, squares.rsqrt(), 0.0)  # zero rows: no contribution
         weight = (squares > 0).to(dtype).view(-1)
-    # NOTE: [g, g] x [g, 1] per group stays under torch's 400-element bmm threshold (its own
-    # loop, the same for any batch size).
+    # NOTE: [g, g] x [g, 1] stays under torch's 400-element bmm threshold (same for any batch).
     dots = torch.bmm(gram, scale.unsqueeze(2)).view(-1)
     return _finish(dots.mul_(scale.view(-1)), weight, plus_one)
 
@@ -540,9 +465,9 @@ def _gram_smi(blocks: torch.Tensor, dtype: torch.dtype, plus_one: bool = False) 
 def _skinny_dots(blocks: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``[k * g]``: ``x_j . S`` for each row of each ``[g, D]`` block ``x``, ``S = s^T x``."""
     k, g, _ = blocks.shape
-    sums = _batched(torch.bmm, s.view(k, 1, g), blocks)
+    sums = _batched(s.view(k, 1, g), blocks)
     # NOTE: S x^T ([1, g] per group) runs 2-3 times faster than x S^T on MKL (measured).
-    return _batched(torch.bmm, sums, blocks.transpose(1, 2)).view(-1)
+    return _batched(sums, blocks.transpose(1, 2)).view(-1)
 
 
 def smi_scores(
@@ -568,7 +493,9 @@ def smi_scores(
         ``[N]`` tensor of ``dtype``: float32 (float64 for float64 embeddings) by default.
     """
     dtype = dtype or compute_dtype(embeddings.dtype)
-    return _smi(embeddings, codes, num_groups, dtype, group_size)
+    if embeddings.device.type == "cpu":
+        return _smi_cpu(embeddings, codes, num_groups, dtype, group_size)
+    return _smi_chunked(embeddings, codes, num_groups, dtype)
 
 
 def adjust_rewards(
@@ -583,25 +510,12 @@ def adjust_rewards(
     """``r_i / max(1 + SMI_i, min_denominator)``; float64 if rewards or embeddings are float64.
     ``group_size``: as in :func:`smi_scores`."""
     dtype = compute_dtype(rewards.dtype, embeddings.dtype)
-    if embeddings.device.type == "cpu":
-        layout = _cpu_layout(codes, num_groups, group_size)
-        return _adjust_cpu(rewards, embeddings, codes, num_groups, dtype, min_denominator, layout)
-    return adjust_from_smi(rewards, _smi(embeddings, codes, num_groups, dtype), min_denominator)
-
-
-def _adjust_cpu(
-    rewards: torch.Tensor,
-    embeddings: torch.Tensor,
-    codes: torch.Tensor,
-    num_groups: int,
-    dtype: torch.dtype,
-    min_denominator: float,
-    layout: tuple[int | None, torch.Tensor | None],
-) -> torch.Tensor:
-    """:func:`adjust_rewards` on CPU, from ``1 + SMI`` as the products give it, clamped in place:
-    at N = 256 each op counts (a call takes about 50 us). A group's result is computed from
-    its own rows only: each group size takes one path whatever the layout around it."""
-    cover = _smi_cpu(embeddings, codes, num_groups, dtype, layout, plus_one=True)
+    if embeddings.device.type != "cpu":
+        smi = smi_scores(embeddings, codes, num_groups, dtype)
+        return adjust_from_smi(rewards, smi, min_denominator)
+    # NOTE: on CPU from 1 + SMI as the products give it, clamped in place: at N = 256 each op
+    # counts (a call takes about 50 us).
+    cover = _smi_cpu(embeddings, codes, num_groups, dtype, group_size, plus_one=True)
     if rewards.dtype != dtype:
         rewards = rewards.to(dtype)
     return rewards / cover.clamp_(min=min_denominator)
@@ -625,8 +539,7 @@ def group_advantages(
     """
     dtype = compute_dtype(rewards.dtype)
     r = rewards.to(dtype)
-    # NOTE: out-of-place index_add, which torch.func.vmap batches (index_add_ into a fresh
-    # unbatched tensor it refuses).
+    # NOTE: out-of-place index_add: torch.func.vmap refuses index_add_ into a fresh tensor.
     zeros = torch.zeros(num_groups, dtype=dtype, device=r.device)
     counts = zeros.index_add(0, codes, torch.ones_like(r))
     mean = zeros.index_add(0, codes, r) / counts.clamp(min=1)
@@ -640,12 +553,9 @@ def group_advantages(
 
 def group_std(squares: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Unbiased standard deviations from per-group sums of squared deviations and row counts
-    (0 for a group of one row).
-
-    Where the standard deviation is 0 (a group of one row, or of equal rewards) its gradient is
-    taken as 0, the limit of the advantages' derivatives there, instead of the ``0 * inf = NaN``
-    that ``sqrt`` gives at 0: otherwise one such group makes every reward's gradient NaN.
-    """
+    (0 for a group of one row). Where it is 0 its gradient is taken as 0, the limit of the
+    advantages' derivatives, not the ``0 * inf = NaN`` of ``sqrt`` at 0, which would make every
+    reward's gradient NaN."""
     variance = squares / (counts - 1).clamp(min=1)
     zero = variance == 0
     return torch.where(zero, 0.0, torch.sqrt(torch.where(zero, 1.0, variance)))
