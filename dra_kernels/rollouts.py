@@ -1,13 +1,7 @@
-"""Rollout files: one completion per row, as JSON Lines or CSV, read and written a row at a time.
+"""Rollout files (one completion per row, JSON Lines or CSV), read and written a row at a time.
 
-Each row holds a group key (the prompt text, or an id field such as ``prompt_id``), the completion
-text and a numeric reward; every other field passes through untouched. The rules every reader here
-applies (records, rewards, other values) are those of docs/cli.md, "Rollout files"; a row that
-breaks one raises :class:`RolloutError` naming the file, the line and the field.
-
-:func:`read_rollouts` returns every row in memory; :func:`scan_rollouts` keeps only what DRA needs
-(group codes, rewards, line numbers) and re-reads the file for the completions and the rows, so
-memory does not grow with the completions' length. Writes are atomic (:func:`atomic_path`).
+The rules every reader applies are those of docs/cli.md, "Rollout files"; a row that breaks one
+raises :class:`RolloutError` naming the file, the line and the field.
 """
 
 from __future__ import annotations
@@ -15,6 +9,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import functools
 import io
 import json
 import math
@@ -30,7 +25,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NamedTuple
 
 from dra_kernels._words import counted
 
@@ -63,12 +58,7 @@ Format = Literal["jsonl", "csv"]
 MAX_NESTING = 100
 """Deepest nesting of arrays and objects a row may hold (deeper ones are refused when read)."""
 
-_SUFFIXES: dict[str, Format] = {
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-    ".csv": "csv",
-}
+_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 
 _JSON_BLANK = b" \t\r\n"
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -153,20 +143,16 @@ def detect_format(path: str | os.PathLike[str], format: str | None = None) -> Fo
             f"cannot tell the format from the suffix {suffix!r}; use .jsonl or .csv, or say "
             "which with format='jsonl' / 'csv' (--format on the command line)",
         )
-    return _SUFFIXES[suffix]
+    return _SUFFIXES[suffix]  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-@dataclass(frozen=True)
-class _Fields:
+class _Fields(NamedTuple):
     group: str
     completion: str
     reward: str
-
-    def required(self) -> tuple[str, str, str]:
-        return (self.group, self.completion, self.reward)
 
 
 def read_rollouts(
@@ -273,8 +259,7 @@ class RolloutIndex:
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """Every row as read (all fields), in file order."""
-        for row, _ in self._reread():
-            yield row
+        return (row for row, _ in self._reread())
 
     def _reread(self) -> Iterator[tuple[dict[str, Any], str]]:
         handle, signature = open_rollouts(self.data_path or self.path)
@@ -284,7 +269,7 @@ class RolloutIndex:
             count = len(self)
             index = -1
             for index, (line, row) in enumerate(
-                read_records(self.path, handle, self.format, self.fields.required())
+                read_records(self.path, handle, self.format, self.fields)
             ):
                 if index >= count or line != self.lines[index]:
                     raise self._changed(line)
@@ -345,7 +330,7 @@ def _index(
     except RolloutError as exc:
         raise RolloutError(path, exc.reason) from None
     with handle:
-        for line, row in read_records(path, handle, fmt, names.required()):
+        for line, row in read_records(path, handle, fmt, names):
             group, completion, reward = _extract(path, line, row, names)
             # NOTE: the key's type is part of it: 1 and "1" are two groups, as in the library.
             code = codes.setdefault((type(group), group), len(codes))
@@ -593,41 +578,32 @@ def required_field(path: Any, line: int, name: str, row: Mapping[str, Any]) -> A
         raise RolloutError(
             path, f"missing (found: {', '.join(row) or 'no fields'})", line=line, field=name
         )
-    value = row[name]
-    if value is None:
+    if row[name] is None:
         raise RolloutError(path, "is null", line=line, field=name)
-    return value
+    return row[name]
 
 
 def _group_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> str | int:
     value = required_field(path, line, name, row)
+    fail = functools.partial(RolloutError, path, line=line, field=name)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise RolloutError(
-            path,
-            f"group key must be a string or an integer, found {json_kind(value)}",
-            line=line,
-            field=name,
-        )
+        raise fail(f"group key must be a string or an integer, found {json_kind(value)}")
     if isinstance(value, str) and not value.strip():
-        raise RolloutError(path, "group key is empty", line=line, field=name)
+        raise fail("group key is empty")
     return value
 
 
 def completion_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> str:
     """The completion text in ``row[name]``, checked as :func:`required_field` and as text."""
     value = required_field(path, line, name, row)
+    fail = functools.partial(RolloutError, path, line=line, field=name)
     if not isinstance(value, str):
-        raise RolloutError(
-            path, f"completion must be text, found {json_kind(value)}", line=line, field=name
-        )
+        raise fail(f"completion must be text, found {json_kind(value)}")
     bad = None if value.isascii() else _SURROGATE.search(value)
     if bad is not None:
-        raise RolloutError(
-            path,
+        raise fail(
             f"completion is not valid Unicode text: a lone surrogate {bad.group()!r} at "
-            f"character {bad.start()}",
-            line=line,
-            field=name,
+            f"character {bad.start()}"
         )
     return value
 
@@ -635,20 +611,16 @@ def completion_value(path: Any, line: int, name: str, row: Mapping[str, Any]) ->
 def reward_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> float:
     """The reward in ``row[name]`` as a float (numbers, or numbers written as text)."""
     value = required_field(path, line, name, row)
+    fail = functools.partial(RolloutError, path, line=line, field=name)
     if isinstance(value, str):  # CSV cells, or numbers quoted in JSON
         text = value.strip()
         if not text:
-            raise RolloutError(path, "reward is empty", line=line, field=name)
-        if _NON_FINITE.fullmatch(text) or _NUMBER.fullmatch(text):
-            number = float(text)
-        else:
-            raise RolloutError(
-                path, f"reward must be a number, found {_short(text)!r}", line=line, field=name
-            )
+            raise fail("reward is empty")
+        if not (_NON_FINITE.fullmatch(text) or _NUMBER.fullmatch(text)):
+            raise fail(f"reward must be a number, found {_short(text)!r}")
+        number = float(text)
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RolloutError(
-            path, f"reward must be a number, found {json_kind(value)}", line=line, field=name
-        )
+        raise fail(f"reward must be a number, found {json_kind(value)}")
     else:
         try:
             number = float(value)
@@ -656,12 +628,9 @@ def reward_value(path: Any, line: int, name: str, row: Mapping[str, Any]) -> flo
             number = math.inf if value > 0 else -math.inf
     if not math.isfinite(number):
         shown = repr(number) if not isinstance(value, int) else json_kind(value)
-        raise RolloutError(
-            path,
+        raise fail(
             f"reward must be finite, found {shown} (NaN, Infinity and numbers beyond float64's "
-            "range, about 1.8e308, are refused)",
-            line=line,
-            field=name,
+            "range, about 1.8e308, are refused)"
         )
     return number
 
@@ -671,25 +640,22 @@ def _check_values(path: Any, line: int, row: Mapping[str, Any], *, skip: str) ->
     for name, value in row.items():
         if name == skip or isinstance(value, (str, int)) or value is None:
             continue
+        fail = functools.partial(RolloutError, path, line=line, field=name)
         stack = [(value, 1)]
         while stack:
             item, depth = stack.pop()
-            if isinstance(item, float):
-                if not math.isfinite(item):
-                    raise RolloutError(
-                        path,
-                        f"holds a non-finite number ({item!r}: NaN, Infinity or beyond "
-                        "float64's range), which the output cannot hold",
-                        line=line,
-                        field=name,
-                    )
-            elif isinstance(item, (list, dict)):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise fail(
+                    f"holds a non-finite number ({item!r}: NaN, Infinity or beyond float64's "
+                    "range), which the output cannot hold"
+                )
+            if isinstance(item, (list, dict)):
                 if depth > MAX_NESTING:
-                    raise RolloutError(
-                        path, f"nested deeper than {MAX_NESTING} levels", line=line, field=name
-                    )
-                children = item.values() if isinstance(item, dict) else item
-                stack.extend((child, depth + 1) for child in children)
+                    raise fail(f"nested deeper than {MAX_NESTING} levels")
+                stack.extend(
+                    (child, depth + 1)
+                    for child in (item.values() if isinstance(item, dict) else item)
+                )
 
 
 # ----------------------------------------------------------------------------- writing
