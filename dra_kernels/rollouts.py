@@ -22,7 +22,7 @@ import sys
 import tempfile
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
@@ -377,16 +377,12 @@ def readable_again(path: str | os.PathLike[str]) -> Iterator[str]:
             return
     fd, spool = tempfile.mkstemp(prefix="dra-kernels-input-")
     try:
-        with os.fdopen(fd, "wb") as out:
-            if name == STDIN:
-                shutil.copyfileobj(sys.stdin.buffer, out, _SPOOL_CHUNK)
-            else:
-                try:
-                    source = open(name, "rb")  # noqa: SIM115 - closed below
-                except OSError as exc:
-                    raise RolloutError(name, f"cannot read: {exc.strerror or exc}") from None
-                with source:
-                    shutil.copyfileobj(source, out, _SPOOL_CHUNK)
+        stdin = contextlib.nullcontext(sys.stdin.buffer)
+        with (
+            os.fdopen(fd, "wb") as out,
+            stdin if name == STDIN else open_rollouts(name)[0] as source,
+        ):
+            shutil.copyfileobj(source, out, _SPOOL_CHUNK)
         yield spool
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -442,33 +438,21 @@ def _jsonl_records(path: Any, handle: IO[bytes]) -> Iterator[tuple[int, dict[str
         # NOTE: the separator ("\n" or "\r\n") is not part of the record: decoded with it, a
         # record cut short ends on json's line 2, column 1, not at the column of the line at fault.
         raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+        fail = functools.partial(RolloutError, path, line=number)
         try:
             text = raw.decode("utf-8")
+            row = json.loads(text)
         except UnicodeDecodeError as exc:
-            raise RolloutError(
-                path, f"not valid UTF-8 (byte {start + exc.start}: {exc.reason})", line=number
-            ) from None
-        yield number, _parse_json(path, number, text)
-
-
-def _parse_json(path: Any, line: int, text: str) -> dict[str, Any]:
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as exc:  # text is one line: its column is the offset + 1
-        raise RolloutError(
-            path, f"malformed JSON at column {exc.pos + 1}: {exc.msg}", line=line
-        ) from None
-    except RecursionError:
-        raise RolloutError(
-            path, f"malformed JSON: nested deeper than {MAX_NESTING} levels", line=line
-        ) from None
-    except ValueError as exc:  # an integer literal longer than Python reads (4,300 digits)
-        raise RolloutError(path, f"cannot read a number: {exc}", line=line) from None
-    if not isinstance(row, dict):
-        raise RolloutError(
-            path, f"expected a JSON object per line, found {json_kind(row)}", line=line
-        )
-    return row
+            raise fail(f"not valid UTF-8 (byte {start + exc.start}: {exc.reason})") from None
+        except json.JSONDecodeError as exc:  # text is one line: its column is the offset + 1
+            raise fail(f"malformed JSON at column {exc.pos + 1}: {exc.msg}") from None
+        except RecursionError:
+            raise fail(f"malformed JSON: nested deeper than {MAX_NESTING} levels") from None
+        except ValueError as exc:  # an integer literal longer than Python reads (4,300 digits)
+            raise fail(f"cannot read a number: {exc}") from None
+        if not isinstance(row, dict):
+            raise fail(f"expected a JSON object per line, found {json_kind(row)}")
+        yield number, row
 
 
 def _csv_records(
@@ -488,7 +472,21 @@ def _csv_records(
             if not record or (len(record) == 1 and not record[0].strip()):
                 continue
             if header is None:
-                header = _csv_header(path, line, record, required)
+                header = [name.strip() for name in record]
+                for name in required:
+                    if name not in header:
+                        found = ", ".join(header)
+                        raise RolloutError(
+                            path,
+                            f"missing from the CSV header (found: {found})",
+                            line=line,
+                            field=name,
+                        )
+                duplicates = sorted({n for n in header if header.count(n) > 1})
+                if duplicates:
+                    raise RolloutError(
+                        path, f"CSV header repeats {', '.join(duplicates)}", line=line
+                    )
                 continue
             if len(record) != len(header):
                 raise RolloutError(
@@ -508,22 +506,6 @@ def _csv_records(
     finally:
         csv.field_size_limit(limit)
         text.detach()
-
-
-def _csv_header(path: Any, line: int, record: list[str], required: Sequence[str]) -> list[str]:
-    header = [name.strip() for name in record]
-    for name in required:
-        if name not in header:
-            raise RolloutError(
-                path,
-                f"missing from the CSV header (found: {', '.join(header)})",
-                line=line,
-                field=name,
-            )
-    duplicates = sorted({n for n in header if header.count(n) > 1})
-    if duplicates:
-        raise RolloutError(path, f"CSV header repeats {', '.join(duplicates)}", line=line)
-    return header
 
 
 def _first_bad_utf8(path: Any) -> tuple[int | None, int]:
@@ -689,36 +671,32 @@ def write_rows(
     if fmt == "csv" and fieldnames is None:
         rows = list(rows)
         fieldnames = list(dict.fromkeys(name for row in rows for name in row))
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        if fmt == "jsonl":
-            return _write_jsonl(handle, rows, path)
-        return _write_csv(handle, rows, list(fieldnames or ()), path)
-
-
-def _write_jsonl(handle: IO[bytes], rows: Iterable[Mapping[str, Any]], path: Any) -> int:
+    encode = _json_line if fmt == "jsonl" else _csv_line(list(fieldnames or ()))
     count = 0
-    for count, row in enumerate(rows, start=1):
-        try:
-            text = json.dumps(dict(row), ensure_ascii=False, allow_nan=False)
-            try:
-                data = text.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate: \u escapes keep the value exactly
-                data = json.dumps(dict(row), ensure_ascii=True, allow_nan=False).encode("ascii")
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise RolloutError(path, f"row {count} cannot be written as JSON: {exc}") from None
-        handle.write(data)
-        handle.write(b"\n")
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        if fmt == "csv":  # the header, as DictWriter.writeheader writes it
+            handle.write(encode({name: name for name in fieldnames or ()}, 0, path))
+        for count, row in enumerate(rows, start=1):
+            handle.write(encode(row, count, path))
     return count
 
 
-def _write_csv(
-    handle: IO[bytes], rows: Iterable[Mapping[str, Any]], fieldnames: list[str], path: Any
-) -> int:
+def _json_line(row: Mapping[str, Any], count: int, path: Any) -> bytes:
+    try:
+        try:
+            return json.dumps(dict(row), ensure_ascii=False, allow_nan=False).encode() + b"\n"
+        except UnicodeEncodeError:  # a lone surrogate: \u escapes keep the value exactly
+            return json.dumps(dict(row), ensure_ascii=True, allow_nan=False).encode() + b"\n"
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise RolloutError(path, f"row {count} cannot be written as JSON: {exc}") from None
+
+
+def _csv_line(fieldnames: list[str]) -> Callable[[Mapping[str, Any], int, Any], bytes]:
+    """What encodes one row as a line of CSV with these columns (lists and objects as JSON)."""
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
-    writer.writeheader()
-    count = 0
-    for count, row in enumerate(rows, start=1):
+
+    def encode(row: Mapping[str, Any], count: int, path: Any) -> bytes:
         cells = {}
         for name, value in row.items():
             if isinstance(value, float) and not math.isfinite(value):
@@ -734,17 +712,16 @@ def _write_csv(
         buffer.seek(0)
         buffer.truncate()
         try:
-            handle.write(text.encode("utf-8"))
+            return text.encode("utf-8")
         except UnicodeEncodeError:
-            bad = next(n for n, v in cells.items() if _SURROGATE.search(str(v)))
+            bad = next(n for n, v in cells.items() if _SURROGATE.search(f"{n}{v}"))
             raise RolloutError(
                 path,
                 f"row {count}: field '{bad}' is not valid Unicode text (a lone surrogate), which "
                 "a UTF-8 CSV file cannot hold; write JSONL instead",
             ) from None
-    if count == 0:
-        handle.write(buffer.getvalue().encode("utf-8"))
-    return count
+
+    return encode
 
 
 # ----------------------------------------------------------------------------- temporary files
@@ -806,27 +783,21 @@ def clean_stale_temporaries(directory: str | os.PathLike[str]) -> list[str]:
     Returns:
         The names removed.
     """
-    if os.name != "posix":
-        return []
     removed: list[str] = []
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return removed
+    entries: list[os.DirEntry[str]] = []
+    if os.name == "posix":
+        with contextlib.suppress(OSError):
+            entries = list(os.scandir(directory))
     tag = _host_tag()
     for entry in entries:
         match = _TEMP_NAME.fullmatch(entry.name)
         if match is None or match["host"] != tag or _process_alive(int(match["pid"])):
             continue
-        try:
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
             info = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-            continue
-        with contextlib.suppress(FileNotFoundError, PermissionError):
-            os.unlink(entry.path)
-            removed.append(entry.name)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+                os.unlink(entry.path)
+                removed.append(entry.name)
     return removed
 
 
