@@ -293,11 +293,11 @@ class RolloutIndex:
 def scan_rollouts(
     path: str | os.PathLike[str],
     *,
+    data_path: str | os.PathLike[str] | None = None,
     group_field: str = "prompt",
     completion_field: str = "completion",
     reward_field: str = "reward",
     format: str | None = None,
-    data_path: str | os.PathLike[str] | None = None,
 ) -> RolloutIndex:
     """Check every row of a rollout file and keep only what DRA needs (see :class:`RolloutIndex`).
 
@@ -366,15 +366,13 @@ def readable_again(path: str | os.PathLike[str]) -> Iterator[str]:
     ends however it ends, so that a command reading its input twice never waits on a pipe.
     """
     name = os.fspath(path)
-    if name != STDIN:
-        try:
-            info = os.stat(name)
-        except OSError:
-            yield name
-            return
-        if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode):
-            yield name
-            return
+    try:
+        again = name != STDIN and stat.S_IFMT(os.stat(name).st_mode) in (stat.S_IFREG, stat.S_IFDIR)
+    except OSError:
+        again = True
+    if again:
+        yield name
+        return
     fd, spool = tempfile.mkstemp(prefix="dra-kernels-input-")
     try:
         stdin = contextlib.nullcontext(sys.stdin.buffer)
@@ -396,21 +394,18 @@ def open_rollouts(path: str | os.PathLike[str]) -> tuple[IO[bytes], tuple[int, .
     """The file opened for binary reading, and what identifies its content (device, inode, size,
     modification time)."""
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the caller
+        with contextlib.ExitStack() as opened:
+            handle = opened.enter_context(open(path, "rb"))
+            info = os.fstat(handle.fileno())
+            if stat.S_ISDIR(info.st_mode):  # Windows opens directories without an error
+                raise IsADirectoryError
+            opened.pop_all()  # the caller closes it
     except FileNotFoundError:
         raise RolloutError(path, "no such file") from None
     except IsADirectoryError:
         raise RolloutError(path, "is a directory, not a rollout file") from None
     except OSError as exc:
         raise RolloutError(path, f"cannot read: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(handle.fileno())
-    except OSError as exc:
-        handle.close()
-        raise RolloutError(path, f"cannot read: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(info.st_mode):  # Windows opens directories without IsADirectoryError
-        handle.close()
-        raise RolloutError(path, "is a directory, not a rollout file")
     return handle, (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
@@ -726,7 +721,6 @@ def _csv_line(fieldnames: list[str]) -> Callable[[Mapping[str, Any], int, Any], 
 
 # ----------------------------------------------------------------------------- temporary files
 
-_TEMP_TAG = ".dra-tmp-"
 _TEMP_NAME = re.compile(
     r"\..+\.dra-tmp-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[A-Za-z0-9_]+", re.DOTALL
 )
@@ -754,9 +748,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     if target.is_dir():
         raise RolloutError(path, "cannot write: it is a directory")
     clean_stale_temporaries(directory)
-    name = target.name.encode("utf-8", "surrogateescape")[:_NAME_BYTES]
-    short = name.decode("utf-8", "ignore")
-    prefix = f".{short}{_TEMP_TAG}{_host_tag()}-{os.getpid()}-"
+    short = target.name.encode("utf-8", "surrogateescape")[:_NAME_BYTES].decode("utf-8", "ignore")
+    prefix = f".{short}.dra-tmp-{_host_tag()}-{os.getpid()}-"
     fd, tmp_name = tempfile.mkstemp(prefix=prefix, dir=directory)
     os.close(fd)
     try:
