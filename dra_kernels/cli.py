@@ -16,7 +16,7 @@ import signal
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -151,40 +151,20 @@ def add_file_options(
 # ----------------------------------------------------------------------------- parser
 
 
-def _int_at_least(low: int) -> Any:
-    what = "a positive integer" if low == 1 else f"an integer >= {low}"
+def _option_type(kind: type, what: str, ok: Callable[[Any], bool]) -> Any:
+    """An argparse ``type``: ``kind(text)`` if ``ok`` says so, else a usage error expecting
+    ``what``."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         return value
 
     return parse
-
-
-def _finite_float(low: float, *, inclusive: bool) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
-            bound = f">= {low:g}" if inclusive else f"> {low:g}"
-            raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text}")
-        return value
-
-    return parse
-
-
-def _alpha(text: str) -> float:
-    value = _finite_float(0.0, inclusive=False)(text)
-    if value >= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a level in (0, 1), got {text}")
-    return value
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -205,7 +185,11 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
         choices=("float32", "float16", "bfloat16"),
         help="model weights dtype (default: float32)",
     )
-    count = functools.partial(group.add_argument, type=_int_at_least(1), metavar="N")
+    count = functools.partial(
+        group.add_argument,
+        type=_option_type(int, "a positive integer", lambda n: n >= 1),
+        metavar="N",
+    )
     count("--batch-size", default=32, help="windows per forward pass (default: 32)")
     group.add_argument(
         "--long-text",
@@ -222,7 +206,7 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
     )
     count(
         "--window-overlap",
-        type=_int_at_least(0),
+        type=_option_type(int, "an integer >= 0", lambda n: n >= 0),
         default=0,
         help="tokens shared by consecutive windows (default: 0)",
     )
@@ -256,13 +240,13 @@ def _add_adjust_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--eps",
-        type=_finite_float(0.0, inclusive=True),
+        type=_option_type(float, "a finite number >= 0", lambda x: 0 <= x < math.inf),
         default=1e-4,
         help="added to the group std (default: 1e-4)",
     )
     group.add_argument(
         "--min-denominator",
-        type=_finite_float(0.0, inclusive=False),
+        type=_option_type(float, "a finite number > 0", lambda x: 0 < x < math.inf),
         default=0.1,
         metavar="X",
         help="lower clamp of 1 + SMI (default: 0.1)",
@@ -290,7 +274,10 @@ def _add_adjust_options(parser: argparse.ArgumentParser) -> None:
 def _add_analyze_options(parser: argparse.ArgumentParser, *, files: bool) -> None:
     group = parser.add_argument_group("analysis")
     group.add_argument(
-        "--alpha", type=_alpha, default=0.05, help="significance level (default: 0.05)"
+        "--alpha",
+        type=_option_type(float, "a level in (0, 1)", lambda x: 0 < x < 1),
+        default=0.05,
+        help="significance level (default: 0.05)",
     )
     if files:
         group.add_argument("--plot", metavar="FILE.png", help="write the p-value histogram")
@@ -671,8 +658,7 @@ def _print_summary(index: RolloutIndex, smi: np.ndarray, adjusted: np.ndarray) -
     codes = np.frombuffer(index.group_codes, dtype=np.int64)
     groups = index.num_groups
     _say(f"{counted(len(index), 'completion')} in {counted(groups, 'group')}")
-    group, n, reward, smi_range, mean_adjusted = SUMMARY_COLUMNS
-    _say(f"{group:<34} {n:>3} {reward:>11} {smi_range:>13} {mean_adjusted:>13}")
+    _say("{:<34} {:>3} {:>11} {:>13} {:>13}".format(*SUMMARY_COLUMNS))
     for code in range(min(groups, _SUMMARY_ROWS)):  # codes number groups by first appearance
         rows = np.flatnonzero(codes == code)
         s = smi[rows]
@@ -771,12 +757,10 @@ def _print_one_prompt(index: RolloutIndex, values: dict, args: argparse.Namespac
     rows = np.asarray(chosen or np.flatnonzero(codes == 0), dtype=np.int64)
     texts = [every_row[row][index.fields.completion] for row in rows.tolist()]
     rewards = np.frombuffer(index.rewards, dtype=np.float64)[rows]
-    smi, adjusted = values["smi"][rows], values["reward_adjusted"][rows]
-    grpo, dra = values["advantage"][rows], values["advantage_dra"][rows]
+    smi, adjusted, grpo, dra = (values[name][rows] for name in OUTPUT_FIELDS)
     key = index.group_keys[int(codes[rows[0]])]
     _say_wrapped(f"One prompt ({counted(len(rows), 'completion')}): {_short(key, 200)}")
-    words, reward, smi_name, adjusted_name, grpo_name, dra_name = DEMO_COLUMNS
-    _say(f"{words:<36} {reward:>6} {smi_name:>6} {adjusted_name:>8} {grpo_name:>8} {dra_name:>8}")
+    _say("{:<36} {:>6} {:>6} {:>8} {:>8} {:>8}".format(*DEMO_COLUMNS))
     for i, text in enumerate(texts):
         _say(
             f"{_short(text, 36):<36} {rewards[i]:>6.3g} {smi[i]:>6.3f} {adjusted[i]:>8.3f} "
@@ -863,12 +847,7 @@ def _output_format(path: str, input_format: str | None) -> str | None:
     raise _UsageError(f"cannot tell the output format of {path!r}: use a .jsonl or .csv name")
 
 
-_COMMANDS = {
-    "adjust": _cmd_adjust,
-    "analyze": _cmd_analyze,
-    "demo": _cmd_demo,
-    "bench": _cmd_bench,
-}
+_COMMANDS = {"adjust": _cmd_adjust, "analyze": _cmd_analyze, "demo": _cmd_demo, "bench": _cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -928,9 +907,7 @@ class _Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-_TERMINATING = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
+_TERMINATING = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
 
 
 @contextlib.contextmanager
