@@ -293,11 +293,11 @@ class RolloutIndex:
 def scan_rollouts(
     path: str | os.PathLike[str],
     *,
-    data_path: str | os.PathLike[str] | None = None,
     group_field: str = "prompt",
     completion_field: str = "completion",
     reward_field: str = "reward",
     format: str | None = None,
+    data_path: str | os.PathLike[str] | None = None,
 ) -> RolloutIndex:
     """Check every row of a rollout file and keep only what DRA needs (see :class:`RolloutIndex`).
 
