@@ -1,12 +1,6 @@
-"""Where verl's and OpenRLHF's embedder runs: in this process, or in a Ray actor on a GPU share.
-
-Their driver (verl's ``TaskRunner``) and trainer actor (OpenRLHF's) reserve no GPU, so an embedder
-built there runs on a CPU (:data:`CPU_COST_NOTE`). :func:`decide_placement` (pure) says where it
-goes, :func:`build_embed_fn` builds it there: here, or in :class:`RayEmbedder`'s actor on a GPU
-share free outside placement groups, else in the placement-group bundle with the largest free share
-(verl and OpenRLHF reserve their GPUs in bundles their colocated workers only partly use). It never
-falls back to a CPU on its own. Options, the same in both (``dra.x`` / ``--dra.x``): ``placement``
-(``auto``, ``local``, ``ray``), ``num_gpus`` (the actor's GPU share) and ``placement_timeout``.
+"""Where verl's and OpenRLHF's embedder runs: in this process, or in a Ray actor on a GPU share
+(:func:`decide_placement` says where, :func:`build_embed_fn` builds it there; never a CPU fallback
+on its own). The rules: "Where the embedder runs" in docs/integrations/verl.md.
 """
 
 from __future__ import annotations

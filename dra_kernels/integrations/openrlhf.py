@@ -1,15 +1,7 @@
-"""DRA for OpenRLHF (0.11.x), at the experience maker's advantage step. See
-docs/integrations/openrlhf.md (turning it on, the options, what runs where, the metrics).
-
-OpenRLHF calls its reward function once per sample; every completion of a group is at hand only in
-``RemoteExperienceMaker.compute_advantages_and_returns``, which :func:`install` wraps: one DRA step
-over groups ``rollout_position // n_samples_per_prompt`` replaces ``experience.rewards`` (which only
-the advantages use) before the original runs; after it, OpenRLHF's own reward metrics are put back
-to their raw values. The maker lives in OpenRLHF's trainer actor (a Ray worker), so
-:func:`setup_hook`, a Ray ``worker_process_setup_hook``, installs it there when
-``DRA_KERNELS_OPENRLHF`` is on; ``python -m dra_kernels.integrations.openrlhf_launch`` wires the
-hook in and sets the variables from ``--dra.*`` flags (read by :func:`config_from_env`). The
-embedder is built with the maker (before the first rollout), where the placement says.
+"""DRA for OpenRLHF (0.11.x): :func:`install` wraps ``RemoteExperienceMaker.
+compute_advantages_and_returns`` (one DRA step over groups ``index // n_samples_per_prompt``, then
+OpenRLHF's reward metrics put back to raw); :func:`setup_hook` installs it in Ray workers. See
+docs/integrations/openrlhf.md.
 """
 
 from __future__ import annotations
