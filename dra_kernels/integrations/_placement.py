@@ -414,23 +414,20 @@ def read_step(
     return step, device, placement
 
 
-def place_step(
-    step: DRAStep,
-    *,
-    factory: Callable[[], Any] | None,
-    device: str | None,
-    options: PlacementOptions,
-    prefix: str,
-    hint: str,
-) -> DRAStep:
-    """``step`` with its embedder built where the placement says (:func:`build_embed_fn`): the
-    user's own from ``factory``, else the step's built-in one. A user's embedder already in the
-    step (not :class:`Deferred`) is used as it is."""
-    config = step.embedder
+def place_step(settings: Any, factory: Callable[[], Any] | None, prefix: str, hint: str) -> DRAStep:
+    """``settings.step`` with its embedder built where ``settings.device`` and
+    ``settings.placement`` say (:func:`build_embed_fn`): the user's own from ``factory``, else the
+    step's built-in one. A user's embedder already in the step (not :class:`Deferred`) is used as
+    it is."""
+    step, config = settings.step, settings.step.embedder
     if factory is None and not isinstance(config, (EmbedderConfig, type(None))):
         return step
-    config = config if isinstance(config, EmbedderConfig) else None
     embed = build_embed_fn(
-        config=config, factory=factory, device=device, options=options, prefix=prefix, hint=hint
+        config=config if isinstance(config, EmbedderConfig) else None,
+        factory=factory,
+        device=settings.device,
+        options=settings.placement,
+        prefix=prefix,
+        hint=hint,
     )
     return step.with_embedder(embed)

@@ -99,14 +99,7 @@ class DRASettings:
             # NOTE: a class is built (in the actor, if placed there); anything else is the embedder
             obj = import_object(self.embedder, f"{PREFIX}embedder")
             factory = obj if isinstance(obj, type) else (lambda: obj)
-        return place_step(
-            self.step,
-            factory=factory,
-            device=self.device,
-            options=self.placement,
-            prefix=PREFIX,
-            hint=_PLACEMENT_HINT,
-        )
+        return place_step(self, factory, PREFIX, _PLACEMENT_HINT)
 
 
 def settings_from_config(config: Any) -> DRASettings | None:
