@@ -131,12 +131,8 @@ def default_model_path() -> str:
 class EmbedderConfig:
     """Every option of :class:`Embedder`, checked without loading anything.
 
-    The trainer integrations take exactly these names (TRL: ``dra_<name>`` keywords; verl:
-    ``+dra.<name>`` keys; OpenRLHF: ``--dra.<name>`` flags), so a typo or a bad value fails at
-    start-up, before a model loads or a rollout runs.
-
-    Each option is the :class:`Embedder` argument of the same name (see there for its meaning);
-    ``dtype`` is given by name.
+    Each option is the :class:`Embedder` argument of the same name (``dtype`` by name); every
+    trainer integration takes these names, so a bad value fails before a model loads.
 
     Example:
         >>> EmbedderConfig(long_text="head").long_text
