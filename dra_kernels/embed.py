@@ -131,12 +131,8 @@ def default_model_path() -> str:
 class EmbedderConfig:
     """Every option of :class:`Embedder`, checked without loading anything.
 
-    The trainer integrations take exactly these names (TRL: ``dra_<name>`` keywords; verl:
-    ``+dra.<name>`` keys; OpenRLHF: ``--dra.<name>`` flags), so a typo or a bad value fails at
-    start-up, before a model loads or a rollout runs.
-
-    Each option is the :class:`Embedder` argument of the same name (see there for its meaning);
-    ``dtype`` is given by name.
+    Each option is the :class:`Embedder` argument of the same name (``dtype`` by name); every
+    trainer integration takes these names, so a bad value fails before a model loads.
 
     Example:
         >>> EmbedderConfig(long_text="head").long_text
@@ -290,19 +286,11 @@ class _Window:
 class Embedder:
     """Sentence embeddings of completions with a sentence-transformers model, every token read.
 
-    A text that fits the model's window is embedded as the model embeds it. A longer one is, by
-    default (``long_text="windows"``), split into consecutive windows over its token ids, each
-    wrapped in the model's special tokens; all windows are encoded in length-sorted batches, and
-    the text's vector is the mean of its windows' pooled embeddings (before the model's final
-    normalisation, if any) weighted by each window's token count, then normalised.
-
-    Why: for a mean-pooling model (most sentence encoders) that is exactly the mean of every
-    token's contextual embedding within its window, so every token counts once wherever the
-    windows fall (overlapping tokens twice), and cost grows linearly with the number of tokens.
-
-    The other modes are cheaper and lossy (a :class:`TruncationWarning` says how many texts were
-    cut): ``"head"`` embeds the first window only; ``"head_tail"`` one window made of the first
-    and last halves of the tokens it can hold. ``max_tokens`` caps the tokens read in every mode.
+    A text longer than the model's window is, by default (``long_text="windows"``), split into
+    windows whose pooled embeddings are averaged, weighted by their token counts (for a
+    mean-pooling model: the mean of every token's contextual embedding; see "Embeddings" in
+    docs/api.md). ``"head"``, ``"head_tail"`` and ``max_tokens`` read less and say so
+    (:class:`TruncationWarning`).
 
     Args:
         model: sentence-transformers model name or local directory. ``None`` and

@@ -1,12 +1,6 @@
-"""Where verl's and OpenRLHF's embedder runs: in this process, or in a Ray actor on a GPU share.
-
-Their driver (verl's ``TaskRunner``) and trainer actor (OpenRLHF's) reserve no GPU, so an embedder
-built there runs on a CPU (:data:`CPU_COST_NOTE`). :func:`decide_placement` (pure) says where it
-goes, :func:`build_embed_fn` builds it there: here, or in :class:`RayEmbedder`'s actor on a GPU
-share free outside placement groups, else in the placement-group bundle with the largest free share
-(verl and OpenRLHF reserve their GPUs in bundles their colocated workers only partly use). It never
-falls back to a CPU on its own. Options, the same in both (``dra.x`` / ``--dra.x``): ``placement``
-(``auto``, ``local``, ``ray``), ``num_gpus`` (the actor's GPU share) and ``placement_timeout``.
+"""Where verl's and OpenRLHF's embedder runs: in this process, or in a Ray actor on a GPU share
+(:func:`decide_placement` says where, :func:`build_embed_fn` builds it there; never a CPU fallback
+on its own). The rules: "Where the embedder runs" in docs/integrations/verl.md.
 """
 
 from __future__ import annotations
@@ -420,23 +414,20 @@ def read_step(
     return step, device, placement
 
 
-def place_step(
-    step: DRAStep,
-    *,
-    factory: Callable[[], Any] | None,
-    device: str | None,
-    options: PlacementOptions,
-    prefix: str,
-    hint: str,
-) -> DRAStep:
-    """``step`` with its embedder built where the placement says (:func:`build_embed_fn`): the
-    user's own from ``factory``, else the step's built-in one. A user's embedder already in the
-    step (not :class:`Deferred`) is used as it is."""
-    config = step.embedder
+def place_step(settings: Any, factory: Callable[[], Any] | None, prefix: str, hint: str) -> DRAStep:
+    """``settings.step`` with its embedder built where ``settings.device`` and
+    ``settings.placement`` say (:func:`build_embed_fn`): the user's own from ``factory``, else the
+    step's built-in one. A user's embedder already in the step (not :class:`Deferred`) is used as
+    it is."""
+    step, config = settings.step, settings.step.embedder
     if factory is None and not isinstance(config, (EmbedderConfig, type(None))):
         return step
-    config = config if isinstance(config, EmbedderConfig) else None
     embed = build_embed_fn(
-        config=config, factory=factory, device=device, options=options, prefix=prefix, hint=hint
+        config=config if isinstance(config, EmbedderConfig) else None,
+        factory=factory,
+        device=settings.device,
+        options=settings.placement,
+        prefix=prefix,
+        hint=hint,
     )
     return step.with_embedder(embed)

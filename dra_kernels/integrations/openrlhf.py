@@ -1,15 +1,7 @@
-"""DRA for OpenRLHF (0.11.x), at the experience maker's advantage step. See
-docs/integrations/openrlhf.md (turning it on, the options, what runs where, the metrics).
-
-OpenRLHF calls its reward function once per sample; every completion of a group is at hand only in
-``RemoteExperienceMaker.compute_advantages_and_returns``, which :func:`install` wraps: one DRA step
-over groups ``rollout_position // n_samples_per_prompt`` replaces ``experience.rewards`` (which only
-the advantages use) before the original runs; after it, OpenRLHF's own reward metrics are put back
-to their raw values. The maker lives in OpenRLHF's trainer actor (a Ray worker), so
-:func:`setup_hook`, a Ray ``worker_process_setup_hook``, installs it there when
-``DRA_KERNELS_OPENRLHF`` is on; ``python -m dra_kernels.integrations.openrlhf_launch`` wires the
-hook in and sets the variables from ``--dra.*`` flags (read by :func:`config_from_env`). The
-embedder is built with the maker (before the first rollout), where the placement says.
+"""DRA for OpenRLHF (0.11.x): :func:`install` wraps ``RemoteExperienceMaker.
+compute_advantages_and_returns`` (one DRA step over groups ``index // n_samples_per_prompt``, then
+OpenRLHF's reward metrics put back to raw); :func:`setup_hook` installs it in Ray workers. See
+docs/integrations/openrlhf.md.
 """
 
 from __future__ import annotations
@@ -89,8 +81,7 @@ TARGET_METHOD = "compute_advantages_and_returns"
 
 
 def _spell(name: str) -> str:
-    """An option as the user typed it: the launcher's flag, with the variable that carried a step
-    option (the embedder's and placement options travel in ``DRA_KERNELS_OPENRLHF_OPTIONS``)."""
+    """An option as the user typed it: the launcher's flag, and the variable of a step option."""
     variable = STEP_VARIABLES.get(name)
     return f"{PREFIX}{name} ({variable})" if variable else PREFIX + name
 
@@ -120,15 +111,7 @@ class DRAConfig:
     def placed_step(self) -> DRAStep:
         """The step with its embedder built where the placement rules say (on the first call)."""
         if not self._placed:
-            step = place_step(
-                self.step,
-                factory=self.embedder_factory,
-                device=self.device,
-                options=self.placement,
-                prefix=PREFIX,
-                hint=_PLACEMENT_HINT,
-            )
-            self._placed.append(step)
+            self._placed.append(place_step(self, self.embedder_factory, PREFIX, _PLACEMENT_HINT))
         return self._placed[0]
 
 
@@ -150,7 +133,13 @@ def config_from_env() -> DRAConfig | None:
             raise TypeError(
                 f"{ENV_EMBEDDER}={spec!r} names a {type(factory).__name__}, not a factory"
             )
-    options = options_from_env()
+    raw = os.environ.get(ENV_OPTIONS, "").strip()
+    try:
+        options = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{ENV_OPTIONS} must be a JSON object, got {raw!r} ({exc})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"{ENV_OPTIONS} must be a JSON object, got {raw!r}")
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(
@@ -174,20 +163,6 @@ def _read_variable(name: str) -> Any:
         return float(raw)
     except ValueError:
         return raw
-
-
-def options_from_env() -> dict[str, Any]:
-    """The JSON object in ``DRA_KERNELS_OPENRLHF_OPTIONS`` (``{}`` when unset or empty)."""
-    raw = os.environ.get(ENV_OPTIONS, "").strip()
-    if not raw:
-        return {}
-    try:
-        options = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{ENV_OPTIONS} must be a JSON object, got {raw!r} ({exc})") from None
-    if not isinstance(options, dict):
-        raise ValueError(f"{ENV_OPTIONS} must be a JSON object, got {raw!r}")
-    return options
 
 
 def _decode_responses(experiences: Sequence[Any], tokenizer: Any, skip_special: bool) -> list[str]:
@@ -347,7 +322,6 @@ def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
         _raw_reward_metrics(experiences, raw, n_samples, self.strategy.args)
         return out
 
-    compute_advantages_and_returns.__dra_original__ = original  # type: ignore[attr-defined]
     return compute_advantages_and_returns
 
 
@@ -361,7 +335,6 @@ def _wrap_init(original: Callable[..., Any]) -> Callable[..., Any]:
             # model or placement error stops the run at start-up.
             config.placed_step().embed_fn()
 
-    __init__.__dra_original__ = original  # type: ignore[attr-defined]
     return __init__
 
 
@@ -373,10 +346,12 @@ def _patch_module(module: Any) -> None:
             f"{TARGET_MODULE}.{TARGET_CLASS}.{TARGET_METHOD} not found: this OpenRLHF version is "
             "not supported by dra_kernels.integrations.openrlhf (tested with 0.11.x)"
         )
-    if not hasattr(method, "__dra_original__"):
-        setattr(cls, TARGET_METHOD, _wrap(method))
-    if not hasattr(cls.__init__, "__dra_original__"):
-        cls.__init__ = _wrap_init(cls.__init__)
+    for name, wrap in ((TARGET_METHOD, _wrap), ("__init__", _wrap_init)):
+        original = getattr(cls, name)
+        if not hasattr(original, "__dra_original__"):
+            wrapped = wrap(original)
+            wrapped.__dra_original__ = original
+            setattr(cls, name, wrapped)
 
 
 _FINDER = PatchOnImport({TARGET_MODULE: _patch_module})
@@ -422,11 +397,10 @@ def uninstall() -> None:
     _state["config"] = None
     _FINDER.uninstall()
     cls = getattr(sys.modules.get(TARGET_MODULE), TARGET_CLASS, None)
-    method = getattr(cls, TARGET_METHOD, None)
-    if hasattr(method, "__dra_original__"):
-        setattr(cls, TARGET_METHOD, method.__dra_original__)
-    if cls is not None and hasattr(cls.__init__, "__dra_original__"):
-        cls.__init__ = cls.__init__.__dra_original__
+    for name in (TARGET_METHOD, "__init__"):
+        method = getattr(cls, name, None)
+        if hasattr(method, "__dra_original__"):
+            setattr(cls, name, method.__dra_original__)
 
 
 def is_installed() -> bool:

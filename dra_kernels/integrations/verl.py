@@ -1,11 +1,6 @@
-"""DRA for verl (0.9.x): :func:`apply_dra` adjusts a ``DataProto`` batch, and a ``verl.plugins``
-hook runs it in verl's trainers. See docs/integrations/verl.md (the ``dra.*`` keys, what runs
-where, the metrics).
-
-verl scores one trajectory per reward call, so DRA hooks the advantage step, where every completion
-of a group is present: ``import verl`` imports this module (the entry point), which wraps verl's
-drivers and trainers when their modules are imported (:data:`_FINDER`). Each wrapper calls the
-original unchanged unless the run asks for DRA (``+dra.enable=true`` or ``DRA_KERNELS_VERL=1``).
+"""DRA for verl (0.9.x): :func:`apply_dra` adjusts a ``DataProto`` batch; the ``verl.plugins`` entry
+point (this module) hooks verl's advantage steps when their modules are imported (:data:`_FINDER`),
+each a no-op unless the run asks for DRA. See docs/integrations/verl.md.
 """
 
 from __future__ import annotations
@@ -104,14 +99,7 @@ class DRASettings:
             # NOTE: a class is built (in the actor, if placed there); anything else is the embedder
             obj = import_object(self.embedder, f"{PREFIX}embedder")
             factory = obj if isinstance(obj, type) else (lambda: obj)
-        return place_step(
-            self.step,
-            factory=factory,
-            device=self.device,
-            options=self.placement,
-            prefix=PREFIX,
-            hint=_PLACEMENT_HINT,
-        )
+        return place_step(self, factory, PREFIX, _PLACEMENT_HINT)
 
 
 def settings_from_config(config: Any) -> DRASettings | None:
@@ -401,7 +389,7 @@ def _dra_scores(
 
 
 def _compute_advantage_with_dra(
-    trainer: Any, batch: Any, metrics: dict, step: DRAStep, tq: Any, original: Callable
+    trainer: Any, step: DRAStep, batch: Any, metrics: dict, *, tq: Any, original: Callable
 ) -> Any:
     """verl's v1 advantage step on DRA's scores (in TransferQueue); then the raw ``rm_scores``
     (and ``raw - KL`` ``token_level_rewards``) are put back for verl's own metrics and dumps."""
@@ -463,7 +451,7 @@ def _compute_advantage_with_dra(
 
 
 def _fit_compute_advantage_with_dra(
-    trainer: Any, batch: Any, step: DRAStep, original: Callable
+    trainer: Any, step: DRAStep, batch: Any, *, original: Callable
 ) -> Any:
     """``SeparateRayPPOTrainer._fit_compute_advantage`` on DRA's scores (it reads
     ``trainer.reward_tensor``); the returned batch holds the raw ``token_level_scores`` and
@@ -513,6 +501,19 @@ def _wrapped(fn: Callable) -> Callable:
     return fn
 
 
+def _when_on(original: Callable, with_dra: Callable) -> Callable:
+    """The method ``original``, or ``with_dra(self, step, *args)`` when the run asks for DRA."""
+
+    @functools.wraps(original)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        settings = settings_from_config(getattr(self, "config", None))
+        if settings is None:
+            return original(self, *args, **kwargs)
+        return with_dra(self, _step_of(self, settings), *args, **kwargs)
+
+    return _wrapped(method)
+
+
 def _patch_v1(module: Any) -> None:
     """``PPOTrainer``, each a no-op unless the run asks for DRA: ``__init__`` checks the keys,
     ``fit`` builds the embedder (once verl's workers hold their GPUs, before the first rollout),
@@ -520,31 +521,15 @@ def _patch_v1(module: Any) -> None:
     trainer_cls = module.PPOTrainer
     if getattr(trainer_cls._compute_advantage, _WRAPPED, False):
         return
-    original_fit = trainer_cls.fit
-    original_advantage = trainer_cls._compute_advantage
-
-    @functools.wraps(original_fit)
-    def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
-        settings = settings_from_config(getattr(self, "config", None))
-        if settings is not None:
-            _step_of(self, settings)
-        return original_fit(self, *args, **kwargs)
-
-    @functools.wraps(original_advantage)
-    def _compute_advantage(self: Any, batch: Any, metrics: dict) -> Any:
-        settings = settings_from_config(getattr(self, "config", None))
-        if settings is None:
-            return original_advantage(self, batch, metrics)
-        step = _step_of(self, settings)
-        return _compute_advantage_with_dra(
-            self, batch, metrics, step, module.tq, original_advantage
-        )
-
+    fit, advantage = trainer_cls.fit, trainer_cls._compute_advantage
     trainer_cls.__init__ = _checked_init(
         trainer_cls.__init__, lambda _, config: settings_from_config(config)
     )
-    trainer_cls.fit = _wrapped(fit)
-    trainer_cls._compute_advantage = _wrapped(_compute_advantage)
+    trainer_cls.fit = _when_on(fit, lambda self, _, *args, **kwargs: fit(self, *args, **kwargs))
+    trainer_cls._compute_advantage = _when_on(
+        advantage,
+        functools.partial(_compute_advantage_with_dra, tq=module.tq, original=advantage),
+    )
 
 
 def _check_config_first(name: str) -> Callable[[Any], None]:
@@ -613,13 +598,6 @@ def _patch_separation(module: Any) -> None:
     if getattr(original, _WRAPPED, False):
         return
 
-    @functools.wraps(original)
-    def _fit_compute_advantage(self: Any, batch: Any) -> Any:
-        settings = settings_from_config(getattr(self, "config", None))
-        if settings is None:
-            return original(self, batch)
-        return _fit_compute_advantage_with_dra(self, batch, _step_of(self, settings), original)
-
     # NOTE: on the class's creation, not its module's import: Ray's @ray.remote (FullyAsyncTrainer,
     # FullyAsyncRollouter) copies the methods into the actor class when the class is defined.
     def __init_subclass__(cls: type, **kwargs: Any) -> None:
@@ -628,7 +606,9 @@ def _patch_separation(module: Any) -> None:
         if init is not None and not getattr(init, _WRAPPED, False):
             cls.__init__ = _checked_init(init)
 
-    base._fit_compute_advantage = _wrapped(_fit_compute_advantage)
+    base._fit_compute_advantage = _when_on(
+        original, functools.partial(_fit_compute_advantage_with_dra, original=original)
+    )
     base.__init_subclass__ = classmethod(__init_subclass__)
 
 
