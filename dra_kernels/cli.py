@@ -528,7 +528,7 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
 
     import numpy as np
 
-    from dra_kernels.embed import Embedder, EmbedStats, TruncationWarning, WindowError
+    from dra_kernels.embed import Embedder, EmbedStats, TruncationWarning, WindowError, progress_bar
     from dra_kernels.step import spelled
 
     progress = args.progress is not False and sys.stderr.isatty()
@@ -539,7 +539,7 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
         # special tokens per window are known only once its tokenizer has loaded.
         raise _UsageError(f"{spelled(exc, _flag)} (found when the model loaded)") from None
     embedder.progress = False  # NOTE: one bar over the whole file below, not one per chunk
-    bar = _progress_bar(len(index), progress)
+    bar = progress_bar(len(index), progress)
     out = np.empty((0, 0), dtype=np.float32)
     totals = dict.fromkeys((f.name for f in dataclasses.fields(EmbedStats)), 0)
     try:
@@ -554,11 +554,9 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
             if embedder.last_stats is not None:
                 for name in totals:
                     totals[name] += getattr(embedder.last_stats, name)
-            if bar is not None:
-                bar.update(len(texts))
+            bar.update(len(texts))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     stats = EmbedStats(**totals)
     line = (
         f"embedded {counted(stats.texts, 'completion')} ({counted(stats.tokens, 'token', spec=',')}"
@@ -583,16 +581,6 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
             field=index.fields.completion,
         )
     return out
-
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    """A tqdm bar, or ``None`` when not wanted or tqdm is not installed."""
-    if enabled:
-        with contextlib.suppress(ImportError):
-            from tqdm.auto import tqdm
-
-            return tqdm(total=total, desc="embedding", unit="text", leave=False)
-    return None
 
 
 # ----------------------------------------------------------------------------- DRA and reports

@@ -35,6 +35,7 @@ __all__ = [
     "TruncationWarning",
     "default_model_path",
     "pool_hidden_states",
+    "progress_bar",
 ]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -480,7 +481,7 @@ class Embedder:
         n = len(texts)
         sizes: list[tuple[int, int, int]] = []  # per text: tokens, tokens read, windows
         out: torch.Tensor | None = None
-        bar = _progress_bar(n, self.progress)
+        bar = progress_bar(n, self.progress)
         try:
             # NOTE: a chunk of texts at a time, so memory is bounded by the chunk, not the input.
             for first in range(0, n, _TEXTS_PER_CHUNK):
@@ -600,7 +601,8 @@ def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     )
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
+def progress_bar(total: int, enabled: bool) -> Any:
+    """The bar of an embedding pass over ``total`` texts (tqdm; hidden unless ``enabled``)."""
     from tqdm.auto import tqdm  # a dependency of sentence-transformers
 
     return tqdm(total=total, desc="embedding", unit="text", leave=False, disable=not enabled)

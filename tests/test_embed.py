@@ -346,7 +346,7 @@ def test_chunks_and_progress_do_not_change_the_result(
             pass
 
     monkeypatch.setattr(embed, "_TEXTS_PER_CHUNK", 2)
-    monkeypatch.setattr(embed, "_progress_bar", lambda total, enabled: Bar(total))
+    monkeypatch.setattr(embed, "progress_bar", lambda total, enabled: Bar(total))
     torch.testing.assert_close(embedder.encode(texts), whole, atol=1e-6, rtol=0)
     assert embedder.last_stats == stats
     assert sum(counts) == len(texts)  # every text reported done exactly once
