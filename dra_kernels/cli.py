@@ -426,7 +426,6 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.command == "bench":
         return  # it only says where the benchmarks are
     args.dra_step = _dra_step(args)
-    _check_device(args.device)
     for option in ("group_field", "completion_field", "reward_field"):
         name = getattr(args, option, None)
         if name is not None and not name.strip():
@@ -459,30 +458,6 @@ def _dra_step(args: argparse.Namespace) -> Any:
         if message.startswith("--eps"):
             message += f" (with --scale {args.scale})"
         raise _UsageError(message) from None
-
-
-def _check_device(device: str | None) -> None:
-    """A device the embedding model can run on here (``cuda`` is checked by EmbedderConfig)."""
-    if device is None:
-        return
-    import torch
-
-    kind = torch.device(device)  # parses: EmbedderConfig accepted it
-    if kind.type == "cpu":
-        if kind.index not in (None, 0):
-            raise _UsageError(f"--device {device!r}: there is one CPU device, 'cpu'")
-    elif kind.type in ("mps", "xpu"):
-        backend = torch.backends.mps if kind.type == "mps" else getattr(torch, "xpu", None)
-        available = backend is not None and bool(backend.is_available())
-        if kind.type == "xpu" and available and kind.index is not None:
-            available = kind.index < torch.xpu.device_count()
-        if not available:
-            raise _UsageError(f"--device {device!r}: {kind.type} is not available in this process")
-    elif kind.type != "cuda":
-        raise _UsageError(
-            f"--device {device!r}: the embedding model cannot run on {kind.type!r} devices; use "
-            "cpu or cuda[:N]"
-        )
 
 
 def _checked_rewards(index: RolloutIndex, min_denominator: float | None) -> RolloutIndex:

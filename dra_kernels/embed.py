@@ -233,6 +233,20 @@ def _check_device(device: Any) -> None:
             raise ValueError(f"device={device!r}: CUDA is not available in this process")
         if parsed.index is not None and parsed.index >= count:
             raise ValueError(f"device={device!r}: this process sees {count} CUDA device(s)")
+    elif parsed.type == "cpu" and parsed.index not in (None, 0):
+        raise ValueError(f"device={device!r}: there is one CPU device, 'cpu'")
+    elif parsed.type in ("mps", "xpu"):
+        backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, "xpu", None)
+        available = backend is not None and bool(backend.is_available())
+        if parsed.type == "xpu" and available and parsed.index is not None:
+            available = parsed.index < torch.xpu.device_count()
+        if not available:
+            raise ValueError(f"device={device!r}: {parsed.type} is not available in this process")
+    elif parsed.type != "cpu":
+        raise ValueError(
+            f"device={device!r}: the embedding model cannot run on {parsed.type!r} devices; use "
+            "cpu or cuda[:N]"
+        )
 
 
 @dataclass(frozen=True)

@@ -229,7 +229,7 @@ USAGE_ERRORS = [  # (argv, the command's prog, the error message)
     (["analyze", "in.jsonl", "--alpha", "2"], "dra-kernels analyze", "expected a level in (0, 1)"),
     (["demo", "--no-such-option"], "dra-kernels demo", "unrecognized arguments: --no-such-option"),
     (["adjust", "in.jsonl", "-o", "out.parquet"], "dra-kernels adjust", "output format"),
-    (["demo", "--device", "meta"], "dra-kernels demo", "--device 'meta'"),
+    (["demo", "--device", "meta"], "dra-kernels demo", "--device='meta'"),
     (["analyze", "in.jsonl", "--device", "cuda"], "dra-kernels analyze", "CUDA is not available"),
 ]
 
@@ -512,19 +512,19 @@ MIN_DENOMINATOR = "--min-denominator must be a finite number > 0 and <= 1"
 OPTION_ERRORS = [  # (argv after "IN -o OUT" or "IN", part of the message)
     (["adjust", "--eps", "0"], "--eps must be a finite number > 0, got 0.0 (with --scale std)"),
     (["adjust", "--min-denominator", "2"], MIN_DENOMINATOR),
-    (["adjust", "--device", "meta"], "--device 'meta': the embedding model cannot run on 'meta'"),
+    (["adjust", "--device", "meta"], "--device='meta': the embedding model cannot run on 'meta'"),
     (["adjust", "--device", "tpu"], "--device must be 'cpu', 'cuda', 'cuda:N'..., got 'tpu'"),
-    (["adjust", "--device", "cpu:1"], "--device 'cpu:1': there is one CPU device"),
+    (["adjust", "--device", "cpu:1"], "--device='cpu:1': there is one CPU device"),
     (["adjust", "--device", "cuda:4096"], "--device='cuda:4096'"),
-    (["adjust", "--device", "xpu:3"], "--device 'xpu:3'"),
-    (["adjust", "--device", "ipu"], "--device 'ipu'"),
+    (["adjust", "--device", "xpu:3"], "--device='xpu:3'"),
+    (["adjust", "--device", "ipu"], "--device='ipu'"),
     (["adjust", "--group-field", " "], "--group-field must name a field, got ' '"),
     (["adjust", "--reward-field", ""], "--reward-field must name a field, got ''"),
     (["analyze", "-o", "table.parquet"], "cannot tell the output format of 'table.parquet'"),
     (["analyze", "-o", "same.csv", "--plot", "same.csv"], "--plot and --output name the same file"),
-    (["analyze", "--device", "meta"], "--device 'meta'"),
+    (["analyze", "--device", "meta"], "--device='meta'"),
     (["demo", "--min-denominator", "1.5"], MIN_DENOMINATOR),
-    (["demo", "--device", "meta"], "--device 'meta'"),
+    (["demo", "--device", "meta"], "--device='meta'"),
     # invalid only together, or against the model's limits read from its files (issue 24)
     (["adjust", "--window-overlap", "300"], "--window-overlap=300 leaves no room for text"),
     (["adjust", "--window-tokens", "100000"], "--window-tokens=100000 exceeds the 512-token"),
@@ -657,7 +657,7 @@ def test_a_real_process_prints_an_error_line_never_a_traceback(tmp_path: Path) -
     env["HF_HUB_OFFLINE"] = "1"
     for argv, code, message in (
         (["adjust", str(source), "-o", "out.jsonl"], 1, "field 'reward': reward must be finite"),
-        (["adjust", str(good), "-o", "out.jsonl", "--device", "meta"], 2, "--device 'meta'"),
+        (["adjust", str(good), "-o", "out.jsonl", "--device", "meta"], 2, "--device='meta'"),
         (["adjust", str(good), "-o", "out.jsonl", "--backend", "triton"], 2, "--backend='triton'"),
     ):
         result = subprocess.run(
