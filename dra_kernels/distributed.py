@@ -1,82 +1,7 @@
 """DRA when the rows of a group are spread over the processes of a ``torch.distributed`` group.
 
-In data-parallel RL training each process (rank) holds some completions, and the completions of
-one prompt may sit on several ranks. :func:`adjust_rewards`, :func:`smi_scores` and
-:func:`dra_advantages` give every rank, for its own rows, what the core functions of the same
-names return on the concatenation of all ranks' rows, to float tolerance, however the rows are
-split; a rank may hold no rows at all. They take the core function's keywords, checked by the
-same code (group ids too: docs/semantics.md, "Group ids"), plus ``process_group``.
-
-How: with unit rows ``u_i`` the identity ``SMI_i = u_i . S_g - |u_i|^2`` (see
-:mod:`dra_kernels.torch_backend`) needs only the per-group sums ``S_g`` of unit rows and the group
-sizes. Each rank sums its own rows per group, one ``all_reduce`` adds the ``[K, D + 1]`` partial
-sums (the last column holds the row counts), and each rank finishes its rows locally. Embeddings
-never leave their rank.
-
-Errors: every rank checks its arguments before any data moves. The first collective of every
-call is one ``all_gather`` of a small header (a status, the function, the options, kinds and
-sizes), in which a rank whose inputs were refused still takes part. If any rank failed, every
-rank raises at once: the failing ranks their own error, the others a RuntimeError naming the
-failing ranks and their errors. Ranks that disagree on the function, ``num_groups``, ``scale``,
-``eps``, ``min_denominator``, ``measure``, ``eta``, ``lam`` or the width ``D`` all raise the same
-ValueError. So an argument error on one rank never leaves the others waiting for the process
-group's timeout.
-
-Communication, per call, with ``K`` groups, ``D`` embedding columns and ``W`` ranks:
-
-- the header: 16 int64 values (128 bytes) per rank (a host synchronisation on CUDA).
-- adjust / SMI: one ``all_reduce`` of ``K * (D + 1)`` elements of the compute dtype (float32, or
-  float64 when an input is float64): :func:`allreduce_payload_bytes`. A bandwidth-optimal
-  all-reduce (NCCL's ring or tree, gloo's ring) sends about ``2 * (W - 1) / W`` times that payload
-  per rank. Example: ``K = 64`` prompts, ``D = 512``, float32: a 131,328-byte payload, about 197 KB
-  sent per rank with ``W = 4``; gathering the 384 completions' embeddings (``G = 6``) instead would
-  move 786 KB to every rank.
-- advantages: two more ``all_reduce`` of ``K`` elements (group totals, then squared deviations).
-- group ids, unless ``num_groups`` is given (integer ids in ``[0, num_groups)`` are the codes):
-  for integer ids that fit int64 an ``all_gather`` of ``max over ranks of (distinct ids on a
-  rank) * 8`` bytes per rank; for other ids ``all_gather_object`` of each rank's pickled distinct
-  ids, then 16 bytes per rank so that an id another rank cannot read back fails on every rank.
-  Both are ``O(number of groups)``, independent of ``N`` and ``D``.
-
-Other measures (``measure="facility_location"`` / ``"log_det"``, docs/measures.md) are not linear
-in the similarities, so no per-group sum suffices: each group is computed whole by
-:func:`dra_kernels.measures.smi_by_measure` on its owner, the rank holding most of its rows (the
-lowest such rank on a tie), so a group whose rows all sit on one rank never leaves it. Each rank
-sends an owner its rows of the owner's groups ordered by (group, row), and the owner stacks the
-blocks in rank order: the concatenation's order. A group's SMI is thus the single-process
-computation on the same rows: bit for bit on CPU where its batched products have the shapes they
-have in one process (e.g. each group size once), to the rounding of those products otherwise.
-After the header and the ids: one ``all_gather`` of ``K`` int64 row counts per rank; one batch of
-point-to-point sends (gloo has no ``all_to_all``) in which each row not on its owner travels once,
-in the dtype ``torch.cat`` of all ranks' rows would have (an exact conversion); one batch back of
-one SMI value per moved row. So ``M * (D * s + 4)`` bytes in all, ``M`` the rows not on their
-group's owner and ``s`` the embedding itemsize. Example: ``K = 64`` groups of ``G = 6`` spread
-evenly over ``W = 4`` ranks, ``D = 512``, float32: about 256 of the 384 rows move, 525 KB in
-total (about 131 KB received per rank). An owner holds its groups' rows and ``G x G`` matrices and
-computes them alone. The number of collectives does not depend on the number of groups.
-
-Gradients: as in the core, embeddings are used detached and gradients flow through rewards. No
-collective runs in the backward pass: each rank gets the derivatives of its own outputs with
-respect to its own rewards, the other ranks' rewards held constant (the diagonal block of the
-single-process Jacobian; for :func:`adjust_rewards` the whole of it).
-
-Which path runs where: in one process (no initialised process group, or a group of one rank) the
-core's own function, bit for bit (``backend="auto"``: the fused Triton kernel for CUDA tensors).
-Across ranks the torch backend's ops on the embeddings' device, whose per-group sums are
-all-reduced (the fused kernel does not expose them), and the measures on each group's owner:
-``"auto"`` and ``"torch"`` both run them, ``"triton"`` is refused on every rank. Collectives run
-on the embeddings' device (gloo on CPU; with NCCL pass CUDA tensors, after
-``torch.cuda.set_device``). Every rank must call the same function with the same options and
-``D``. Results are deterministic for a fixed world size and layout.
-
-Example (each rank, after ``torch.distributed.init_process_group``)::
-
-    from dra_kernels import distributed
-
-    adjusted = distributed.adjust_rewards(local_rewards, local_embeddings, local_prompt_ids)
-    adjusted = distributed.adjust_rewards(
-        local_rewards, local_embeddings, local_prompt_ids, measure="log_det", lam=0.5
-    )
+The user documentation (how it works, errors, communication costs, other measures, which path
+runs where) is docs/api.md, "Groups split across processes".
 """
 
 from __future__ import annotations
@@ -604,7 +529,7 @@ def _exchange_rows(
 def _owner_smi(
     e: torch.Tensor, groups: Groups, dtype: torch.dtype, options: _Options, pg: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Facility-location / log-det SMI, each group computed whole on its owner (the module's
+    """Facility-location / log-det SMI, each group computed whole on its owner (docs/api.md,
     "Other measures"), and the global per-group row counts (in ``dtype``)."""
     codes, k = groups.codes, groups.num_groups
     device = e.device
@@ -679,9 +604,9 @@ def smi_scores(
             ``measure``, ``eta``, ``lam``), with its defaults, checked by the same code. In one
             process the core function runs (``backend="auto"``: the Triton kernel for CUDA
             tensors); across ranks the torch backend's ops run and ``backend="triton"`` is
-            refused (the module's "Which path runs where"). ``num_groups``, the same on every
+            refused (docs/api.md, "Which path runs where"). ``num_groups``, the same on every
             rank, skips the id exchange. ``measure="graph_cut"`` takes one all-reduce; the other
-            measures gather each group's rows on one rank (the module's "Other measures").
+            measures gather each group's rows on one rank (docs/api.md, "Other measures").
 
     Returns:
         ``[n]`` SMI of this rank's rows, of the kind of ``embeddings`` (never requires grad).
