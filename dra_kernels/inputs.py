@@ -76,17 +76,14 @@ def traced(rewards: torch.Tensor | None) -> bool:
     kernels then compute only the SMI and torch ops finish from the rewards."""
     if rewards is None:
         return False
-    if rewards.requires_grad and torch.is_grad_enabled():
-        return True
-    return is_func_wrapped(rewards)
+    return (rewards.requires_grad and torch.is_grad_enabled()) or is_func_wrapped(rewards)
 
 
 def is_func_wrapped(tensor: torch.Tensor) -> bool:
     """Whether a ``torch.func`` transform wraps ``tensor`` (False under ``torch.compile``, which
     cannot trace the query: fullgraph compiles would break)."""
-    if torch.compiler.is_compiling():
-        return False
-    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+    compiling = torch.compiler.is_compiling()
+    return not compiling and torch._C._functorch.is_functorch_wrapped_tensor(tensor)
 
 
 _TRANSFORMS = {"Grad": "grad / jacrev / vjp", "Jvp": "jacfwd / jvp", "Vmap": "vmap"}
@@ -216,9 +213,7 @@ def checked_data(
         if e.shape == (0,) and not isinstance(embeddings, (torch.Tensor, np.ndarray)):
             e = e.reshape(0, 1)  # an empty list: N = 0 rows (D is not expressible)
         _check_embeddings(e, n)
-        # NOTE: DRA factors are constants (docs/semantics.md, "Gradients"): the paper divides
-        # rewards by 1 + SMI to reweight them, the factor is not a loss term, so no gradient
-        # goes through the similarities to the embedder.
+        # NOTE: DRA factors are constants (docs/semantics.md, "Gradients").
         if e.requires_grad:
             e = e.detach()
     return r, e, device
@@ -375,35 +370,27 @@ def _host_ids(group_ids: Any) -> np.ndarray | list:
         )
     if isinstance(group_ids, list):
         return _list_ids(group_ids)
-    if not isinstance(group_ids, (tuple, range)) and hasattr(group_ids, "__array__"):
-        try:  # pandas Series and other array-likes
-            array = np.asarray(group_ids)
-        except Exception as exc:
-            raise TypeError(
-                f"group_ids: could not read a {type(group_ids).__name__} as an array "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
-        return _array_ids(array)
+    # NOTE: pandas Series and other array-likes are read as arrays, other sequences iterated.
+    array_like = not isinstance(group_ids, (tuple, range)) and hasattr(group_ids, "__array__")
     try:
-        labels = list(group_ids)
+        values = np.asarray(group_ids) if array_like else list(group_ids)
     except Exception as exc:
+        action = "read a {} as an array" if array_like else "iterate a {}"
         raise TypeError(
-            f"group_ids: could not iterate a {type(group_ids).__name__} "
+            f"group_ids: could not {action.format(type(group_ids).__name__)} "
             f"({type(exc).__name__}: {exc})"
         ) from None
-    return _list_ids(labels)
+    return _array_ids(values) if array_like else _list_ids(values)
 
 
 def _array_ids(array: np.ndarray) -> np.ndarray | list:
     if array.ndim != 1:
         raise ValueError(f"group_ids must be 1-D [N], got shape {array.shape}")
     kind = array.dtype.kind
-    if kind == "i" or (kind == "u" and array.dtype.itemsize < 8):
-        return array.astype(np.int64, copy=False)
-    if kind == "u":  # uint64: exact int64 when it fits, else Python ints
-        if array.size and int(array.max()) > _INT64_MAX:
+    if kind in "iu":  # uint64: exact int64 when it fits, else Python ints
+        if kind == "u" and array.itemsize == 8 and array.size and int(array.max()) > _INT64_MAX:
             return array.tolist()
-        return array.astype(np.int64)
+        return array.astype(np.int64, copy=False)
     if kind in "US":
         return array.tolist()  # Python str / bytes: always valid
     if kind == "O":
@@ -431,9 +418,7 @@ def _list_ids(labels: list) -> np.ndarray | list:
             return labels  # integers beyond int64: factorised exactly, as Python ints
     if types == {tuple} and set(map(type, chain.from_iterable(labels))) <= _PLAIN_ID_TYPES:
         return labels  # tuples of strings and ints (("prompt", 3)): valid, without a Python loop
-    if not types <= _PLAIN_ID_TYPES:
-        # NOTE: only values of other types are checked one by one, so a list of strings costs
-        # one pass of type() over it.
+    if not types <= _PLAIN_ID_TYPES:  # values of other types are checked one by one
         for i, value in enumerate(labels):
             if type(value) not in _PLAIN_ID_TYPES:
                 try:
@@ -607,16 +592,12 @@ def check_backend(backend: Any) -> str:
 def resolve_backend(backend: str, device: torch.device, dim: int | None = None) -> str:
     """``"torch"`` or ``"triton"`` for ``[N, dim]`` embeddings on ``device``; raises for an
     impossible explicit request (``"auto"`` falls back to ``"torch"`` instead)."""
-    if check_backend(backend) == "torch":
+    if check_backend(backend) == "torch" or (backend == "auto" and device.type != "cuda"):
         return "torch"
-    if backend == "triton":
-        reason = _triton.unavailable_reason(device, dim)
-        if reason is not None:
-            raise RuntimeError(f"backend='triton' cannot run here: {reason}")
-        return "triton"
-    if device.type == "cuda" and _triton.unavailable_reason(device, dim) is None:
-        return "triton"
-    return "torch"
+    reason = _triton.unavailable_reason(device, dim)
+    if reason is not None and backend == "triton":
+        raise RuntimeError(f"backend='triton' cannot run here: {reason}")
+    return "torch" if reason is not None else "triton"
 
 
 def check_number(name: str, value: Any) -> float:
@@ -631,14 +612,8 @@ def check_number(name: str, value: Any) -> float:
 
 def _check_scalar(name: str, value: Any, *, positive: bool, at_most: float | None = None) -> float:
     """``value`` as a float, checked against the bounds."""
-    if (
-        type(value) is float
-        and (value > 0.0 if positive else value >= 0.0)
-        and value < math.inf
-        and (at_most is None or value <= at_most)
-    ):
-        return value  # the common case, without the checks below (called on every call)
-    value = check_number(name, value)
+    if type(value) is not float:
+        value = check_number(name, value)
     too_small = value <= 0 if positive else value < 0
     if not math.isfinite(value) or too_small or (at_most is not None and value > at_most):
         kind = "a finite number > 0" if positive else "a finite number >= 0"
