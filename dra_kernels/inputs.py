@@ -1,12 +1,8 @@
 """Inputs of the public functions: conversion, checks, the group-id rule and the option checks.
 
-Every front end (:mod:`dra_kernels.api`, :mod:`dra_kernels.distributed`) calls these, so each
-rule is written once. They turn the caller's rewards / embeddings / group ids (torch, numpy or
-lists) into checked torch tensors and dense int64 group codes, and the result back into the
-caller's kind. The input policy they enforce is docs/semantics.md's (group ids: "Group ids");
-docs/guarantees.md lists each rule with the test that proves it. Two facts shape the code: no
-input is ever written (awkward numpy arrays are copied, never refused), and nothing is read back
-from a CUDA device to check it (non-finite values are not checked).
+Every front end (:mod:`dra_kernels.api`, :mod:`dra_kernels.distributed`) calls these, so each rule
+is written once; the policy is docs/semantics.md's, docs/guarantees.md lists its tests. No input is
+ever written (awkward numpy arrays are copied), nothing is read back from a CUDA device to check it.
 """
 
 from __future__ import annotations
@@ -155,9 +151,8 @@ def _dense(t: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _torch_compatible(array: np.ndarray) -> np.ndarray:
-    """``array`` itself, or a copy where ``torch.from_numpy`` cannot share it."""
-    # NOTE: torch.from_numpy refuses negative strides (a[::-1]) and non-native byte order, and
-    # warns on read-only arrays; such arrays are copied (the caller's array is never written).
+    """``array`` itself, or a copy where ``torch.from_numpy`` cannot share it (negative strides,
+    non-native byte order, read-only: the caller's array is never written)."""
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     if not array.flags.writeable or any(s < 0 for s in array.strides):
@@ -202,8 +197,7 @@ def checked_data(
     """Rewards and embeddings (either may be None) as checked tensors, and their device."""
     present = {k: v for k, v in (("rewards", rewards), ("embeddings", embeddings)) if v is not None}
     device = _check_kinds(**present)
-    r = e = None
-    n = None
+    r = e = n = None
     if rewards is not None:
         r = _to_tensor(rewards, "rewards")
         _check_rewards(r)
@@ -278,11 +272,9 @@ def factorize_group_ids(
     Args:
         group_ids: ``[n]`` ids: an integer torch tensor or numpy array, or a sequence (list,
             tuple, range, numpy object array...) of integers of any size, strings, bytes, tuples
-            of ids or other hashable values equal to themselves (verl passes a numpy object array
-            of uid strings). Floats, complex and other non-integer numbers, booleans,
-            unhashable values and values that do not equal themselves (NaN, NaT) raise
-            TypeError / ValueError naming ``group_ids[i]``; see docs/semantics.md, "Group ids".
-            Only equality matters: codes follow no particular order.
+            of ids or other hashable values equal to themselves. Anything else raises TypeError
+            / ValueError naming ``group_ids[i]`` (docs/semantics.md, "Group ids"). Only equality
+            matters: codes follow no particular order.
         n: expected length.
         device: where the codes go.
         num_groups: optional hint for integer ids already in ``[0, num_groups)``: they are used as
@@ -300,8 +292,14 @@ def factorize_group_ids(
     ids = id_values(group_ids, n, device)
     if isinstance(ids, list):
         check_hint_kind(num_groups, ids)
-        codes, count = _label_codes(ids)
-        return Groups(torch.tensor(codes, dtype=torch.int64).to(device), count)
+        mapping: dict[Hashable, int] = {}  # codes in order of first appearance
+        try:
+            codes = [mapping.setdefault(g, len(mapping)) for g in ids]
+        except Exception as exc:  # a user-defined __eq__ or __hash__ that raises on some pair
+            raise TypeError(
+                f"group_ids could not be compared with each other ({type(exc).__name__}: {exc})"
+            ) from None
+        return Groups(torch.tensor(codes, dtype=torch.int64).to(device), len(mapping))
     if num_groups is not None:
         return hinted_codes(ids, num_groups, check_range)
     if ids.shape[0] == 0:
@@ -315,7 +313,19 @@ def id_values(group_ids: Any, n: int | None, device: torch.device) -> torch.Tens
     on ``device`` (a tensor given, or host ids that are all integers fitting int64), or the list
     of ids (labels, larger integers)."""
     if isinstance(group_ids, torch.Tensor):
-        ids = _check_id_tensor(group_ids, device)
+        problem = _tensor_kind_problem(group_ids)
+        if problem is not None:
+            raise TypeError(f"group_ids must be a dense (strided) tensor, got {problem}")
+        if group_ids.ndim != 1:
+            raise ValueError(f"group_ids must be 1-D [N], got shape {tuple(group_ids.shape)}")
+        if not _is_integer(group_ids):
+            raise TypeError(
+                f"group_ids as a tensor must have an integer dtype, got {group_ids.dtype}; "
+                "floating or boolean ids are almost always a mistake"
+            )
+        if not _same_device(group_ids.device, device):
+            raise ValueError(f"group_ids is on {group_ids.device} but the data is on {device}")
+        ids = _dense(group_ids, "group_ids")
     else:
         ids = _host_ids(group_ids)
         if not isinstance(ids, list):
@@ -325,23 +335,6 @@ def id_values(group_ids: Any, n: int | None, device: torch.device) -> torch.Tens
             f"group_ids has {len(ids)} entries but rewards has {n}; one id per completion"
         )
     return ids
-
-
-def _check_id_tensor(ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``ids`` checked as a tensor of group ids on ``device`` (its negative bit resolved)."""
-    problem = _tensor_kind_problem(ids)
-    if problem is not None:
-        raise TypeError(f"group_ids must be a dense (strided) tensor, got {problem}")
-    if ids.ndim != 1:
-        raise ValueError(f"group_ids must be 1-D [N], got shape {tuple(ids.shape)}")
-    if not _is_integer(ids):
-        raise TypeError(
-            f"group_ids as a tensor must have an integer dtype, got {ids.dtype}; "
-            "floating or boolean ids are almost always a mistake"
-        )
-    if not _same_device(ids.device, device):
-        raise ValueError(f"group_ids is on {ids.device} but the data is on {device}")
-    return _dense(ids, "group_ids")
 
 
 def check_hint_kind(num_groups: Any, labels: list) -> None:
@@ -452,7 +445,7 @@ def _id_kind(cls: type) -> str:
 def _id_problem(value: Any) -> tuple[type[Exception], str] | None:
     """Why ``value`` is not a valid group id, as ``(exception type, description)``, or None."""
     kind = _id_kind(type(value))
-    if kind == "valid":
+    if kind == "valid" or (kind == "time" and value == value):
         return None
     if kind == "container":
         for item in value:
@@ -464,8 +457,6 @@ def _id_problem(value: Any) -> tuple[type[Exception], str] | None:
     if kind == "bool":
         return TypeError, f"a bool ({value!r}), which would share a group with {int(value)}"
     if kind == "time":
-        if value == value:
-            return None
         return ValueError, f"a {type(value).__name__} (NaT), which never equals itself"
     if kind == "number":
         return TypeError, (
@@ -504,18 +495,6 @@ def _short_repr(value: Any, limit: int = 80) -> str:
     except Exception:
         text = f"<{type(value).__name__} object>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _label_codes(labels: list[Hashable]) -> tuple[list[int], int]:
-    """Dense codes, in order of first appearance, for ids already checked by :func:`_host_ids`."""
-    mapping: dict[Hashable, int] = {}
-    try:
-        codes = [mapping.setdefault(g, len(mapping)) for g in labels]
-    except Exception as exc:  # a user-defined __eq__ or __hash__ that raises on some pair
-        raise TypeError(
-            f"group_ids could not be compared with each other ({type(exc).__name__}: {exc})"
-        ) from None
-    return codes, len(mapping)
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
