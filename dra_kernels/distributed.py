@@ -33,8 +33,9 @@ __all__ = [
 # Kinds of group ids a rank may hold; ranks with no rows are compatible with any kind.
 _EMPTY, _INTEGER, _HASHABLE = 0, 1, 2
 
-# The functions, as numbered in the header.
+# The functions and the scales, as numbered in the header.
 _OPS = ("global_group_codes", "smi_scores", "adjust_rewards", "dra_advantages")
+_SCALES = ("std", "none", "unused")
 
 # Header columns (after the status and the message length that _exchange puts first).
 (_OP, _KIND, _UNIQUE, _ROWS, _DIM, _FLOAT64, _NUM_GROUPS, _SCALE, _MIN_DEN, _EPS, _MEASURE, _ETA,
@@ -72,15 +73,6 @@ def _active(process_group: Any) -> bool:
             raise RuntimeError("a process_group was given but torch.distributed is not initialised")
         return False
     return dist.get_world_size(process_group) > 1
-
-
-def _check_device(process_group: Any, device: torch.device) -> None:
-    backend = dist.get_backend(process_group)
-    if backend == "nccl" and device.type != "cuda":
-        raise ValueError(
-            f"the process group uses NCCL but the embeddings are on {device}; pass CUDA tensors "
-            "(the collectives run on the embeddings' device)"
-        )
 
 
 def _status_device(process_group: Any) -> torch.device:
@@ -157,7 +149,7 @@ def _consensus(table: torch.Tensor) -> _Agreed:
     same table)."""
     _agree(table, _OP, "the function called", lambda v: _OPS[v])
     _agree(table, _NUM_GROUPS, "num_groups", lambda v: "none" if v < 0 else str(v))
-    _agree(table, _SCALE, "scale", lambda v: ("std", "none", "unused")[v])
+    _agree(table, _SCALE, "scale", lambda v: _SCALES[v])
     _agree(table, _MIN_DEN, "min_denominator", lambda v: repr(_bits_float(v)))
     _agree(table, _EPS, "eps", lambda v: repr(_bits_float(v)))
     _agree(table, _MEASURE, "measure", lambda v: repr(MEASURES[v]))
@@ -172,17 +164,14 @@ def _consensus(table: torch.Tensor) -> _Agreed:
             f"rank {r}: D={int(d)}" for r, d in enumerate(table[:, _DIM]) if table[r, _ROWS]
         )
         raise ValueError(f"embeddings must have the same width D on every rank, found {found}")
-    # NOTE: as for the concatenation, float64 anywhere makes the whole computation float64, and
-    # the embeddings' dtype is the one torch.cat would give them (float32 for float16 and
-    # bfloat16 together).
+    # NOTE: as for the concatenation: float64 anywhere computes in float64, embeddings take the
+    # dtype torch.cat would give them.
     dtypes = [EMBEDDING_DTYPES[v] for v in rows[:, _EMBEDDING_DTYPE].tolist() if v >= 0]
     embedding_dtype = functools.reduce(torch.promote_types, dtypes) if dtypes else torch.float32
     return _Agreed(int(dims[0]), bool(rows[:, _FLOAT64].any()), embedding_dtype)
 
 
 # ----------------------------------------------------------------------------- local checks
-
-_SCALES = ("std", "none", "unused")  # as numbered in the header
 
 
 class _Options(NamedTuple):
@@ -252,7 +241,11 @@ def _check_local(
         )
     assert device is not None
     device = torch.device(device)
-    _check_device(pg, device)
+    if dist.get_backend(pg) == "nccl" and device.type != "cuda":
+        raise ValueError(
+            f"the process group uses NCCL but the embeddings are on {device}; pass CUDA tensors "
+            "(the collectives run on the embeddings' device)"
+        )
     kind, ids = _local_ids(group_ids, None if e is None else e.shape[0], device)
     hinted = unique = payload = None
     if kind == _HASHABLE:
@@ -352,8 +345,8 @@ def _plan(
     agreed = _consensus(table)
     rows = table[:, _ROWS].tolist()
     if local.hinted is not None and local.hinted.num_groups > sum(rows):
-        # NOTE: a hint above every rank's rows together: the codes that occur, renumbered the
-        # same on every rank, so memory follows the rows, not the hint.
+        # NOTE: a hint above all ranks' rows: the codes that occur, renumbered (memory follows
+        # the rows, not the hint).
         groups = _gathered_codes(local.hinted.codes, rows, local.hinted.codes, pg)
     elif local.hinted is not None:
         groups = local.hinted
@@ -391,13 +384,8 @@ def global_group_codes(
     """
     if not _active(process_group):
         return inputs.factorize_group_ids(group_ids, None, device, num_groups)
-
-    def check() -> _Local:
-        options = _Options()
-        return _check_local(
-            options, None, None, group_ids, num_groups, process_group, device=device
-        )
-
+    args = (_Options(), None, None, group_ids, num_groups, process_group)
+    check = functools.partial(_check_local, *args, device=device)
     return _plan("global_group_codes", num_groups, process_group, check)[1]
 
 
@@ -482,10 +470,8 @@ def _advantages(
     centred = adjusted - mean.index_select(0, codes)
     if options.scale == "none":
         return centred
-    # NOTE: the sum of squared deviations has zero derivative in the mean (deviations sum to 0),
-    # but here the other ranks' deviations enter as constants, so their dependence on the mean
-    # would be missing from the gradient: the mean is held constant in this sum instead (the
-    # values are the same).
+    # NOTE: the other ranks' deviations enter as constants, so their (zero-sum) dependence on the
+    # mean would be missing from the gradient: the mean is held constant in this sum instead.
     deviations = adjusted - mean.detach().index_select(0, codes)
     std = torch_backend.group_std(group_sum(deviations * deviations), counts)
     return centred / (std.index_select(0, codes) + options.eps)
@@ -497,8 +483,7 @@ def _smi(
     """Local Graph-Cut SMI and the global per-group row counts (in ``dtype``)."""
     sums, counts = torch_backend.group_unit_sums(e, groups.codes, groups.num_groups, dtype)
     if groups.num_groups > 0:
-        # NOTE: one collective for sums and counts: counts ride as an extra column (exact in
-        # float32 up to 2**24 rows per group).
+        # NOTE: counts ride as an extra column (exact in float32 up to 2**24 rows per group).
         packed = torch.cat([sums, counts.to(dtype).unsqueeze(1)], dim=1)
         dist.all_reduce(packed, group=pg)
         sums, counts = packed[:, :-1], packed[:, -1].round().to(torch.int64)
@@ -600,13 +585,9 @@ def smi_scores(
         embeddings: this rank's ``[n, D]`` embeddings (a rank without rows passes ``[0, D]``).
         group_ids: this rank's ``[n]`` group ids (integers or hashable labels).
         process_group: the ``torch.distributed`` group (default: the world).
-        **options: every keyword of :func:`dra_kernels.smi_scores` (``backend``, ``num_groups``,
-            ``measure``, ``eta``, ``lam``), with its defaults, checked by the same code. In one
-            process the core function runs (``backend="auto"``: the Triton kernel for CUDA
-            tensors); across ranks the torch backend's ops run and ``backend="triton"`` is
-            refused (docs/api.md, "Which path runs where"). ``num_groups``, the same on every
-            rank, skips the id exchange. ``measure="graph_cut"`` takes one all-reduce; the other
-            measures gather each group's rows on one rank (docs/api.md, "Other measures").
+        **options: every keyword of :func:`dra_kernels.smi_scores`, with its defaults, checked by
+            the same code; across ranks ``backend="triton"`` is refused (docs/api.md, "Which path
+            runs where"). ``num_groups``, the same on every rank, skips the id exchange.
 
     Returns:
         ``[n]`` SMI of this rank's rows, of the kind of ``embeddings`` (never requires grad).
@@ -649,9 +630,8 @@ def dra_advantages(
 ) -> Any:
     """:func:`dra_kernels.dra_advantages` for this rank's rows, with groups spanning ranks.
 
-    Collective, as :func:`smi_scores`. Two more all-reduces of ``K`` elements: the group totals of
-    the adjusted rewards, then (``scale="std"``) their squared deviations from the group mean,
-    the core's two-pass statistics.
+    Collective, as :func:`smi_scores`; two more all-reduces of ``K`` elements (the core's two-pass
+    statistics).
 
     Args:
         rewards: this rank's ``[n]`` rewards.
