@@ -160,37 +160,6 @@ def _torch_compatible(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _check_rewards(rewards: torch.Tensor) -> None:
-    if rewards.dtype == torch.bool:
-        raise TypeError(
-            "rewards must be real numbers, got a boolean tensor; convert it explicitly "
-            "(for example rewards.float()) if 0/1 rewards are meant"
-        )
-    if rewards.is_complex() or not (rewards.is_floating_point() or _is_integer(rewards)):
-        raise TypeError(f"rewards must be real numbers, got dtype {rewards.dtype}")
-    if rewards.ndim != 1:
-        raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
-
-
-def _check_embeddings(embeddings: torch.Tensor, n: int | None) -> None:
-    if embeddings.dtype not in EMBEDDING_DTYPES:
-        raise TypeError(
-            "embeddings must be float16, bfloat16, float32 or float64, "
-            f"got dtype {embeddings.dtype}"
-        )
-    if embeddings.ndim != 2:
-        raise ValueError(f"embeddings must be 2-D [N, D], got shape {tuple(embeddings.shape)}")
-    if embeddings.shape[1] == 0:
-        raise ValueError(
-            f"embeddings must have D >= 1 columns, got shape {tuple(embeddings.shape)}"
-        )
-    if n is not None and embeddings.shape[0] != n:
-        raise ValueError(
-            f"embeddings has {embeddings.shape[0]} rows but rewards has {n} entries; "
-            "they must describe the same completions"
-        )
-
-
 def checked_data(
     rewards: Any, embeddings: Any
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.device]:
@@ -200,13 +169,33 @@ def checked_data(
     r = e = n = None
     if rewards is not None:
         r = _to_tensor(rewards, "rewards")
-        _check_rewards(r)
+        if r.dtype == torch.bool:
+            raise TypeError(
+                "rewards must be real numbers, got a boolean tensor; convert it explicitly "
+                "(for example rewards.float()) if 0/1 rewards are meant"
+            )
+        if r.is_complex() or not (r.is_floating_point() or _is_integer(r)):
+            raise TypeError(f"rewards must be real numbers, got dtype {r.dtype}")
+        if r.ndim != 1:
+            raise ValueError(f"rewards must be 1-D [N], got shape {tuple(r.shape)}")
         n = r.shape[0]
     if embeddings is not None:
         e = _to_tensor(embeddings, "embeddings")
         if e.shape == (0,) and not isinstance(embeddings, (torch.Tensor, np.ndarray)):
             e = e.reshape(0, 1)  # an empty list: N = 0 rows (D is not expressible)
-        _check_embeddings(e, n)
+        if e.dtype not in EMBEDDING_DTYPES:
+            raise TypeError(
+                f"embeddings must be float16, bfloat16, float32 or float64, got dtype {e.dtype}"
+            )
+        if e.ndim != 2:
+            raise ValueError(f"embeddings must be 2-D [N, D], got shape {tuple(e.shape)}")
+        if e.shape[1] == 0:
+            raise ValueError(f"embeddings must have D >= 1 columns, got shape {tuple(e.shape)}")
+        if n is not None and e.shape[0] != n:
+            raise ValueError(
+                f"embeddings has {e.shape[0]} rows but rewards has {n} entries; "
+                "they must describe the same completions"
+            )
         # NOTE: DRA factors are constants (docs/semantics.md, "Gradients").
         if e.requires_grad:
             e = e.detach()
