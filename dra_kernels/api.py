@@ -47,10 +47,9 @@ class _Prepared(NamedTuple):
 def _common_call(
     rewards: Any, embeddings: Any, group_ids: Any, backend: str, num_groups: Any
 ) -> str | None:
-    """The backend of a common call, or None: tensors on one CPU or CUDA device that the checks
-    of :func:`_prepare` would pass unchanged, integer ids with ``num_groups``, rewards that need
-    no gradient. A few attribute reads (at N <= 1024 the general checks cost as much as the
-    computation); anything else takes the general checks and their error messages."""
+    """The backend of a common call, or None: tensors on one CPU or CUDA device that the general
+    checks would pass unchanged, integer ids with ``num_groups``, rewards needing no gradient. A few
+    attribute reads: at N <= 1024 the general checks cost as much as the computation."""
     if (
         type(num_groups) is not int
         or num_groups < 0
@@ -187,9 +186,8 @@ def _dispatch(
     eta: Any = measures.DEFAULT_ETA,
     lam: Any = measures.DEFAULT_LAM,
 ) -> Any:
-    """What the public function ``op`` runs: the options checked in one order (scale, eps,
-    min_denominator, measure), then the data and ids (:func:`_prepare`), one path, and the result
-    as the kind of ``rewards`` (``embeddings`` for SMI)."""
+    """The public function ``op``: the options checked in one order (scale, eps, min_denominator,
+    measure), then the data and ids (:func:`_prepare`), one path, the caller's kind."""
     if op in ("group_advantages", "dra_advantages"):
         scale = inputs.check_scale(scale)
         eps = inputs.check_eps(eps, scale)
@@ -213,9 +211,8 @@ def _dispatch(
         values = torch_backend.adjust_rewards(p.rewards, p.embeddings, codes, k, min_denominator,
                                               group_size=p.groups.group_size)  # fmt: skip
     else:
-        # NOTE: with rewards that require grad a kernel (opaque to autograd) computes only the
-        # SMI, a constant, and torch ops finish from the rewards; values equal the fused ones to
-        # rounding.
+        # NOTE: kernels are opaque to autograd: with rewards that require grad one computes only
+        # the SMI (a constant) and torch ops finish from the rewards (the fused values to rounding).
         values = adjust_from_smi(p.rewards, _smi(p, measure, eta, lam, backend), min_denominator)
     if op != "adjust_rewards":
         values = torch_backend.group_advantages(values, codes, k, scale, eps)

@@ -59,8 +59,7 @@ def allreduce_payload_bytes(num_groups: int, dim: int, dtype: torch.dtype = torc
         >>> allreduce_payload_bytes(64, 512)
         131328
     """
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    return num_groups * (dim + 1) * itemsize
+    return num_groups * (dim + 1) * dtype.itemsize
 
 
 # ----------------------------------------------------------------------------- process group
@@ -102,8 +101,7 @@ def _exchange(row: list[int], error: Exception | None, op: str, pg: Any) -> torc
     if not failed:
         return table
     width = int(table[:, 1].max())
-    mine = torch.zeros(width, dtype=torch.uint8)
-    mine[: len(message)] = torch.tensor(list(message), dtype=torch.uint8)
+    mine = torch.tensor(list(message.ljust(width, b"\0")), dtype=torch.uint8)
     texts = [torch.empty_like(mine, device=device) for _ in parts]
     dist.all_gather(texts, mine.to(device), group=pg)
     if error is not None:
@@ -228,11 +226,9 @@ def _check_local(
     """Every check of this rank's data and ids (the options are checked before), in the core's
     order; no collective."""
     r = e = None
-    float64 = False
     if embeddings is not None or rewards is not None:
         r, e, device = inputs.checked_data(rewards, embeddings)
-        dtypes = [t.dtype for t in (r, e) if t is not None and t.is_floating_point()]
-        float64 = inputs.compute_dtype(*dtypes) == torch.float64
+    float64 = torch.float64 in [t.dtype for t in (r, e) if t is not None]  # the compute dtype
     if inputs.check_backend(backend) == "triton":
         raise ValueError(
             "backend='triton' runs in one process only: across ranks the per-group sums are "
@@ -287,8 +283,7 @@ def _gathered_codes(values: torch.Tensor, sizes: list[int], ids: torch.Tensor, p
 
 
 def _union_hashable_codes(local: _Local, op: str, pg: Any) -> Groups:
-    # NOTE: integer ids on some ranks and labels on others are compared as Python values, as
-    # they would be in one concatenated list.
+    # NOTE: integer ids and labels are compared as Python values, as in one concatenated list.
     labels = local.ids if local.kind == _HASHABLE else local.ids.tolist()
     payload = local.payload
     if payload is None:  # integer or empty ranks: Python ints always pickle
@@ -409,8 +404,7 @@ class _GlobalSum(torch.autograd.Function):
 
 def _run(op: str, data: tuple[Any, ...], pg: Any, options: dict[str, Any]) -> Any:
     """The public function ``op`` for this rank's ``data`` (rewards, embeddings, group ids): the
-    core's own function in one process; across ranks the core's checks in its order, the header,
-    then the computation."""
+    core's function in one process; across ranks its checks, the header, the computation."""
     core = getattr(api, op)
     if not _active(pg):
         return core(*data, **options)
@@ -560,9 +554,8 @@ def _owner_smi(
 
 
 def _core_signature(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` shown (``help()``, :func:`inspect.signature`) with the signature of the core
-    function of its name plus ``process_group``: its ``**options`` are that function's keywords,
-    with that function's defaults."""
+    """``fn`` shown (``help()``, :func:`inspect.signature`) with the core function's signature
+    plus ``process_group``: its ``**options`` are that function's keywords and defaults."""
     core = inspect.signature(getattr(api, fn.__name__), eval_str=True)
     pg = inspect.Parameter(
         "process_group", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Any
