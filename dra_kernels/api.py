@@ -163,8 +163,7 @@ def _smi(p: _Prepared, measure: str, eta: float, lam: float, backend: str) -> to
 
         return facility_location_smi(e, codes, k, eta).to(p.out_dtype)
     if measure != "graph_cut":
-        smi = measures.smi_by_measure(e, codes, k, measure, eta=eta, lam=lam, dtype=p.out_dtype)
-        return smi.to(p.out_dtype)
+        return measures.smi_by_measure(e, codes, k, measure, eta=eta, lam=lam, dtype=p.out_dtype)
     if p.backend == "triton":
         return _kernel()(None, e, codes, k, mode="smi", min_denominator=DEFAULT_MIN_DENOMINATOR,
                          out_dtype=p.out_dtype)  # fmt: skip

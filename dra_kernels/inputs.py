@@ -243,8 +243,7 @@ _ID_RULE = (
 _INT64_MAX = 2**63 - 1
 # Exact types whose values are always valid ids and need no per-element check.
 _PLAIN_ID_TYPES = frozenset({int, str, bytes})
-# Exact integer types that np.array(..., dtype=int64) converts exactly (Python ints that do not
-# fit raise OverflowError; numpy uint64 would wrap, so it is not here).
+# Exact integer types that np.array(..., dtype=int64) converts exactly or refuses (not uint64).
 _INT64_ID_TYPES = frozenset({int, *(np.dtype(c).type for c in "bhilqBHI")}) - {np.uint64}
 
 
@@ -533,9 +532,8 @@ def compact(groups: Groups) -> Groups:
 
 def check_code_range(codes: torch.Tensor, num_groups: int) -> None:
     """Raises ValueError unless every code of a CPU tensor lies in ``[0, num_groups)``."""
-    if codes.numel() == 0:
-        return
-    check_code_bounds(*(int(v) for v in torch.aminmax(codes)), num_groups)
+    if codes.numel():
+        check_code_bounds(*(int(v) for v in torch.aminmax(codes)), num_groups)
 
 
 def check_code_bounds(low: int, high: int, num_groups: int) -> None:
