@@ -142,9 +142,8 @@ class _Agreed:
 
 
 def _consensus(table: torch.Tensor) -> _Agreed:
-    """``D``, the compute and the embedding dtype agreed by the ranks that hold rows; raises on
-    every rank where the ranks disagree on the function, its options or D (every rank sees the
-    same table)."""
+    """``D`` and the dtypes agreed by the ranks holding rows; where the ranks disagree on the
+    function, its options or D, every rank raises the same error (all see the same table)."""
     _agree(table, _OP, "the function called", lambda v: _OPS[v])
     _agree(table, _NUM_GROUPS, "num_groups", lambda v: "none" if v < 0 else str(v))
     _agree(table, _SCALE, "scale", lambda v: _SCALES[v])
@@ -362,10 +361,9 @@ def global_group_codes(
 ) -> Groups:
     """Dense group codes that agree across ranks: equal ids get equal codes on every rank.
 
-    Collective: every rank of ``process_group`` must call it. After the header, integer ids are
-    merged with one ``all_gather`` of ``O(distinct ids)`` int64 values, other ids with one
-    ``all_gather_object`` of each rank's distinct ids; codes are then the same for a fixed world
-    size and layout. With ``num_groups`` the integer ids are the codes.
+    Collective: every rank of ``process_group`` must call it (its cost: docs/api.md, "group ids"
+    under "Communication"). Codes are the same for a fixed world size and layout; with
+    ``num_groups`` the integer ids are the codes.
 
     Args:
         group_ids: this rank's ``[n]`` ids (the core's rule; may be empty).
@@ -488,9 +486,8 @@ def _smi(
 def _exchange_rows(
     outgoing: list[torch.Tensor], incoming: list[torch.Tensor], me: int, pg: Any
 ) -> None:
-    """Send ``outgoing[p]`` to rank ``p`` and receive ``incoming[p]`` from it, for every other rank
-    with something to send or receive (both sides know every size): one batch of point-to-point
-    operations (gloo has no all_to_all; NCCL needs them batched)."""
+    """Send ``outgoing[p]`` to and receive ``incoming[p]`` from every other rank ``p`` where not
+    empty, as one batch of point-to-point operations (gloo has no all_to_all; NCCL wants one)."""
     ops = []
     for p in range(len(outgoing)):
         if p == me:

@@ -68,8 +68,7 @@ class Groups:
 
 def traced(rewards: torch.Tensor | None) -> bool:
     """Whether gradients are taken through ``rewards``: they require grad (with grad mode on), or
-    a ``torch.func`` transform (``grad``, ``jacrev``, ``jacfwd``, ``vmap``) wraps them. Opaque
-    kernels then compute only the SMI and torch ops finish from the rewards."""
+    a ``torch.func`` transform wraps them (opaque kernels then compute only the SMI)."""
     if rewards is None:
         return False
     return (rewards.requires_grad and torch.is_grad_enabled()) or is_func_wrapped(rewards)
@@ -143,8 +142,7 @@ def _dense(t: torch.Tensor, name: str) -> torch.Tensor:
         problem = "a meta tensor, which holds no data"
     if problem is not None:
         raise TypeError(f"{name} must be a dense (strided) tensor with data, got {problem}")
-    # NOTE: a negative-bit view (x.conj().imag of a complex x) reads negated memory; the Triton
-    # kernel reads raw memory, so the view is materialised (an explicit copy).
+    # NOTE: a negative-bit view (x.conj().imag) reads negated memory, the kernel raw memory.
     if not torch.compiler.is_compiling() and t.is_neg():
         return t.resolve_neg()
     return t
@@ -240,7 +238,6 @@ _ID_RULE = (
     "group ids must be integers (any size), strings, bytes or other hashable values equal to "
     "themselves, or tuples of those; floats, booleans and values such as NaN are refused"
 )
-_INT64_MAX = 2**63 - 1
 # Exact types whose values are always valid ids and need no per-element check.
 _PLAIN_ID_TYPES = frozenset({int, str, bytes})
 # Exact integer types that np.array(..., dtype=int64) converts exactly or refuses (not uint64).
@@ -369,7 +366,7 @@ def _array_ids(array: np.ndarray) -> np.ndarray | list:
         raise ValueError(f"group_ids must be 1-D [N], got shape {array.shape}")
     kind = array.dtype.kind
     if kind in "iu":  # uint64: exact int64 when it fits, else Python ints
-        if kind == "u" and array.itemsize == 8 and array.size and int(array.max()) > _INT64_MAX:
+        if kind == "u" and array.itemsize == 8 and array.size and int(array.max()) > 2**63 - 1:
             return array.tolist()
         return array.astype(np.int64, copy=False)
     if kind in "US":
@@ -489,9 +486,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     """``cuda`` and ``cuda:0`` are the same device when 0 is the current one."""
     if a.type == b.type == "cuda" and (a.index is None or b.index is None):
         current = torch.cuda.current_device()
-        return (current if a.index is None else a.index) == (
-            current if b.index is None else b.index
-        )
+        return len({current if d.index is None else d.index for d in (a, b)}) == 1
     return a == b
 
 
@@ -508,8 +503,7 @@ def hinted_codes(ids: torch.Tensor, num_groups: int, check_range: bool = True) -
     codes = ids.to(torch.int64)
     if codes.numel() == 0:
         return Groups(codes, num_groups)
-    # NOTE: reading the range back is free on CPU but a host sync on CUDA, and a graph break
-    # under torch.compile: there the check is an asynchronous device assertion instead.
+    # NOTE: reading the range back would sync CUDA and break torch.compile graphs: assert there.
     if codes.device.type == "cpu" and not torch.compiler.is_compiling():
         check_code_range(codes, num_groups)
     elif check_range:
@@ -522,8 +516,7 @@ def hinted_codes(ids: torch.Tensor, num_groups: int, check_range: bool = True) -
 
 def compact(groups: Groups) -> Groups:
     """``groups`` renumbered to the groups that occur when the hint names more groups than there
-    are rows (memory then follows the rows, not the hint; one host synchronisation on CUDA);
-    ``groups`` itself otherwise."""
+    are rows (memory follows the rows; one host sync on CUDA), else ``groups`` itself."""
     if groups.num_groups <= max(groups.codes.numel(), 1):
         return groups
     present, codes = torch.unique(groups.codes, return_inverse=True)
