@@ -1,14 +1,12 @@
 """Public entry points and their one dispatch.
 
-Data flow: caller's rewards / embeddings / group ids (torch, numpy or lists) -> validated torch
-tensors and dense int64 group codes (:mod:`dra_kernels.inputs`, which states the input policy) ->
-:func:`_dispatch`: the fused kernel in :mod:`dra_kernels._triton` (``backend="triton"``), the
-torch backend :mod:`dra_kernels.torch_backend` (``backend="torch"``) or a measure of
-:mod:`dra_kernels.measures` -> the result in the caller's row order and kind.
+Caller's inputs -> checked tensors and dense int64 codes (:mod:`dra_kernels.inputs`) ->
+:func:`_dispatch`: the fused Triton kernel, the torch backend or a measure -> the caller's kind.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import torch
@@ -46,16 +44,12 @@ class _Prepared(NamedTuple):
     grad: bool = False  # rewards require grad: the Triton backend then fuses only the SMI
 
 
-_ID_DTYPES = (torch.int32, torch.int64)
-
-
 def _common_call(
     rewards: Any, embeddings: Any, group_ids: Any, backend: str, num_groups: Any
 ) -> str | None:
-    """The backend of a common call, or None: tensors on one CPU or CUDA device that the checks
-    of :func:`_prepare` would pass unchanged, integer ids with ``num_groups``, rewards that need
-    no gradient. A few attribute reads (at N <= 1024 the general checks cost as much as the
-    computation); anything else takes the general checks and their error messages."""
+    """The backend of a common call, or None: tensors on one CPU or CUDA device that the general
+    checks would pass unchanged, integer ids with ``num_groups``, rewards needing no gradient. A few
+    attribute reads: at N <= 1024 the general checks cost as much as the computation."""
     if (
         type(num_groups) is not int
         or num_groups < 0
@@ -73,7 +67,7 @@ def _common_call(
         or embeddings.is_neg()
         or group_ids.layout is not torch.strided
         or group_ids.ndim != 1
-        or group_ids.dtype not in _ID_DTYPES
+        or group_ids.dtype not in (torch.int32, torch.int64)
         or group_ids.device != device
         or group_ids.is_neg()
     ):
@@ -111,14 +105,12 @@ def _prepare(
     """Checked inputs, dense codes (int64) and the backend of one call."""
     chosen = _common_call(rewards, embeddings, group_ids, backend, num_groups)
     if chosen is not None:
-        r, e, grad = rewards, embeddings, False
-        if e.requires_grad:
-            e = e.detach()
+        r, grad = rewards, False
+        e = embeddings.detach() if embeddings.requires_grad else embeddings
         codes = group_ids if group_ids.dtype is torch.int64 else group_ids.to(torch.int64)
         size = None
         if chosen == "torch":
-            # NOTE: codes 0, 0, 1, 1, ... (the usual batch) are in range; the layout found here
-            # is the one the CPU path starts from.
+            # NOTE: codes 0, 0, 1, 1, ... (the usual batch): in range, the layout the CPU path uses.
             size = torch_backend.contiguous_group_size(codes, num_groups)
             if size is None:
                 inputs.check_code_range(codes, num_groups)
@@ -131,17 +123,15 @@ def _prepare(
         grad = inputs.traced(r)
         transform = inputs.func_transform(r)
         if chosen == "triton" and transform is not None:
-            # NOTE: a kernel launched inside a torch.func transform fails on the transform's
-            # tensors (seen under the interpreter): the torch backend computes it there.
+            # NOTE: a kernel fails on a torch.func transform's tensors: the torch backend runs.
             if backend == "triton":
                 raise ValueError(
                     f"backend='triton' does not run inside torch.func's {transform}: the Triton "
                     "kernel is opaque to the transform; use backend='auto' or 'torch'"
                 )
             chosen = "torch"
-        # NOTE: on CUDA the kernel checks the codes itself; the device assertion would add
-        # launches. With rewards that require grad, torch ops index by the codes too, so they
-        # are checked.
+        # NOTE: on CUDA the kernel checks the codes itself (an assertion would add launches),
+        # unless rewards require grad: torch ops then index by the codes too.
         check = not (chosen == "triton" and device.type == "cuda" and not grad)
         groups = inputs.compact(
             factorize_group_ids(group_ids, n, device, num_groups, check_range=check)
@@ -150,15 +140,12 @@ def _prepare(
     return _Prepared(r, e, groups, chosen, inputs.compute_dtype(*dtypes), grad)
 
 
-_TRITON_FORWARD: list[Any] = []  # filled on first use
+@functools.cache
+def _kernel() -> Any:
+    """The fused Triton kernel's entry point (imports triton: only when it is used)."""
+    from dra_kernels._triton.ops import dra_forward
 
-
-def _run_triton(*args: Any, **kwargs: Any) -> torch.Tensor:
-    if not _TRITON_FORWARD:
-        from dra_kernels._triton.ops import dra_forward  # imports triton: only when it is used
-
-        _TRITON_FORWARD.append(dra_forward)
-    return _TRITON_FORWARD[0](*args, **kwargs)
+    return dra_forward
 
 
 def _smi(p: _Prepared, measure: str, eta: float, lam: float, backend: str) -> torch.Tensor:
@@ -176,11 +163,10 @@ def _smi(p: _Prepared, measure: str, eta: float, lam: float, backend: str) -> to
 
         return facility_location_smi(e, codes, k, eta).to(p.out_dtype)
     if measure != "graph_cut":
-        smi = measures.smi_by_measure(e, codes, k, measure, eta=eta, lam=lam, dtype=p.out_dtype)
-        return smi.to(p.out_dtype)
+        return measures.smi_by_measure(e, codes, k, measure, eta=eta, lam=lam, dtype=p.out_dtype)
     if p.backend == "triton":
-        return _run_triton(None, e, codes, k, mode="smi", min_denominator=DEFAULT_MIN_DENOMINATOR,
-                           out_dtype=p.out_dtype)  # fmt: skip
+        return _kernel()(None, e, codes, k, mode="smi", min_denominator=DEFAULT_MIN_DENOMINATOR,
+                         out_dtype=p.out_dtype)  # fmt: skip
     return torch_backend.smi_scores(e, codes, k, group_size=p.groups.group_size)
 
 
@@ -199,9 +185,8 @@ def _dispatch(
     eta: Any = measures.DEFAULT_ETA,
     lam: Any = measures.DEFAULT_LAM,
 ) -> Any:
-    """What the public function ``op`` runs: the options checked in one order (scale, eps,
-    min_denominator, measure), then the data and ids (:func:`_prepare`), one path, and the result
-    as the kind of ``rewards`` (``embeddings`` for SMI)."""
+    """The public function ``op``: the options checked in one order (scale, eps, min_denominator,
+    measure), then the data and ids (:func:`_prepare`), one path, the caller's kind."""
     if op in ("group_advantages", "dra_advantages"):
         scale = inputs.check_scale(scale)
         eps = inputs.check_eps(eps, scale)
@@ -211,28 +196,26 @@ def _dispatch(
         measure, eta, lam = measures.check_measure(measure, eta, lam, backend)
     p = _prepare(rewards, embeddings, group_ids, backend, num_groups)
     codes, k = p.groups.codes, p.groups.num_groups
-    like = embeddings if op == "smi_scores" else rewards
     if op == "smi_scores":
-        return inputs.convert_out(_smi(p, measure, eta, lam, backend), like)
+        return inputs.convert_out(_smi(p, measure, eta, lam, backend), embeddings)
     assert p.rewards is not None and (op == "group_advantages" or p.embeddings is not None)
     if op == "group_advantages":
         values = p.rewards.to(p.out_dtype)
     elif measure == "graph_cut" and p.backend == "triton" and not p.grad:
         mode = "adjust" if op == "adjust_rewards" else "advantage"
-        out = _run_triton(p.rewards, p.embeddings, codes, k, mode=mode, out_dtype=p.out_dtype,
-                          min_denominator=min_denominator, scale=scale, eps=eps)  # fmt: skip
-        return inputs.convert_out(out, like)
+        out = _kernel()(p.rewards, p.embeddings, codes, k, mode=mode, out_dtype=p.out_dtype,
+                        min_denominator=min_denominator, scale=scale, eps=eps)  # fmt: skip
+        return inputs.convert_out(out, rewards)
     elif measure == "graph_cut" and p.backend == "torch":
         values = torch_backend.adjust_rewards(p.rewards, p.embeddings, codes, k, min_denominator,
                                               group_size=p.groups.group_size)  # fmt: skip
     else:
-        # NOTE: Triton kernels are opaque to autograd. With rewards that require grad, the kernel
-        # computes only the SMI (a constant) and torch ops finish from the rewards, so gradients
-        # flow as on the torch backend; the values equal the fused ones to rounding.
+        # NOTE: kernels are opaque to autograd: with rewards that require grad one computes only
+        # the SMI (a constant) and torch ops finish from the rewards (the fused values to rounding).
         values = adjust_from_smi(p.rewards, _smi(p, measure, eta, lam, backend), min_denominator)
     if op != "adjust_rewards":
         values = torch_backend.group_advantages(values, codes, k, scale, eps)
-    return inputs.convert_out(values, like)
+    return inputs.convert_out(values, rewards)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -297,18 +280,16 @@ def adjust_rewards(
         group_ids: ``[N]`` group of each completion (integers of any size, strings, tuples,
             other hashable values equal to themselves; see :func:`factorize_group_ids`).
         backend: ``"auto"`` (Triton on CUDA when installed, else torch), ``"torch"``, ``"triton"``.
-        num_groups: optional hint for integer ids in ``[0, num_groups)``: no host sync. Ids
-            outside that range raise on CPU; on CUDA the Triton kernel cannot raise without a
-            sync, so their rows come out NaN (the torch backend asserts asynchronously).
+        num_groups: optional hint, see :func:`factorize_group_ids` (no host sync; on CUDA the
+            Triton kernel turns the rows of ids outside ``[0, num_groups)`` NaN).
         min_denominator: lower clamp of ``1 + SMI``, in (0, 1] (only reachable with negative
             cosines); bounds the amplification of any reward by ``1 / min_denominator``.
         measure: which SMI (see :func:`smi_scores`; default the paper's graph-cut).
         eta: query magnification of ``facility_location`` and ``log_det``.
         lam: ridge of ``log_det``.
 
-    Non-finite inputs: a NaN / inf reward gives a non-finite result in its own row only; a NaN /
-    inf embedding gives NaN for its whole group (a group of one keeps its reward). Other groups
-    are unaffected. Nothing is checked on the host, so CUDA calls never synchronise for it.
+    Non-finite inputs stay in their row (rewards) or group (embeddings; a group of one keeps its
+    reward), unchecked on the host: docs/guarantees.md, "Numerics and layouts".
 
     Returns:
         ``[N]`` adjusted rewards in input order, of the kind of ``rewards`` (torch on its device,

@@ -1,82 +1,7 @@
 """DRA when the rows of a group are spread over the processes of a ``torch.distributed`` group.
 
-In data-parallel RL training each process (rank) holds some completions, and the completions of
-one prompt may sit on several ranks. :func:`adjust_rewards`, :func:`smi_scores` and
-:func:`dra_advantages` give every rank, for its own rows, what the core functions of the same
-names return on the concatenation of all ranks' rows, to float tolerance, however the rows are
-split; a rank may hold no rows at all. They take the core function's keywords, checked by the
-same code (group ids too: docs/semantics.md, "Group ids"), plus ``process_group``.
-
-How: with unit rows ``u_i`` the identity ``SMI_i = u_i . S_g - |u_i|^2`` (see
-:mod:`dra_kernels.torch_backend`) needs only the per-group sums ``S_g`` of unit rows and the group
-sizes. Each rank sums its own rows per group, one ``all_reduce`` adds the ``[K, D + 1]`` partial
-sums (the last column holds the row counts), and each rank finishes its rows locally. Embeddings
-never leave their rank.
-
-Errors: every rank checks its arguments before any data moves. The first collective of every
-call is one ``all_gather`` of a small header (a status, the function, the options, kinds and
-sizes), in which a rank whose inputs were refused still takes part. If any rank failed, every
-rank raises at once: the failing ranks their own error, the others a RuntimeError naming the
-failing ranks and their errors. Ranks that disagree on the function, ``num_groups``, ``scale``,
-``eps``, ``min_denominator``, ``measure``, ``eta``, ``lam`` or the width ``D`` all raise the same
-ValueError. So an argument error on one rank never leaves the others waiting for the process
-group's timeout.
-
-Communication, per call, with ``K`` groups, ``D`` embedding columns and ``W`` ranks:
-
-- the header: 16 int64 values (128 bytes) per rank (a host synchronisation on CUDA).
-- adjust / SMI: one ``all_reduce`` of ``K * (D + 1)`` elements of the compute dtype (float32, or
-  float64 when an input is float64): :func:`allreduce_payload_bytes`. A bandwidth-optimal
-  all-reduce (NCCL's ring or tree, gloo's ring) sends about ``2 * (W - 1) / W`` times that payload
-  per rank. Example: ``K = 64`` prompts, ``D = 512``, float32: a 131,328-byte payload, about 197 KB
-  sent per rank with ``W = 4``; gathering the 384 completions' embeddings (``G = 6``) instead would
-  move 786 KB to every rank.
-- advantages: two more ``all_reduce`` of ``K`` elements (group totals, then squared deviations).
-- group ids, unless ``num_groups`` is given (integer ids in ``[0, num_groups)`` are the codes):
-  for integer ids that fit int64 an ``all_gather`` of ``max over ranks of (distinct ids on a
-  rank) * 8`` bytes per rank; for other ids ``all_gather_object`` of each rank's pickled distinct
-  ids, then 16 bytes per rank so that an id another rank cannot read back fails on every rank.
-  Both are ``O(number of groups)``, independent of ``N`` and ``D``.
-
-Other measures (``measure="facility_location"`` / ``"log_det"``, docs/measures.md) are not linear
-in the similarities, so no per-group sum suffices: each group is computed whole by
-:func:`dra_kernels.measures.smi_by_measure` on its owner, the rank holding most of its rows (the
-lowest such rank on a tie), so a group whose rows all sit on one rank never leaves it. Each rank
-sends an owner its rows of the owner's groups ordered by (group, row), and the owner stacks the
-blocks in rank order: the concatenation's order. A group's SMI is thus the single-process
-computation on the same rows: bit for bit on CPU where its batched products have the shapes they
-have in one process (e.g. each group size once), to the rounding of those products otherwise.
-After the header and the ids: one ``all_gather`` of ``K`` int64 row counts per rank; one batch of
-point-to-point sends (gloo has no ``all_to_all``) in which each row not on its owner travels once,
-in the dtype ``torch.cat`` of all ranks' rows would have (an exact conversion); one batch back of
-one SMI value per moved row. So ``M * (D * s + 4)`` bytes in all, ``M`` the rows not on their
-group's owner and ``s`` the embedding itemsize. Example: ``K = 64`` groups of ``G = 6`` spread
-evenly over ``W = 4`` ranks, ``D = 512``, float32: about 256 of the 384 rows move, 525 KB in
-total (about 131 KB received per rank). An owner holds its groups' rows and ``G x G`` matrices and
-computes them alone. The number of collectives does not depend on the number of groups.
-
-Gradients: as in the core, embeddings are used detached and gradients flow through rewards. No
-collective runs in the backward pass: each rank gets the derivatives of its own outputs with
-respect to its own rewards, the other ranks' rewards held constant (the diagonal block of the
-single-process Jacobian; for :func:`adjust_rewards` the whole of it).
-
-Which path runs where: in one process (no initialised process group, or a group of one rank) the
-core's own function, bit for bit (``backend="auto"``: the fused Triton kernel for CUDA tensors).
-Across ranks the torch backend's ops on the embeddings' device, whose per-group sums are
-all-reduced (the fused kernel does not expose them), and the measures on each group's owner:
-``"auto"`` and ``"torch"`` both run them, ``"triton"`` is refused on every rank. Collectives run
-on the embeddings' device (gloo on CPU; with NCCL pass CUDA tensors, after
-``torch.cuda.set_device``). Every rank must call the same function with the same options and
-``D``. Results are deterministic for a fixed world size and layout.
-
-Example (each rank, after ``torch.distributed.init_process_group``)::
-
-    from dra_kernels import distributed
-
-    adjusted = distributed.adjust_rewards(local_rewards, local_embeddings, local_prompt_ids)
-    adjusted = distributed.adjust_rewards(
-        local_rewards, local_embeddings, local_prompt_ids, measure="log_det", lam=0.5
-    )
+The user documentation (how it works, errors, communication costs, other measures, which path
+runs where) is docs/api.md, "Groups split across processes".
 """
 
 from __future__ import annotations
@@ -108,8 +33,9 @@ __all__ = [
 # Kinds of group ids a rank may hold; ranks with no rows are compatible with any kind.
 _EMPTY, _INTEGER, _HASHABLE = 0, 1, 2
 
-# The functions, as numbered in the header.
+# The functions and the scales, as numbered in the header.
 _OPS = ("global_group_codes", "smi_scores", "adjust_rewards", "dra_advantages")
+_SCALES = ("std", "none", "unused")
 
 # Header columns (after the status and the message length that _exchange puts first).
 (_OP, _KIND, _UNIQUE, _ROWS, _DIM, _FLOAT64, _NUM_GROUPS, _SCALE, _MIN_DEN, _EPS, _MEASURE, _ETA,
@@ -133,8 +59,7 @@ def allreduce_payload_bytes(num_groups: int, dim: int, dtype: torch.dtype = torc
         >>> allreduce_payload_bytes(64, 512)
         131328
     """
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    return num_groups * (dim + 1) * itemsize
+    return num_groups * (dim + 1) * dtype.itemsize
 
 
 # ----------------------------------------------------------------------------- process group
@@ -147,15 +72,6 @@ def _active(process_group: Any) -> bool:
             raise RuntimeError("a process_group was given but torch.distributed is not initialised")
         return False
     return dist.get_world_size(process_group) > 1
-
-
-def _check_device(process_group: Any, device: torch.device) -> None:
-    backend = dist.get_backend(process_group)
-    if backend == "nccl" and device.type != "cuda":
-        raise ValueError(
-            f"the process group uses NCCL but the embeddings are on {device}; pass CUDA tensors "
-            "(the collectives run on the embeddings' device)"
-        )
 
 
 def _status_device(process_group: Any) -> torch.device:
@@ -185,8 +101,7 @@ def _exchange(row: list[int], error: Exception | None, op: str, pg: Any) -> torc
     if not failed:
         return table
     width = int(table[:, 1].max())
-    mine = torch.zeros(width, dtype=torch.uint8)
-    mine[: len(message)] = torch.tensor(list(message), dtype=torch.uint8)
+    mine = torch.tensor(list(message.ljust(width, b"\0")), dtype=torch.uint8)
     texts = [torch.empty_like(mine, device=device) for _ in parts]
     dist.all_gather(texts, mine.to(device), group=pg)
     if error is not None:
@@ -227,12 +142,11 @@ class _Agreed:
 
 
 def _consensus(table: torch.Tensor) -> _Agreed:
-    """``D``, the compute and the embedding dtype agreed by the ranks that hold rows; raises on
-    every rank where the ranks disagree on the function, its options or D (every rank sees the
-    same table)."""
+    """``D`` and the dtypes agreed by the ranks holding rows; where the ranks disagree on the
+    function, its options or D, every rank raises the same error (all see the same table)."""
     _agree(table, _OP, "the function called", lambda v: _OPS[v])
     _agree(table, _NUM_GROUPS, "num_groups", lambda v: "none" if v < 0 else str(v))
-    _agree(table, _SCALE, "scale", lambda v: ("std", "none", "unused")[v])
+    _agree(table, _SCALE, "scale", lambda v: _SCALES[v])
     _agree(table, _MIN_DEN, "min_denominator", lambda v: repr(_bits_float(v)))
     _agree(table, _EPS, "eps", lambda v: repr(_bits_float(v)))
     _agree(table, _MEASURE, "measure", lambda v: repr(MEASURES[v]))
@@ -247,17 +161,14 @@ def _consensus(table: torch.Tensor) -> _Agreed:
             f"rank {r}: D={int(d)}" for r, d in enumerate(table[:, _DIM]) if table[r, _ROWS]
         )
         raise ValueError(f"embeddings must have the same width D on every rank, found {found}")
-    # NOTE: as for the concatenation, float64 anywhere makes the whole computation float64, and
-    # the embeddings' dtype is the one torch.cat would give them (float32 for float16 and
-    # bfloat16 together).
+    # NOTE: as for the concatenation: float64 anywhere computes in float64, embeddings take the
+    # dtype torch.cat would give them.
     dtypes = [EMBEDDING_DTYPES[v] for v in rows[:, _EMBEDDING_DTYPE].tolist() if v >= 0]
     embedding_dtype = functools.reduce(torch.promote_types, dtypes) if dtypes else torch.float32
     return _Agreed(int(dims[0]), bool(rows[:, _FLOAT64].any()), embedding_dtype)
 
 
 # ----------------------------------------------------------------------------- local checks
-
-_SCALES = ("std", "none", "unused")  # as numbered in the header
 
 
 class _Options(NamedTuple):
@@ -314,11 +225,9 @@ def _check_local(
     """Every check of this rank's data and ids (the options are checked before), in the core's
     order; no collective."""
     r = e = None
-    float64 = False
     if embeddings is not None or rewards is not None:
         r, e, device = inputs.checked_data(rewards, embeddings)
-        dtypes = [t.dtype for t in (r, e) if t is not None and t.is_floating_point()]
-        float64 = inputs.compute_dtype(*dtypes) == torch.float64
+    float64 = torch.float64 in [t.dtype for t in (r, e) if t is not None]  # the compute dtype
     if inputs.check_backend(backend) == "triton":
         raise ValueError(
             "backend='triton' runs in one process only: across ranks the per-group sums are "
@@ -327,7 +236,11 @@ def _check_local(
         )
     assert device is not None
     device = torch.device(device)
-    _check_device(pg, device)
+    if dist.get_backend(pg) == "nccl" and device.type != "cuda":
+        raise ValueError(
+            f"the process group uses NCCL but the embeddings are on {device}; pass CUDA tensors "
+            "(the collectives run on the embeddings' device)"
+        )
     kind, ids = _local_ids(group_ids, None if e is None else e.shape[0], device)
     hinted = unique = payload = None
     if kind == _HASHABLE:
@@ -369,8 +282,7 @@ def _gathered_codes(values: torch.Tensor, sizes: list[int], ids: torch.Tensor, p
 
 
 def _union_hashable_codes(local: _Local, op: str, pg: Any) -> Groups:
-    # NOTE: integer ids on some ranks and labels on others are compared as Python values, as
-    # they would be in one concatenated list.
+    # NOTE: integer ids and labels are compared as Python values, as in one concatenated list.
     labels = local.ids if local.kind == _HASHABLE else local.ids.tolist()
     payload = local.payload
     if payload is None:  # integer or empty ranks: Python ints always pickle
@@ -427,8 +339,8 @@ def _plan(
     agreed = _consensus(table)
     rows = table[:, _ROWS].tolist()
     if local.hinted is not None and local.hinted.num_groups > sum(rows):
-        # NOTE: a hint above every rank's rows together: the codes that occur, renumbered the
-        # same on every rank, so memory follows the rows, not the hint.
+        # NOTE: a hint above all ranks' rows: the codes that occur, renumbered (memory follows
+        # the rows, not the hint).
         groups = _gathered_codes(local.hinted.codes, rows, local.hinted.codes, pg)
     elif local.hinted is not None:
         groups = local.hinted
@@ -449,10 +361,9 @@ def global_group_codes(
 ) -> Groups:
     """Dense group codes that agree across ranks: equal ids get equal codes on every rank.
 
-    Collective: every rank of ``process_group`` must call it. After the header, integer ids are
-    merged with one ``all_gather`` of ``O(distinct ids)`` int64 values, other ids with one
-    ``all_gather_object`` of each rank's distinct ids; codes are then the same for a fixed world
-    size and layout. With ``num_groups`` the integer ids are the codes.
+    Collective: every rank of ``process_group`` must call it (its cost: docs/api.md, "group ids"
+    under "Communication"). Codes are the same for a fixed world size and layout; with
+    ``num_groups`` the integer ids are the codes.
 
     Args:
         group_ids: this rank's ``[n]`` ids (the core's rule; may be empty).
@@ -466,13 +377,8 @@ def global_group_codes(
     """
     if not _active(process_group):
         return inputs.factorize_group_ids(group_ids, None, device, num_groups)
-
-    def check() -> _Local:
-        options = _Options()
-        return _check_local(
-            options, None, None, group_ids, num_groups, process_group, device=device
-        )
-
+    args = (_Options(), None, None, group_ids, num_groups, process_group)
+    check = functools.partial(_check_local, *args, device=device)
     return _plan("global_group_codes", num_groups, process_group, check)[1]
 
 
@@ -496,8 +402,7 @@ class _GlobalSum(torch.autograd.Function):
 
 def _run(op: str, data: tuple[Any, ...], pg: Any, options: dict[str, Any]) -> Any:
     """The public function ``op`` for this rank's ``data`` (rewards, embeddings, group ids): the
-    core's own function in one process; across ranks the core's checks in its order, the header,
-    then the computation."""
+    core's function in one process; across ranks its checks, the header, the computation."""
     core = getattr(api, op)
     if not _active(pg):
         return core(*data, **options)
@@ -557,10 +462,8 @@ def _advantages(
     centred = adjusted - mean.index_select(0, codes)
     if options.scale == "none":
         return centred
-    # NOTE: the sum of squared deviations has zero derivative in the mean (deviations sum to 0),
-    # but here the other ranks' deviations enter as constants, so their dependence on the mean
-    # would be missing from the gradient: the mean is held constant in this sum instead (the
-    # values are the same).
+    # NOTE: the other ranks' deviations enter as constants, so their (zero-sum) dependence on the
+    # mean would be missing from the gradient: the mean is held constant in this sum instead.
     deviations = adjusted - mean.detach().index_select(0, codes)
     std = torch_backend.group_std(group_sum(deviations * deviations), counts)
     return centred / (std.index_select(0, codes) + options.eps)
@@ -572,8 +475,7 @@ def _smi(
     """Local Graph-Cut SMI and the global per-group row counts (in ``dtype``)."""
     sums, counts = torch_backend.group_unit_sums(e, groups.codes, groups.num_groups, dtype)
     if groups.num_groups > 0:
-        # NOTE: one collective for sums and counts: counts ride as an extra column (exact in
-        # float32 up to 2**24 rows per group).
+        # NOTE: counts ride as an extra column (exact in float32 up to 2**24 rows per group).
         packed = torch.cat([sums, counts.to(dtype).unsqueeze(1)], dim=1)
         dist.all_reduce(packed, group=pg)
         sums, counts = packed[:, :-1], packed[:, -1].round().to(torch.int64)
@@ -584,9 +486,8 @@ def _smi(
 def _exchange_rows(
     outgoing: list[torch.Tensor], incoming: list[torch.Tensor], me: int, pg: Any
 ) -> None:
-    """Send ``outgoing[p]`` to rank ``p`` and receive ``incoming[p]`` from it, for every other rank
-    with something to send or receive (both sides know every size): one batch of point-to-point
-    operations (gloo has no all_to_all; NCCL needs them batched)."""
+    """Send ``outgoing[p]`` to and receive ``incoming[p]`` from every other rank ``p`` where not
+    empty, as one batch of point-to-point operations (gloo has no all_to_all; NCCL wants one)."""
     ops = []
     for p in range(len(outgoing)):
         if p == me:
@@ -604,7 +505,7 @@ def _exchange_rows(
 def _owner_smi(
     e: torch.Tensor, groups: Groups, dtype: torch.dtype, options: _Options, pg: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Facility-location / log-det SMI, each group computed whole on its owner (the module's
+    """Facility-location / log-det SMI, each group computed whole on its owner (docs/api.md,
     "Other measures"), and the global per-group row counts (in ``dtype``)."""
     codes, k = groups.codes, groups.num_groups
     device = e.device
@@ -650,9 +551,8 @@ def _owner_smi(
 
 
 def _core_signature(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` shown (``help()``, :func:`inspect.signature`) with the signature of the core
-    function of its name plus ``process_group``: its ``**options`` are that function's keywords,
-    with that function's defaults."""
+    """``fn`` shown (``help()``, :func:`inspect.signature`) with the core function's signature
+    plus ``process_group``: its ``**options`` are that function's keywords and defaults."""
     core = inspect.signature(getattr(api, fn.__name__), eval_str=True)
     pg = inspect.Parameter(
         "process_group", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Any
@@ -675,13 +575,9 @@ def smi_scores(
         embeddings: this rank's ``[n, D]`` embeddings (a rank without rows passes ``[0, D]``).
         group_ids: this rank's ``[n]`` group ids (integers or hashable labels).
         process_group: the ``torch.distributed`` group (default: the world).
-        **options: every keyword of :func:`dra_kernels.smi_scores` (``backend``, ``num_groups``,
-            ``measure``, ``eta``, ``lam``), with its defaults, checked by the same code. In one
-            process the core function runs (``backend="auto"``: the Triton kernel for CUDA
-            tensors); across ranks the torch backend's ops run and ``backend="triton"`` is
-            refused (the module's "Which path runs where"). ``num_groups``, the same on every
-            rank, skips the id exchange. ``measure="graph_cut"`` takes one all-reduce; the other
-            measures gather each group's rows on one rank (the module's "Other measures").
+        **options: every keyword of :func:`dra_kernels.smi_scores`, with its defaults, checked by
+            the same code; across ranks ``backend="triton"`` is refused (docs/api.md, "Which path
+            runs where"). ``num_groups``, the same on every rank, skips the id exchange.
 
     Returns:
         ``[n]`` SMI of this rank's rows, of the kind of ``embeddings`` (never requires grad).
@@ -724,9 +620,8 @@ def dra_advantages(
 ) -> Any:
     """:func:`dra_kernels.dra_advantages` for this rank's rows, with groups spanning ranks.
 
-    Collective, as :func:`smi_scores`. Two more all-reduces of ``K`` elements: the group totals of
-    the adjusted rewards, then (``scale="std"``) their squared deviations from the group mean,
-    the core's two-pass statistics.
+    Collective, as :func:`smi_scores`; two more all-reduces of ``K`` elements (the core's two-pass
+    statistics).
 
     Args:
         rewards: this rank's ``[n]`` rewards.

@@ -1,12 +1,8 @@
 """Inputs of the public functions: conversion, checks, the group-id rule and the option checks.
 
-Every front end (:mod:`dra_kernels.api`, :mod:`dra_kernels.distributed`) calls these, so each
-rule is written once. They turn the caller's rewards / embeddings / group ids (torch, numpy or
-lists) into checked torch tensors and dense int64 group codes, and the result back into the
-caller's kind. The input policy they enforce is docs/semantics.md's (group ids: "Group ids");
-docs/guarantees.md lists each rule with the test that proves it. Two facts shape the code: no
-input is ever written (awkward numpy arrays are copied, never refused), and nothing is read back
-from a CUDA device to check it (non-finite values are not checked).
+Every front end (:mod:`dra_kernels.api`, :mod:`dra_kernels.distributed`) calls these, so each rule
+is written once; the policy is docs/semantics.md's, docs/guarantees.md lists its tests. No input is
+ever written (awkward numpy arrays are copied), nothing is read back from a CUDA device to check it.
 """
 
 from __future__ import annotations
@@ -72,21 +68,17 @@ class Groups:
 
 def traced(rewards: torch.Tensor | None) -> bool:
     """Whether gradients are taken through ``rewards``: they require grad (with grad mode on), or
-    a ``torch.func`` transform (``grad``, ``jacrev``, ``jacfwd``, ``vmap``) wraps them. Opaque
-    kernels then compute only the SMI and torch ops finish from the rewards."""
+    a ``torch.func`` transform wraps them (opaque kernels then compute only the SMI)."""
     if rewards is None:
         return False
-    if rewards.requires_grad and torch.is_grad_enabled():
-        return True
-    return is_func_wrapped(rewards)
+    return (rewards.requires_grad and torch.is_grad_enabled()) or is_func_wrapped(rewards)
 
 
 def is_func_wrapped(tensor: torch.Tensor) -> bool:
     """Whether a ``torch.func`` transform wraps ``tensor`` (False under ``torch.compile``, which
     cannot trace the query: fullgraph compiles would break)."""
-    if torch.compiler.is_compiling():
-        return False
-    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+    compiling = torch.compiler.is_compiling()
+    return not compiling and torch._C._functorch.is_functorch_wrapped_tensor(tensor)
 
 
 _TRANSFORMS = {"Grad": "grad / jacrev / vjp", "Jvp": "jacfwd / jvp", "Vmap": "vmap"}
@@ -150,53 +142,20 @@ def _dense(t: torch.Tensor, name: str) -> torch.Tensor:
         problem = "a meta tensor, which holds no data"
     if problem is not None:
         raise TypeError(f"{name} must be a dense (strided) tensor with data, got {problem}")
-    # NOTE: a negative-bit view (x.conj().imag of a complex x) reads negated memory; the Triton
-    # kernel reads raw memory, so the view is materialised (an explicit copy).
+    # NOTE: a negative-bit view (x.conj().imag) reads negated memory, the kernel raw memory.
     if not torch.compiler.is_compiling() and t.is_neg():
         return t.resolve_neg()
     return t
 
 
 def _torch_compatible(array: np.ndarray) -> np.ndarray:
-    """``array`` itself, or a copy where ``torch.from_numpy`` cannot share it."""
-    # NOTE: torch.from_numpy refuses negative strides (a[::-1]) and non-native byte order, and
-    # warns on read-only arrays; such arrays are copied (the caller's array is never written).
+    """``array`` itself, or a copy where ``torch.from_numpy`` cannot share it (negative strides,
+    non-native byte order, read-only: the caller's array is never written)."""
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     if not array.flags.writeable or any(s < 0 for s in array.strides):
         array = np.array(array, copy=True)
     return array
-
-
-def _check_rewards(rewards: torch.Tensor) -> None:
-    if rewards.dtype == torch.bool:
-        raise TypeError(
-            "rewards must be real numbers, got a boolean tensor; convert it explicitly "
-            "(for example rewards.float()) if 0/1 rewards are meant"
-        )
-    if rewards.is_complex() or not (rewards.is_floating_point() or _is_integer(rewards)):
-        raise TypeError(f"rewards must be real numbers, got dtype {rewards.dtype}")
-    if rewards.ndim != 1:
-        raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
-
-
-def _check_embeddings(embeddings: torch.Tensor, n: int | None) -> None:
-    if embeddings.dtype not in EMBEDDING_DTYPES:
-        raise TypeError(
-            "embeddings must be float16, bfloat16, float32 or float64, "
-            f"got dtype {embeddings.dtype}"
-        )
-    if embeddings.ndim != 2:
-        raise ValueError(f"embeddings must be 2-D [N, D], got shape {tuple(embeddings.shape)}")
-    if embeddings.shape[1] == 0:
-        raise ValueError(
-            f"embeddings must have D >= 1 columns, got shape {tuple(embeddings.shape)}"
-        )
-    if n is not None and embeddings.shape[0] != n:
-        raise ValueError(
-            f"embeddings has {embeddings.shape[0]} rows but rewards has {n} entries; "
-            "they must describe the same completions"
-        )
 
 
 def checked_data(
@@ -205,20 +164,37 @@ def checked_data(
     """Rewards and embeddings (either may be None) as checked tensors, and their device."""
     present = {k: v for k, v in (("rewards", rewards), ("embeddings", embeddings)) if v is not None}
     device = _check_kinds(**present)
-    r = e = None
-    n = None
+    r = e = n = None
     if rewards is not None:
         r = _to_tensor(rewards, "rewards")
-        _check_rewards(r)
+        if r.dtype == torch.bool:
+            raise TypeError(
+                "rewards must be real numbers, got a boolean tensor; convert it explicitly "
+                "(for example rewards.float()) if 0/1 rewards are meant"
+            )
+        if r.is_complex() or not (r.is_floating_point() or _is_integer(r)):
+            raise TypeError(f"rewards must be real numbers, got dtype {r.dtype}")
+        if r.ndim != 1:
+            raise ValueError(f"rewards must be 1-D [N], got shape {tuple(r.shape)}")
         n = r.shape[0]
     if embeddings is not None:
         e = _to_tensor(embeddings, "embeddings")
         if e.shape == (0,) and not isinstance(embeddings, (torch.Tensor, np.ndarray)):
             e = e.reshape(0, 1)  # an empty list: N = 0 rows (D is not expressible)
-        _check_embeddings(e, n)
-        # NOTE: DRA factors are constants (docs/semantics.md, "Gradients"): the paper divides
-        # rewards by 1 + SMI to reweight them, the factor is not a loss term, so no gradient
-        # goes through the similarities to the embedder.
+        if e.dtype not in EMBEDDING_DTYPES:
+            raise TypeError(
+                f"embeddings must be float16, bfloat16, float32 or float64, got dtype {e.dtype}"
+            )
+        if e.ndim != 2:
+            raise ValueError(f"embeddings must be 2-D [N, D], got shape {tuple(e.shape)}")
+        if e.shape[1] == 0:
+            raise ValueError(f"embeddings must have D >= 1 columns, got shape {tuple(e.shape)}")
+        if n is not None and e.shape[0] != n:
+            raise ValueError(
+                f"embeddings has {e.shape[0]} rows but rewards has {n} entries; "
+                "they must describe the same completions"
+            )
+        # NOTE: DRA factors are constants (docs/semantics.md, "Gradients").
         if e.requires_grad:
             e = e.detach()
     return r, e, device
@@ -262,11 +238,9 @@ _ID_RULE = (
     "group ids must be integers (any size), strings, bytes or other hashable values equal to "
     "themselves, or tuples of those; floats, booleans and values such as NaN are refused"
 )
-_INT64_MAX = 2**63 - 1
 # Exact types whose values are always valid ids and need no per-element check.
 _PLAIN_ID_TYPES = frozenset({int, str, bytes})
-# Exact integer types that np.array(..., dtype=int64) converts exactly (Python ints that do not
-# fit raise OverflowError; numpy uint64 would wrap, so it is not here).
+# Exact integer types that np.array(..., dtype=int64) converts exactly or refuses (not uint64).
 _INT64_ID_TYPES = frozenset({int, *(np.dtype(c).type for c in "bhilqBHI")}) - {np.uint64}
 
 
@@ -283,11 +257,9 @@ def factorize_group_ids(
     Args:
         group_ids: ``[n]`` ids: an integer torch tensor or numpy array, or a sequence (list,
             tuple, range, numpy object array...) of integers of any size, strings, bytes, tuples
-            of ids or other hashable values equal to themselves (verl passes a numpy object array
-            of uid strings). Floats, complex and other non-integer numbers, booleans,
-            unhashable values and values that do not equal themselves (NaN, NaT) raise
-            TypeError / ValueError naming ``group_ids[i]``; see docs/semantics.md, "Group ids".
-            Only equality matters: codes follow no particular order.
+            of ids or other hashable values equal to themselves. Anything else raises TypeError
+            / ValueError naming ``group_ids[i]`` (docs/semantics.md, "Group ids"). Only equality
+            matters: codes follow no particular order.
         n: expected length.
         device: where the codes go.
         num_groups: optional hint for integer ids already in ``[0, num_groups)``: they are used as
@@ -305,8 +277,14 @@ def factorize_group_ids(
     ids = id_values(group_ids, n, device)
     if isinstance(ids, list):
         check_hint_kind(num_groups, ids)
-        codes, count = _label_codes(ids)
-        return Groups(torch.tensor(codes, dtype=torch.int64).to(device), count)
+        mapping: dict[Hashable, int] = {}  # codes in order of first appearance
+        try:
+            codes = [mapping.setdefault(g, len(mapping)) for g in ids]
+        except Exception as exc:  # a user-defined __eq__ or __hash__ that raises on some pair
+            raise TypeError(
+                f"group_ids could not be compared with each other ({type(exc).__name__}: {exc})"
+            ) from None
+        return Groups(torch.tensor(codes, dtype=torch.int64).to(device), len(mapping))
     if num_groups is not None:
         return hinted_codes(ids, num_groups, check_range)
     if ids.shape[0] == 0:
@@ -320,7 +298,19 @@ def id_values(group_ids: Any, n: int | None, device: torch.device) -> torch.Tens
     on ``device`` (a tensor given, or host ids that are all integers fitting int64), or the list
     of ids (labels, larger integers)."""
     if isinstance(group_ids, torch.Tensor):
-        ids = _check_id_tensor(group_ids, device)
+        problem = _tensor_kind_problem(group_ids)
+        if problem is not None:
+            raise TypeError(f"group_ids must be a dense (strided) tensor, got {problem}")
+        if group_ids.ndim != 1:
+            raise ValueError(f"group_ids must be 1-D [N], got shape {tuple(group_ids.shape)}")
+        if not _is_integer(group_ids):
+            raise TypeError(
+                f"group_ids as a tensor must have an integer dtype, got {group_ids.dtype}; "
+                "floating or boolean ids are almost always a mistake"
+            )
+        if not _same_device(group_ids.device, device):
+            raise ValueError(f"group_ids is on {group_ids.device} but the data is on {device}")
+        ids = _dense(group_ids, "group_ids")
     else:
         ids = _host_ids(group_ids)
         if not isinstance(ids, list):
@@ -330,23 +320,6 @@ def id_values(group_ids: Any, n: int | None, device: torch.device) -> torch.Tens
             f"group_ids has {len(ids)} entries but rewards has {n}; one id per completion"
         )
     return ids
-
-
-def _check_id_tensor(ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``ids`` checked as a tensor of group ids on ``device`` (its negative bit resolved)."""
-    problem = _tensor_kind_problem(ids)
-    if problem is not None:
-        raise TypeError(f"group_ids must be a dense (strided) tensor, got {problem}")
-    if ids.ndim != 1:
-        raise ValueError(f"group_ids must be 1-D [N], got shape {tuple(ids.shape)}")
-    if not _is_integer(ids):
-        raise TypeError(
-            f"group_ids as a tensor must have an integer dtype, got {ids.dtype}; "
-            "floating or boolean ids are almost always a mistake"
-        )
-    if not _same_device(ids.device, device):
-        raise ValueError(f"group_ids is on {ids.device} but the data is on {device}")
-    return _dense(ids, "group_ids")
 
 
 def check_hint_kind(num_groups: Any, labels: list) -> None:
@@ -375,35 +348,27 @@ def _host_ids(group_ids: Any) -> np.ndarray | list:
         )
     if isinstance(group_ids, list):
         return _list_ids(group_ids)
-    if not isinstance(group_ids, (tuple, range)) and hasattr(group_ids, "__array__"):
-        try:  # pandas Series and other array-likes
-            array = np.asarray(group_ids)
-        except Exception as exc:
-            raise TypeError(
-                f"group_ids: could not read a {type(group_ids).__name__} as an array "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
-        return _array_ids(array)
+    # NOTE: pandas Series and other array-likes are read as arrays, other sequences iterated.
+    array_like = not isinstance(group_ids, (tuple, range)) and hasattr(group_ids, "__array__")
     try:
-        labels = list(group_ids)
+        values = np.asarray(group_ids) if array_like else list(group_ids)
     except Exception as exc:
+        action = "read a {} as an array" if array_like else "iterate a {}"
         raise TypeError(
-            f"group_ids: could not iterate a {type(group_ids).__name__} "
+            f"group_ids: could not {action.format(type(group_ids).__name__)} "
             f"({type(exc).__name__}: {exc})"
         ) from None
-    return _list_ids(labels)
+    return _array_ids(values) if array_like else _list_ids(values)
 
 
 def _array_ids(array: np.ndarray) -> np.ndarray | list:
     if array.ndim != 1:
         raise ValueError(f"group_ids must be 1-D [N], got shape {array.shape}")
     kind = array.dtype.kind
-    if kind == "i" or (kind == "u" and array.dtype.itemsize < 8):
-        return array.astype(np.int64, copy=False)
-    if kind == "u":  # uint64: exact int64 when it fits, else Python ints
-        if array.size and int(array.max()) > _INT64_MAX:
+    if kind in "iu":  # uint64: exact int64 when it fits, else Python ints
+        if kind == "u" and array.itemsize == 8 and array.size and int(array.max()) > 2**63 - 1:
             return array.tolist()
-        return array.astype(np.int64)
+        return array.astype(np.int64, copy=False)
     if kind in "US":
         return array.tolist()  # Python str / bytes: always valid
     if kind == "O":
@@ -431,9 +396,7 @@ def _list_ids(labels: list) -> np.ndarray | list:
             return labels  # integers beyond int64: factorised exactly, as Python ints
     if types == {tuple} and set(map(type, chain.from_iterable(labels))) <= _PLAIN_ID_TYPES:
         return labels  # tuples of strings and ints (("prompt", 3)): valid, without a Python loop
-    if not types <= _PLAIN_ID_TYPES:
-        # NOTE: only values of other types are checked one by one, so a list of strings costs
-        # one pass of type() over it.
+    if not types <= _PLAIN_ID_TYPES:  # values of other types are checked one by one
         for i, value in enumerate(labels):
             if type(value) not in _PLAIN_ID_TYPES:
                 try:
@@ -467,7 +430,7 @@ def _id_kind(cls: type) -> str:
 def _id_problem(value: Any) -> tuple[type[Exception], str] | None:
     """Why ``value`` is not a valid group id, as ``(exception type, description)``, or None."""
     kind = _id_kind(type(value))
-    if kind == "valid":
+    if kind == "valid" or (kind == "time" and value == value):
         return None
     if kind == "container":
         for item in value:
@@ -479,8 +442,6 @@ def _id_problem(value: Any) -> tuple[type[Exception], str] | None:
     if kind == "bool":
         return TypeError, f"a bool ({value!r}), which would share a group with {int(value)}"
     if kind == "time":
-        if value == value:
-            return None
         return ValueError, f"a {type(value).__name__} (NaT), which never equals itself"
     if kind == "number":
         return TypeError, (
@@ -521,25 +482,11 @@ def _short_repr(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _label_codes(labels: list[Hashable]) -> tuple[list[int], int]:
-    """Dense codes, in order of first appearance, for ids already checked by :func:`_host_ids`."""
-    mapping: dict[Hashable, int] = {}
-    try:
-        codes = [mapping.setdefault(g, len(mapping)) for g in labels]
-    except Exception as exc:  # a user-defined __eq__ or __hash__ that raises on some pair
-        raise TypeError(
-            f"group_ids could not be compared with each other ({type(exc).__name__}: {exc})"
-        ) from None
-    return codes, len(mapping)
-
-
 def _same_device(a: torch.device, b: torch.device) -> bool:
     """``cuda`` and ``cuda:0`` are the same device when 0 is the current one."""
     if a.type == b.type == "cuda" and (a.index is None or b.index is None):
         current = torch.cuda.current_device()
-        return (current if a.index is None else a.index) == (
-            current if b.index is None else b.index
-        )
+        return len({current if d.index is None else d.index for d in (a, b)}) == 1
     return a == b
 
 
@@ -556,8 +503,7 @@ def hinted_codes(ids: torch.Tensor, num_groups: int, check_range: bool = True) -
     codes = ids.to(torch.int64)
     if codes.numel() == 0:
         return Groups(codes, num_groups)
-    # NOTE: reading the range back is free on CPU but a host sync on CUDA, and a graph break
-    # under torch.compile: there the check is an asynchronous device assertion instead.
+    # NOTE: reading the range back would sync CUDA and break torch.compile graphs: assert there.
     if codes.device.type == "cpu" and not torch.compiler.is_compiling():
         check_code_range(codes, num_groups)
     elif check_range:
@@ -570,8 +516,7 @@ def hinted_codes(ids: torch.Tensor, num_groups: int, check_range: bool = True) -
 
 def compact(groups: Groups) -> Groups:
     """``groups`` renumbered to the groups that occur when the hint names more groups than there
-    are rows (memory then follows the rows, not the hint; one host synchronisation on CUDA);
-    ``groups`` itself otherwise."""
+    are rows (memory follows the rows; one host sync on CUDA), else ``groups`` itself."""
     if groups.num_groups <= max(groups.codes.numel(), 1):
         return groups
     present, codes = torch.unique(groups.codes, return_inverse=True)
@@ -580,9 +525,8 @@ def compact(groups: Groups) -> Groups:
 
 def check_code_range(codes: torch.Tensor, num_groups: int) -> None:
     """Raises ValueError unless every code of a CPU tensor lies in ``[0, num_groups)``."""
-    if codes.numel() == 0:
-        return
-    check_code_bounds(*(int(v) for v in torch.aminmax(codes)), num_groups)
+    if codes.numel():
+        check_code_bounds(*(int(v) for v in torch.aminmax(codes)), num_groups)
 
 
 def check_code_bounds(low: int, high: int, num_groups: int) -> None:
@@ -607,16 +551,12 @@ def check_backend(backend: Any) -> str:
 def resolve_backend(backend: str, device: torch.device, dim: int | None = None) -> str:
     """``"torch"`` or ``"triton"`` for ``[N, dim]`` embeddings on ``device``; raises for an
     impossible explicit request (``"auto"`` falls back to ``"torch"`` instead)."""
-    if check_backend(backend) == "torch":
+    if check_backend(backend) == "torch" or (backend == "auto" and device.type != "cuda"):
         return "torch"
-    if backend == "triton":
-        reason = _triton.unavailable_reason(device, dim)
-        if reason is not None:
-            raise RuntimeError(f"backend='triton' cannot run here: {reason}")
-        return "triton"
-    if device.type == "cuda" and _triton.unavailable_reason(device, dim) is None:
-        return "triton"
-    return "torch"
+    reason = _triton.unavailable_reason(device, dim)
+    if reason is not None and backend == "triton":
+        raise RuntimeError(f"backend='triton' cannot run here: {reason}")
+    return "torch" if reason is not None else "triton"
 
 
 def check_number(name: str, value: Any) -> float:
@@ -631,14 +571,8 @@ def check_number(name: str, value: Any) -> float:
 
 def _check_scalar(name: str, value: Any, *, positive: bool, at_most: float | None = None) -> float:
     """``value`` as a float, checked against the bounds."""
-    if (
-        type(value) is float
-        and (value > 0.0 if positive else value >= 0.0)
-        and value < math.inf
-        and (at_most is None or value <= at_most)
-    ):
-        return value  # the common case, without the checks below (called on every call)
-    value = check_number(name, value)
+    if type(value) is not float:
+        value = check_number(name, value)
     too_small = value <= 0 if positive else value < 0
     if not math.isfinite(value) or too_small or (at_most is not None and value > at_most):
         kind = "a finite number > 0" if positive else "a finite number >= 0"
