@@ -1,10 +1,5 @@
-"""Launching this package's kernels through Triton's public interface.
-
-NOTE: a launch path that called compiled kernels' handles directly (a private Triton entry point)
-was removed: it was never timed on a GPU, and the issue that asked for it keeps it only if a GPU
-run shows it saves at least 10 us a call (docs/performance.md, "Kernel configuration"). The H200
-measured 19.6 us of wall-clock time for a bare Triton launch of a 3-argument kernel.
-"""
+"""Launching this package's kernels through Triton's public interface (docs/performance.md,
+"Kernel configuration", has the launch overhead an H200 measured)."""
 
 from __future__ import annotations
 
