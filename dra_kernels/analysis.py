@@ -1,13 +1,8 @@
 """The diversity-quality analysis of the DRA paper: do rewards see reasoning diversity at all?
 
-Per prompt, Spearman's rank correlation over the pairs of its completions between the absolute
-reward difference ``|r_i - r_j|`` and the embedding distance ``1 - cos(e_i, e_j)``. The paper found
-it not significant (p > 0.05) for more than 80% of prompts: scalar rewards ignore how different
-the reasoning is, which is what DRA corrects. Prompts whose pairs give a constant sequence (equal
-rewards, identical embeddings) or with fewer than 3 completions cannot be tested; they are counted
-apart and left out of the share (docs/cli.md, "analyze").
-
-Needs scipy and, for the plot, matplotlib: the ``cli`` extra, ``pip install -e ".[cli]"``.
+Per prompt, Spearman's rank correlation between pairwise reward differences and embedding
+distances; prompts that cannot be tested are counted apart (docs/cli.md, "analyze"). Needs scipy
+and, for the plot, matplotlib: the ``cli`` extra, ``pip install -e ".[cli]"``.
 """
 
 from __future__ import annotations
@@ -100,8 +95,7 @@ class DiversityReport:
             head = (
                 f"{self.not_significant} of {counted(tested, 'prompt')} "
                 f"({self.share_not_significant:.0%}) {show} no significant rank correlation "
-                "between reward differences and embedding "
-                f"distances (Spearman p > {self.alpha:g})."
+                f"between reward differences and embedding distances (Spearman p > {self.alpha:g})."
             )
         else:
             head = "No prompt could be tested."
@@ -198,11 +192,9 @@ def diversity_quality(
     for key, rows in members.items():
         size = len(rows)
         rho = p_value = math.nan
-        if size < _MIN_GROUP:
-            reason: str | None = "fewer than 3 completions"
-        else:
+        reason = "fewer than 3 completions" if size < _MIN_GROUP else None
+        if reason is None:
             diff, dist = pairwise_terms(r[rows], e[rows])
-            reason = None
             if np.ptp(diff) == 0:
                 reason = "equal rewards"
             elif np.ptp(dist) == 0:

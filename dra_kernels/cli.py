@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import textwrap
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -167,12 +168,14 @@ def _option_type(kind: type, what: str, ok: Callable[[Any], bool]) -> Any:
     return parse
 
 
+_COUNT = _option_type(int, "a positive integer", lambda n: n >= 1)
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
-def _add_embed_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("embedding")
+def _add_embed_options(group: Any) -> None:
     group.add_argument(
         "--model",
         metavar="NAME_OR_DIR",
@@ -185,11 +188,7 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
         choices=("float32", "float16", "bfloat16"),
         help="model weights dtype (default: float32)",
     )
-    count = functools.partial(
-        group.add_argument,
-        type=_option_type(int, "a positive integer", lambda n: n >= 1),
-        metavar="N",
-    )
+    count = functools.partial(group.add_argument, type=_COUNT, metavar="N")
     count("--batch-size", default=32, help="windows per forward pass (default: 32)")
     group.add_argument(
         "--long-text",
@@ -229,8 +228,7 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_adjust_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("DRA")
+def _add_adjust_options(group: Any) -> None:
     group.add_argument(
         "--scale",
         choices=("std", "none"),
@@ -251,19 +249,16 @@ def _add_adjust_options(parser: argparse.ArgumentParser) -> None:
         metavar="X",
         help="lower clamp of 1 + SMI (default: 0.1)",
     )
-    group.add_argument(
-        "--backend",
-        choices=("auto", "torch", "triton"),
-        default="auto",
-        help="DRA implementation (default: auto)",
-    )
-    group.add_argument(
-        "--measure",
-        choices=("graph_cut", "facility_location", "log_det"),
-        default="graph_cut",
-        help="the SMI: graph_cut (the paper's sum of cosines), facility_location or log_det "
-        "(docs/measures.md; default: graph_cut)",
-    )
+    for flag, choices, what in (  # the default is the first choice
+        ("--backend", ("auto", "torch", "triton"), "DRA implementation (default: auto)"),
+        (
+            "--measure",
+            ("graph_cut", "facility_location", "log_det"),
+            "the SMI: graph_cut (the paper's sum of cosines), facility_location or log_det "
+            "(docs/measures.md; default: graph_cut)",
+        ),
+    ):
+        group.add_argument(flag, choices=choices, default=choices[0], help=what)
     for flag, what in (
         ("--eta", "facility_location / log_det: query magnification"),
         ("--lam", "log_det: ridge added to the similarity matrix"),
@@ -271,8 +266,7 @@ def _add_adjust_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, type=float, default=1.0, help=f"{what} (default: 1.0)")
 
 
-def _add_analyze_options(parser: argparse.ArgumentParser, *, files: bool) -> None:
-    group = parser.add_argument_group("analysis")
+def _add_analyze_options(group: Any, *, files: bool) -> None:
     group.add_argument(
         "--alpha",
         type=_option_type(float, "a level in (0, 1)", lambda x: 0 < x < 1),
@@ -356,10 +350,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT",
         help="output file (.jsonl or .csv; written atomically)",
     )
-    _add_adjust_options(adjust)
-    _add_embed_options(adjust)
-    _add_analyze_options(analyze, files=True)
-    _add_embed_options(analyze)
     demo.add_argument(
         "-o",
         "--output-dir",
@@ -367,9 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the outputs, created if missing (default: a new folder "
         "dra-demo-XXXX in the system's temporary directory)",
     )
-    _add_adjust_options(demo)
-    _add_analyze_options(demo, files=False)
-    _add_embed_options(demo)
+    for command in (adjust, demo):
+        _add_adjust_options(command.add_argument_group("DRA"))
+    for command in (analyze, demo):
+        _add_analyze_options(command.add_argument_group("analysis"), files=command is analyze)
+    for command in (adjust, analyze, demo):
+        _add_embed_options(command.add_argument_group("embedding"))
     return parser
 
 
@@ -510,29 +503,26 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
     try:
         embedder = Embedder(**dataclasses.asdict(args.dra_step.embedder), progress=progress)
     except WindowError as exc:
-        # NOTE: the limits readable from the model's files were checked with the options; the
-        # special tokens per window are known only once its tokenizer has loaded.
+        # NOTE: the special tokens per window are known only once the tokenizer has loaded
         raise _UsageError(f"{spelled(exc, _flag)} (found when the model loaded)") from None
     embedder.progress = False  # NOTE: one bar over the whole file below, not one per chunk
     bar = progress_bar(len(index), progress)
     out = np.empty((0, 0), dtype=np.float32)
-    totals = dict.fromkeys((f.name for f in dataclasses.fields(EmbedStats)), 0)
+    totals = np.zeros(len(dataclasses.fields(EmbedStats)), dtype=np.int64)
     try:
         for first, texts in index.completions():
-            with warnings.catch_warnings():
-                # NOTE: the summary line below says the same, in the command's own words.
+            with warnings.catch_warnings():  # NOTE: the summary line below says the same
                 warnings.simplefilter("ignore", TruncationWarning)
                 vectors = embedder.encode(texts).numpy()
             if first == 0:
                 out = np.empty((len(index), vectors.shape[1]), dtype=np.float32)
             out[first : first + len(texts)] = vectors
             if embedder.last_stats is not None:
-                for name in totals:
-                    totals[name] += getattr(embedder.last_stats, name)
+                totals += dataclasses.astuple(embedder.last_stats)
             bar.update(len(texts))
     finally:
         bar.close()
-    stats = EmbedStats(**totals)
+    stats = EmbedStats(*totals.tolist())
     line = (
         f"embedded {counted(stats.texts, 'completion')} ({counted(stats.tokens, 'token', spec=',')}"
         f", {counted(stats.windows, 'window', spec=',')} of up to "
@@ -754,19 +744,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from dra_kernels.analysis import plot_p_values
     from dra_kernels.data import sample_path
 
-    out_dir = None if args.output_dir is None else Path(args.output_dir)
-    if out_dir is not None and out_dir.exists():
-        if not out_dir.is_dir():
-            raise RolloutError(out_dir, "cannot write the demo outputs here: it is a file")
-        for name in _DEMO_FILES:
-            _check_output(out_dir / name, what="demo output")
+    # NOTE: by default never inside the current directory, which may be a clone
+    out_dir = Path(
+        tempfile.mkdtemp(prefix="dra-demo-") if args.output_dir is None else args.output_dir
+    )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RolloutError(out_dir, "cannot write the demo outputs here: it is a file")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in _DEMO_FILES:
+        _check_output(out_dir / name, what="demo output")
     source = sample_path()
     index = _checked_rewards(scan_rollouts(source), args.min_denominator)
-    if out_dir is None:  # NOTE: never inside the current directory, which may be a clone
-        import tempfile
-
-        out_dir = Path(tempfile.mkdtemp(prefix="dra-demo-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
     _say_wrapped(
         f"sample: {source} (hand-written: {counted(index.num_groups, 'math problem')}, "
         f"{counted(len(index), 'completion')}; reward 1 when the \\boxed{{}} answer is right, "
@@ -810,6 +798,9 @@ def _output_format(path: str, input_format: str | None) -> str | None:
     raise _UsageError(f"cannot tell the output format of {path!r}: use a .jsonl or .csv name")
 
 
+_BAD_INPUT = (RolloutError, ValueError, TypeError, OSError, ImportError, RuntimeError, MemoryError)
+"""Exit 1. RuntimeError: what torch raises while loading or running the model (a CUDA device that
+fails to start, out of memory on the device)."""
 _COMMANDS = {"adjust": _cmd_adjust, "analyze": _cmd_analyze, "demo": _cmd_demo, "bench": _cmd_bench}
 
 
@@ -819,10 +810,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Every failure is reported in one ``dra-kernels <command>: error: ...`` line on stderr, never a
     traceback; a usage error adds ``run 'dra-kernels <command> --help' for usage``.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args, extra = parser.parse_known_args(argv)
+        args, extra = parser.parse_known_args(argv)  # None: sys.argv[1:]
         if extra and args.command != "bench":
             commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
             commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
@@ -838,13 +828,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         print(_usage_error_text(f"{PROG} {args.command}", str(exc)), end="", file=sys.stderr)
         return 2
-    except (RolloutError, ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
-        # NOTE: RuntimeError covers what torch raises while loading or running the model (a CUDA
-        # device that fails to start, out of memory on the device).
+    except _BAD_INPUT as exc:
         print(f"{PROG} {args.command}: error: {_describe(exc)}", file=sys.stderr)
-        return 1
-    except MemoryError:
-        print(f"{PROG} {args.command}: error: out of memory", file=sys.stderr)
         return 1
     except _Terminated as exc:
         print(f"{PROG}: terminated ({signal.Signals(exc.signum).name})", file=sys.stderr)
@@ -894,7 +879,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    text = "out of memory" if isinstance(exc, MemoryError) else str(exc) or type(exc).__name__
     return textwrap.shorten(text, width=2000, placeholder=" ...")
 
 

@@ -148,21 +148,13 @@ def config_from_env() -> DRAConfig | None:
             + ", ".join(PREFIX + key for key in ("enable", "embedder", *OPTIONS, *STEP_VARIABLES))
         )
     for name, variable in STEP_VARIABLES.items():
-        options[name] = _read_variable(variable)
+        text = os.environ.get(variable, "").strip()
+        try:  # unset or empty: None; text that is no number is refused by the step, named
+            options[name] = float(text) if text else None
+        except ValueError:
+            options[name] = text
     step, device, placement = read_step(options, spec=spec or None, spell=_spell, prefix=PREFIX)
     return DRAConfig(step=step, embedder_factory=factory, device=device, placement=placement)
-
-
-def _read_variable(name: str) -> Any:
-    """The value in variable ``name``: ``None`` when unset or empty, a float when the text reads
-    as one, else the text itself (refused, if it must be a number, by the step, which names it)."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        return raw
 
 
 def _decode_responses(experiences: Sequence[Any], tokenizer: Any, skip_special: bool) -> list[str]:
@@ -281,18 +273,16 @@ def _raw_reward_metrics(
         for e, r in zip(experiences, raw, strict=True)
     ]
     sys.modules[TARGET_MODULE].apply_length_penalties(copies, args)
-    for experience, copy in zip(experiences, copies, strict=True):
-        if "reward" in experience.info:
-            experience.info["reward"] = copy.rewards
-    # NOTE: as OpenRLHF computes it (compute_advantages_and_returns), from the raw rewards.
+    # NOTE: the std as OpenRLHF computes it (compute_advantages_and_returns), of the raw rewards.
     rewards = torch.cat([c.rewards for c in copies])
     positions = torch.tensor([i for e in experiences for i in e.index], device=rewards.device)
     in_order = torch.empty_like(rewards).index_copy_(0, positions, rewards)
     std = in_order.reshape(-1, n_samples).std(-1).repeat_interleave(n_samples)[positions]
     stds = std.split([len(e.index) for e in experiences])
-    for experience, group_std in zip(experiences, stds, strict=True):
-        if "group_reward_std" in experience.info:
-            experience.info["group_reward_std"] = group_std
+    for experience, copy, group_std in zip(experiences, copies, stds, strict=True):
+        for name, value in (("reward", copy.rewards), ("group_reward_std", group_std)):
+            if name in experience.info:
+                experience.info[name] = value
 
 
 _state: dict[str, Any] = {"config": None, "warned_single": False}

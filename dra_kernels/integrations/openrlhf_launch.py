@@ -1,13 +1,8 @@
-"""Run ``openrlhf.cli.train_ppo_ray`` with DRA available in its Ray workers.
-
-Usage: ``python -m dra_kernels.integrations.openrlhf_launch --dra.enable [--dra.<option> VALUE
-...] <train_ppo_ray flags>`` (the flags: :data:`FLAGS`; OpenRLHF's pass through unchanged).
-
-In the driver, before running ``train_ppo_ray`` as ``__main__``, it turns the ``--dra.*`` flags
-into the ``DRA_KERNELS_OPENRLHF*`` variables (:func:`parse_dra_args`), checks them
-(:func:`dra_kernels.integrations.openrlhf.config_from_env`: a bad flag exits before Ray starts) and
-wraps ``ray.init`` so that every Ray worker gets them and runs the setup hook
-(:func:`add_dra_runtime_env`). See docs/integrations/openrlhf.md.
+"""Run ``openrlhf.cli.train_ppo_ray`` with DRA available in its Ray workers:
+``python -m dra_kernels.integrations.openrlhf_launch --dra.enable [--dra.<option> VALUE ...]
+<train_ppo_ray flags>``. The ``--dra.*`` flags (:data:`FLAGS`) become the checked
+``DRA_KERNELS_OPENRLHF*`` variables before Ray starts, and ``ray.init`` is wrapped so that every
+worker gets them and the setup hook. See docs/integrations/openrlhf.md.
 """
 
 from __future__ import annotations
@@ -75,13 +70,11 @@ def _typed(name: str, text: str) -> Any:
     if annotation == "bool":
         flag = read_flag(text)
         return text if flag is None else flag
-    for kind in (int, float):
-        if kind.__name__ in annotation:
-            try:
-                return kind(text)
-            except ValueError:
-                return text
-    return text
+    kind = next((k for k in (int, float) if k.__name__ in annotation), str)
+    try:
+        return kind(text)
+    except ValueError:
+        return text
 
 
 def parse_dra_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -110,25 +103,21 @@ def parse_dra_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     env: dict[str, str] = {}
     options: dict[str, Any] = {}
     rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
+    pending = argv[::-1]  # the next argument last
+    while pending:
+        arg = pending.pop()
         flag, sep, value = arg.partition("=")
         name = flag[len(PREFIX) :]
         if arg == f"{PREFIX}enable":
             env[ENV_ENABLE] = "1"
         elif flag in _VALUE_FLAGS or (flag.startswith(PREFIX) and name in OPTIONS):
             if not sep:
-                following = argv[i + 1] if i + 1 < len(argv) else None
-                if _TYPES.get(name) == "bool" and (
-                    following is None or read_flag(following) is None
-                ):
+                if _TYPES.get(name) == "bool" and read_flag(pending[-1] if pending else "") is None:
                     value = "true"
-                elif following is None:
+                elif not pending:
                     raise SystemExit(f"{flag} needs a value")
                 else:
-                    i += 1
-                    value = following
+                    value = pending.pop()
             if flag in _VALUE_FLAGS:
                 env[_VALUE_FLAGS[flag]] = value
             else:
@@ -137,7 +126,6 @@ def parse_dra_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             raise SystemExit(f"unknown option {flag}; valid: {', '.join(FLAGS)}")
         else:
             rest.append(arg)
-        i += 1
     if options:
         env[ENV_OPTIONS] = json.dumps(options)
     return env, rest
