@@ -230,30 +230,24 @@ class DRARewardsMixin:
         # NOTE: with logits_to_keep the forward makes one logit, not one per token
         accepts = "logits_to_keep" in inspect.signature(base.forward).parameters
         keep = {"logits_to_keep": 1} if accepts else {}
+
+        def padded(rows: list[Any], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+            ids = [torch.as_tensor(row, dtype=torch.long) for row in rows]
+            return pad(ids, pad_id, side), pad([torch.ones_like(i) for i in ids], 0, side)
+
         was_training = model.training
         rows = []
         model.eval()  # NOTE: no dropout; restored below, TRL reads the mode from model.training
         try:
             with torch.no_grad(), profiling_context(self, "dra_policy_forward"):
                 for start in range(0, len(prompt_ids), batch_size):
-                    prompts = [
-                        torch.as_tensor(ids, dtype=torch.long)
-                        for ids in prompt_ids[start : start + batch_size]
-                    ]
-                    completions = [
-                        torch.as_tensor(ids, dtype=torch.long)
-                        for ids in completion_ids_list[start : start + batch_size]
-                    ]
+                    end = start + batch_size
                     # TRL's own layout: prompts padded on the left, completions on the right.
-                    ids = torch.cat(
-                        [pad(prompts, pad_id, "left"), pad(completions, pad_id, "right")], dim=1
-                    ).to(device)
-                    prompt_mask = pad([torch.ones_like(p) for p in prompts], 0, "left")
-                    completion_mask = pad([torch.ones_like(c) for c in completions], 0, "right")
+                    prompts, prompt_mask = padded(prompt_ids[start:end], "left")
+                    completions, completion_mask = padded(completion_ids_list[start:end], "right")
+                    ids = torch.cat([prompts, completions], dim=1).to(device)
                     attention = torch.cat([prompt_mask, completion_mask], dim=1).to(device)
-                    response = torch.cat(
-                        [torch.zeros_like(prompt_mask), completion_mask], dim=1
-                    ).to(device)
+                    response = torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1)
                     with self.accelerator.autocast():
                         out = model(
                             input_ids=ids,
@@ -262,7 +256,7 @@ class DRARewardsMixin:
                             use_cache=False,
                             **keep,
                         )
-                    rows.append(pool_hidden_states(out.hidden_states[-1], response))
+                    rows.append(pool_hidden_states(out.hidden_states[-1], response.to(device)))
                     del out
         finally:
             model.train(was_training)
