@@ -1,18 +1,8 @@
 """One DRA step, the same for every front end: options checked once, one SMI pass, the metrics.
 
-TRL, verl, OpenRLHF and the ``dra-kernels`` command are adapters over :class:`DRAStep`: each maps
-its own keys onto the step's options (:meth:`DRAStep.from_options`, errors naming the option as
-that front end spells it), builds the step at start-up, before any model loads, and calls it once
-per batch::
-
-    step = DRAStep.from_options({"min_denominator": 0.5, "long_text": "head"}, spell="dra.{}")
-    result = step(rewards, group_ids, texts=completions)  # or embeddings=...
-    result.adjusted, result.smi, result.metrics
-
-A call computes the SMI once (through the core's dispatch in one process, so the Triton kernel
-runs for CUDA tensors with ``backend="auto"``; through :mod:`dra_kernels.distributed` across the
-ranks of a ``torch.distributed`` group), divides the rewards by ``max(1 + SMI, min_denominator)``,
-optionally takes group advantages, and reports :data:`METRICS`.
+TRL, verl, OpenRLHF, ms-swift and the ``dra-kernels`` command are adapters over :class:`DRAStep`
+(built by :meth:`DRAStep.from_options`, called once per batch). See docs/api.md ("One DRA step
+for every front end": where the SMI runs, the metrics).
 """
 
 from __future__ import annotations
@@ -63,8 +53,7 @@ METRICS = (
     "dra/texts_cut",
 )
 """What every front end logs for a step (the last two only for an embedder that counts what it
-reads). ``dra/flat_groups_share`` is the share of groups whose raw rewards are all equal: GRPO
-gives them zero advantage, DRA under ``scale="std"`` full-size advantages from the embeddings."""
+reads); their meaning is tabled in docs/api.md."""
 
 _SHARE, _CUT = "dra/tokens_read_share", "dra/texts_cut"
 

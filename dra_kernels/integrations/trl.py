@@ -1,13 +1,6 @@
-"""DRA for Hugging Face TRL's ``GRPOTrainer`` (supported: ``trl>=1.16,<1.17``). See
-docs/integrations/trl.md (the options, the embedders, several reward functions, the metrics).
-
-Reward functions see only their process's slice of the batch, so the override is
-``GRPOTrainer._calculate_rewards``, which returns the gathered ``[global batch, reward functions]``
-matrix: each process embeds its own completions (text, or the policy's last hidden states with
-``embedder="policy"``), one DRA step runs over TRL's groups (:mod:`~.gathered`), and every reward
-column is divided by ``max(1 + SMI, min_denominator)`` (with ``normalize_then_sum``, each
-objective is adjusted). TRL's own reward metrics are then recomputed from the raw rewards. The
-policy embedder needs the prompt ids, which :meth:`DRARewardsMixin._generate` records.
+"""DRA for Hugging Face TRL's ``GRPOTrainer`` (supported: ``trl>=1.16,<1.17``): the override is
+``GRPOTrainer._calculate_rewards``, where the gathered reward matrix exists. See
+docs/integrations/trl.md (what happens at each batch, the options, the embedders, the metrics).
 """
 
 from __future__ import annotations
