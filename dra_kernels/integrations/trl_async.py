@@ -214,11 +214,9 @@ class DRAAsyncGRPOTrainer(AsyncGRPOTrainer):
     with ``encode``, or a class of either, built there) is pickled to that process: a module-level
     function or class, not a lambda or a closure.
 
-    Example (the DRA paper's embedder)::
+    Example (your own embedder: a module-level function, pickled to the worker's process)::
 
-        DRAAsyncGRPOTrainer(
-            ..., dra_model="jinaai/jina-embeddings-v2-small-en", dra_trust_remote_code=True
-        )
+        DRAAsyncGRPOTrainer(..., embedder=my_package.embed_texts)
     """
 
     def __init__(self, *args: Any, embedder: Any = None, **kwargs: Any) -> None:
