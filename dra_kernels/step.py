@@ -1,22 +1,13 @@
 """One DRA step, the same for every front end: options checked once, one SMI pass, the metrics.
 
-TRL, verl, OpenRLHF and the ``dra-kernels`` command are adapters over :class:`DRAStep`: each maps
-its own keys onto the step's options (:meth:`DRAStep.from_options`, errors naming the option as
-that front end spells it), builds the step at start-up, before any model loads, and calls it once
-per batch::
-
-    step = DRAStep.from_options({"min_denominator": 0.5, "long_text": "head"}, spell="dra.{}")
-    result = step(rewards, group_ids, texts=completions)  # or embeddings=...
-    result.adjusted, result.smi, result.metrics
-
-A call computes the SMI once (through the core's dispatch in one process, so the Triton kernel
-runs for CUDA tensors with ``backend="auto"``; through :mod:`dra_kernels.distributed` across the
-ranks of a ``torch.distributed`` group), divides the rewards by ``max(1 + SMI, min_denominator)``,
-optionally takes group advantages, and reports :data:`METRICS`.
+TRL, verl, OpenRLHF, ms-swift and the ``dra-kernels`` command are adapters over :class:`DRAStep`
+(built by :meth:`DRAStep.from_options`, called once per batch). See docs/api.md ("One DRA step
+for every front end": where the SMI runs, the metrics).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -62,8 +53,7 @@ METRICS = (
     "dra/texts_cut",
 )
 """What every front end logs for a step (the last two only for an embedder that counts what it
-reads). ``dra/flat_groups_share`` is the share of groups whose raw rewards are all equal: GRPO
-gives them zero advantage, DRA under ``scale="std"`` full-size advantages from the embeddings."""
+reads); their meaning is tabled in docs/api.md."""
 
 _SHARE, _CUT = "dra/tokens_read_share", "dra/texts_cut"
 
@@ -106,12 +96,12 @@ def spelled(exc: Exception, spell: str | Callable[[str], str]) -> Exception:
     """``exc`` (of the same type) with each option of the step or the embedder that leads its
     message, or stands before ``=``, named as a front end spells it (see
     :meth:`DRAStep.from_options`): for errors raised later, e.g. while the embedder loads."""
-    return _renamed(exc, (*STEP_OPTIONS, *EMBEDDER_OPTIONS), _speller(spell))
+    return _renamed(exc, _speller(spell))
 
 
-def _renamed(exc: Exception, names: tuple[str, ...], spell: Callable[[str], str]) -> Exception:
+def _renamed(exc: Exception, spell: Callable[[str], str]) -> Exception:
     text = str(exc)
-    pattern = "|".join(sorted(names, key=len, reverse=True))
+    pattern = "|".join(sorted((*STEP_OPTIONS, *EMBEDDER_OPTIONS), key=len, reverse=True))
     text = re.sub(rf"^({pattern})\b", lambda m: spell(m.group(1)), text)
     text = re.sub(rf"(?<![\w.-])({pattern})=", lambda m: spell(m.group(1)) + "=", text)
     return type(exc)(text)
@@ -253,7 +243,7 @@ class DRAStep:
                 inputs.resolve_backend(step.backend, torch.device(device))
             return step
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise _renamed(exc, (*STEP_OPTIONS, *EMBEDDER_OPTIONS), speller) from None
+            raise _renamed(exc, speller) from None
 
     def adjust(self, rewards: torch.Tensor, smi: torch.Tensor) -> torch.Tensor:
         """``rewards`` (``[n]`` or ``[n, F]``, one column per reward function) divided by
@@ -332,13 +322,18 @@ class DRAStep:
         """
         if (embeddings is None) == (texts is None):
             raise ValueError("pass either embeddings or texts (the step embeds them)")
+        ranks = dist.is_available() and dist.is_initialized()
+        ranks = ranks and dist.get_world_size(process_group) > 1
+        if ranks and self.scale is not None:
+            raise ValueError(
+                "a DRA step with scale= computes advantages in one process; across ranks "
+                "use dra_kernels.distributed.dra_advantages"
+            )
         coverage = dict(coverage or {})
         if texts is not None:
             embeddings, coverage = self.embed(texts)
         raw = rewards if isinstance(rewards, torch.Tensor) else torch.as_tensor(np.asarray(rewards))
-        embeddings = (
-            embeddings if isinstance(embeddings, torch.Tensor) else torch.as_tensor(embeddings)
-        )
+        embeddings = torch.as_tensor(embeddings)
         if raw.ndim != 1 or raw.shape[0] != embeddings.shape[0]:
             raise ValueError(
                 f"rewards must have one value per row, [{embeddings.shape[0]}], got "
@@ -347,35 +342,23 @@ class DRAStep:
         if raw.dtype == torch.float64 and embeddings.is_floating_point():
             # NOTE: as the core: float64 rewards take the float64 SMI (exact upcast of the rows).
             embeddings = embeddings.to(torch.float64)
-        ranks = dist.is_available() and dist.is_initialized()
-        ranks = ranks and dist.get_world_size(process_group) > 1
-        options = {"measure": self.measure, "eta": self.eta, "lam": self.lam}
+        device = embeddings.device
         if ranks:
             groups = distributed.global_group_codes(
-                group_ids,
-                device=embeddings.device,
-                num_groups=num_groups,
-                process_group=process_group,
+                group_ids, device=device, num_groups=num_groups, process_group=process_group
             )
-            codes, k = groups.codes, groups.num_groups
-            smi = distributed.smi_scores(
-                embeddings, codes, num_groups=k, process_group=process_group, **options
-            )
+            smi_scores = functools.partial(distributed.smi_scores, process_group=process_group)
         else:
-            groups = inputs.factorize_group_ids(
-                group_ids, raw.shape[0], embeddings.device, num_groups
-            )
-            codes, k = groups.codes, groups.num_groups
-            smi = api.smi_scores(embeddings, codes, backend=self.backend, num_groups=k, **options)
+            groups = inputs.factorize_group_ids(group_ids, raw.shape[0], device, num_groups)
+            smi_scores = functools.partial(api.smi_scores, backend=self.backend)
+        codes, k = groups.codes, groups.num_groups
+        smi = smi_scores(
+            embeddings, codes, num_groups=k, measure=self.measure, eta=self.eta, lam=self.lam
+        )
         raw = raw.to(smi.device)
         adjusted = reference.adjust_from_smi(raw, smi, self.min_denominator)
         advantages = None
         if self.scale is not None:
-            if ranks:
-                raise ValueError(
-                    "a DRA step with scale= computes advantages in one process; across ranks "
-                    "use dra_kernels.distributed.dra_advantages"
-                )
             advantages = api.group_advantages(
                 adjusted, codes, scale=self.scale, eps=self.eps, num_groups=k
             )
@@ -413,55 +396,36 @@ def _metrics(
     ranks: bool,
     process_group: Any,
 ) -> dict[str, float]:
-    """:data:`METRICS` over every rank's rows: one sum and one max all-reduce across ranks."""
-    dtype = torch.float64
+    """:data:`METRICS` over every rank's rows, in float64: one sum and one max all-reduce across
+    ranks."""
+    dtype, device = torch.float64, smi.device
     smi, raw, adjusted = smi.to(dtype), raw.to(dtype), adjusted.to(dtype)
     factor = 1.0 / torch.clamp(1.0 + smi, min=min_denominator)
     scored = ~torch.isnan(raw)
-    counts = torch.bincount(codes, minlength=k).to(dtype)[:k]
-    inf = torch.full((k,), -torch.inf, dtype=dtype, device=smi.device)
-    high = inf.scatter_reduce(0, codes[scored], raw[scored], "amax")
-    low = inf.scatter_reduce(0, codes[scored], -raw[scored], "amax")
     known = [float(bool(coverage)), coverage.get(_SHARE, 0.0), coverage.get(_CUT, 0.0)]
-    sums = torch.cat(
-        [
-            counts,
-            torch.stack(
-                [
-                    smi.sum(),
-                    factor.sum(),
-                    torch.where(scored, raw, 0.0).sum(),
-                    torch.where(scored, adjusted, 0.0).sum(),
-                    scored.sum().to(dtype),
-                ]
-            ),
-            torch.tensor(known, dtype=dtype, device=smi.device),
-        ]
-    )
-    empty = torch.tensor(-torch.inf, dtype=dtype, device=smi.device)
-    maxima = torch.cat(
-        [
-            high,
-            low,
-            torch.stack(
-                [
-                    smi.max() if smi.numel() else empty,
-                    (-factor).max() if factor.numel() else empty,
-                ]
-            ),
-        ]
-    )
+    sums = {
+        "counts": torch.bincount(codes, minlength=k).to(dtype)[:k],
+        "smi": smi.sum(),
+        "factor": factor.sum(),
+        "raw": torch.where(scored, raw, 0.0).sum(),
+        "adjusted": torch.where(scored, adjusted, 0.0).sum(),
+        "scored": scored.sum().to(dtype),
+        "known": torch.tensor(known, dtype=dtype, device=device),
+    }
+    none = torch.full((k,), -torch.inf, dtype=dtype, device=device)
+    empty = torch.tensor(-torch.inf, dtype=dtype, device=device)
+    maxima = {
+        "high": none.scatter_reduce(0, codes[scored], raw[scored], "amax"),
+        "low": none.scatter_reduce(0, codes[scored], -raw[scored], "amax"),
+        "smi": smi.max() if smi.numel() else empty,
+        "neg_factor": (-factor).max() if factor.numel() else empty,
+    }
     if ranks:
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=process_group)
-        dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=process_group)
-    counts, (smi_sum, factor_sum, raw_sum, adjusted_sum, scored_rows), known = (
-        sums[:k],
-        sums[k : k + 5].tolist(),
-        sums[k + 5 :].tolist(),
-    )
-    high, low, (smi_max, neg_factor_min) = maxima[:k], -maxima[k : 2 * k], maxima[2 * k :].tolist()
+        sums = _all_reduced(sums, dist.ReduceOp.SUM, process_group)
+        maxima = _all_reduced(maxima, dist.ReduceOp.MAX, process_group)
+    counts, high, low = sums["counts"], maxima["high"], -maxima["low"]
     present = counts > 0
-    rows = float(counts.sum())
+    rows, scored_rows = float(counts.sum()), float(sums["scored"])
     groups = int(present.sum())
     flat = int((present & (high <= low)).sum())  # NOTE: no scored row: -inf <= inf, flat
     incomplete = 0
@@ -473,14 +437,25 @@ def _metrics(
         "dra/groups": float(groups),
         "dra/incomplete_groups": float(incomplete),
         "dra/flat_groups_share": flat / groups if groups else nan,
-        "dra/smi/mean": smi_sum / rows if rows else nan,
-        "dra/smi/max": smi_max if rows else nan,
-        "dra/factor/mean": factor_sum / rows if rows else nan,
-        "dra/factor/min": -neg_factor_min if rows else nan,
-        "dra/reward_before/mean": raw_sum / scored_rows if scored_rows else nan,
-        "dra/reward_after/mean": adjusted_sum / scored_rows if scored_rows else nan,
+        "dra/smi/mean": float(sums["smi"]) / rows if rows else nan,
+        "dra/smi/max": float(maxima["smi"]) if rows else nan,
+        "dra/factor/mean": float(sums["factor"]) / rows if rows else nan,
+        "dra/factor/min": -float(maxima["neg_factor"]) if rows else nan,
+        "dra/reward_before/mean": float(sums["raw"]) / scored_rows if scored_rows else nan,
+        "dra/reward_after/mean": float(sums["adjusted"]) / scored_rows if scored_rows else nan,
     }
-    if known[0]:
-        out[_SHARE] = known[1] / known[0]
-        out[_CUT] = known[2]
+    coverage_rows, share, cut = sums["known"].tolist()
+    if coverage_rows:
+        out[_SHARE] = share / coverage_rows
+        out[_CUT] = cut
     return out
+
+
+def _all_reduced(
+    parts: dict[str, torch.Tensor], op: Any, process_group: Any
+) -> dict[str, torch.Tensor]:
+    """``parts`` reduced by ``op`` across the ranks of ``process_group`` in one all-reduce of
+    their concatenation."""
+    flat = torch.cat([part.reshape(-1) for part in parts.values()])
+    dist.all_reduce(flat, op=op, group=process_group)
+    return dict(zip(parts, flat.split([part.numel() for part in parts.values()]), strict=True))

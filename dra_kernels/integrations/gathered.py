@@ -1,11 +1,7 @@
 """DRA over a GRPO trainer's gathered reward matrix: what the adapters of TRL's ``GRPOTrainer`` and
-of ms-swift's (a subclass of it) share.
-
-Both gather the ``[global batch, reward functions]`` matrix process-major (process ``p`` of ``P``
-holds rows ``p * n`` to ``(p + 1) * n - 1``) and normalise it in contiguous groups of ``G`` rows.
-Each process embeds only its own completions; :func:`smi` runs the DRA step on them (one
-SMI pass, across processes through :mod:`dra_kernels.distributed`) and gathers the SMI of the whole
-batch, by which the adapter divides every reward column. Imports accelerate, never a trainer.
+of ms-swift's (a subclass of it) share. Both gather ``[global batch, reward functions]``
+process-major, in contiguous groups; each process embeds its own completions and :func:`smi`
+gathers the whole batch's SMI (docs/integrations/trl.md). Imports accelerate, never a trainer.
 """
 
 from __future__ import annotations

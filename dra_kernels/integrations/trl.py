@@ -1,13 +1,6 @@
-"""DRA for Hugging Face TRL's ``GRPOTrainer`` (supported: ``trl>=1.16,<1.17``). See
-docs/integrations/trl.md (the options, the embedders, several reward functions, the metrics).
-
-Reward functions see only their process's slice of the batch, so the override is
-``GRPOTrainer._calculate_rewards``, which returns the gathered ``[global batch, reward functions]``
-matrix: each process embeds its own completions (text, or the policy's last hidden states with
-``embedder="policy"``), one DRA step runs over TRL's groups (:mod:`~.gathered`), and every reward
-column is divided by ``max(1 + SMI, min_denominator)`` (with ``normalize_then_sum``, each
-objective is adjusted). TRL's own reward metrics are then recomputed from the raw rewards. The
-policy embedder needs the prompt ids, which :meth:`DRARewardsMixin._generate` records.
+"""DRA for Hugging Face TRL's ``GRPOTrainer`` (supported: ``trl>=1.16,<1.17``): the override is
+``GRPOTrainer._calculate_rewards``, where the gathered reward matrix exists. See
+docs/integrations/trl.md (what happens at each batch, the options, the embedders, the metrics).
 """
 
 from __future__ import annotations
@@ -230,30 +223,24 @@ class DRARewardsMixin:
         # NOTE: with logits_to_keep the forward makes one logit, not one per token
         accepts = "logits_to_keep" in inspect.signature(base.forward).parameters
         keep = {"logits_to_keep": 1} if accepts else {}
+
+        def padded(rows: list[Any], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+            ids = [torch.as_tensor(row, dtype=torch.long) for row in rows]
+            return pad(ids, pad_id, side), pad([torch.ones_like(i) for i in ids], 0, side)
+
         was_training = model.training
         rows = []
         model.eval()  # NOTE: no dropout; restored below, TRL reads the mode from model.training
         try:
             with torch.no_grad(), profiling_context(self, "dra_policy_forward"):
                 for start in range(0, len(prompt_ids), batch_size):
-                    prompts = [
-                        torch.as_tensor(ids, dtype=torch.long)
-                        for ids in prompt_ids[start : start + batch_size]
-                    ]
-                    completions = [
-                        torch.as_tensor(ids, dtype=torch.long)
-                        for ids in completion_ids_list[start : start + batch_size]
-                    ]
+                    end = start + batch_size
                     # TRL's own layout: prompts padded on the left, completions on the right.
-                    ids = torch.cat(
-                        [pad(prompts, pad_id, "left"), pad(completions, pad_id, "right")], dim=1
-                    ).to(device)
-                    prompt_mask = pad([torch.ones_like(p) for p in prompts], 0, "left")
-                    completion_mask = pad([torch.ones_like(c) for c in completions], 0, "right")
+                    prompts, prompt_mask = padded(prompt_ids[start:end], "left")
+                    completions, completion_mask = padded(completion_ids_list[start:end], "right")
+                    ids = torch.cat([prompts, completions], dim=1).to(device)
                     attention = torch.cat([prompt_mask, completion_mask], dim=1).to(device)
-                    response = torch.cat(
-                        [torch.zeros_like(prompt_mask), completion_mask], dim=1
-                    ).to(device)
+                    response = torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1)
                     with self.accelerator.autocast():
                         out = model(
                             input_ids=ids,
@@ -262,7 +249,7 @@ class DRARewardsMixin:
                             use_cache=False,
                             **keep,
                         )
-                    rows.append(pool_hidden_states(out.hidden_states[-1], response))
+                    rows.append(pool_hidden_states(out.hidden_states[-1], response.to(device)))
                     del out
         finally:
             model.train(was_training)

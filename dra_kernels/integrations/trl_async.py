@@ -1,14 +1,7 @@
 """DRA for TRL's experimental ``AsyncGRPOTrainer`` (``trl.experimental.async_grpo``; supported:
-``trl>=1.16,<1.17``). See docs/integrations/trl_async.md.
-
-``AsyncGRPOTrainer`` scores rewards in a rollout worker's child process (CUDA hidden from it):
-its ``_AsyncRolloutLoop._score_group`` scores a prompt's group and computes its advantages. The
-worker builds its loop from its class attribute ``_loop_cls`` with its constructor's keywords, so
-:class:`DRARolloutLoop` runs TRL's scoring, then one DRA step over the group (embedded in the
-worker's process, on its CPU) and replaces each sample's advantage with TRL's advantage of the
-adjusted rewards; :class:`DRARolloutWorker` carries the step (pickled, as its configuration, never
-a loaded model) to that loop; :class:`DRAAsyncGRPOTrainer` swaps TRL's default worker, not yet
-started, for one. The step's metrics reach the trainer through the loop's ``_push_metrics``.
+``trl>=1.16,<1.17``): one DRA step per group in the rollout worker's child process. See
+docs/integrations/trl_async.md (what happens at each group, how the loop, the worker and the
+trainer are wired).
 """
 
 from __future__ import annotations
@@ -221,11 +214,9 @@ class DRAAsyncGRPOTrainer(AsyncGRPOTrainer):
     with ``encode``, or a class of either, built there) is pickled to that process: a module-level
     function or class, not a lambda or a closure.
 
-    Example (the DRA paper's embedder)::
+    Example (your own embedder: a module-level function, pickled to the worker's process)::
 
-        DRAAsyncGRPOTrainer(
-            ..., dra_model="jinaai/jina-embeddings-v2-small-en", dra_trust_remote_code=True
-        )
+        DRAAsyncGRPOTrainer(..., embedder=my_package.embed_texts)
     """
 
     def __init__(self, *args: Any, embedder: Any = None, **kwargs: Any) -> None:

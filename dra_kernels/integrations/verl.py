@@ -250,11 +250,9 @@ def apply_dra(
     scores = (source * valid).sum(dim=1)[index]
     embeddings, coverage = torch.zeros(0, 1), {}
     if index.numel():
-        token_ids = responses[index]
-        token_mask = mask[index]
+        token_ids, token_mask = responses[index].cpu(), mask[index].cpu()
         _check_vocabulary(token_ids[token_mask], tokenizer)
-        pairs = zip(token_ids.cpu(), token_mask.cpu(), strict=True)
-        sequences = [ids[m].tolist() for ids, m in pairs]
+        sequences = [ids[m].tolist() for ids, m in zip(token_ids, token_mask, strict=True)]
         texts = list(tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens))
         embeddings, coverage = step.embed(texts)
     result = step(
@@ -269,12 +267,12 @@ def apply_dra(
     # NOTE: the new last-token value is adjusted - (score minus its last-token part), computed from
     # the source key so that a score held by the last token alone becomes `adjusted` exactly; other
     # keys get the same change relative to the source (keeps token_level_rewards = scores - KL).
-    rest = scores.double() - source[index, last].double()
+    source_last = source[index, last].double()
+    rest = scores.double() - source_last
     for key in write_keys:
-        old = batch[key]
-        new = old.clone()
-        offset = old[index, last].double() - source[index, last].double()
-        new[index, last] = (adjusted - rest + offset).to(old.dtype)
+        new = batch[key].clone()
+        offset = new[index, last].double() - source_last
+        new[index, last] = (adjusted - rest + offset).to(new.dtype)
         batch[key] = new
 
     metrics = result.metrics
@@ -395,8 +393,6 @@ def _compute_advantage_with_dra(
     (and ``raw - KL`` ``token_level_rewards``) are put back for verl's own metrics and dumps."""
     from tensordict import TensorDict
 
-    n = len(batch)
-
     def get(*names: str) -> Any:
         return tq.kv_batch_get(
             keys=batch.keys, partition_id=batch.partition_id, select_fields=names
@@ -434,9 +430,9 @@ def _compute_advantage_with_dra(
 
     def put(name: str, value: torch.Tensor) -> None:
         if not value.is_nested:
-            rows = [value[i, : int(lengths[i])] for i in range(n)]
+            rows = [value[i, : int(lengths[i])] for i in range(len(lengths))]
             value = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
-        fields = TensorDict({name: value}, batch_size=n)
+        fields = TensorDict({name: value}, batch_size=len(lengths))
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
 
     put("rm_scores", adjusted)
