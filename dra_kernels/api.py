@@ -7,6 +7,7 @@ Caller's inputs -> checked tensors and dense int64 codes (:mod:`dra_kernels.inpu
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, NamedTuple
 
 import torch
@@ -345,12 +346,7 @@ def dra_advantages(
     *,
     scale: Scale = "std",
     eps: float = DEFAULT_EPS,
-    backend: Backend = "auto",
-    num_groups: int | None = None,
-    min_denominator: float = DEFAULT_MIN_DENOMINATOR,
-    measure: Measure = "graph_cut",
-    eta: float = measures.DEFAULT_ETA,
-    lam: float = measures.DEFAULT_LAM,
+    **options: Any,
 ) -> Any:
     """:func:`adjust_rewards` then :func:`group_advantages`, fused into one kernel on CUDA.
 
@@ -360,22 +356,36 @@ def dra_advantages(
         group_ids: ``[N]`` group of each completion.
         scale: ``"std"`` (GRPO) or ``"none"`` (DR.GRPO), as in :func:`group_advantages`.
         eps: added to the group standard deviation.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
-        num_groups: optional hint for integer ids in ``[0, num_groups)``.
-        min_denominator: lower clamp of ``1 + SMI``.
-        measure: which SMI (see :func:`smi_scores`; default the paper's graph-cut).
-        eta: query magnification of ``facility_location`` and ``log_det``.
-        lam: ridge of ``log_det``.
+        **options: every keyword of :func:`adjust_rewards` (``backend``, ``num_groups``,
+            ``min_denominator``, ``measure``, ``eta``, ``lam``), with its default: the one
+            definition of those options (``inspect.signature`` and ``help()`` list them all).
 
     Returns:
         ``[N]`` advantages of the DRA-adjusted rewards, of the kind of ``rewards``;
         differentiable in ``rewards``, the DRA factors being constants.
+
+    Raises:
+        TypeError: a keyword :func:`adjust_rewards` does not take.
 
     Example:
         >>> dra_advantages([1.0, 1.0, 0.0], [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [7, 7, 7],
         ...                scale="none")
         [0.16666666..., 0.16666666..., -0.33333333...]
     """
-    return _dispatch("dra_advantages", rewards, embeddings, group_ids, backend=backend,
-                     num_groups=num_groups, min_denominator=min_denominator, scale=scale, eps=eps,
-                     measure=measure, eta=eta, lam=lam)  # fmt: skip
+    unknown = options.keys() - _ADJUST_OPTIONS.keys()
+    if unknown:
+        raise TypeError(f"dra_advantages() got an unexpected keyword argument {min(unknown)!r}")
+    return _dispatch("dra_advantages", rewards, embeddings, group_ids, scale=scale, eps=eps,
+                     **{**_ADJUST_OPTIONS, **options})  # fmt: skip
+
+
+def _with_options_of(fn: Any, base: Any) -> None:
+    """Show ``fn`` (``help()``, :func:`inspect.signature`) with ``base``'s keywords in place of
+    its ``**options``."""
+    shown = inspect.signature(fn, eval_str=True)
+    keywords = list(inspect.signature(base, eval_str=True).parameters.values())[3:]
+    fn.__signature__ = shown.replace(parameters=[*list(shown.parameters.values())[:-1], *keywords])
+
+
+_ADJUST_OPTIONS = dict(adjust_rewards.__kwdefaults__)
+_with_options_of(dra_advantages, adjust_rewards)

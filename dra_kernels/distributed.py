@@ -400,6 +400,13 @@ class _GlobalSum(torch.autograd.Function):
         return grad, None
 
 
+@functools.cache
+def _keyword_defaults(op: str) -> dict[str, Any]:
+    """The keywords of the core function ``op`` and their defaults (its shown signature)."""
+    parameters = inspect.signature(getattr(api, op)).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+
+
 def _run(op: str, data: tuple[Any, ...], pg: Any, options: dict[str, Any]) -> Any:
     """The public function ``op`` for this rank's ``data`` (rewards, embeddings, group ids): the
     core's function in one process; across ranks its checks, the header, the computation."""
@@ -407,10 +414,11 @@ def _run(op: str, data: tuple[Any, ...], pg: Any, options: dict[str, Any]) -> An
     if not _active(pg):
         return core(*data, **options)
     rewards, embeddings, group_ids = (None, *data) if len(data) == 2 else data
-    values = {**core.__kwdefaults__, **options}
+    defaults = _keyword_defaults(op)
+    values = {**defaults, **options}
 
     def check() -> _Local:  # the core's checks, in the core's order
-        if len(values) > len(core.__kwdefaults__):
+        if len(values) > len(defaults):
             core(*data, **options)  # raises Python's own TypeError, before the function's body runs
         scale, md, eps = "unused", 0.0, 0.0
         if op == "dra_advantages":

@@ -240,3 +240,20 @@ def test_reference_never_builds_pairwise_matrices():
     err = (inverse - expected).abs().max().item()
     assert err < 1e-6 * total.norm().item(), err
     assert torch.equal(out[60_000:], dk.adjust_rewards(r[60_000:], e[60_000:], ids[60_000:]))
+
+
+def test_dra_advantages_takes_adjust_rewards_keywords_and_no_other():
+    """One definition of the options: ``dra_advantages`` shows and takes ``adjust_rewards``'s."""
+    import inspect
+
+    shown = inspect.signature(dk.dra_advantages).parameters
+    assert list(shown)[:5] == ["rewards", "embeddings", "group_ids", "scale", "eps"]
+    for name, parameter in list(inspect.signature(dk.adjust_rewards).parameters.items())[3:]:
+        assert shown[name].default == parameter.default, name
+    rewards, embeddings = [1.0, 0.0], [[1.0, 0.0], [1.0, 0.0]]
+    got = dk.dra_advantages(rewards, embeddings, [0, 0], scale="none", min_denominator=0.5)
+    assert got == dk.group_advantages(
+        dk.adjust_rewards(rewards, embeddings, [0, 0], min_denominator=0.5), [0, 0], scale="none"
+    )
+    with pytest.raises(TypeError, match=r"^dra_advantages\(\) got an unexpected keyword .*'lamb'"):
+        dk.dra_advantages(rewards, embeddings, [0, 0], lamb=1.0)
