@@ -7,12 +7,12 @@ Caller's inputs -> checked tensors and dense int64 codes (:mod:`dra_kernels.inpu
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Any, NamedTuple
 
 import torch
 
 from dra_kernels import _triton, inputs, measures, torch_backend
+from dra_kernels._words import keywords_of, show_keywords_of
 from dra_kernels.inputs import (
     EMBEDDING_DTYPES,
     Backend,
@@ -372,20 +372,10 @@ def dra_advantages(
         ...                scale="none")
         [0.16666666..., 0.16666666..., -0.33333333...]
     """
-    unknown = options.keys() - _ADJUST_OPTIONS.keys()
-    if unknown:
-        raise TypeError(f"dra_advantages() got an unexpected keyword argument {min(unknown)!r}")
-    return _dispatch("dra_advantages", rewards, embeddings, group_ids, scale=scale, eps=eps,
-                     **{**_ADJUST_OPTIONS, **options})  # fmt: skip
+    options = keywords_of(adjust_rewards, "dra_advantages", options)
+    return _dispatch(
+        "dra_advantages", rewards, embeddings, group_ids, scale=scale, eps=eps, **options
+    )
 
 
-def _with_options_of(fn: Any, base: Any) -> None:
-    """Show ``fn`` (``help()``, :func:`inspect.signature`) with ``base``'s keywords in place of
-    its ``**options``."""
-    shown = inspect.signature(fn, eval_str=True)
-    keywords = list(inspect.signature(base, eval_str=True).parameters.values())[3:]
-    fn.__signature__ = shown.replace(parameters=[*list(shown.parameters.values())[:-1], *keywords])
-
-
-_ADJUST_OPTIONS = dict(adjust_rewards.__kwdefaults__)
-_with_options_of(dra_advantages, adjust_rewards)
+show_keywords_of(adjust_rewards, dra_advantages)

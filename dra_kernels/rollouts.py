@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
-from dra_kernels._words import counted
+from dra_kernels._words import counted, keywords_of, show_keywords_of
 
 __all__ = [
     "CHUNK_CHARS",
@@ -291,23 +291,24 @@ class RolloutIndex:
 
 
 def scan_rollouts(
-    path: str | os.PathLike[str],
-    *,
-    group_field: str = "prompt",
-    completion_field: str = "completion",
-    reward_field: str = "reward",
-    format: str | None = None,
-    data_path: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str], *, data_path: str | os.PathLike[str] | None = None, **options: Any
 ) -> RolloutIndex:
     """Check every row of a rollout file and keep only what DRA needs (see :class:`RolloutIndex`).
 
-    Takes the arguments of :func:`read_rollouts` and applies the same checks; ``data_path``, when
-    given, is the file to read (e.g. from :func:`readable_again`), ``path`` the name messages use.
+    Takes the keywords of :func:`read_rollouts` (``inspect.signature`` shows them) and applies the
+    same checks; ``data_path``, when given, is the file to read (e.g. from
+    :func:`readable_again`), ``path`` the name messages use.
 
     Raises:
         RolloutError: anything wrong with the file, naming the file, line and field.
+        TypeError: a keyword :func:`read_rollouts` does not take.
     """
-    return _index(path, format, _Fields(group_field, completion_field, reward_field), data_path)
+    o = keywords_of(read_rollouts, "scan_rollouts", options)
+    fields = _Fields(o["group_field"], o["completion_field"], o["reward_field"])
+    return _index(path, o["format"], fields, data_path)
+
+
+show_keywords_of(read_rollouts, scan_rollouts)
 
 
 def _index(

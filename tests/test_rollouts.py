@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -700,3 +701,18 @@ def test_a_writer_killed_hard_leaves_a_temporary_the_next_write_removes(tmp_path
     write_rows(target, GOOD)
     assert _temp_names(tmp_path) == []
     assert read_rollouts(target).rows == GOOD
+
+
+def test_scan_rollouts_takes_read_rollouts_keywords_and_no_other(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    write_rows(path, [{"q": "a", "text": "x", "score": 1.0}, {"q": "a", "text": "y", "score": 0}])
+    shown = inspect.signature(scan_rollouts).parameters
+    for name, parameter in list(inspect.signature(read_rollouts).parameters.items())[1:]:
+        assert shown[name].default == parameter.default, name
+    fields = {"group_field": "q", "completion_field": "text", "reward_field": "score"}
+    index = scan_rollouts(path, **fields)
+    assert list(index.rewards) == read_rollouts(path, **fields).rewards == [1.0, 0.0]
+    with pytest.raises(
+        TypeError, match=r"^scan_rollouts\(\) got an unexpected keyword .*'formats'"
+    ):
+        scan_rollouts(path, formats="jsonl")
