@@ -496,12 +496,12 @@ def _embed(index: RolloutIndex, args: argparse.Namespace) -> np.ndarray:
 
     import numpy as np
 
-    from dra_kernels.embed import Embedder, EmbedStats, TruncationWarning, WindowError, progress_bar
+    from dra_kernels.embed import EmbedStats, TruncationWarning, WindowError, progress_bar
     from dra_kernels.step import spelled
 
     progress = args.progress is not False and sys.stderr.isatty()
     try:
-        embedder = Embedder(**dataclasses.asdict(args.dra_step.embedder), progress=progress)
+        embedder = args.dra_step.embedder.build(progress=progress)
     except WindowError as exc:
         # NOTE: the special tokens per window are known only once the tokenizer has loaded
         raise _UsageError(f"{spelled(exc, _flag)} (found when the model loaded)") from None

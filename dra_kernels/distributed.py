@@ -606,9 +606,7 @@ def adjust_rewards(
 
     Args:
         rewards: this rank's ``[n]`` rewards.
-        embeddings: this rank's ``[n, D]`` embeddings.
-        group_ids: this rank's ``[n]`` group ids.
-        process_group: the ``torch.distributed`` group (default: the world).
+        embeddings, group_ids, process_group: as in :func:`smi_scores`.
         **options: every keyword of :func:`dra_kernels.adjust_rewards`: those of
             :func:`smi_scores` and ``min_denominator``, the lower clamp of ``1 + SMI``.
 
@@ -633,9 +631,7 @@ def dra_advantages(
 
     Args:
         rewards: this rank's ``[n]`` rewards.
-        embeddings: this rank's ``[n, D]`` embeddings.
-        group_ids: this rank's ``[n]`` group ids.
-        process_group: the ``torch.distributed`` group (default: the world).
+        embeddings, group_ids, process_group: as in :func:`smi_scores`.
         **options: every keyword of :func:`dra_kernels.dra_advantages`: those of
             :func:`adjust_rewards`, ``scale`` (``"std"``, GRPO, or ``"none"``, DR.GRPO) and
             ``eps``.

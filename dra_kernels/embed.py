@@ -202,7 +202,7 @@ class EmbedderConfig:
 
     def build(self, *, progress: bool = False) -> Embedder:
         """The :class:`Embedder` these options describe (loads the model)."""
-        return Embedder.from_config(self, progress=progress)
+        return Embedder(**dataclasses.asdict(self), progress=progress)
 
 
 EMBEDDER_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EmbedderConfig))
@@ -394,13 +394,6 @@ class Embedder:
         modules = list(self.model)
         self._final_normalize = bool(modules) and type(modules[-1]).__name__ == "Normalize"
         self._modules = modules[:-1] if self._final_normalize else modules
-
-    @classmethod
-    def from_config(cls, config: EmbedderConfig, *, progress: bool = False) -> Embedder:
-        """An embedder built from an :class:`EmbedderConfig` (loads the model)."""
-        if not isinstance(config, EmbedderConfig):
-            raise TypeError(f"config must be an EmbedderConfig, got {type(config).__name__}")
-        return cls(**dataclasses.asdict(config), progress=progress)
 
     @property
     def device(self) -> torch.device:

@@ -469,15 +469,10 @@ def _csv_records(
                 continue
             if header is None:
                 header = [name.strip() for name in record]
-                for name in required:
-                    if name not in header:
-                        found = ", ".join(header)
-                        raise RolloutError(
-                            path,
-                            f"missing from the CSV header (found: {found})",
-                            line=line,
-                            field=name,
-                        )
+                missing = [name for name in required if name not in header]
+                if missing:
+                    found = f"missing from the CSV header (found: {', '.join(header)})"
+                    raise RolloutError(path, found, line=line, field=missing[0])
                 duplicates = sorted({n for n in header if header.count(n) > 1})
                 if duplicates:
                     raise RolloutError(
