@@ -1,20 +1,12 @@
 """SMI measures beyond Graph-Cut: facility-location and log-determinant mutual information.
 
-For row ``i`` of group ``C`` the SMI is ``I_f({i}; C \\ {i})`` over ground set ``C`` with the
-cosines ``s`` of the group's unit rows, as submodlib's ``FacilityLocationMutualInformationFunction``
-and ``LogDeterminantMutualInformationFunction`` compute it with those kernels. Closed forms,
-derivations and edge-case rules: ``docs/semantics.md`` ("Other SMI measures"):
-
-- ``"graph_cut"`` (the default): ``sum_{j != i} s_ij``, :func:`dra_kernels.torch_backend.smi_scores`
-  bit for bit;
-- ``"facility_location"``: ``sum_{v in C} min(s_vi^+, (eta * max_{q != i} s_vq)^+)``;
-- ``"log_det"``: ``-log(1 - eta^2 + eta^2 / w_i)`` with
-  ``w_i = (s_ii + lam) * [(S_C + lam I)^-1]_ii`` (for ``eta = 1``: ``log w_i``).
-
-These are not linear in ``s``, so each group's ``G x G`` cosine matrix is built (memory
-``O(sum of G_g^2)``, never ``N x N``, no padding), in float64 whatever the input dtype. Groups are
-bucketed by exact size, one batched product (and Cholesky factorisation) per size and chunk, so a
-group's result depends on its own rows only (to the rounding a BLAS may vary with batch size).
+Row ``i`` of group ``C`` scores ``I_f({i}; C \\ {i})`` with the cosines of the group's unit rows,
+as submodlib computes it; the formulas are :mod:`dra_kernels.reference`'s (the spec), their
+derivations and edge cases in ``docs/semantics.md`` ("Other SMI measures"). These are not linear
+in the cosines, so each group's ``G x G`` matrix is built (memory ``O(sum of G_g^2)``, never
+``N x N``, no padding), in float64 whatever the input dtype. Groups are bucketed by exact size,
+one batched product (and Cholesky factorisation) per size and chunk, so a group's result depends
+on its own rows only (to the rounding a BLAS may vary with batch size).
 """
 
 from __future__ import annotations
