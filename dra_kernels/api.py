@@ -6,7 +6,6 @@ Caller's inputs -> checked tensors and dense int64 codes (:mod:`dra_kernels.inpu
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import torch
@@ -141,12 +140,16 @@ def _prepare(
     return _Prepared(r, e, groups, chosen, inputs.compute_dtype(*dtypes), grad)
 
 
-@functools.cache
+_KERNEL: list[Any] = []  # NOTE: not functools.cache, which torch.compile warns about
+
+
 def _kernel() -> Any:
     """The fused Triton kernel's entry point (imports triton: only when it is used)."""
-    from dra_kernels._triton.ops import dra_forward
+    if not _KERNEL:
+        from dra_kernels._triton.ops import dra_forward
 
-    return dra_forward
+        _KERNEL.append(dra_forward)
+    return _KERNEL[0]
 
 
 def _smi(p: _Prepared, measure: str, eta: float, lam: float, backend: str) -> torch.Tensor:
